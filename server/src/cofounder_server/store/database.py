@@ -1,0 +1,195 @@
+"""The SQL engine: one ``Database`` per process, on SQLite (embedded) or PostgreSQL.
+
+Repositories open sessions through :meth:`Database.read` and :meth:`Database.write`,
+which also turn "the database cannot be reached" into the domain's ``Unavailable``, so
+no caller ever has to know a driver's exception types.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from cofounder_server.domain.errors import Unavailable
+
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+# SQLSTATE classes PostgreSQL reports when it cannot serve a connection at all: connection
+# exceptions, bad credentials, missing database, resource exhaustion, and shutdown/startup.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "28", "3D", "53", "57P")
+
+# Picked up by the SQLite "begin" hook; see _install_sqlite_hooks.
+_BEGIN_OPTION = "cofounder_sqlite_begin"
+
+_POSTGRES_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def async_url(url: str) -> URL:
+    """Parse ``url`` and point it at the async driver (``aiosqlite`` or ``asyncpg``).
+
+    Accepts ``sqlite://``, ``sqlite+aiosqlite://`` (with a file path), ``postgres://``,
+    ``postgresql://`` and ``postgresql+asyncpg://``; anything else is a configuration error
+    (``ValueError``).
+    """
+    parsed = make_url(url)
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ValueError(
+            f"unsupported database URL scheme {parsed.drivername!r}: use sqlite+aiosqlite:// or "
+            "postgresql+asyncpg://"
+        )
+    if driver.startswith("sqlite") and _is_memory_database(parsed):
+        # Migrations run on an engine of their own, which would get a database of its own.
+        raise ValueError("in-memory SQLite is not supported: give the database a file path")
+    return parsed.set(drivername=driver)
+
+
+def _is_memory_database(url: URL) -> bool:
+    database = url.database or ""
+    return database == "" or ":memory:" in database or url.query.get("mode") == "memory"
+
+
+def is_unavailable_error(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached, rather than a bad statement.
+
+    On SQLite every ``OperationalError`` counts (unopenable file, lock timeout, I/O error,
+    full disk), and that includes a missing table: a database nobody migrated.
+    """
+    if isinstance(error, OSError | exc.TimeoutError | exc.OperationalError | exc.InterfaceError):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        sqlstate = getattr(error.orig, "sqlstate", None)
+        return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+    return False
+
+
+@asynccontextmanager
+async def unavailable_on_connection_error() -> AsyncIterator[None]:
+    """Re-raise connectivity failures in the block as ``Unavailable``; let others through."""
+    try:
+        yield
+    except Exception as error:
+        if is_unavailable_error(error):
+            # The message may reach API clients: the details (hosts, SQL) stay in __cause__.
+            raise Unavailable(f"the database is unavailable ({type(error).__name__})") from error
+        raise
+
+
+class Database:
+    """An async engine and its session factories. Create with :func:`open_database`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._reader = async_sessionmaker(engine, expire_on_commit=False)
+        self._writer = async_sessionmaker(
+            engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"}), expire_on_commit=False
+        )
+
+    @property
+    def dialect_name(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction for reads; committed on success, rolled back on error."""
+        async with unavailable_on_connection_error(), self._reader.begin() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction that will write.
+
+        On SQLite it takes the database's write lock up front (``BEGIN IMMEDIATE``), so a
+        transaction that reads and then writes waits its turn under ``busy_timeout`` instead
+        of failing when another writer commits in between.
+        """
+        async with unavailable_on_connection_error(), self._writer.begin() as session:
+            yield session
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1``; raise ``Unavailable`` if the database cannot be reached."""
+        async with unavailable_on_connection_error(), self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Close every pooled connection. The object must not be used afterwards."""
+        await self.engine.dispose()
+
+
+async def open_database(url: str, *, echo: bool = False, sqlite_foreign_keys: bool = True) -> Database:
+    """Create the engine for ``url`` (see :func:`async_url`). Does not connect yet.
+
+    SQLite file paths must be in an existing directory; call :meth:`Database.ping` to
+    check connectivity and ``cofounder_server.store.migrate.upgrade_to_head`` to create or
+    upgrade the schema. ``sqlite_foreign_keys=False`` is for schema migrations only, which
+    rebuild SQLite tables and check foreign keys themselves.
+    """
+    return Database(_create_engine(async_url(url), echo=echo, sqlite_foreign_keys=sqlite_foreign_keys))
+
+
+def _create_engine(url: URL, *, echo: bool, sqlite_foreign_keys: bool) -> AsyncEngine:
+    if url.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if "timeout" not in url.query:
+            # asyncpg waits 60 s by default; a health check should fail much sooner.
+            connect_args["timeout"] = _POSTGRES_CONNECT_TIMEOUT_SECONDS
+        # pre_ping replaces connections a database restart has closed, instead of failing
+        # the first request after it.
+        return create_async_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_async_engine(url, echo=echo)
+    _install_sqlite_hooks(engine, foreign_keys=sqlite_foreign_keys)
+    return engine
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
+    """Per-connection pragmas, and SQLAlchemy (not the sqlite3 module) emitting BEGIN.
+
+    Python's sqlite3 module in its default (legacy) mode starts a transaction only before
+    INSERT/UPDATE/DELETE, so SELECTs and DDL run outside it. Taking over BEGIN, the
+    recipe in SQLAlchemy's SQLite docs, makes transactions (and migrations) atomic.
+    """
+
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout=5000")
+            _enable_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    def on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine, "begin", on_begin)
+
+
+def _enable_wal(cursor: Any) -> None:
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as error:
+        # Switching a file to WAL needs it to itself, and SQLite reports BUSY at once,
+        # ignoring busy_timeout, while another connection holds a lock. On a new database
+        # that is another connection making the same switch; the mode is stored in the
+        # file, so its switch covers this connection as well.
+        if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise

@@ -1,0 +1,78 @@
+"""Idempotency keys: a retried mutation with the same ``request_id`` replays, never repeats.
+
+A key is scoped by owner and operation. It remembers a fingerprint of the request that
+first used it, so reusing the ``request_id`` for a different request is an error rather
+than a silent replay of something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cofounder_server.domain.errors import AlreadyExists
+from cofounder_server.store.models import IdempotencyKeyRow
+
+
+def request_fingerprint(request: object) -> str:
+    """A SHA-256 hex digest of ``request``'s canonical JSON (dataclasses field by field).
+
+    Two requests get the same fingerprint exactly when their contents are equal, whatever
+    the order of keys in their mappings.
+    """
+    payload = (
+        dataclasses.asdict(request)
+        if dataclasses.is_dataclass(request) and not isinstance(request, type)
+        else request
+    )
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def replayed_resource_id(
+    session: AsyncSession, *, owner_id: str, operation: str, request_id: str, fingerprint: str
+) -> str | None:
+    """The resource an earlier identical request created, or ``None`` if the key is new.
+
+    Raises ``AlreadyExists("REQUEST_ID_REUSED")`` when the key belongs to another request.
+    """
+    key = await session.get(IdempotencyKeyRow, (owner_id, operation, request_id))
+    if key is None:
+        return None
+    if key.fingerprint != fingerprint:
+        raise AlreadyExists(
+            "REQUEST_ID_REUSED",
+            f"request_id {request_id!r} was already used for a different {operation} request",
+        )
+    return key.resource_id
+
+
+def record_key(
+    session: AsyncSession,
+    *,
+    owner_id: str,
+    operation: str,
+    request_id: str,
+    fingerprint: str,
+    resource_id: str,
+    now: datetime,
+) -> None:
+    """Add the key to the session's transaction, to commit with the resource it names.
+
+    A concurrent request with the same key makes the flush or commit fail with
+    ``sqlalchemy.exc.IntegrityError``; the caller then replays via :func:`replayed_resource_id`.
+    """
+    session.add(
+        IdempotencyKeyRow(
+            owner_id=owner_id,
+            operation=operation,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            resource_id=resource_id,
+            create_time=now,
+        )
+    )

@@ -1,0 +1,252 @@
+"""The job repository: jobs in SQL, returned as frozen domain ``Job`` values.
+
+Every read and write that a caller makes on behalf of a principal takes ``owner_scope``
+(``Principal.owner_scope``: an owner id, or ``None`` for operators). The scope is part of
+the SQL ``WHERE`` clause, so another owner's job behaves exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Update, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cofounder_server.domain.errors import FailedPrecondition, NotFound
+from cofounder_server.domain.model import (
+    AgentSpec,
+    AgentState,
+    Job,
+    JobFilter,
+    JobOutcome,
+    JobStatus,
+    NewJob,
+)
+from cofounder_server.store.database import Database
+from cofounder_server.store.idempotency import record_key, replayed_resource_id
+from cofounder_server.store.models import JobRow
+
+SUBMIT_JOB = "SubmitJob"
+"""The idempotency-key operation name of job creation."""
+
+_CANCELLABLE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+JobCursor = tuple[datetime, str]
+"""Keyset position in a job listing: the ``(create_time, job_id)`` of the last row seen."""
+
+
+class JobRepository:
+    """Create, read, list and change jobs. Raises domain errors only (``Unavailable`` included)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def create(
+        self, new: NewJob, *, request_id: str | None, fingerprint: str, now: datetime
+    ) -> tuple[Job, bool]:
+        """Store ``new`` as a QUEUED job at version 1; return it and whether it was created.
+
+        With a ``request_id``, a retry of the same request (same ``fingerprint``) returns the
+        job the first attempt created and ``False``, even when both attempts race; reusing
+        the ``request_id`` for a different request raises ``AlreadyExists``.
+        """
+        now = _utc(now)
+        try:
+            async with self._database.write() as session:
+                if request_id is not None:
+                    replayed = await self._replay(session, new.owner_id, request_id, fingerprint)
+                    if replayed is not None:
+                        return replayed, False
+                row = _new_row(new, now)
+                session.add(row)
+                if request_id is not None:
+                    record_key(
+                        session,
+                        owner_id=new.owner_id,
+                        operation=SUBMIT_JOB,
+                        request_id=request_id,
+                        fingerprint=fingerprint,
+                        resource_id=row.job_id,
+                        now=now,
+                    )
+                await session.flush()
+                return _to_job(row), True
+        except IntegrityError:
+            # On PostgreSQL a concurrent create with the same key can commit between our
+            # lookup and our insert; its key row wins, and this attempt becomes a replay.
+            if request_id is None:
+                raise
+            async with self._database.read() as session:
+                replayed = await self._replay(session, new.owner_id, request_id, fingerprint)
+            if replayed is None:
+                raise
+            return replayed, False
+
+    async def get(self, job_id: str, *, owner_scope: str | None) -> Job | None:
+        """The job, or ``None`` if it does not exist or is outside ``owner_scope``."""
+        async with self._database.read() as session:
+            row = await session.scalar(_select_job(job_id, owner_scope))
+            return None if row is None else _to_job(row)
+
+    async def list(
+        self,
+        *,
+        owner_scope: str | None,
+        filter: JobFilter,
+        page_size: int,
+        after: JobCursor | None,
+    ) -> tuple[builtins.list[Job], JobCursor | None]:
+        """One page of jobs, newest first, and the cursor of the next page (``None`` at the end).
+
+        Keyset pagination: pass the returned cursor as ``after`` for the next page. Jobs
+        created meanwhile never shift a page; they appear on a new listing.
+        """
+        if page_size < 1:
+            raise ValueError(f"page_size must be positive, got {page_size}")
+        query = select(JobRow).where(*_owned_by(owner_scope))
+        if filter.statuses:
+            query = query.where(JobRow.status.in_(sorted(status.value for status in filter.statuses)))
+        if filter.project_id:
+            query = query.where(JobRow.project_id == filter.project_id)
+        if after is not None:
+            query = query.where(tuple_(JobRow.create_time, JobRow.job_id) < (_utc(after[0]), after[1]))
+        # One row more than the page says whether another page follows.
+        query = query.order_by(JobRow.create_time.desc(), JobRow.job_id.desc()).limit(page_size + 1)
+        async with self._database.read() as session:
+            jobs = [_to_job(row) for row in await session.scalars(query)]
+        if len(jobs) <= page_size:
+            return jobs, None
+        page = jobs[:page_size]
+        return page, (page[-1].create_time, page[-1].job_id)
+
+    async def cancel(
+        self, job_id: str, *, owner_scope: str | None, reason: str, now: datetime
+    ) -> tuple[Job, bool]:
+        """Cancel a QUEUED or RUNNING job; return it and whether this call changed it.
+
+        Cancelling a cancelled job changes nothing. Raises ``NotFound`` for a missing job
+        or one outside ``owner_scope`` and ``FailedPrecondition("JOB_ALREADY_FINISHED")``
+        for a READY or FAILED one. The status check is in the UPDATE itself, so a
+        concurrent finish or cancel cannot be overwritten.
+        """
+        now = _utc(now)
+        statement = (
+            update(JobRow)
+            .where(JobRow.job_id == job_id, JobRow.status.in_(_CANCELLABLE), *_owned_by(owner_scope))
+            .values(
+                status=JobStatus.CANCELLED.value,
+                outcome=JobOutcome.CANCELLED.value,
+                outcome_detail=reason,
+                end_time=now,
+            )
+        )
+        async with self._database.write() as session:
+            row = await _update_returning(session, statement, now)
+            if row is not None:
+                return _to_job(row), True
+            current = await session.scalar(_select_job(job_id, owner_scope))
+            if current is None:
+                raise NotFound("job", job_id)
+            job = _to_job(current)
+        if job.status is JobStatus.CANCELLED:
+            return job, False
+        raise FailedPrecondition("JOB_ALREADY_FINISHED", f"job {job_id!r} already finished as {job.status}")
+
+    async def update_live_state(
+        self, job_id: str, *, agent_state: AgentState | None, wake_at: datetime | None, now: datetime
+    ) -> Job:
+        """Record the running agent's state and wake time (the executor's view; unscoped)."""
+        statement = (
+            update(JobRow)
+            .where(JobRow.job_id == job_id)
+            .values(
+                agent_state=None if agent_state is None else agent_state.value,
+                wake_at=None if wake_at is None else _utc(wake_at),
+            )
+        )
+        async with self._database.write() as session:
+            row = await _update_returning(session, statement, _utc(now))
+            if row is None:
+                raise NotFound("job", job_id)
+            return _to_job(row)
+
+    @staticmethod
+    async def _replay(session: AsyncSession, owner_id: str, request_id: str, fingerprint: str) -> Job | None:
+        job_id = await replayed_resource_id(
+            session, owner_id=owner_id, operation=SUBMIT_JOB, request_id=request_id, fingerprint=fingerprint
+        )
+        if job_id is None:
+            return None
+        row = await session.get(JobRow, job_id)
+        if row is None:
+            raise NotFound("job", job_id)
+        return _to_job(row)
+
+
+def _owned_by(owner_scope: str | None) -> tuple[ColumnElement[bool], ...]:
+    return () if owner_scope is None else (JobRow.owner_id == owner_scope,)
+
+
+def _select_job(job_id: str, owner_scope: str | None) -> Select[JobRow]:
+    return select(JobRow).where(JobRow.job_id == job_id, *_owned_by(owner_scope))
+
+
+async def _update_returning(session: AsyncSession, statement: Update, now: datetime) -> JobRow | None:
+    """Apply ``statement`` with the bookkeeping every change makes; the new row, if any matched."""
+    bumped = statement.values(update_time=now, version=JobRow.version + 1).returning(JobRow)
+    return await session.scalar(bumped, execution_options={"synchronize_session": False})
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: pass timezone-aware times")
+    return moment.astimezone(UTC)
+
+
+def _new_row(new: NewJob, now: datetime) -> JobRow:
+    return JobRow(
+        job_id=str(uuid.uuid4()),
+        owner_id=new.owner_id,
+        project_id=new.project_id,
+        goal=new.goal,
+        daily_budget_microdollars=new.daily_budget_microdollars,
+        agent_brain=new.agent.brain,
+        agent_model=new.agent.model,
+        agent_config=dict(new.agent.config),
+        labels=dict(new.labels),
+        status=JobStatus.QUEUED.value,
+        outcome=None,
+        outcome_detail="",
+        agent_state=None,
+        wake_at=None,
+        create_time=now,
+        update_time=now,
+        end_time=None,
+        version=1,
+    )
+
+
+def _to_job(row: JobRow) -> Job:
+    config: dict[str, Any] = dict(row.agent_config)
+    return Job(
+        job_id=row.job_id,
+        owner_id=row.owner_id,
+        project_id=row.project_id,
+        goal=row.goal,
+        daily_budget_microdollars=row.daily_budget_microdollars,
+        agent=AgentSpec(brain=row.agent_brain, model=row.agent_model, config=config),
+        labels={str(key): str(value) for key, value in row.labels.items()},
+        status=JobStatus(row.status),
+        outcome=None if row.outcome is None else JobOutcome(row.outcome),
+        outcome_detail=row.outcome_detail,
+        agent_state=None if row.agent_state is None else AgentState(row.agent_state),
+        wake_at=row.wake_at,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        end_time=row.end_time,
+        version=row.version,
+    )

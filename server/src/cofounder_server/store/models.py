@@ -1,0 +1,141 @@
+"""SQLAlchemy table models. Schema changes go through a new Alembic revision in ``migrations``.
+
+These classes stay inside the store package: repositories return the frozen domain
+dataclasses instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
+
+# Deterministic constraint names: Alembic needs names to drop or alter constraints later,
+# and SQLite batch migrations rebuild tables by them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zone type, so values are stored
+    as naive UTC text and get their UTC zone back on load. Naive input is refused, since
+    its meaning would depend on the machine's local zone.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store needs timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+"""JSON text on SQLite, ``jsonb`` on PostgreSQL (indexable for later label queries)."""
+
+
+def _in_values(column: str, values: type[JobStatus | JobOutcome | AgentState]) -> str:
+    return f"{column} IN ({', '.join(repr(member.value) for member in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table; its ``metadata`` is Alembic's autogenerate target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONDocument}
+
+
+class JobRow(Base):
+    """A job: what was asked, its lifecycle, and the last known live agent state."""
+
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    goal: Mapped[str] = mapped_column(Text)
+    daily_budget_microdollars: Mapped[int] = mapped_column(BigInteger)
+    agent_brain: Mapped[str] = mapped_column(String(255))
+    agent_model: Mapped[str] = mapped_column(String(255))
+    agent_config: Mapped[dict[str, Any]]
+    labels: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    outcome_detail: Mapped[str] = mapped_column(Text)
+    agent_state: Mapped[str | None] = mapped_column(String(32))
+    wake_at: Mapped[datetime | None]
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+    end_time: Mapped[datetime | None]
+    # Starts at 1 and grows by one on every change: cached copies (Redis, event payloads)
+    # are ordered by it, and the mapper uses it to refuse a flush over a concurrent change.
+    version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": version}
+    __table_args__ = (
+        CheckConstraint(_in_values("status", JobStatus), name="status"),
+        CheckConstraint(f"outcome IS NULL OR {_in_values('outcome', JobOutcome)}", name="outcome"),
+        CheckConstraint(
+            f"agent_state IS NULL OR {_in_values('agent_state', AgentState)}", name="agent_state"
+        ),
+        CheckConstraint("version >= 1", name="version"),
+    )
+
+
+# Listing is newest first by (create_time, job_id), per owner (optionally by status) or,
+# for operators, across owners.
+Index("ix_jobs_owner_id_create_time", JobRow.owner_id, JobRow.create_time.desc(), JobRow.job_id.desc())
+Index(
+    "ix_jobs_owner_id_status",
+    JobRow.owner_id,
+    JobRow.status,
+    JobRow.create_time.desc(),
+    JobRow.job_id.desc(),
+)
+Index("ix_jobs_create_time", JobRow.create_time.desc(), JobRow.job_id.desc())
+
+
+class IdempotencyKeyRow(Base):
+    """A retried mutation's ``request_id``: which request (by fingerprint) made what resource."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    resource_id: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime]
