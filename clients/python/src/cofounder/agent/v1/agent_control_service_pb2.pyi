@@ -53,10 +53,11 @@ class SubmitJobRequest(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key chosen by the caller (1 to 128 characters). Retrying
-    with the same key and the same request returns the job created the first
-    time; the same key with a different request is ALREADY_EXISTS. Keys are
-    remembered per caller for at least 24 hours.
+    """Optional idempotency key chosen by the caller: 1 to 128 visible ASCII
+    characters. Retrying with the same key and the same request returns the
+    job created the first time; the same key with a different request is
+    ALREADY_EXISTS. Keys are scoped to the caller. Without a key every call
+    creates a new job.
     """
     project_id: _builtins.str
     """Project grouping, 1 to 128 characters of `[A-Za-z0-9._-]`."""

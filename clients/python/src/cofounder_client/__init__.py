@@ -1,0 +1,60 @@
+"""Python client of the cofounder control plane.
+
+:class:`Client` wraps the generated gRPC stubs of ``cofounder.agent.v1`` with one typed,
+keyword-argument method per RPC; every failure is a :class:`CofounderError`. The message
+types it returns live in ``cofounder.agent.v1`` (``job_pb2``, ``event_pb2``, ...).
+"""
+
+from cofounder_client.client import (
+    AUTHORIZATION_HEADER,
+    DEFAULT_CHANNEL_OPTIONS,
+    DEFAULT_TARGET,
+    ON_BEHALF_OF_HEADER,
+    USE_CLIENT_DEFAULT,
+    Client,
+    Timeout,
+)
+from cofounder_client.credentials import TLSConfig
+from cofounder_client.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    CofounderError,
+    DeadlineExceededError,
+    ErrorDetails,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+
+__all__ = [
+    "AUTHORIZATION_HEADER",
+    "DEFAULT_CHANNEL_OPTIONS",
+    "DEFAULT_TARGET",
+    "ON_BEHALF_OF_HEADER",
+    "USE_CLIENT_DEFAULT",
+    "AbortedError",
+    "AlreadyExistsError",
+    "Client",
+    "CofounderError",
+    "DeadlineExceededError",
+    "ErrorDetails",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "TLSConfig",
+    "Timeout",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+]
