@@ -1,0 +1,186 @@
+"""The Redis key contract: names, value formats and TTLs of the live keys, in one place.
+
+Existing dashboards read these keys, so names, values and TTLs are a compatibility contract:
+
+====================================  ===========================================  ==================
+key                                   value                                        TTL
+====================================  ===========================================  ==================
+``cofounder:agent:{id}:state``        an :class:`AgentState` value                 90 000 s
+``cofounder:agent:{id}:budget_pct``   integer 0-100 (today's spend / budget)       90 s
+``cofounder:agent:{id}:wake_at``      ISO-8601 UTC, ``2026-01-02T00:00:00+00:00``  until then, >= 1 s
+``cofounder:agent:{id}:wake_signal``  ``1``; present means "wake now"              300 s
+``cofounder:job:{id}:summary``        versioned JSON (see :mod:`.versioned`)       90 000 s
+====================================  ===========================================  ==================
+
+``wake_at`` is written the way Python's ``datetime.isoformat()`` renders a UTC time (offset
+``+00:00``, fractional seconds only when present), which is what the predecessor wrote; the
+parser also accepts ``Z`` and any other offset.
+
+The parsers never raise: a value that does not follow the contract (written by a buggy or
+older writer, or truncated) is treated as absent, so readers fall back to the durable record.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from cofounder_server.clock import Clock
+from cofounder_server.domain.model import AgentState
+from cofounder_server.live.connect import unavailable_on_error
+
+KEY_PREFIX = "cofounder:"
+"""Every key of this project starts with this."""
+AGENT_KEY_PREFIX = "cofounder:agent:"
+JOB_KEY_PREFIX = "cofounder:job:"
+
+STATE_TTL_SECONDS = 90_000
+BUDGET_PCT_TTL_SECONDS = 90
+WAKE_SIGNAL_TTL_SECONDS = 300
+SUMMARY_TTL_SECONDS = 90_000
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _agent_key(job_id: str, suffix: str) -> str:
+    if not job_id:
+        raise ValueError("job_id must not be empty")
+    return f"{AGENT_KEY_PREFIX}{job_id}:{suffix}"
+
+
+def state_key(job_id: str) -> str:
+    """``cofounder:agent:{id}:state``."""
+    return _agent_key(job_id, "state")
+
+
+def budget_pct_key(job_id: str) -> str:
+    """``cofounder:agent:{id}:budget_pct``."""
+    return _agent_key(job_id, "budget_pct")
+
+
+def wake_at_key(job_id: str) -> str:
+    """``cofounder:agent:{id}:wake_at``."""
+    return _agent_key(job_id, "wake_at")
+
+
+def wake_signal_key(job_id: str) -> str:
+    """``cofounder:agent:{id}:wake_signal``."""
+    return _agent_key(job_id, "wake_signal")
+
+
+def summary_key(job_id: str) -> str:
+    """``cofounder:job:{id}:summary``: the job's durable facts, cached for the status reader."""
+    if not job_id:
+        raise ValueError("job_id must not be empty")
+    return f"{JOB_KEY_PREFIX}{job_id}:summary"
+
+
+def format_wake_at(when: datetime) -> str:
+    """The ``wake_at`` value for an aware datetime: ISO-8601 in UTC with offset ``+00:00``."""
+    if when.tzinfo is None:
+        raise ValueError("wake_at must be timezone-aware")
+    return when.astimezone(UTC).isoformat()
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_state(raw: bytes | str | None) -> AgentState | None:
+    """The agent state in a ``state`` value, or None when absent or not a known state."""
+    text = _text(raw)
+    if text is None:
+        return None
+    try:
+        return AgentState(text.strip())
+    except ValueError:
+        return None
+
+
+def parse_budget_pct(raw: bytes | str | None) -> int | None:
+    """The percentage in a ``budget_pct`` value, clamped to 0..100; None when absent or not an integer.
+
+    Clamped rather than rejected because the predecessor wrote ``int(ratio * 100)``, which
+    exceeds 100 after a runaway call; such a value still means "budget used up".
+    """
+    text = _text(raw)
+    if text is None:
+        return None
+    text = text.strip()
+    # int() alone would also accept "4_2" and non-ASCII digits.
+    if not _INTEGER.fullmatch(text):
+        return None
+    return min(100, max(0, int(text)))
+
+
+def parse_wake_at(raw: bytes | str | None) -> datetime | None:
+    """The aware UTC time in a ``wake_at`` value; None when absent, malformed or without an offset."""
+    text = _text(raw)
+    if text is None:
+        return None
+    try:
+        # Python 3.11 parses both "Z" and "+00:00".
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    # A naive time does not say which zone it is in; guessing could wake an agent hours off.
+    if when.tzinfo is None:
+        return None
+    return when.astimezone(UTC)
+
+
+class AgentKeys:
+    """Writes an agent's live keys with the contract's value formats and TTLs.
+
+    Redis connection failures surface as :class:`~cofounder_server.domain.errors.Unavailable`.
+    """
+
+    def __init__(self, redis: Redis, clock: Clock) -> None:
+        self._redis = redis
+        self._clock = clock
+
+    async def set_state(self, job_id: str, state: AgentState) -> None:
+        """Set ``state`` (TTL 90 000 s)."""
+        with unavailable_on_error("set agent state"):
+            await self._redis.set(state_key(job_id), state.value, ex=STATE_TTL_SECONDS)
+
+    async def set_budget_pct(self, job_id: str, pct: int) -> None:
+        """Set ``budget_pct`` to ``pct`` clamped to 0..100 (TTL 90 s)."""
+        value = min(100, max(0, pct))
+        with unavailable_on_error("set budget percentage"):
+            await self._redis.set(budget_pct_key(job_id), str(value), ex=BUDGET_PCT_TTL_SECONDS)
+
+    async def set_wake_at(self, job_id: str, when: datetime) -> None:
+        """Set ``wake_at`` to ``when``; the key expires at that time by the injected clock (>= 1 s)."""
+        value = format_wake_at(when)
+        remaining = (when - self._clock.now()).total_seconds()
+        # Rounded up so the key never disappears before the agent is due to wake.
+        ttl = max(1, math.ceil(remaining))
+        with unavailable_on_error("set wake time"):
+            await self._redis.set(wake_at_key(job_id), value, ex=ttl)
+
+    async def clear_wake_at(self, job_id: str) -> None:
+        """Delete ``wake_at`` (the agent is no longer sleeping)."""
+        with unavailable_on_error("clear wake time"):
+            await self._redis.delete(wake_at_key(job_id))
+
+    async def signal_wake(self, job_id: str) -> None:
+        """Ask whichever replica runs the job to wake its agent now (TTL 300 s)."""
+        with unavailable_on_error("signal wake"):
+            await self._redis.set(wake_signal_key(job_id), "1", ex=WAKE_SIGNAL_TTL_SECONDS)
+
+    async def take_wake_signal(self, job_id: str) -> bool:
+        """Consume a pending wake signal atomically; True if there was one."""
+        with unavailable_on_error("take wake signal"):
+            taken = await self._redis.getdel(wake_signal_key(job_id))
+        return taken is not None

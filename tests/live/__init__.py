@@ -1,0 +1,1 @@
+"""Tests of the Redis live layer against real Redis engines."""
