@@ -86,7 +86,9 @@ def main() -> int:
         generate(fresh)
         new, old = generated_files(fresh), generated_files(OUT_ROOT)
         stale = sorted(
-            str(p) for p in new | old if p not in new or p not in old or not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False)
+            str(p)
+            for p in new | old
+            if p not in new or p not in old or not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False)
         )
         if args.check:
             if stale:

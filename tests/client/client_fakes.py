@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
-from cofounder.agent.v1 import agent_control_service_pb2_grpc as control_grpc
-from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, event_pb2, job_pb2
-from cofounder.agent.v1 import escalation_service_pb2_grpc as escalation_grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
+from cofounder.agent.v1 import agent_control_service_pb2_grpc as control_grpc
+from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, event_pb2, job_pb2
+from cofounder.agent.v1 import escalation_service_pb2_grpc as escalation_grpc
 
 _T = TypeVar("_T")
 

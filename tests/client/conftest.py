@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from client_fakes import RPC_TIMEOUT, Harness, start_harness
+
 from cofounder_client import Client
 
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 import grpc
 import pytest
 from client_fakes import RPC_TIMEOUT, Harness, new_escalation, new_job, rich_status
+from google.protobuf import struct_pb2
+
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_pb2, job_pb2
 from cofounder_client import AUTHORIZATION_HEADER, ON_BEHALF_OF_HEADER, Client, UnavailableError
-from google.protobuf import struct_pb2
 
 
 async def test_token_and_on_behalf_of_reach_the_server_on_every_call(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from client_fakes import RPC_TIMEOUT, Harness, WatchPlan, event, new_escalation, new_job
+
 from cofounder.agent.v1 import job_pb2
 from cofounder_client.cli import main
 

@@ -7,6 +7,9 @@ from collections.abc import Callable
 import grpc
 import pytest
 from client_fakes import RPC_TIMEOUT, Harness, WatchPlan, drain, error_info, event, new_job, rich_status
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder_client import (
     Client,
@@ -18,8 +21,6 @@ from cofounder_client import (
     NotFoundError,
     OutOfRangeError,
 )
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 
 async def test_invalid_argument_decodes_field_violations_and_reason(client: Client) -> None:

@@ -19,6 +19,7 @@ from client_fakes import (
     new_job,
     rich_status,
 )
+
 from cofounder.agent.v1 import escalation_service_pb2, event_pb2
 from cofounder_client import Client, OutOfRangeError, UnavailableError
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import trustme
 from client_fakes import RPC_TIMEOUT, Harness, new_job, start_harness
+
 from cofounder_client import AUTHORIZATION_HEADER, Client, CofounderError, TLSConfig
 
 SERVER_NAME = "cofounder.test"

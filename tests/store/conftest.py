@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
+
 from cofounder_server.store.database import Database, open_database
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.models import Base
-from sqlalchemy import delete
 
 from .support import BACKENDS, POSTGRES_URL, PostgresDatabases
 

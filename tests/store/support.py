@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from cofounder_server.domain.model import AgentSpec, NewJob
-from cofounder_server.store.database import Database, async_url
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from cofounder_server.domain.model import AgentSpec, NewJob
+from cofounder_server.store.database import Database, async_url
 
 POSTGRES_URL = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
 

@@ -8,14 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import JobFilter
 from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.models import IdempotencyKeyRow
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
 from .support import POSTGRES_URL, T0, PostgresDatabases, new_job
 

@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, update
+
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from cofounder_server.domain.model import AgentSpec, AgentState, Job, JobFilter, JobOutcome, JobStatus
 from cofounder_server.store.database import Database
 from cofounder_server.store.idempotency import request_fingerprint
 from cofounder_server.store.jobs import JobCursor, JobRepository
 from cofounder_server.store.models import IdempotencyKeyRow, JobRow
-from sqlalchemy import func, select, update
 
 from .support import T0, new_job, wait_until_blocked
 

@@ -11,10 +11,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from cofounder_server.store.migrate import alembic_config, migration_connection, upgrade_to_head
-from cofounder_server.store.models import Base
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
+
+from cofounder_server.store.migrate import alembic_config, migration_connection, upgrade_to_head
+from cofounder_server.store.models import Base
 
 T = TypeVar("T")
 

@@ -26,7 +26,8 @@ class SystemClock:
         return datetime.now(UTC)
 
     async def sleep_until(self, when: datetime) -> None:
-        while (remaining := (when - self.now()).total_seconds()) > 0:
+        # Wall time can be stepped while we sleep on the loop's monotonic clock: re-check.
+        while (remaining := (when - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(remaining)
 
 

@@ -28,11 +28,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
-from cofounder.agent.v1 import escalation_pb2, job_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
+from cofounder.agent.v1 import escalation_pb2, job_pb2
 from cofounder_client.client import DEFAULT_TARGET, Client
 from cofounder_client.credentials import TLSConfig
 from cofounder_client.errors import CofounderError

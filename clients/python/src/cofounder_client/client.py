@@ -19,12 +19,12 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import json_format
+
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as control_grpc
 from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, event_pb2, job_pb2
 from cofounder.agent.v1 import escalation_service_pb2_grpc as escalation_grpc
-from google.protobuf import json_format
-
 from cofounder_client.credentials import TLSConfig
 from cofounder_client.errors import CofounderError, error_from_rpc_error
 

