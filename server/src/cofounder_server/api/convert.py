@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 from cofounder.agent.v1 import job_pb2
 from cofounder_server.domain.model import (
@@ -58,15 +58,16 @@ def agent_spec_from_proto(spec: job_pb2.AgentSpec) -> AgentSpec:
 
 def job_to_proto(job: Job) -> job_pb2.Job:
     """The API view of a stored job."""
-    config = struct_pb2.Struct()
-    config.update(job.agent.config)
+    agent = job_pb2.AgentSpec(brain=job.agent.brain, model=job.agent.model)
+    if job.agent.config:
+        agent.config.update(job.agent.config)
     message = job_pb2.Job(
         job_id=job.job_id,
         owner_id=job.owner_id,
         project_id=job.project_id,
         goal=job.goal,
         daily_budget_microdollars=job.daily_budget_microdollars,
-        agent=job_pb2.AgentSpec(brain=job.agent.brain, model=job.agent.model, config=config),
+        agent=agent,
         status=JOB_STATUS_TO_PROTO[job.status],
         outcome=JOB_OUTCOME_TO_PROTO[job.outcome] if job.outcome else job_pb2.JOB_OUTCOME_UNSPECIFIED,
         outcome_detail=job.outcome_detail,
