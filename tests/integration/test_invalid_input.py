@@ -232,12 +232,72 @@ async def test_unary_rpcs_not_built_yet_answer_unimplemented(
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_streams_not_built_yet_answer_unimplemented(jobs_stub, escalations_stub) -> None:
+async def stream_error(call) -> grpc.aio.AioRpcError:
+    """The error a watch ends with before sending anything."""
+    try:
+        async for _ in call:
+            pytest.fail("the stream must fail before its first message")
+    except grpc.aio.AioRpcError as error:
+        return error
+    pytest.fail("the stream ended OK")
+
+
+@pytest.mark.parametrize("job_id", BAD_IDS)
+async def test_watches_reject_malformed_job_ids(jobs_stub, escalations_stub, job_id) -> None:
+    calls = [jobs_stub.WatchJobEvents(pb.WatchJobEventsRequest(job_id=job_id), timeout=RPC_TIMEOUT)]
+    if job_id:  # an empty job_id is valid for WatchEscalations: all of the caller's escalations
+        calls.append(
+            escalations_stub.WatchEscalations(esc.WatchEscalationsRequest(job_id=job_id), timeout=RPC_TIMEOUT)
+        )
+    for call in calls:
+        error = await stream_error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "job_id" in violations_of(error)
+
+
+async def test_watches_reject_negative_cursors(jobs_stub, escalations_stub, project_id) -> None:
+    job = await submit(jobs_stub, project_id)
+    for call in (
+        jobs_stub.WatchJobEvents(
+            pb.WatchJobEventsRequest(job_id=job.job_id, after_sequence=-1), timeout=RPC_TIMEOUT
+        ),
+        escalations_stub.WatchEscalations(
+            esc.WatchEscalationsRequest(after_sequence=-5), timeout=RPC_TIMEOUT
+        ),
+    ):
+        error = await stream_error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "after_sequence" in violations_of(error)
+
+
+async def test_watches_reject_cursors_beyond_the_newest(jobs_stub, escalations_stub, project_id) -> None:
+    job = await submit(jobs_stub, project_id)  # its log holds one event: QUEUED
+    for call in (
+        jobs_stub.WatchJobEvents(
+            pb.WatchJobEventsRequest(job_id=job.job_id, after_sequence=2), timeout=RPC_TIMEOUT
+        ),
+        escalations_stub.WatchEscalations(
+            esc.WatchEscalationsRequest(after_sequence=2**62), timeout=RPC_TIMEOUT
+        ),
+    ):
+        error = await stream_error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "after_sequence" in violations_of(error)
+
+
+async def test_watches_of_unknown_jobs_are_not_found(jobs_stub, escalations_stub) -> None:
     for call in (
         jobs_stub.WatchJobEvents(pb.WatchJobEventsRequest(job_id=VALID_ID), timeout=RPC_TIMEOUT),
-        escalations_stub.WatchEscalations(esc.WatchEscalationsRequest(), timeout=RPC_TIMEOUT),
+        escalations_stub.WatchEscalations(esc.WatchEscalationsRequest(job_id=VALID_ID), timeout=RPC_TIMEOUT),
     ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in call:
-                pass
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert (await stream_error(call)).code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_undecodable_watch_requests_are_invalid_argument(channel) -> None:
+    raw = bytes([1 << 3 | 2, 2, 0xFF, 0xFE])  # job_id holding bytes that are not UTF-8
+    for path in (
+        "/cofounder.agent.v1.AgentControlService/WatchJobEvents",
+        "/cofounder.agent.v1.EscalationService/WatchEscalations",
+    ):
+        call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+        assert (await stream_error(call(raw, timeout=RPC_TIMEOUT))).code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -31,7 +31,7 @@ async def test_new_job_status_comes_from_sql(jobs_stub, project_id) -> None:
     assert status.daily_budget_microdollars == 5_000_000
     assert status.spent_today_microdollars == 0
     assert list(status.pending_escalation_ids) == []
-    assert status.latest_event_sequence == 0
+    assert status.latest_event_sequence == 1  # the job.status_changed event of its submission
 
 
 async def test_live_keys_written_elsewhere_show_up(jobs_stub, redis, project_id) -> None:

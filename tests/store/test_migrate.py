@@ -47,8 +47,10 @@ async def test_upgrade_creates_the_schema_at_head(empty_url: str) -> None:
 
     await upgrade_to_head(empty_url)
 
-    assert await _on(empty_url, _current_revision) == _head() == "0001"
-    assert {"jobs", "idempotency_keys", "alembic_version"} <= await _on(empty_url, _table_names)
+    assert await _on(empty_url, _current_revision) == _head() == "0002"
+    assert {"jobs", "idempotency_keys", "job_events", "escalation_events", "event_counters"} <= await _on(
+        empty_url, _table_names
+    )
 
 
 async def test_upgrade_twice_is_a_no_op(empty_url: str) -> None:

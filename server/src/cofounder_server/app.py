@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -14,19 +15,26 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
 from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
+from cofounder_server.api import convert
 from cofounder_server.api.agent_control import AgentControlApi
 from cofounder_server.api.escalations import EscalationApi
 from cofounder_server.api.handlers import service_handler
 from cofounder_server.api.health import HealthMonitor, HealthServicer
+from cofounder_server.auth.limits import Monotonic
+from cofounder_server.auth.security import Security
 from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
 from cofounder_server.domain.jobs import JobService
 from cofounder_server.domain.status import LiveStatus
+from cofounder_server.events.escalation_feed import EscalationFeed
+from cofounder_server.events.hub import EventHub
+from cofounder_server.events.job_events import JobEventFeed, JobEvents
 from cofounder_server.live import keys
 from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.store.database import open_database
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 
@@ -49,6 +57,10 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        # Calls wait in gRPC core until the asyncio loop takes them; past 1,000 waiting (the
+        # default) core drops new ones. Thousands of watchers reconnect at once after a restart.
+        ("grpc.server.max_pending_requests", 10_000),
+        ("grpc.server.max_pending_requests_hard_limit", 20_000),
     ]
 
 
@@ -68,24 +80,39 @@ class Application:
     redis_url: str
     database_url: str
     health_monitor: HealthMonitor
+    security: Security
     _server: grpc.aio.Server
     _cleanup: contextlib.AsyncExitStack
     stopping: asyncio.Event
+    job_events: JobEvents
+    """Publishes job events (what the executor calls)."""
+    escalation_feed: EscalationFeed
+    """Appends to the escalation feed (what escalation handling calls)."""
+    event_hub: EventHub
 
     @classmethod
-    async def start(cls, settings: Settings, clock: Clock | None = None) -> Application:
-        """Start Redis (embedded unless a URL is set), migrate SQL, then serve gRPC."""
+    async def start(
+        cls, settings: Settings, clock: Clock | None = None, *, monotonic: Monotonic | None = None
+    ) -> Application:
+        """Start Redis (embedded unless a URL is set), migrate SQL, then serve gRPC.
+
+        ``monotonic`` times the per-principal rate limits (``time.monotonic`` by default).
+        """
         clock = clock or SystemClock()
+        # Security settings are checked before anything starts: a refusal has no side effects.
+        security = Security.from_settings(settings, monotonic or time.monotonic)
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
-            return await cls._build(settings, clock, stack)
+            return await cls._build(settings, clock, security, stack)
         except BaseException:
             await stack.aclose()
             raise
 
     @classmethod
-    async def _build(cls, settings: Settings, clock: Clock, stack: contextlib.AsyncExitStack) -> Application:
+    async def _build(
+        cls, settings: Settings, clock: Clock, security: Security, stack: contextlib.AsyncExitStack
+    ) -> Application:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis_url = settings.redis_url
         if not redis_url:
@@ -109,14 +136,30 @@ class Application:
         stack.push_async_callback(cache.stop)
 
         jobs = JobRepository(database)
-        status = LiveStatus(redis, cache, jobs, clock)
-        job_service = JobService(jobs, status, clock)
+        event_log = EventLogRepository(database, retention_events=settings.event_retention_events)
+        status = LiveStatus(redis, cache, jobs, clock, event_log)
+        stopping = asyncio.Event()
+        hub = EventHub(
+            redis_url,
+            clock,
+            ring_capacity=settings.watch_buffer_events,
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
+            stopping=stopping,
+        )
+        await hub.start()
+        stack.push_async_callback(hub.stop)
+        job_events = JobEvents(event_log, redis, cache, clock, convert.encode_job_event)
+        job_feed = JobEventFeed(event_log, status, hub, clock, convert.encode_job_event)
+        escalation_feed = EscalationFeed(
+            event_log, jobs, redis, hub, clock, encode=convert.encode_escalation_event
+        )
+        job_service = JobService(jobs, status, clock, job_events)
 
         server = grpc.aio.server(options=_server_options(settings))
         server.add_generic_rpc_handlers(
             (
-                service_handler(AGENT_CONTROL, AgentControlApi(job_service, status)),
-                service_handler(ESCALATIONS, EscalationApi()),
+                service_handler(AGENT_CONTROL, AgentControlApi(job_service, status, job_feed), security.gate),
+                service_handler(ESCALATIONS, EscalationApi(escalation_feed), security.gate),
             )
         )
         health_servicer = HealthServicer()
@@ -136,7 +179,7 @@ class Application:
         await monitor.check_once()
 
         try:
-            port = server.add_insecure_port(settings.listen)
+            port = security.bind(server, settings.listen)
         except RuntimeError as error:
             raise SystemExit(f"cannot listen on {settings.listen}: {error}") from error
         await server.start()
@@ -149,15 +192,20 @@ class Application:
             redis_url,
             _redacted(database_url),
         )
+        security.log_start(settings)
         return cls(
             settings=settings,
             port=port,
             redis_url=redis_url,
             database_url=database_url,
             health_monitor=monitor,
+            security=security,
             _server=server,
             _cleanup=stack,
-            stopping=asyncio.Event(),
+            stopping=stopping,
+            job_events=job_events,
+            escalation_feed=escalation_feed,
+            event_hub=hub,
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:

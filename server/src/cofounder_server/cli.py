@@ -1,4 +1,4 @@
-"""The ``cofounder-server`` command."""
+"""The ``cofounder-server`` command (and ``cofounder-server hash-token``)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,52 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from cofounder_server.app import Application
+from cofounder_server.auth.tokens import hash_token
 from cofounder_server.config import Settings, load_settings
+
+HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
+
+Read one bearer token from standard input and print its SHA-256 hex digest: the `sha256`
+value of a [[tokens]] entry in the --auth-tokens-file. The token never appears as an
+argument, so it stays out of shell history and the process list."""
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
+    """Run until SIGTERM or SIGINT, then drain and stop. SIGHUP reloads the principals file."""
     app = await Application.start(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    # Reloading swaps the credentials for new calls; connections and open streams stay up.
+    loop.add_signal_handler(signal.SIGHUP, app.security.reload)
     await stop_requested.wait()
     await app.stop()
 
 
+def hash_token_command(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """``cofounder-server hash-token``: token on stdin, digest on stdout; 2 on bad usage or token."""
+    if argv:
+        print(HASH_TOKEN_USAGE, file=stderr if argv[0] not in ("-h", "--help") else stdout)
+        return 0 if argv[0] in ("-h", "--help") else 2
+    token = stdin.read().removesuffix("\n").removesuffix("\r")
+    try:
+        print(hash_token(token), file=stdout)
+    except ValueError as error:
+        print(f"cofounder-server hash-token: {error}", file=stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse settings, start the server, and block until it stops."""
-    settings = load_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["hash-token"]:
+        return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
+    settings = load_settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -45,6 +45,50 @@ class Settings:
     status_cache_entries: int = field(
         default=100_000, metadata={"help": "live-key cache size (entries) for GetJobStatus"}
     )
+    auth_tokens_file: str = field(
+        default="",
+        metadata={
+            "help": "principals file (TOML: token hashes and certificate names, each with a principal "
+            "and role); empty: no authentication, one local principal, loopback only. Reloaded on SIGHUP"
+        },
+    )
+    tls_cert_file: str = field(default="", metadata={"help": "PEM server certificate chain; enables TLS"})
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of --tls-cert-file"})
+    tls_client_ca_file: str = field(
+        default="",
+        metadata={"help": "PEM CA bundle for client certificates; enables and requires mutual TLS"},
+    )
+    allow_unauthenticated_non_loopback: bool = field(
+        default=False,
+        metadata={
+            "help": "DANGEROUS: serve a non-loopback address without authentication (only behind a "
+            "proxy that authenticates)"
+        },
+    )
+    rate_limit_per_second: float = field(
+        default=50.0, metadata={"help": "requests per second per principal (token bucket); 0 disables"}
+    )
+    rate_limit_burst: int = field(default=100, metadata={"help": "requests a principal may send at once"})
+    max_streams_per_principal: int = field(
+        default=50, metadata={"help": "open server streams per principal; 0 disables"}
+    )
+    heartbeat_interval_seconds: float = field(
+        default=15.0, metadata={"help": "an idle watch stream sends a heartbeat after this long"}
+    )
+    event_retention_events: int = field(
+        default=100_000,
+        metadata={
+            "help": "newest events kept per job log (and in the escalation feed); older cursors "
+            "are OUT_OF_RANGE"
+        },
+    )
+    watch_buffer_events: int = field(
+        default=2048,
+        metadata={
+            "help": "recent events held in memory per watched stream; a live watcher further "
+            "behind is ended (UNAVAILABLE, WATCHER_TOO_SLOW) and resumes"
+        },
+    )
 
     @property
     def effective_database_url(self) -> str:
@@ -62,6 +106,13 @@ def _convert(name: str, raw: str) -> object:
         return float(raw)
     if kind in ("int", int):
         return int(raw)
+    if kind in ("bool", bool):
+        # bool("false") is True: accept only unambiguous spellings.
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
     return raw
 
 
@@ -88,12 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for f in fields(Settings):
         default = f.default
+        # A switch may be given bare (``--flag``) or with a value (``--flag false``).
+        switch = {"nargs": "?", "const": "true"} if f.type in ("bool", bool) else {}
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
             help=f"{f.metadata.get('help', '')} (default: {default})",
+            **switch,  # type: ignore[arg-type]
         )
     return parser
 

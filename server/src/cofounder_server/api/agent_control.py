@@ -24,6 +24,7 @@ from cofounder_server.api.validation import (
 from cofounder_server.domain.jobs import JobService
 from cofounder_server.domain.model import JobFilter, NewJob
 from cofounder_server.domain.status import LiveStatus
+from cofounder_server.events.job_events import JobEventFeed
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"
@@ -32,9 +33,10 @@ _PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"
 class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     """The AgentControlService RPCs."""
 
-    def __init__(self, jobs: JobService, status: LiveStatus) -> None:
+    def __init__(self, jobs: JobService, status: LiveStatus, events: JobEventFeed) -> None:
         self._jobs = jobs
         self._status = status
+        self._events = events
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
         with Validator() as check:
@@ -112,5 +114,10 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     async def WatchJobEvents(
         self, request: pb.WatchJobEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchJobEventsResponse]:
-        await abort_unimplemented(context, "WatchJobEvents", "the event feeds")
-        yield pb.WatchJobEventsResponse()
+        with Validator() as check:
+            check.uuid("job_id", request.job_id)
+            if request.HasField("after_sequence") and request.after_sequence < 0:
+                check.fail("after_sequence", "must not be negative")
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for item in self._events.watch(principal_of(context), request.job_id, after):
+            yield convert.watch_job_item_to_proto(item)

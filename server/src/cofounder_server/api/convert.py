@@ -5,8 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
 
-from cofounder.agent.v1 import job_pb2
+from cofounder.agent.v1 import (
+    agent_control_service_pb2,
+    escalation_pb2,
+    escalation_service_pb2,
+    event_pb2,
+    job_pb2,
+)
 from cofounder_server.domain.model import (
     AgentSpec,
     AgentState,
@@ -14,6 +21,35 @@ from cofounder_server.domain.model import (
     JobOutcome,
     JobStatus,
     JobStatusSnapshot,
+)
+from cofounder_server.events.escalation_feed import EscalationWatchItem
+from cofounder_server.events.feed import Heartbeat
+from cofounder_server.events.hub import EventBatch
+from cofounder_server.events.job_events import JobWatchItem
+from cofounder_server.events.model import (
+    AgentBudgetExceeded,
+    AgentBudgetUpdated,
+    AgentBuildPaused,
+    AgentEscalationRaised,
+    AgentEscalationResolved,
+    AgentRetrying,
+    AgentSleeping,
+    AgentThinking,
+    AgentToolCalled,
+    AgentWaitingForInput,
+    AgentWaking,
+    Escalation,
+    EscalationEvent,
+    EscalationEventKind,
+    EscalationStatus,
+    EscalationTrigger,
+    EventPayload,
+    JobEvent,
+    JobStatusChanged,
+    PhaseCompleted,
+    PhaseStarted,
+    SleepReason,
+    WakeReason,
 )
 
 JOB_STATUS_TO_PROTO: dict[JobStatus, job_pb2.JobStatus.ValueType] = {
@@ -103,3 +139,231 @@ def snapshot_to_proto(snapshot: JobStatusSnapshot) -> job_pb2.JobStatusSnapshot:
     if snapshot.budget_percent is not None:
         message.budget_percent = snapshot.budget_percent
     return message
+
+
+# --- event feeds ----------------------------------------------------------------------
+
+SLEEP_REASON_TO_PROTO: dict[SleepReason, event_pb2.SleepReason.ValueType] = {
+    SleepReason.BUDGET_THRESHOLD: event_pb2.SLEEP_REASON_BUDGET_THRESHOLD,
+    SleepReason.BUDGET_EXCEEDED: event_pb2.SLEEP_REASON_BUDGET_EXCEEDED,
+}
+
+WAKE_REASON_TO_PROTO: dict[WakeReason, event_pb2.WakeReason.ValueType] = {
+    WakeReason.SCHEDULED: event_pb2.WAKE_REASON_SCHEDULED,
+    WakeReason.REQUESTED: event_pb2.WAKE_REASON_REQUESTED,
+}
+
+ESCALATION_STATUS_TO_PROTO: dict[EscalationStatus, escalation_pb2.EscalationStatus.ValueType] = {
+    EscalationStatus.PENDING: escalation_pb2.ESCALATION_STATUS_PENDING,
+    EscalationStatus.RESOLVED: escalation_pb2.ESCALATION_STATUS_RESOLVED,
+    EscalationStatus.WITHDRAWN: escalation_pb2.ESCALATION_STATUS_WITHDRAWN,
+}
+
+ESCALATION_TRIGGER_TO_PROTO: dict[EscalationTrigger, escalation_pb2.EscalationTrigger.ValueType] = {
+    EscalationTrigger.REPEATED_ERROR: escalation_pb2.ESCALATION_TRIGGER_REPEATED_ERROR,
+    EscalationTrigger.UNRETRYABLE_ERROR: escalation_pb2.ESCALATION_TRIGGER_UNRETRYABLE_ERROR,
+    EscalationTrigger.AGENT_QUESTION: escalation_pb2.ESCALATION_TRIGGER_AGENT_QUESTION,
+}
+
+ESCALATION_EVENT_KIND_TO_PROTO: dict[
+    EscalationEventKind, escalation_service_pb2.EscalationEventKind.ValueType
+] = {
+    EscalationEventKind.RAISED: escalation_service_pb2.ESCALATION_EVENT_KIND_RAISED,
+    EscalationEventKind.RESOLVED: escalation_service_pb2.ESCALATION_EVENT_KIND_RESOLVED,
+    EscalationEventKind.WITHDRAWN: escalation_service_pb2.ESCALATION_EVENT_KIND_WITHDRAWN,
+}
+
+
+def escalation_to_proto(escalation: Escalation) -> escalation_pb2.Escalation:
+    """The API view of an escalation."""
+    message = escalation_pb2.Escalation(
+        escalation_id=escalation.escalation_id,
+        job_id=escalation.job_id,
+        owner_id=escalation.owner_id,
+        status=ESCALATION_STATUS_TO_PROTO[escalation.status],
+        trigger=ESCALATION_TRIGGER_TO_PROTO[escalation.trigger],
+        problem=escalation.problem,
+        attempts=escalation.attempts,
+        recommended_action=escalation.recommended_action,
+        options=[
+            escalation_pb2.EscalationOption(value=o.value, label=o.label, description=o.description)
+            for o in escalation.options
+        ],
+        error_signature=escalation.error_signature,
+        create_time=timestamp(escalation.create_time),
+        decision=escalation.decision,
+        guidance=escalation.guidance,
+        resolved_by=escalation.resolved_by,
+    )
+    if escalation.resolve_time is not None:
+        message.resolve_time.CopyFrom(timestamp(escalation.resolve_time))
+    return message
+
+
+def _status_changed(payload: JobStatusChanged) -> event_pb2.JobStatusChanged:
+    return event_pb2.JobStatusChanged(
+        previous_status=(
+            JOB_STATUS_TO_PROTO[payload.previous_status]
+            if payload.previous_status
+            else job_pb2.JOB_STATUS_UNSPECIFIED
+        ),
+        status=JOB_STATUS_TO_PROTO[payload.status],
+        outcome=JOB_OUTCOME_TO_PROTO[payload.outcome] if payload.outcome else job_pb2.JOB_OUTCOME_UNSPECIFIED,
+        detail=payload.detail,
+    )
+
+
+def _payload_to_proto(payload: EventPayload) -> tuple[str, Message]:
+    """The ``JobEvent.payload`` oneof field name and message for a domain payload."""
+    match payload:
+        case AgentThinking():
+            return "agent_thinking", event_pb2.AgentThinking(iteration=payload.iteration, text=payload.text)
+        case AgentToolCalled():
+            return "agent_tool_called", event_pb2.AgentToolCalled(
+                iteration=payload.iteration,
+                tool_name=payload.tool_name,
+                input_json=payload.input_json,
+                result=payload.result,
+                is_error=payload.is_error,
+            )
+        case AgentBudgetUpdated():
+            return "agent_budget_updated", event_pb2.AgentBudgetUpdated(
+                budget_percent=payload.budget_percent,
+                spent_today_microdollars=payload.spent_today_microdollars,
+                daily_budget_microdollars=payload.daily_budget_microdollars,
+                call_cost_microdollars=payload.call_cost_microdollars,
+            )
+        case AgentSleeping():
+            return "agent_sleeping", event_pb2.AgentSleeping(
+                wake_time=timestamp(payload.wake_time), reason=SLEEP_REASON_TO_PROTO[payload.reason]
+            )
+        case AgentWaking():
+            return "agent_waking", event_pb2.AgentWaking(
+                reason=WAKE_REASON_TO_PROTO[payload.reason], top_up_microdollars=payload.top_up_microdollars
+            )
+        case AgentBudgetExceeded():
+            return "agent_budget_exceeded", event_pb2.AgentBudgetExceeded(
+                budget_percent=payload.budget_percent,
+                spent_today_microdollars=payload.spent_today_microdollars,
+                daily_budget_microdollars=payload.daily_budget_microdollars,
+            )
+        case AgentRetrying():
+            return "agent_retrying", event_pb2.AgentRetrying(
+                error_signature=payload.error_signature,
+                attempt=payload.attempt,
+                max_attempts=payload.max_attempts,
+                error_message=payload.error_message,
+            )
+        case AgentWaitingForInput():
+            return "agent_waiting_for_input", event_pb2.AgentWaitingForInput(
+                escalation_id=payload.escalation_id
+            )
+        case AgentEscalationRaised():
+            return "agent_escalation_raised", event_pb2.AgentEscalationRaised(
+                escalation=escalation_to_proto(payload.escalation)
+            )
+        case AgentEscalationResolved():
+            return "agent_escalation_resolved", event_pb2.AgentEscalationResolved(
+                escalation_id=payload.escalation_id,
+                decision=payload.decision,
+                guidance=payload.guidance,
+                resolved_by=payload.resolved_by,
+            )
+        case AgentBuildPaused():
+            return "agent_build_paused", event_pb2.AgentBuildPaused(reason=payload.reason)
+        case PhaseStarted():
+            return "phase_started", event_pb2.PhaseStarted(phase=payload.phase)
+        case PhaseCompleted():
+            return "phase_completed", event_pb2.PhaseCompleted(phase=payload.phase)
+        case JobStatusChanged():
+            return "job_status_changed", _status_changed(payload)
+
+
+def job_event_to_proto(event: JobEvent) -> event_pb2.JobEvent:
+    """The API view of one event of a job's log."""
+    message = event_pb2.JobEvent(
+        job_id=event.job_id, sequence=event.sequence, type=event.type, time=timestamp(event.time)
+    )
+    name, payload = _payload_to_proto(event.payload)
+    getattr(message, name).CopyFrom(payload)
+    return message
+
+
+def encode_job_event(event: JobEvent) -> bytes:
+    """A job event serialised once, as every watcher on every replica receives it."""
+    return job_event_to_proto(event).SerializeToString()
+
+
+def escalation_event_to_proto(event: EscalationEvent) -> escalation_service_pb2.EscalationEvent:
+    """The API view of one entry of the escalation feed."""
+    return escalation_service_pb2.EscalationEvent(
+        sequence=event.sequence,
+        type=event.kind.type,
+        kind=ESCALATION_EVENT_KIND_TO_PROTO[event.kind],
+        time=timestamp(event.time),
+        escalation=escalation_to_proto(event.escalation),
+    )
+
+
+def encode_escalation_event(event: EscalationEvent) -> bytes:
+    """An escalation feed entry serialised once, for every watcher."""
+    return escalation_event_to_proto(event).SerializeToString()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field_number: int, data: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(data)) + data
+
+
+# Both responses carry their batch as field 2, and both batches their events as field 1.
+_RESPONSE_BATCH_FIELD = 2
+_BATCH_EVENTS_FIELD = 1
+
+
+def _batch_bytes(batch: EventBatch) -> bytes:
+    """``{events: {events: [...]}}`` of a watch response, assembled from the pre-encoded
+    events: protobuf's encoding of a repeated message field is the concatenation of its
+    elements, so no event is decoded or encoded again."""
+    events = b"".join(_length_delimited(_BATCH_EVENTS_FIELD, event.data) for event in batch.events)
+    return _length_delimited(_RESPONSE_BATCH_FIELD, events)
+
+
+def heartbeat_to_proto(heartbeat: Heartbeat) -> event_pb2.Heartbeat:
+    """The API view of a heartbeat."""
+    return event_pb2.Heartbeat(latest_sequence=heartbeat.latest_sequence, time=timestamp(heartbeat.time))
+
+
+def watch_job_item_to_proto(item: JobWatchItem) -> agent_control_service_pb2.WatchJobEventsResponse:
+    """One WatchJobEvents message. A batch shared by many watchers is converted once."""
+    response = agent_control_service_pb2.WatchJobEventsResponse
+    if isinstance(item, EventBatch):
+        if not isinstance(item.encoded, response):
+            item.encoded = response.FromString(_batch_bytes(item))
+        return item.encoded
+    if isinstance(item, Heartbeat):
+        return response(heartbeat=heartbeat_to_proto(item))
+    return response(snapshot=snapshot_to_proto(item))
+
+
+def watch_escalation_item_to_proto(
+    item: EscalationWatchItem,
+) -> escalation_service_pb2.WatchEscalationsResponse:
+    """One WatchEscalations message."""
+    response = escalation_service_pb2.WatchEscalationsResponse
+    if isinstance(item, EventBatch):
+        return response.FromString(_batch_bytes(item))
+    if isinstance(item, Heartbeat):
+        return response(heartbeat=heartbeat_to_proto(item))
+    return response(
+        snapshot=escalation_service_pb2.EscalationSnapshot(
+            pending=[escalation_to_proto(e) for e in item.pending], latest_sequence=item.latest_sequence
+        )
+    )

@@ -16,6 +16,10 @@ from cofounder_server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -66,7 +70,28 @@ def to_status(error: DomainError) -> grpc.Status:
         code = code_pb2.UNAVAILABLE
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after_seconds))
-        details = _packed(error_details_pb2.RetryInfo(retry_delay=delay), _info("DEPENDENCY_UNAVAILABLE"))
+        details = _packed(
+            error_details_pb2.RetryInfo(retry_delay=delay), _info(error.reason, **error.metadata)
+        )
+    elif isinstance(error, OutOfRange):
+        code = code_pb2.OUT_OF_RANGE
+        details = _packed(_info(error.reason, **error.metadata))
+    elif isinstance(error, Unauthenticated):
+        code = code_pb2.UNAUTHENTICATED
+        details = _packed(_info(error.reason))
+    elif isinstance(error, PermissionDenied):
+        code = code_pb2.PERMISSION_DENIED
+        details = _packed(_info(error.reason))
+    elif isinstance(error, ResourceExhausted):
+        code = code_pb2.RESOURCE_EXHAUSTED
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after_seconds))
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=error.subject, description=error.message)
+            ]
+        )
+        details = _packed(error_details_pb2.RetryInfo(retry_delay=delay), quota, _info(error.reason))
     else:
         code = code_pb2.INTERNAL
         details = []

@@ -1,4 +1,5 @@
-"""EscalationService: designed in the API, implemented with the escalation issue."""
+"""EscalationService: WatchEscalations streams the escalation feed; the other RPCs arrive with
+the escalation issue."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ import grpc
 
 from cofounder.agent.v1 import escalation_service_pb2 as pb
 from cofounder.agent.v1 import escalation_service_pb2_grpc as pb_grpc
+from cofounder_server.api import convert
+from cofounder_server.api.context import principal_of
 from cofounder_server.api.errors import abort_unimplemented
+from cofounder_server.api.validation import Validator
+from cofounder_server.events.escalation_feed import EscalationFeed
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _ARRIVES_WITH = "escalation handling"
 
 
 class EscalationApi(pb_grpc.EscalationServiceServicer):
-    """The EscalationService RPCs; every one answers UNIMPLEMENTED for now."""
+    """The EscalationService RPCs; all but WatchEscalations answer UNIMPLEMENTED for now."""
+
+    def __init__(self, feed: EscalationFeed) -> None:
+        self._feed = feed
 
     async def GetEscalation(
         self, request: pb.GetEscalationRequest, context: Context
@@ -36,5 +44,12 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
     async def WatchEscalations(
         self, request: pb.WatchEscalationsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEscalationsResponse]:
-        await abort_unimplemented(context, "WatchEscalations", _ARRIVES_WITH)
-        yield pb.WatchEscalationsResponse()
+        with Validator() as check:
+            if request.job_id:
+                check.uuid("job_id", request.job_id)
+            if request.HasField("after_sequence") and request.after_sequence < 0:
+                check.fail("after_sequence", "must not be negative")
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        items = self._feed.watch(principal_of(context), request.job_id or None, after)
+        async for item in items:
+            yield convert.watch_escalation_item_to_proto(item)

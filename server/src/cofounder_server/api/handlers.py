@@ -4,6 +4,11 @@ grpcio answers INTERNAL when a request fails to deserialize (for example a strin
 invalid UTF-8), so handlers here take raw bytes and parse them themselves, answering
 INVALID_ARGUMENT. Domain errors become their gRPC status with rich details in one place,
 which keeps the servicers down to validate, call, convert.
+
+Every call also passes a :class:`CallGate` before its request is even parsed: the caller is
+authenticated, held to its request rate and (for server streams) its cap on open streams,
+and bound as the call's principal for ``api.context.principal_of``. Services registered
+elsewhere (health, reflection) do not pass the gate and stay open.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import grpc
 from google.protobuf import message, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from cofounder_server.api.context import bind_principal
 from cofounder_server.api.errors import to_status
+from cofounder_server.auth.gate import CallGate
 from cofounder_server.domain.errors import DomainError
+from cofounder_server.domain.principal import Principal
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +34,11 @@ StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[m
 
 
 async def _parse(
-    raw: bytes, method: MethodDescriptor, context: grpc.aio.ServicerContext[Any, Any]
+    raw: bytes,
+    request_class: type[message.Message],
+    method: MethodDescriptor,
+    context: grpc.aio.ServicerContext[Any, Any],
 ) -> message.Message:
-    request_class = message_factory.GetMessageClass(method.input_type)
     try:
         return request_class.FromString(raw)
     except message.DecodeError:
@@ -47,9 +57,47 @@ async def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, error:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
 
 
-def _unary(method: MethodDescriptor, impl: UnaryImpl) -> grpc.RpcMethodHandler[Any, Any]:
+async def _admit(
+    gate: CallGate | None, method: MethodDescriptor, context: grpc.aio.ServicerContext[Any, Any]
+) -> Principal | None:
+    if gate is None:
+        return None
+    try:
+        principal = gate.admit(method.full_name, context.invocation_metadata() or (), context.auth_context())
+    except DomainError as error:
+        log.debug("%s refused: %s", method.full_name, error.message)
+        await _fail(context, method.full_name, error)
+        raise  # unreachable: _fail aborts
+    bind_principal(principal)
+    return principal
+
+
+async def _open_stream(
+    gate: CallGate | None, principal: Principal | None, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    if gate is None or principal is None:
+        return
+    try:
+        slot = gate.open_stream(principal)
+    except DomainError as error:
+        await _fail(context, "stream limit", error)
+        raise  # unreachable: _fail aborts
+    if slot is not None:
+        # Freed when the call ends however it ends (finished, failed, cancelled by the client,
+        # past its deadline), even if the handler's generator is never resumed to clean up.
+        # The stubs type the callback as a class of their own; any one-argument callable works.
+        context.add_done_callback(lambda _: slot.release())  # type: ignore[arg-type]
+
+
+def _unary(
+    method: MethodDescriptor, impl: UnaryImpl, gate: CallGate | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> message.Message:
-        request = await _parse(raw, method, context)
+        await _admit(gate, method, context)
+        request = await _parse(raw, request_class, method, context)
         try:
             return await impl(request, context)
         except grpc.aio.AbortError:
@@ -58,15 +106,21 @@ def _unary(method: MethodDescriptor, impl: UnaryImpl) -> grpc.RpcMethodHandler[A
             await _fail(context, method.full_name, error)
             raise
 
-    response_class = message_factory.GetMessageClass(method.output_type)
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_class.SerializeToString)
 
 
-def _stream(method: MethodDescriptor, impl: StreamImpl) -> grpc.RpcMethodHandler[Any, Any]:
+def _stream(
+    method: MethodDescriptor, impl: StreamImpl, gate: CallGate | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+
     async def handle(
         raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[message.Message]:
-        request = await _parse(raw, method, context)
+        principal = await _admit(gate, method, context)
+        request = await _parse(raw, request_class, method, context)
+        await _open_stream(gate, principal, context)
         try:
             async for response in impl(request, context):
                 yield response
@@ -76,16 +130,22 @@ def _stream(method: MethodDescriptor, impl: StreamImpl) -> grpc.RpcMethodHandler
             await _fail(context, method.full_name, error)
             raise
 
-    response_class = message_factory.GetMessageClass(method.output_type)
     return grpc.unary_stream_rpc_method_handler(handle, response_serializer=response_class.SerializeToString)
 
 
-def service_handler(descriptor: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler[Any, Any]:
-    """A handler serving every method of ``descriptor`` from the same-named servicer method."""
+def service_handler(
+    descriptor: ServiceDescriptor, servicer: object, gate: CallGate | None = None
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """A handler serving every method of ``descriptor`` from the same-named servicer method.
+
+    With ``gate``, every call is authenticated and limited first (see the module docs).
+    Without one no principal is bound, and ``principal_of`` fails closed.
+    """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
         if method.client_streaming:
             raise ValueError(f"{method.full_name}: client streaming is not supported")
         impl = getattr(servicer, method.name)
-        handlers[method.name] = _stream(method, impl) if method.server_streaming else _unary(method, impl)
+        build = _stream if method.server_streaming else _unary
+        handlers[method.name] = build(method, impl, gate)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)

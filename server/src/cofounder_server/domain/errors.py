@@ -55,8 +55,59 @@ class AlreadyExists(DomainError):
 
 
 class Unavailable(DomainError):
-    """A dependency (Redis, SQL) cannot be reached; the caller may retry after ``retry_after``."""
+    """A dependency (Redis, SQL) cannot be reached; the caller may retry after ``retry_after``.
 
-    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+    ``reason`` and ``metadata`` say more when the cause is not a dependency: a watch ended by
+    a server shutdown, with the sequence to resume after.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_seconds: float = 1.0,
+        *,
+        reason: str = "DEPENDENCY_UNAVAILABLE",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
+class OutOfRange(DomainError):
+    """A position is outside what exists, e.g. a watch cursor older than the retained history."""
+
+    def __init__(self, reason: str, message: str, *, metadata: dict[str, str]) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = metadata
+
+
+class Unauthenticated(DomainError):
+    """The call carries no credential, or one the server does not know. ``reason`` says which."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this (e.g. a user asking for an operator-only action)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ResourceExhausted(DomainError):
+    """A per-principal limit is reached; the caller may retry after ``retry_after_seconds``.
+
+    ``subject`` names what is limited (e.g. ``principal:alice``) for ``QuotaFailure``.
+    """
+
+    def __init__(self, reason: str, message: str, *, subject: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.subject = subject
         self.retry_after_seconds = retry_after_seconds

@@ -15,6 +15,7 @@ from cofounder_server.domain.pagination import (
     page_size_or_default,
 )
 from cofounder_server.domain.principal import Principal
+from cofounder_server.events.model import EventPayload, JobStatusChanged
 from cofounder_server.store.idempotency import request_fingerprint
 from cofounder_server.store.jobs import JobRepository
 
@@ -27,13 +28,27 @@ class JobObserver(Protocol):
         ...
 
 
-class JobService:
-    """The job use cases. Every call is scoped by the principal in the storage query."""
+class EventPublisher(Protocol):
+    """Appends events to a job's log (``cofounder_server.events.job_events.JobEvents``)."""
 
-    def __init__(self, jobs: JobRepository, observer: JobObserver, clock: Clock) -> None:
+    async def publish(self, job_id: str, event: EventPayload) -> int:
+        """Store and fan out ``event``; its sequence in the job's log."""
+        ...
+
+
+class JobService:
+    """The job use cases. Every call is scoped by the principal in the storage query.
+
+    Every status change is published as a ``job.status_changed`` event after it commits.
+    """
+
+    def __init__(
+        self, jobs: JobRepository, observer: JobObserver, clock: Clock, events: EventPublisher
+    ) -> None:
         self._jobs = jobs
         self._observer = observer
         self._clock = clock
+        self._events = events
 
     async def submit(self, principal: Principal, new: NewJob, request_id: str | None) -> Job:
         """Store a queued job; a retried ``request_id`` returns the job it created."""
@@ -42,6 +57,7 @@ class JobService:
         )
         if created:
             await self._observer.job_changed(job)
+            await self._events.publish(job.job_id, JobStatusChanged(status=job.status))
         return job
 
     async def get(self, principal: Principal, job_id: str) -> Job:
@@ -71,6 +87,9 @@ class JobService:
 
     async def cancel(self, principal: Principal, job_id: str, reason: str) -> Job:
         """Cancel a queued or running job; cancelling a cancelled job returns it unchanged."""
+        # Only for the event's previous_status: a change committed between the two reads
+        # has its own event right before ours.
+        before = await self._jobs.get(job_id, owner_scope=principal.owner_scope)
         job, changed = await self._jobs.cancel(
             job_id,
             owner_scope=principal.owner_scope,
@@ -79,4 +98,11 @@ class JobService:
         )
         if changed:
             await self._observer.job_changed(job)
+            event = JobStatusChanged(
+                status=job.status,
+                previous_status=before.status if before is not None else None,
+                outcome=job.outcome,
+                detail=job.outcome_detail,
+            )
+            await self._events.publish(job.job_id, event)
         return job

@@ -3,7 +3,8 @@
 Redis stays the authority for the agent's TTL keys; a tracked in-process cache answers
 repeated reads without a round trip and is invalidated by Redis itself when a key changes or
 expires. The job's durable facts ride along as a versioned summary key, rebuilt from SQL when
-it is missing, so the hot path touches neither SQL nor the network.
+it is missing, and so does the newest event sequence (``last_seq``, written after every
+publish), so the hot path touches neither SQL nor the network.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.live.versioned import decode, put_if_newer
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 
 _LIVE_AGENT_STATES = frozenset({AgentState.WORKING, AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT})
@@ -39,7 +41,6 @@ class JobSummary:
     daily_budget_microdollars: int
     spent_today_microdollars: int
     pending_escalation_ids: tuple[str, ...]
-    latest_event_sequence: int
 
     @classmethod
     def of(cls, job: Job) -> JobSummary:
@@ -53,7 +54,6 @@ class JobSummary:
             daily_budget_microdollars=job.daily_budget_microdollars,
             spent_today_microdollars=0,
             pending_escalation_ids=(),
-            latest_event_sequence=0,
         )
 
     def encode(self) -> str:
@@ -68,7 +68,6 @@ class JobSummary:
                 "b": self.daily_budget_microdollars,
                 "p": self.spent_today_microdollars,
                 "e": list(self.pending_escalation_ids),
-                "q": self.latest_event_sequence,
             },
             separators=(",", ":"),
         )
@@ -91,7 +90,6 @@ def _decode_summary(raw: bytes) -> JobSummary | None:
             daily_budget_microdollars=int(body["b"]),
             spent_today_microdollars=int(body["p"]),
             pending_escalation_ids=tuple(str(e) for e in body["e"]),
-            latest_event_sequence=int(body["q"]),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -100,11 +98,19 @@ def _decode_summary(raw: bytes) -> JobSummary | None:
 class LiveStatus:
     """Keeps the cached job summaries current and assembles status snapshots."""
 
-    def __init__(self, redis: Redis, cache: TrackedCache, jobs: JobRepository, clock: Clock) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        cache: TrackedCache,
+        jobs: JobRepository,
+        clock: Clock,
+        events: EventLogRepository,
+    ) -> None:
         self._redis = redis
         self._cache = cache
         self._jobs = jobs
         self._clock = clock
+        self._events = events
 
     async def job_changed(self, job: Job) -> None:
         """Publish a committed job's summary; an older version never overwrites a newer one."""
@@ -116,12 +122,13 @@ class LiveStatus:
 
     async def snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
         """The job's live view, or NotFound when it is missing or not the caller's."""
-        state_raw, pct_raw, wake_raw, summary_raw = await self._cache.get_many(
+        state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(
             (
                 keys.state_key(job_id),
                 keys.budget_pct_key(job_id),
                 keys.wake_at_key(job_id),
                 keys.summary_key(job_id),
+                keys.last_sequence_key(job_id),
             )
         )
         summary = _decode_summary(summary_raw) if summary_raw is not None else None
@@ -130,7 +137,17 @@ class LiveStatus:
         scope = principal.owner_scope
         if scope is not None and summary.owner_id != scope:
             raise NotFound("job", job_id)
-        return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw)
+        sequence = decode(sequence_raw)
+        latest = sequence[0] if sequence is not None else await self._latest_sequence_from_sql(job_id)
+        return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw, latest_event_sequence=latest)
+
+    async def _latest_sequence_from_sql(self, job_id: str) -> int:
+        latest = (await self._events.job_bounds(job_id)).last_sequence
+        key = keys.last_sequence_key(job_id)
+        # Versioned: a publish that raced this read keeps its newer value.
+        await put_if_newer(self._redis, key, latest, "", keys.SUMMARY_TTL_SECONDS)
+        self._cache.invalidate((key,))
+        return latest
 
     async def _summary_from_sql(self, job_id: str) -> JobSummary:
         job = await self._jobs.get(job_id, owner_scope=None)
@@ -146,6 +163,8 @@ class LiveStatus:
         state_raw: bytes | None,
         pct_raw: bytes | None,
         wake_raw: bytes | None,
+        *,
+        latest_event_sequence: int,
     ) -> JobStatusSnapshot:
         live_state = keys.parse_state(state_raw)
         # A finished job's live keys may outlive it (they expire on their own); the durable
@@ -172,6 +191,6 @@ class LiveStatus:
             daily_budget_microdollars=summary.daily_budget_microdollars,
             spent_today_microdollars=summary.spent_today_microdollars,
             pending_escalation_ids=summary.pending_escalation_ids,
-            latest_event_sequence=summary.latest_event_sequence,
+            latest_event_sequence=latest_event_sequence,
             outcome=summary.outcome,
         )

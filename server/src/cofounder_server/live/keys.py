@@ -10,7 +10,11 @@ key                                   value                                     
 ``cofounder:agent:{id}:wake_at``      ISO-8601 UTC, ``2026-01-02T00:00:00+00:00``  until then, >= 1 s
 ``cofounder:agent:{id}:wake_signal``  ``1``; present means "wake now"              300 s
 ``cofounder:job:{id}:summary``        versioned JSON (see :mod:`.versioned`)       90 000 s
+``cofounder:job:{id}:last_seq``       versioned, ``{seq}:``: newest event sequence  90 000 s
 ====================================  ===========================================  ==================
+
+Pub/sub channels (not keys): ``cofounder:job:{id}:events`` carries each event of a job once
+it is committed, ``cofounder:escalations:events`` each entry of the escalation feed.
 
 ``wake_at`` is written the way Python's ``datetime.isoformat()`` renders a UTC time (offset
 ``+00:00``, fractional seconds only when present), which is what the predecessor wrote; the
@@ -76,6 +80,24 @@ def summary_key(job_id: str) -> str:
     if not job_id:
         raise ValueError("job_id must not be empty")
     return f"{JOB_KEY_PREFIX}{job_id}:summary"
+
+
+def last_sequence_key(job_id: str) -> str:
+    """``cofounder:job:{id}:last_seq``: the newest event sequence of the job (never decreases)."""
+    if not job_id:
+        raise ValueError("job_id must not be empty")
+    return f"{JOB_KEY_PREFIX}{job_id}:last_seq"
+
+
+def job_events_channel(job_id: str) -> str:
+    """``cofounder:job:{id}:events``: the pub/sub channel of the job's events."""
+    if not job_id:
+        raise ValueError("job_id must not be empty")
+    return f"{JOB_KEY_PREFIX}{job_id}:events"
+
+
+ESCALATION_EVENTS_CHANNEL = "cofounder:escalations:events"
+"""The pub/sub channel of the escalation feed (every owner's entries)."""
 
 
 def format_wake_at(when: datetime) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -26,6 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
+from cofounder_server.events.model import EscalationEventKind
 
 # Deterministic constraint names: Alembic needs names to drop or alter constraints later,
 # and SQLite batch migrations rebuild tables by them.
@@ -67,7 +69,7 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 """JSON text on SQLite, ``jsonb`` on PostgreSQL (indexable for later label queries)."""
 
 
-def _in_values(column: str, values: type[JobStatus | JobOutcome | AgentState]) -> str:
+def _in_values(column: str, values: type[JobStatus | JobOutcome | AgentState | EscalationEventKind]) -> str:
     return f"{column} IN ({', '.join(repr(member.value) for member in values)})"
 
 
@@ -139,3 +141,59 @@ class IdempotencyKeyRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(128))
     resource_id: Mapped[str] = mapped_column(String(255))
     create_time: Mapped[datetime]
+
+
+class EventCounterRow(Base):
+    """Where an event stream stands: one row per job log (``job:{id}``) and one for the
+    escalation feed (``escalations``).
+
+    Appends increment ``last_sequence`` in the transaction that inserts the events, so the
+    row lock (PostgreSQL) or the write lock (SQLite) hands out sequences without holes, in
+    commit order, across replicas. Events up to ``pruned_through`` may have been deleted by
+    retention; a cursor older than that is out of range.
+    """
+
+    __tablename__ = "event_counters"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    pruned_through: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobEventRow(Base):
+    """One event of a job's log. ``payload`` is the typed payload's JSON form for ``type``."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+
+
+class EscalationEventRow(Base):
+    """One entry of the escalation feed: the escalation as it stood after the event."""
+
+    __tablename__ = "escalation_events"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    escalation_id: Mapped[str] = mapped_column(String(36))
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"))
+    owner_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    time: Mapped[datetime]
+    escalation: Mapped[dict[str, Any]]
+
+    __table_args__ = (CheckConstraint(_in_values("kind", EscalationEventKind), name="kind"),)
+
+
+# A watcher reads its owner's (optionally one job's) feed in order; the pending snapshot and
+# retention look up an escalation's newest entry.
+Index("ix_escalation_events_owner_id_sequence", EscalationEventRow.owner_id, EscalationEventRow.sequence)
+Index("ix_escalation_events_job_id_sequence", EscalationEventRow.job_id, EscalationEventRow.sequence)
+Index(
+    "ix_escalation_events_escalation_id_sequence",
+    EscalationEventRow.escalation_id,
+    EscalationEventRow.sequence,
+)

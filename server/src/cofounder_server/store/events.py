@@ -1,0 +1,312 @@
+"""The event log repository: job event logs and the escalation feed in SQL.
+
+Sequences come from one counter row per stream (:class:`EventCounterRow`), incremented with
+an upsert in the transaction that inserts the events. PostgreSQL holds that row's lock until
+commit and SQLite holds its write lock, so concurrent appends on any number of replicas get
+consecutive sequences in commit order: a reader that sees sequence N has every sequence
+below N available too. Retention deletes a stream's oldest events in the same transaction
+and records how far it went (``pruned_through``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from cofounder_server.domain.errors import NotFound
+from cofounder_server.events.model import (
+    Escalation,
+    EscalationEvent,
+    EscalationEventKind,
+    EventPayload,
+    JobEvent,
+    escalation_from_json,
+    payload_from_json,
+    to_json,
+)
+from cofounder_server.store.database import Database
+from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow
+
+ESCALATION_STREAM = "escalations"
+"""The counter row of the escalation feed (one feed for every owner)."""
+
+
+def job_stream(job_id: str) -> str:
+    """The counter row of a job's event log."""
+    return f"job:{job_id}"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Where a stream stands: events ``pruned_through + 1 .. last_sequence`` are available."""
+
+    pruned_through: int
+    last_sequence: int
+
+
+@dataclass(frozen=True)
+class JobEventPage:
+    """Consecutive events of a job read in one transaction, and the log's bounds then."""
+
+    events: list[JobEvent]
+    bounds: Bounds
+
+
+@dataclass(frozen=True)
+class EscalationEventPage:
+    """Escalation feed entries visible to a reader, and the feed's bounds when read.
+
+    ``scanned_through``: every feed sequence up to it was considered (a filtered read skips
+    entries the reader may not see, so this can be past the last returned event).
+    """
+
+    events: list[EscalationEvent]
+    bounds: Bounds
+    scanned_through: int
+
+
+class EventLogRepository:
+    """Append and read job events and escalation feed entries. Raises domain errors only."""
+
+    def __init__(self, database: Database, *, retention_events: int) -> None:
+        """``retention_events``: how many of its newest events each stream keeps, at least 1."""
+        if retention_events < 1:
+            raise ValueError("retention_events must be at least 1")
+        self._database = database
+        self._retention = retention_events
+
+    # --- job event logs -----------------------------------------------------------------
+
+    async def append_job_events(
+        self, job_id: str, payloads: Sequence[EventPayload], *, now: datetime
+    ) -> list[JobEvent]:
+        """Append ``payloads`` to the job's log in one transaction; ``NotFound`` for a missing job."""
+        if not payloads:
+            raise ValueError("nothing to append")
+        now = _utc(now)
+        stream = job_stream(job_id)
+        try:
+            async with self._database.write() as session:
+                last, pruned = await self._advance(session, stream, len(payloads))
+                first = last - len(payloads) + 1
+                events = [
+                    JobEvent(job_id=job_id, sequence=first + index, time=now, payload=payload)
+                    for index, payload in enumerate(payloads)
+                ]
+                await session.execute(
+                    insert(JobEventRow),
+                    [
+                        {
+                            "job_id": job_id,
+                            "sequence": event.sequence,
+                            "type": event.type,
+                            "time": now,
+                            "payload": to_json(event.payload),
+                        }
+                        for event in events
+                    ],
+                )
+                horizon = self._horizon(last, pruned)
+                if horizon is not None:
+                    await session.execute(
+                        delete(JobEventRow).where(
+                            JobEventRow.job_id == job_id, JobEventRow.sequence <= horizon
+                        )
+                    )
+                    await self._set_pruned(session, stream, horizon)
+                return events
+        except IntegrityError as error:
+            # The foreign key: there is no such job.
+            raise NotFound("job", job_id) from error
+
+    async def read_job_events(self, job_id: str, *, after: int, limit: int) -> JobEventPage:
+        """Up to ``limit`` events with sequence > ``after``, in order, and the log's bounds."""
+        async with self._database.read() as session:
+            bounds = await self._bounds(session, job_stream(job_id))
+            rows = await session.scalars(
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id, JobEventRow.sequence > after)
+                .order_by(JobEventRow.sequence)
+                .limit(limit)
+            )
+            events = [
+                JobEvent(
+                    job_id=row.job_id,
+                    sequence=row.sequence,
+                    time=row.time,
+                    payload=payload_from_json(row.type, row.payload),
+                )
+                for row in rows
+            ]
+        return JobEventPage(events, bounds)
+
+    async def job_bounds(self, job_id: str) -> Bounds:
+        """The job log's bounds; ``Bounds(0, 0)`` before its first event."""
+        async with self._database.read() as session:
+            return await self._bounds(session, job_stream(job_id))
+
+    # --- the escalation feed ------------------------------------------------------------
+
+    async def append_escalation_event(
+        self, kind: EscalationEventKind, escalation: Escalation, *, now: datetime
+    ) -> EscalationEvent:
+        """Append one entry to the escalation feed; ``NotFound`` when its job is missing."""
+        now = _utc(now)
+        try:
+            async with self._database.write() as session:
+                last, pruned = await self._advance(session, ESCALATION_STREAM, 1)
+                await session.execute(
+                    insert(EscalationEventRow).values(
+                        sequence=last,
+                        escalation_id=escalation.escalation_id,
+                        job_id=escalation.job_id,
+                        owner_id=escalation.owner_id,
+                        kind=kind.value,
+                        time=now,
+                        escalation=to_json(escalation),
+                    )
+                )
+                horizon = self._horizon(last, pruned)
+                if horizon is not None:
+                    await self._prune_escalations(session, horizon)
+                    await self._set_pruned(session, ESCALATION_STREAM, horizon)
+        except IntegrityError as error:
+            raise NotFound("job", escalation.job_id) from error
+        return EscalationEvent(sequence=last, kind=kind, time=now, escalation=escalation)
+
+    async def read_escalation_events(
+        self, *, owner_scope: str | None, job_id: str | None, after: int, limit: int
+    ) -> EscalationEventPage:
+        """Up to ``limit`` visible feed entries with sequence > ``after``, in order."""
+        async with self._database.read() as session:
+            # PostgreSQL runs each statement on a snapshot of its own. Everything up to
+            # ``before.last_sequence`` was committed before the rows are read, so a short page
+            # has scanned that far; retention that ran meanwhile shows in ``after_read``.
+            before = await self._bounds(session, ESCALATION_STREAM)
+            query = (
+                select(EscalationEventRow)
+                .where(EscalationEventRow.sequence > after, *_visible(owner_scope, job_id))
+                .order_by(EscalationEventRow.sequence)
+                .limit(limit)
+            )
+            events = [_escalation_event(row) for row in await session.scalars(query)]
+            after_read = await self._bounds(session, ESCALATION_STREAM)
+        newest = events[-1].sequence if events else after
+        scanned = newest if len(events) == limit else max(newest, before.last_sequence)
+        return EscalationEventPage(events, Bounds(after_read.pruned_through, before.last_sequence), scanned)
+
+    async def escalation_bounds(self) -> Bounds:
+        """The escalation feed's bounds."""
+        async with self._database.read() as session:
+            return await self._bounds(session, ESCALATION_STREAM)
+
+    async def pending_escalations(
+        self, *, owner_scope: str | None, job_id: str | None, as_of: int
+    ) -> list[Escalation]:
+        """Escalations whose newest entry up to feed sequence ``as_of`` raised them, oldest first."""
+        later = aliased(EscalationEventRow)
+        query = (
+            select(EscalationEventRow)
+            .where(
+                EscalationEventRow.kind == EscalationEventKind.RAISED.value,
+                EscalationEventRow.sequence <= as_of,
+                *_visible(owner_scope, job_id),
+                ~exists().where(
+                    later.escalation_id == EscalationEventRow.escalation_id,
+                    later.sequence > EscalationEventRow.sequence,
+                    later.sequence <= as_of,
+                ),
+            )
+            .order_by(EscalationEventRow.sequence)
+        )
+        async with self._database.read() as session:
+            return [escalation_from_json(row.escalation) for row in await session.scalars(query)]
+
+    # --- shared -------------------------------------------------------------------------
+
+    async def _advance(self, session: AsyncSession, stream: str, count: int) -> tuple[int, int]:
+        """Reserve ``count`` sequences; the new last sequence and ``pruned_through``."""
+        dialect = postgresql if self._database.dialect_name == "postgresql" else sqlite
+        table = EventCounterRow.__table__
+        statement = dialect.insert(table).values(stream=stream, last_sequence=count, pruned_through=0)
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.stream],
+            set_={"last_sequence": table.c.last_sequence + count},
+        ).returning(table.c.last_sequence, table.c.pruned_through)
+        last, pruned = (await session.execute(statement)).one()
+        return int(last), int(pruned)
+
+    def _horizon(self, last: int, pruned: int) -> int | None:
+        """Up to which sequence to prune now, or None. Pruning waits for a tenth of the
+        retention to pile up, so most appends delete nothing."""
+        horizon = last - self._retention
+        if horizon - pruned >= max(1, self._retention // 10):
+            return horizon
+        return None
+
+    @staticmethod
+    async def _set_pruned(session: AsyncSession, stream: str, horizon: int) -> None:
+        await session.execute(
+            update(EventCounterRow).where(EventCounterRow.stream == stream).values(pruned_through=horizon)
+        )
+
+    @staticmethod
+    async def _prune_escalations(session: AsyncSession, horizon: int) -> None:
+        # The newest entry of a pending escalation stays: the snapshot of pending escalations
+        # reads it. It is below pruned_through, so no replay returns it.
+        newest = aliased(EscalationEventRow)
+        newest_sequence = (
+            select(func.max(newest.sequence))
+            .where(newest.escalation_id == EscalationEventRow.escalation_id)
+            .scalar_subquery()
+        )
+        keep = and_(
+            EscalationEventRow.kind == EscalationEventKind.RAISED.value,
+            EscalationEventRow.sequence == newest_sequence,
+        )
+        await session.execute(delete(EscalationEventRow).where(EscalationEventRow.sequence <= horizon, ~keep))
+
+    @staticmethod
+    async def _bounds(session: AsyncSession, stream: str) -> Bounds:
+        row = (
+            await session.execute(
+                select(EventCounterRow.pruned_through, EventCounterRow.last_sequence).where(
+                    EventCounterRow.stream == stream
+                )
+            )
+        ).one_or_none()
+        if row is None:
+            return Bounds(0, 0)
+        return Bounds(int(row[0]), int(row[1]))
+
+
+def _visible(owner_scope: str | None, job_id: str | None) -> list[Any]:
+    conditions: list[Any] = []
+    if owner_scope is not None:
+        conditions.append(EscalationEventRow.owner_id == owner_scope)
+    if job_id is not None:
+        conditions.append(EscalationEventRow.job_id == job_id)
+    return conditions
+
+
+def _escalation_event(row: EscalationEventRow) -> EscalationEvent:
+    return EscalationEvent(
+        sequence=row.sequence,
+        kind=EscalationEventKind(row.kind),
+        time=row.time,
+        escalation=escalation_from_json(row.escalation),
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: pass timezone-aware times")
+    return moment.astimezone(UTC)

@@ -1,0 +1,1 @@
+"""Authentication, tenancy, limits and TLS against real servers."""

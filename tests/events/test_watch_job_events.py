@@ -1,0 +1,339 @@
+"""WatchJobEvents against real servers: snapshot, replay, live tail, resume, heartbeats, ends."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder.agent.v1 import job_pb2
+from cofounder_server.domain.model import JobStatus
+from cofounder_server.events.hub import pack
+from cofounder_server.events.job_events import wire_event
+from cofounder_server.events.model import JobStatusChanged
+from cofounder_server.store.events import EventLogRepository
+from tests.conftest import RPC_TIMEOUT, eventually
+from tests.events.conftest import REPLICA_BUFFER_EVENTS, start_replica
+from tests.events.support import error_info, thinking, watch
+from tests.integration.test_jobs import submit
+
+
+async def test_snapshot_then_live_events_then_terminal_end(app, jobs_stub, project_id) -> None:
+    job = await submit(jobs_stub, project_id)
+    stream = watch(jobs_stub, job.job_id)
+
+    snapshot = await stream.snapshot()
+    assert snapshot.job_id == job.job_id
+    assert snapshot.job_status == job_pb2.JOB_STATUS_QUEUED
+    assert snapshot.latest_event_sequence == 1  # the QUEUED status change
+
+    assert await app.job_events.publish(job.job_id, thinking(1, "planning")) == 2
+    events = await stream.until(2)
+    assert [(e.sequence, e.type, e.agent_thinking.text) for e in events] == [
+        (2, "agent.thinking", "planning")
+    ]
+    assert events[0].job_id == job.job_id
+
+    await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id, reason="enough"), timeout=RPC_TIMEOUT)
+    assert await stream.end() is None  # OK, right after the terminal event
+    last = stream.events[-1]
+    assert (last.sequence, last.type) == (3, "job.status_changed")
+    changed = last.job_status_changed
+    assert changed.previous_status == job_pb2.JOB_STATUS_QUEUED
+    assert changed.status == job_pb2.JOB_STATUS_CANCELLED
+    assert changed.outcome == job_pb2.JOB_OUTCOME_CANCELLED
+    assert changed.detail == "enough"
+
+
+async def test_whole_history_of_a_finished_job_then_ok(app, jobs_stub, project_id) -> None:
+    job = await submit(jobs_stub, project_id)
+    await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(1, 4)])
+    await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+
+    from_start = watch(jobs_stub, job.job_id, after=0)
+    assert (await from_start.snapshot()).job_status == job_pb2.JOB_STATUS_CANCELLED
+    assert await from_start.end() is None
+    assert from_start.sequences() == [1, 2, 3, 4, 5]
+    assert from_start.events[0].job_status_changed.status == job_pb2.JOB_STATUS_QUEUED
+
+    live_only = watch(jobs_stub, job.job_id)
+    assert (await live_only.snapshot()).latest_event_sequence == 5
+    assert await live_only.end() is None  # nothing can follow the terminal event
+    assert live_only.events == []
+
+
+async def test_events_published_during_the_replay_arrive_once_in_order(
+    app, jobs_stub, project_id, monkeypatch
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(2, 1001)])  # 2..1000
+    original = EventLogRepository.read_job_events
+    calls = 0
+
+    async def read_then_publish(self, job_id, *, after, limit):
+        # The watcher's replay reads a page, and before it goes on more events commit and
+        # are published: the next read and the live tail must carry them, once each.
+        nonlocal calls
+        page = await original(self, job_id, after=after, limit=limit)
+        if job_id == job.job_id:
+            calls += 1
+            if calls <= 3:
+                await app.job_events.publish_many(
+                    job_id, [thinking(0, f"during {calls}.{i}") for i in range(5)]
+                )
+        return page
+
+    monkeypatch.setattr(EventLogRepository, "read_job_events", read_then_publish)
+    stream = watch(jobs_stub, job.job_id, after=0)
+    await stream.snapshot()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(stream.until(1015))
+        for i in range(20):  # and more, live, while it catches up
+            group.create_task(app.job_events.publish(job.job_id, thinking(i, f"live {i}")))
+    await stream.until(1035)
+
+    assert calls >= 2, "the replay must have read SQL more than once"
+    assert stream.sequences() == list(range(1, 1036))
+    texts = [e.agent_thinking.text for e in stream.events]
+    assert sum(text.startswith("during") for text in texts) == 15
+    stream.cancel()
+
+
+async def test_reconnecting_in_a_burst_loses_and_duplicates_nothing(app, jobs_stub, project_id) -> None:
+    job = await submit(jobs_stub, project_id)
+    total = 600
+
+    async def burst() -> None:
+        for i in range(total):
+            await app.job_events.publish(job.job_id, thinking(i))
+
+    seen: list[int] = []
+    publisher = asyncio.create_task(burst())
+    cursor = 1
+    for _ in range(5):  # drop the stream after a few events, five times, mid-burst
+        stream = watch(jobs_stub, job.job_id, after=cursor)
+        await stream.snapshot()
+        await stream.until(cursor + 30)
+        stream.cancel()
+        seen.extend(stream.sequences())
+        cursor = seen[-1]
+    stream = watch(jobs_stub, job.job_id, after=cursor)
+    await stream.snapshot()
+    await stream.until(total + 1, within=30)
+    seen.extend(stream.sequences())
+    stream.cancel()
+    await publisher
+
+    assert seen == list(range(2, total + 2))
+
+
+async def test_two_servers_deliver_the_same_ordered_sequence(
+    app, replica, jobs_stub, replica_stub, project_id
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    here = watch(jobs_stub, job.job_id)
+    there = watch(replica_stub, job.job_id)
+    assert (await here.snapshot()).latest_event_sequence == 1
+    assert (await there.snapshot()).latest_event_sequence == 1
+
+    # Both replicas publish, interleaved and concurrently: one log, one order.
+    async with asyncio.TaskGroup() as group:
+        for i in range(40):
+            publisher = app if i % 2 else replica
+            group.create_task(publisher.job_events.publish(job.job_id, thinking(i, f"from {i % 2}")))
+    await asyncio.gather(here.until(41), there.until(41))
+
+    assert here.sequences() == there.sequences() == list(range(2, 42))
+    assert [e.SerializeToString() for e in here.events] == [e.SerializeToString() for e in there.events]
+    here.cancel()
+    there.cancel()
+
+
+async def test_a_server_restart_mid_stream_resumes_exactly(
+    app, jobs_stub, project_id, settings_for, clock
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    doomed = await start_replica(app, settings_for, clock)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
+            from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+
+            stream = watch(pb_grpc.AgentControlServiceStub(channel), job.job_id, after=0)
+            await stream.snapshot()
+            await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(10)])
+            await stream.until(11)
+            await doomed.stop(grace_seconds=5.0)
+            error = await stream.end()
+    finally:
+        await doomed.stop()
+
+    assert error is not None
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(error)
+    assert info.reason == "SERVER_SHUTTING_DOWN"
+    resume_after = int(info.metadata["last_sequence"])
+    assert resume_after == stream.sequences()[-1] == 11
+
+    # Published while no server watched; then a new server process takes over.
+    await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(10)])
+    restarted = await start_replica(app, settings_for, clock)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
+            from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+
+            resumed = watch(pb_grpc.AgentControlServiceStub(channel), job.job_id, after=resume_after)
+            await resumed.snapshot()
+            await restarted.job_events.publish(job.job_id, JobStatusChanged(JobStatus.FAILED))
+            assert await resumed.end() is None
+    finally:
+        await restarted.stop()
+    assert stream.sequences() + resumed.sequences() == list(range(1, 23))
+
+
+async def test_an_expired_cursor_is_out_of_range_naming_the_oldest(
+    app, jobs_stub, project_id, database
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    short = EventLogRepository(database, retention_events=10)
+    for i in range(30):  # another replica, configured to keep only 10 events per job
+        await short.append_job_events(job.job_id, [thinking(i)], now=app.job_events._clock.now())
+    bounds = await short.job_bounds(job.job_id)
+    assert bounds.last_sequence == 31
+    assert bounds.pruned_through >= 20
+
+    error = await watch(jobs_stub, job.job_id, after=bounds.pruned_through - 1).end()
+    assert error is not None
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+    info = error_info(error)
+    assert info.reason == "CURSOR_EXPIRED"
+    assert info.metadata["oldest_sequence"] == str(bounds.pruned_through + 1)
+
+    whole = watch(jobs_stub, job.job_id, after=0)  # 0: whatever is retained
+    await whole.snapshot()
+    await whole.until(31)
+    assert whole.sequences() == list(range(bounds.pruned_through + 1, 32))
+    whole.cancel()
+
+    oldest = watch(jobs_stub, job.job_id, after=bounds.pruned_through)
+    await oldest.snapshot()
+    assert (await oldest.until(31))[0].sequence == bounds.pruned_through + 1
+    oldest.cancel()
+
+
+async def test_heartbeats_follow_the_injected_clock(app, jobs_stub, clock, project_id) -> None:
+    job = await submit(jobs_stub, project_id)
+    stream = watch(jobs_stub, job.job_id)
+    await stream.snapshot()
+
+    await clock.advance(timedelta(seconds=14))
+    await app.job_events.publish(job.job_id, thinking(1))
+    message = await stream.next()
+    assert message.WhichOneof("kind") == "events", "no heartbeat before 15 s of silence"
+
+    await clock.advance(timedelta(seconds=15))
+    message = await stream.next()
+    assert message.WhichOneof("kind") == "heartbeat"
+    assert message.heartbeat.latest_sequence == 2
+    assert message.heartbeat.time.ToDatetime().timestamp() == pytest.approx(clock.now().timestamp(), abs=1)
+
+    await clock.advance(timedelta(seconds=15))
+    assert (await stream.next()).heartbeat.latest_sequence == 2
+    stream.cancel()
+
+
+async def test_an_event_whose_publish_was_lost_arrives_by_the_next_heartbeat(
+    app, jobs_stub, clock, project_id, event_log
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    stream = watch(jobs_stub, job.job_id)
+    await stream.snapshot()
+    # Committed, but the publisher died before PUBLISH: nothing arrives through Redis.
+    await event_log.append_job_events(job.job_id, [thinking(1, "silent")], now=clock.now())
+    with pytest.raises(TimeoutError):
+        await stream.next(within=0.3)
+
+    await clock.advance(timedelta(seconds=15))
+    events = await stream.until(2)
+    assert [e.agent_thinking.text for e in events] == ["silent"]
+    await clock.advance(timedelta(seconds=15))
+    message = await stream.next()
+    assert message.heartbeat.latest_sequence == 2
+    stream.cancel()
+
+
+async def test_a_gap_in_pub_sub_is_filled_from_sql(jobs_stub, redis, clock, project_id, event_log) -> None:
+    job = await submit(jobs_stub, project_id)
+    stream = watch(jobs_stub, job.job_id)
+    await stream.snapshot()
+    stored = await event_log.append_job_events(job.job_id, [thinking(i) for i in range(3)], now=clock.now())
+    # Only the last of the three reaches Redis (the other publishes were lost or are late).
+    from cofounder_server.api.convert import encode_job_event
+    from cofounder_server.live.keys import job_events_channel
+
+    await redis.publish(job_events_channel(job.job_id), pack(wire_event(stored[-1], encode_job_event)))
+
+    assert stream.sequences() == []
+    assert await stream.until(4)
+    assert stream.sequences() == [2, 3, 4]
+    stream.cancel()
+
+
+async def test_cancelling_a_watch_frees_its_subscription(app, jobs_stub, redis, project_id) -> None:
+    from cofounder_server.live.keys import job_events_channel
+
+    job = await submit(jobs_stub, project_id)
+    channel = job_events_channel(job.job_id)
+    before = app.event_hub.stats
+    streams = [watch(jobs_stub, job.job_id) for _ in range(3)]
+    for stream in streams:
+        await stream.snapshot()
+
+    assert app.event_hub.stats.watchers == before.watchers + 3
+    assert app.event_hub.stats.topics == before.topics + 1
+    # Three watchers, one subscription for the process.
+    assert dict(await redis.pubsub_numsub(channel)) == {channel.encode(): 1}
+
+    for stream in streams:
+        stream.cancel()
+    await eventually(lambda: _stats(app), lambda s: s == (before.watchers, before.topics))
+    await eventually(lambda: redis.pubsub_numsub(channel), lambda n: dict(n) == {channel.encode(): 0})
+
+
+async def _stats(app):
+    return app.event_hub.stats.watchers, app.event_hub.stats.topics
+
+
+async def test_a_watcher_that_stops_reading_is_ended_and_others_are_not_delayed(
+    app, replica, replica_stub, jobs_stub, project_id
+) -> None:
+    from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+
+    job = await submit(jobs_stub, project_id)
+    fast = watch(replica_stub, job.job_id)
+    await fast.snapshot()
+    # A client with a small, fixed receive window that does not read: the server's sends
+    # to it block once the window is full.
+    options = [("grpc.http2.lookahead_bytes", 65_536), ("grpc.http2.bdp_probe", 0)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}", options=options) as channel:
+        slow = watch(pb_grpc.AgentControlServiceStub(channel), job.job_id, reading=False)
+        assert (await asyncio.wait_for(slow.call.read(), RPC_TIMEOUT)).HasField("snapshot")
+        count = REPLICA_BUFFER_EVENTS * 4
+        big = "x" * 60_000
+        for i in range(count):
+            await app.job_events.publish(job.job_id, thinking(i, big))
+            # The watcher that reads is never held up by the one that does not.
+            await fast.until(i + 2, within=5)
+
+        slow.start_reading()
+        error = await slow.end()
+    assert error is not None
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(error)
+    assert info.reason == "WATCHER_TOO_SLOW"
+    delivered = slow.sequences()
+    assert delivered == list(range(2, 2 + len(delivered)))  # in order, no holes, until it ended
+    assert int(info.metadata["last_sequence"]) == delivered[-1] < count + 1
+    fast.cancel()
