@@ -9,14 +9,12 @@ PostgreSQL; each session then works in a database of its own, dropped at the end
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -27,26 +25,10 @@ from cofounder.agent.v1 import agent_control_service_pb2_grpc, escalation_servic
 from cofounder_server.app import Application
 from cofounder_server.clock import ManualClock
 from cofounder_server.config import Settings
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
 
-T = TypeVar("T")
-RPC_TIMEOUT = 10.0
-
-EXTERNAL_REDIS = os.environ.get("COFOUNDER_TEST_REDIS_URL", "")
-EXTERNAL_DATABASE = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, within: float = 10.0
-) -> T:
-    """Poll ``probe`` until ``accept`` holds for its result; fail with the last result at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if accept(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s; last result: {result!r}")
-        await asyncio.sleep(0.02)
+# Re-exported: test modules import these from here or from tests.support.
+__all__ = ["EXTERNAL_DATABASE", "EXTERNAL_REDIS", "RPC_TIMEOUT", "eventually"]
 
 
 @pytest.fixture(scope="session")

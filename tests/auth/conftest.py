@@ -13,7 +13,7 @@ from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.app import Application
 from cofounder_server.config import Settings
 from tests.auth.support import CALLERS, write_principals
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 
 @pytest.fixture(scope="session")

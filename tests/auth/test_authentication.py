@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from tests.auth.support import ALICE, BILLING, BOB, CALLERS, ONCALL, failure_of, new_token, submit_request
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 SERVICES = (
     agent_control_service_pb2.DESCRIPTOR.services_by_name["AgentControlService"],

@@ -30,7 +30,7 @@ from tests.auth.support import (
     failure_of,
     write_principals,
 )
-from tests.conftest import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually
 
 
 @pytest.fixture

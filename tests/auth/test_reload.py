@@ -19,7 +19,7 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder_server.app import Application
 from tests.auth.support import Caller, new_token, write_principals
-from tests.conftest import EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_REDIS, RPC_TIMEOUT, eventually
 
 OLD = Caller("alice", "user", new_token())
 NEW = Caller("alice", "user", new_token())

@@ -14,7 +14,7 @@ from cofounder.agent.v1 import escalation_service_pb2 as esc_pb
 from cofounder.agent.v1 import escalation_service_pb2_grpc as esc_grpc
 from cofounder_server.events.model import Escalation, EscalationEventKind, EscalationStatus, EscalationTrigger
 from tests.auth.support import ALICE, BILLING, BOB, ONCALL, failure_of, submit_request
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 
 async def first_message(call):

@@ -10,7 +10,7 @@ import pytest
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
 from tests.auth.support import ALICE, BILLING, BOB, ONCALL, Failure, failure_of, submit_request
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 # Reads and mutations that name one job; each is called as the given caller on a job id.
 BY_ID = {

@@ -13,7 +13,7 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder_client import Client, CofounderError, TLSConfig
 from cofounder_server.app import Application
 from tests.auth.support import ALICE, CALLERS, write_principals
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 SERVER_NAME = "cofounder.test"
 

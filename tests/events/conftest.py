@@ -14,7 +14,7 @@ from cofounder_server.clock import ManualClock
 from cofounder_server.config import Settings
 from cofounder_server.store.database import Database, open_database
 from cofounder_server.store.events import EventLogRepository
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 REPLICA_BUFFER_EVENTS = 16
 

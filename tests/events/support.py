@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import event_pb2
 from cofounder_server.events.model import AgentThinking
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 STREAM_TIMEOUT = 60.0
 """Deadline of every watch a test opens; reads have their own, shorter, deadlines."""

@@ -13,9 +13,9 @@ from cofounder_server.domain.model import JobOutcome, JobStatus
 from cofounder_server.events import model
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
-from tests.conftest import RPC_TIMEOUT, eventually
 from tests.events.support import thinking
 from tests.integration.test_jobs import submit
+from tests.support import RPC_TIMEOUT, eventually
 
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
 

@@ -15,10 +15,10 @@ from cofounder_server.events.hub import pack
 from cofounder_server.events.job_events import wire_event
 from cofounder_server.events.model import JobStatusChanged
 from cofounder_server.store.events import EventLogRepository
-from tests.conftest import RPC_TIMEOUT, eventually
 from tests.events.conftest import REPLICA_BUFFER_EVENTS, start_replica
 from tests.events.support import error_info, thinking, watch
 from tests.integration.test_jobs import submit
+from tests.support import RPC_TIMEOUT, eventually
 
 
 async def test_snapshot_then_live_events_then_terminal_end(app, jobs_stub, project_id) -> None:

@@ -13,8 +13,8 @@ from grpc_status import rpc_status
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import escalation_service_pb2 as esc
 from cofounder.agent.v1 import job_pb2
-from tests.conftest import RPC_TIMEOUT
 from tests.integration.test_jobs import submit, submit_request
+from tests.support import RPC_TIMEOUT
 
 VALID_ID = "00000000-0000-4000-8000-000000000000"
 

@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
-from tests.conftest import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT
 
 
 def submit_request(project_id: str, **overrides: object) -> pb.SubmitJobRequest:

@@ -20,7 +20,7 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc, job_pb2
 from cofounder_server.app import Application
 from cofounder_server.live.engine import EmbeddedRedis
-from tests.conftest import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
 
 SERVICES = ("cofounder.agent.v1.AgentControlService", "cofounder.agent.v1.EscalationService")
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.app import Application
-from tests.conftest import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually
 
 pytestmark = pytest.mark.external
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
-from tests.conftest import RPC_TIMEOUT, eventually
 from tests.integration.test_jobs import submit
+from tests.support import RPC_TIMEOUT, eventually
 
 
 async def status_of(stub, job_id: str) -> job_pb2.JobStatusSnapshot:

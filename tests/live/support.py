@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from redis.asyncio import Redis
+
+from tests.support import eventually
 
 T = TypeVar("T")
 
@@ -30,20 +30,6 @@ class Engine:
     name: str
     url: str
     private: bool
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, within: float = 5.0
-) -> T:
-    """Poll ``probe`` until ``accept`` holds for its result; fail with the last result at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if accept(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s; last result: {result!r}")
-        await asyncio.sleep(0.005)
 
 
 async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
