@@ -1,0 +1,187 @@
+"""Executor overhead: many concurrent jobs whose scripted brain answers at once.
+
+Every iteration of a job does what the control plane does around a model call - price it
+into the usage ledger, run its tool call (``narrate``), append the conversation to the
+checkpoint, publish ``agent.thinking`` / ``agent.budget_updated`` / ``agent.tool.called``
+events, write ``budget_pct`` and the status summary to Redis - and the brain costs nothing,
+so iterations per second measure the control plane alone.
+
+    .venv/bin/python bench/executor.py                              # 200 jobs, 10 s, SQLite
+    .venv/bin/python bench/executor.py --database postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/executor.py --jobs 20 --duration 5 --json-out result.json
+
+The server runs in this process (the real ``Application``: embedded Redis engine unless
+``--redis-url``, SQLite file in a temporary data dir unless ``--database``; a PostgreSQL URL
+gets a throwaway database created and dropped here). Each job's script is 12 different
+turns played in a loop (so repetition detection never fires) with one ``narrate`` call each;
+``max_tool_calls`` and the budget are set high enough that no job ends or sleeps. After a
+warm-up, the iterations the group-commit writer committed over ``--duration`` seconds are
+counted; the writer's time in SQL commits and in the Redis fan-out, and the process's CPU
+time, say where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+from cofounder.agent.v1 import job_pb2
+from cofounder_server.app import Application
+from cofounder_server.config import Settings
+
+
+def script() -> dict[str, Any]:
+    turns = [
+        {
+            "text": f"Step {n}: writing the next part.",
+            "tool_calls": [{"name": "narrate", "input": {"text": f"working on part {n}"}}],
+            "usage": {"input_tokens": 1200, "output_tokens": 150},
+        }
+        for n in range(12)
+    ]
+    return {"turns": turns, "loop": True}
+
+
+async def create_postgres_database(url: str) -> tuple[str, str]:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(url).set(drivername="postgresql")
+    name = f"cofounder_bench_{uuid.uuid4().hex[:10]}"
+    dsn = admin.render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+        hide_password=False
+    ), dsn
+
+
+async def drop_postgres_database(dsn: str, url: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
+    database_url, admin_dsn = "", ""
+    if args.database:
+        database_url, admin_dsn = await create_postgres_database(args.database)
+    settings = replace(
+        Settings(),
+        listen="127.0.0.1:0",
+        data_dir=data_dir,
+        redis_url=args.redis_url,
+        database_url=database_url,
+        log_level="WARNING",
+        rate_limit_per_second=0.0,
+        max_running_jobs=args.jobs,
+        max_tool_calls=10**9,
+        claim_interval_seconds=0.5,
+    )
+    app = await Application.start(settings)
+    result: dict[str, Any] = {}
+    try:
+        assert app.executor is not None
+        writer = app.executor._s.writer  # the benchmark reads the writer's counters
+        config = struct_pb2.Struct()
+        config.update(script())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.AgentControlServiceStub(channel)
+            jobs = []
+            for n in range(args.jobs):
+                request = pb.SubmitJobRequest(
+                    project_id="bench",
+                    goal=f"benchmark job {n}",
+                    daily_budget_microdollars=10**12,
+                    agent=job_pb2.AgentSpec(brain="scripted", model="bench-model", config=config),
+                )
+                jobs.append((await stub.SubmitJob(request)).job.job_id)
+            deadline = time.monotonic() + 30
+            while len(app.executor.runs) < args.jobs and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(args.warmup)
+            i0, b0, sql0, fan0 = writer.iterations, writer.batches, writer.sql_seconds, writer.fan_out_seconds
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(args.duration)
+            elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+            iterations, batches = writer.iterations - i0, writer.batches - b0
+            sql, fan = writer.sql_seconds - sql0, writer.fan_out_seconds - fan0
+            running = len(app.executor.runs)
+            for job_id in jobs:
+                await stub.CancelJob(pb.CancelJobRequest(job_id=job_id))
+        result = {
+            "database": "postgresql" if args.database else "sqlite",
+            "jobs": args.jobs,
+            "running": running,
+            "seconds": round(elapsed, 2),
+            "iterations": iterations,
+            "iterations_per_second": round(iterations / elapsed),
+            "batches": batches,
+            "mean_batch": round(iterations / max(1, batches), 1),
+            "writer_sql_share": round(sql / elapsed, 3),
+            "writer_fan_out_share": round(fan / elapsed, 3),
+            "process_cpu_share": round(cpu / elapsed, 3),
+            "cpu_us_per_iteration": round(cpu / max(1, iterations) * 1e6, 1),
+        }
+    finally:
+        await app.stop(grace_seconds=2.0)
+        if admin_dsn:
+            await drop_postgres_database(admin_dsn, database_url)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=200, help="concurrent jobs (default 200)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (default 2)")
+    parser.add_argument("--database", default="", help="PostgreSQL server URL (default: SQLite file)")
+    parser.add_argument("--redis-url", default="", help="external Redis (default: embedded engine)")
+    parser.add_argument("--json-out", default="", help="also write the result here")
+    args = parser.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    result = asyncio.run(run(args))
+    result["machine"] = {
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
