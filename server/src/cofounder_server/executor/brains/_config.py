@@ -1,0 +1,64 @@
+"""Reading a brain's ``AgentSpec.config`` with errors that name the offending field.
+
+The config arrives through a ``google.protobuf.Struct``, where every number is a float:
+whole numbers are therefore accepted as floats too, fractions and booleans are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cofounder_server.executor.registry import PluginConfigError
+
+
+def check_keys(value: Mapping[str, Any], allowed: frozenset[str], field: str) -> None:
+    """Reject keys outside ``allowed``: a misspelt option should fail, not be ignored."""
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise PluginConfigError(
+            f"unknown option {unknown[0]!r} (expected one of: {', '.join(sorted(allowed))})",
+            field=f"{field}.{unknown[0]}",
+        )
+
+
+def as_mapping(value: object, field: str) -> Mapping[str, Any]:
+    """``value`` as an object with string keys."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise PluginConfigError("must be an object", field=field)
+    return value
+
+
+def as_list(value: object, field: str) -> list[Any]:
+    """``value`` as a list."""
+    if not isinstance(value, list):
+        raise PluginConfigError("must be a list", field=field)
+    return value
+
+
+def as_str(value: object, field: str, *, non_empty: bool = False) -> str:
+    """``value`` as a string, optionally required to be non-empty."""
+    if not isinstance(value, str):
+        raise PluginConfigError("must be a string", field=field)
+    if non_empty and not value.strip():
+        raise PluginConfigError("must not be empty", field=field)
+    return value
+
+
+def as_bool(value: object, field: str) -> bool:
+    """``value`` as a boolean."""
+    if not isinstance(value, bool):
+        raise PluginConfigError("must be true or false", field=field)
+    return value
+
+
+def as_int(value: object, field: str, *, minimum: int) -> int:
+    """``value`` as a whole number of at least ``minimum``."""
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan too
+        value = int(value)
+    # bool is an int subclass; ``true`` as a token count is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PluginConfigError("must be a whole number", field=field)
+    if value < minimum:
+        raise PluginConfigError(f"must be at least {minimum}", field=field)
+    return value

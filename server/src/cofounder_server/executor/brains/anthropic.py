@@ -1,0 +1,269 @@
+"""The ``anthropic`` brain: an adapter for the Anthropic Messages API (official ``anthropic`` SDK).
+
+The SDK is an optional extra (``pip install 'cofounder-server[anthropic]'``) and is imported
+only when an ``anthropic`` brain is first built, so the server runs without it.
+
+Config (``AgentSpec.config``), all optional::
+
+    {"system": "You are ...", "max_tokens": 4096}
+
+``AgentSpec.model`` is required. The SDK does not retry (``max_retries=0``): the executor
+owns retries, counts them per error signature and escalates, which SDK-internal retries
+would hide.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from cofounder_server.domain.model import AgentSpec
+from cofounder_server.executor.brains._config import as_int, as_mapping, as_str, check_keys
+from cofounder_server.executor.plugins import (
+    BrainError,
+    Message,
+    StopReason,
+    ToolCall,
+    ToolSpec,
+    Turn,
+    Usage,
+)
+from cofounder_server.executor.registry import PluginConfigError
+
+if TYPE_CHECKING:
+    from anthropic import AnthropicError, AsyncAnthropic
+    from anthropic.types import Message as ApiMessage
+
+_CONFIG = "agent.config"
+_CONFIG_KEYS = frozenset({"system", "max_tokens"})
+
+_STOP_REASONS = {
+    "end_turn": StopReason.END_TURN,
+    # Only sent when the request gives stop_sequences (ours never do); a natural end.
+    "stop_sequence": StopReason.END_TURN,
+    "tool_use": StopReason.TOOL_USE,
+    "max_tokens": StopReason.MAX_TOKENS,
+    # The turn is unfinished in both cases below; "continue" is what the API expects next,
+    # which is how the executor treats MAX_TOKENS. pause_turn only comes with server-side
+    # tools, which this adapter does not send.
+    "model_context_window_exceeded": StopReason.MAX_TOKENS,
+    "pause_turn": StopReason.MAX_TOKENS,
+    "refusal": StopReason.REFUSAL,
+}
+
+# Normalised error signatures by HTTP status (the names of the API's error types).
+_STATUS_SIGNATURES = {
+    400: "invalid_request",
+    401: "authentication",
+    402: "billing",
+    403: "permission",
+    404: "not_found",
+    408: "timeout",
+    413: "request_too_large",
+    429: "rate_limit",
+    500: "api_error",
+    503: "unavailable",
+    504: "timeout",
+    529: "overloaded",
+}
+
+
+def to_messages_api(conversation: Sequence[Message]) -> list[dict[str, Any]]:
+    """Our conversation as Messages API ``messages``.
+
+    Tool results become ``tool_result`` blocks of a user message, paired with the
+    assistant's ``tool_use`` blocks by ``call_id``. Consecutive messages of the same API role
+    are merged (the API wants the roles to alternate), with tool results first in a user
+    message as the API requires. Empty text is dropped: the API rejects empty text blocks.
+    """
+    merged: list[dict[str, Any]] = []
+    for message in conversation:
+        blocks: list[dict[str, Any]] = []
+        if message.role == "tool":
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.call_id}
+            if message.text:
+                result["content"] = message.text
+            if message.is_error:
+                result["is_error"] = True
+            blocks.append(result)
+        elif message.text:
+            blocks.append({"type": "text", "text": message.text})
+        if message.role == "assistant":
+            blocks.extend(
+                {"type": "tool_use", "id": call.call_id, "name": call.name, "input": dict(call.input)}
+                for call in message.tool_calls
+            )
+        role = "assistant" if message.role == "assistant" else "user"
+        if not blocks:
+            continue
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"].extend(blocks)
+        else:
+            merged.append({"role": role, "content": blocks})
+    for entry in merged:
+        if entry["role"] == "user":
+            # Stable: keeps tool results in call order and text in conversation order.
+            entry["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return merged
+
+
+def to_tools_api(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Our tool specs as Messages API ``tools``."""
+    return [
+        {"name": tool.name, "description": tool.description, "input_schema": dict(tool.input_schema)}
+        for tool in tools
+    ]
+
+
+def to_turn(response: ApiMessage, model: str) -> Turn:
+    """A Messages API response as a :class:`Turn`; ``model`` stands in if the response names none."""
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in response.content:
+        # Other block types (thinking, server tool results) are not part of a Turn.
+        if block.type == "text":
+            texts.append(block.text)
+        elif block.type == "tool_use":
+            calls.append(ToolCall(call_id=block.id, name=block.name, input=dict(block.input)))
+    usage = response.usage
+    # Cached prompt tokens are reported apart from input_tokens, but they are still input
+    # the call consumed; leaving them out would let a cached prompt spend under the budget.
+    input_tokens = (
+        usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+    )
+    stop_reason = _STOP_REASONS.get(response.stop_reason or "")
+    if stop_reason is None:
+        # An unknown (newer) reason: judge by content rather than fail a working call.
+        stop_reason = StopReason.TOOL_USE if calls else StopReason.END_TURN
+    return Turn(
+        text="\n".join(texts),
+        tool_calls=tuple(calls),
+        usage=Usage(
+            model=response.model or model, input_tokens=input_tokens, output_tokens=usage.output_tokens
+        ),
+        stop_reason=stop_reason,
+    )
+
+
+def to_brain_error(exc: AnthropicError) -> BrainError:
+    """An SDK error as a :class:`BrainError` with a retry verdict and a stable signature.
+
+    Rate limits, overload, 5xx, timeouts and lost connections may pass: retryable. Bad
+    requests, credentials, permissions and unknown models will not: not retryable.
+    """
+    import anthropic
+
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        name = _STATUS_SIGNATURES.get(status) or ("server_error" if status >= 500 else f"http_{status}")
+        retryable = status in (408, 429) or status >= 500
+        return BrainError(
+            f"Anthropic API error {status}: {exc.message}", retryable=retryable, signature=f"anthropic:{name}"
+        )
+    if isinstance(exc, anthropic.APITimeoutError):
+        return BrainError("Anthropic API call timed out", retryable=True, signature="anthropic:timeout")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return BrainError(
+            f"cannot reach the Anthropic API: {exc.message}", retryable=True, signature="anthropic:connection"
+        )
+    return BrainError(f"Anthropic SDK error: {exc}", retryable=False, signature="anthropic:client_error")
+
+
+class AnthropicBrain:
+    """Thinks by calling the Messages API once per turn (non-streaming)."""
+
+    def __init__(self, client: AsyncAnthropic, *, model: str, max_tokens: int, system: str) -> None:
+        self._client = client
+        self._model = model
+        self._max_tokens = max_tokens
+        self._system = system
+
+    async def think(self, conversation: Sequence[Message], tools: Sequence[ToolSpec]) -> Turn:
+        """One Messages API call; SDK errors become :class:`BrainError` (see :func:`to_brain_error`)."""
+        import anthropic
+
+        # Plain JSON in the documented wire format: the SDK's TypedDicts for it differ
+        # between SDK versions, and the request is checked by tests against the wire anyway.
+        optional: dict[str, Any] = {}
+        if self._system:
+            optional["system"] = self._system
+        if tools:
+            optional["tools"] = to_tools_api(tools)
+        try:
+            response = await self._client.messages.create(
+                model=self._model,
+                max_tokens=self._max_tokens,
+                messages=to_messages_api(conversation),  # type: ignore[arg-type]
+                **optional,
+            )
+        except anthropic.AnthropicError as exc:
+            raise to_brain_error(exc) from exc
+        return to_turn(response, self._model)
+
+
+class AnthropicBrainFactory:
+    """Builds :class:`AnthropicBrain` s sharing one SDK client (one connection pool).
+
+    Empty ``base_url`` / ``api_key`` leave the choice to the SDK (its defaults, or
+    ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``). Call :meth:`aclose` on shutdown.
+    """
+
+    def __init__(self, *, base_url: str, api_key: str, max_tokens: int, timeout_seconds: float) -> None:
+        self._base_url = base_url
+        self._api_key = api_key
+        self._max_tokens = max_tokens
+        self._timeout_seconds = timeout_seconds
+        self._client: AsyncAnthropic | None = None
+
+    def __call__(self, spec: AgentSpec) -> AnthropicBrain:
+        """A brain for ``spec``; raises :class:`PluginConfigError` for a bad spec or missing SDK/key."""
+        config = as_mapping(spec.config, _CONFIG)
+        check_keys(config, _CONFIG_KEYS, _CONFIG)
+        system = as_str(config.get("system", ""), f"{_CONFIG}.system")
+        max_tokens = as_int(config.get("max_tokens", self._max_tokens), f"{_CONFIG}.max_tokens", minimum=1)
+        if not spec.model.strip():
+            raise PluginConfigError(
+                "the anthropic brain needs a model, e.g. claude-sonnet-4-5", field="agent.model"
+            )
+        return AnthropicBrain(self._shared_client(), model=spec.model, max_tokens=max_tokens, system=system)
+
+    def _shared_client(self) -> AsyncAnthropic:
+        client = self._client
+        if client is None:
+            if importlib.util.find_spec("anthropic") is None:
+                raise PluginConfigError(
+                    "the anthropic brain is not installed: pip install 'cofounder-server[anthropic]'",
+                    field="agent.brain",
+                )
+            import anthropic
+
+            try:
+                client = self._client = anthropic.AsyncAnthropic(
+                    api_key=self._api_key or None,
+                    base_url=self._base_url or None,
+                    timeout=self._timeout_seconds,
+                    max_retries=0,
+                )
+            except anthropic.AnthropicError as exc:
+                # E.g. a credentials profile the SDK was pointed at but cannot read.
+                raise PluginConfigError(
+                    f"cannot set up the Anthropic client: {exc}", field="agent.brain"
+                ) from exc
+        # Without credentials the SDK fails on the first call with a bare TypeError; say it
+        # now, when the job is submitted. (``credentials``: token providers of newer SDKs.)
+        if (
+            client.api_key is None
+            and client.auth_token is None
+            and getattr(client, "credentials", None) is None
+        ):
+            raise PluginConfigError(
+                "no Anthropic credentials: set --anthropic-api-key or ANTHROPIC_API_KEY", field="agent.brain"
+            )
+        return client
+
+    async def aclose(self) -> None:
+        """Close the shared SDK client, if one was made."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()

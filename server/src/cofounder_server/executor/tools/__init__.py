@@ -1,0 +1,1 @@
+"""Built-in tools. ``narrate`` reports progress and opens and closes phases."""
