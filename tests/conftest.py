@@ -63,7 +63,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture(scope="session")
 def settings_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
-    """Settings for a test server: ephemeral port, its own data dir, external services if set."""
+    """Settings for a test server: ephemeral port, its own data dir, external services if set,
+    no agent executor unless asked for (``executor_enabled=True``)."""
 
     def make(database_url: str = "", **overrides: Any) -> Settings:
         data_dir: Path = tmp_path_factory.mktemp("server")
@@ -74,6 +75,9 @@ def settings_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Sett
             database_url=database_url,
             shutdown_grace_seconds=2.0,
             health_check_interval_seconds=0.2,
+            # API tests expect submitted jobs to stay as they left them; tests/executor
+            # turns the executor on for the servers that run agents.
+            executor_enabled=False,
         )
         return replace(base, **overrides)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cofounder.agent.v1 import job_pb2
-from cofounder_client import Client, InvalidArgumentError, NotFoundError, UnimplementedError
+from cofounder_client import Client, InvalidArgumentError, NotFoundError
 from cofounder_client.cli import main as cli_main
 
 
@@ -54,7 +54,7 @@ async def test_client_errors_carry_codes_and_field_violations(client, project_id
         await client.get_job("00000000-0000-4000-8000-00000000abcd")
     assert missing.value.reason == "JOB_NOT_FOUND"
 
-    with pytest.raises(UnimplementedError):
+    with pytest.raises(NotFoundError):
         await client.wake_agent("00000000-0000-4000-8000-00000000abcd")
 
 

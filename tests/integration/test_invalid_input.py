@@ -131,6 +131,7 @@ BAD_IDS = [
         ("GetJob", pb.GetJobRequest),
         ("CancelJob", pb.CancelJobRequest),
         ("GetJobStatus", pb.GetJobStatusRequest),
+        ("WakeAgent", pb.WakeAgentRequest),
     ],
 )
 async def test_malformed_job_ids_are_invalid(jobs_stub, method, request_type, job_id) -> None:
@@ -182,6 +183,58 @@ async def test_cancel_rejects_bad_reason_and_request_id_and_keeps_the_job(jobs_s
 
 
 @pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"top_up_microdollars": -1}, "top_up_microdollars"),
+        ({"top_up_microdollars": 10**12 + 1}, "top_up_microdollars"),
+        ({"request_id": "has space"}, "request_id"),
+        ({"request_id": "r" * 129}, "request_id"),
+    ],
+)
+async def test_wake_rejects_bad_top_ups_and_request_ids_and_changes_nothing(
+    jobs_stub, project_id, request_fields, field
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs_stub.WakeAgent(
+            pb.WakeAgentRequest(job_id=job.job_id, **request_fields), timeout=RPC_TIMEOUT
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations_of(caught.value)
+    fetched = (await jobs_stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)).job
+    assert fetched == job
+
+
+async def test_wake_reports_every_bad_field_at_once(jobs_stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs_stub.WakeAgent(
+            pb.WakeAgentRequest(job_id="nope", request_id="a b", top_up_microdollars=-5), timeout=RPC_TIMEOUT
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations_of(caught.value)) == {"job_id", "request_id", "top_up_microdollars"}
+
+
+async def test_waking_an_agent_that_is_not_sleeping_is_failed_precondition(jobs_stub, project_id) -> None:
+    job = await submit(jobs_stub, project_id)  # queued: its agent has not started
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs_stub.WakeAgent(
+            pb.WakeAgentRequest(job_id=job.job_id, top_up_microdollars=5), timeout=RPC_TIMEOUT
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert any(detail.Unpack(info) for detail in status.details)
+    assert info.reason == "AGENT_NOT_SLEEPING"
+
+
+async def test_waking_an_unknown_job_is_not_found(jobs_stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs_stub.WakeAgent(pb.WakeAgentRequest(job_id=VALID_ID), timeout=RPC_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
     ("method", "string_field"),
     [
         ("SubmitJob", 1),
@@ -217,7 +270,6 @@ async def test_oversized_request_is_resource_exhausted(jobs_stub, project_id) ->
 @pytest.mark.parametrize(
     ("service", "method", "message"),
     [
-        ("jobs", "WakeAgent", pb.WakeAgentRequest(job_id=VALID_ID)),
         ("escalations", "GetEscalation", esc.GetEscalationRequest(escalation_id=VALID_ID)),
         ("escalations", "ListEscalations", esc.ListEscalationsRequest()),
         ("escalations", "ResolveEscalation", esc.ResolveEscalationRequest(escalation_id=VALID_ID)),

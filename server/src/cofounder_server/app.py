@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
@@ -29,12 +30,19 @@ from cofounder_server.domain.status import LiveStatus
 from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
 from cofounder_server.events.job_events import JobEventFeed, JobEvents
+from cofounder_server.executor.budget import PriceTable, window_start
+from cofounder_server.executor.loop import Services
+from cofounder_server.executor.registry import PluginRegistry
+from cofounder_server.executor.service import ControlBroadcaster, Executor, runner_id_for
+from cofounder_server.executor.writer import IterationWriter
 from cofounder_server.live import keys
 from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
+from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.executor import ExecutorStore
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 
@@ -71,6 +79,52 @@ def _redacted(url: str) -> str:
         return url
 
 
+async def _start_executor(
+    settings: Settings,
+    clock: Clock,
+    stack: contextlib.AsyncExitStack,
+    *,
+    store: ExecutorStore,
+    job_events: JobEvents,
+    status: LiveStatus,
+    agent_keys: AgentKeys,
+    redis: Redis,
+    prices: PriceTable,
+    registry: PluginRegistry | None,
+) -> Executor:
+    if registry is None:
+        registry = PluginRegistry.default(settings)
+        stack.push_async_callback(registry.aclose)
+    runner_id = runner_id_for(settings.runner_id, settings.data_dir)
+    services = Services(
+        store=store,
+        writer=IterationWriter(store, job_events, clock, runner_id),
+        job_events=job_events,
+        status=status,
+        keys=agent_keys,
+        plugins=registry,
+        prices=prices,
+        clock=clock,
+        runner_id=runner_id,
+        max_tool_calls=settings.max_tool_calls,
+        result_limit=settings.tool_result_limit_chars,
+        brain_retries=settings.brain_retries,
+        brain_retry_delay=settings.brain_retry_delay_seconds,
+    )
+    executor = Executor(
+        services,
+        redis,
+        max_running_jobs=settings.max_running_jobs,
+        lease_seconds=settings.lease_seconds,
+        claim_interval_seconds=settings.claim_interval_seconds,
+    )
+    await executor.start()
+    # Stops before Redis and SQL close (the stack unwinds in reverse).
+    stack.push_async_callback(executor.stop, settings.shutdown_grace_seconds)
+    log.info("executor running as %s (up to %d awake agents)", runner_id, settings.max_running_jobs)
+    return executor
+
+
 @dataclass
 class Application:
     """A running server and everything it owns. Build it with :meth:`start`."""
@@ -89,29 +143,48 @@ class Application:
     escalation_feed: EscalationFeed
     """Appends to the escalation feed (what escalation handling calls)."""
     event_hub: EventHub
+    executor: Executor | None
+    """The agent executor (``None`` with ``executor_enabled`` false)."""
 
     @classmethod
     async def start(
-        cls, settings: Settings, clock: Clock | None = None, *, monotonic: Monotonic | None = None
+        cls,
+        settings: Settings,
+        clock: Clock | None = None,
+        *,
+        monotonic: Monotonic | None = None,
+        plugins: PluginRegistry | None = None,
     ) -> Application:
-        """Start Redis (embedded unless a URL is set), migrate SQL, then serve gRPC.
+        """Start Redis (embedded unless a URL is set), migrate SQL, serve gRPC, then run agents.
 
-        ``monotonic`` times the per-principal rate limits (``time.monotonic`` by default).
+        ``monotonic`` times the per-principal rate limits (``time.monotonic`` by default);
+        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding).
         """
         clock = clock or SystemClock()
         # Security settings are checked before anything starts: a refusal has no side effects.
         security = Security.from_settings(settings, monotonic or time.monotonic)
+        try:
+            prices = PriceTable.parse(settings.price_table)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"invalid --price-table: {error}") from error
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
-            return await cls._build(settings, clock, security, stack)
+            return await cls._build(settings, clock, security, stack, prices=prices, registry=plugins)
         except BaseException:
             await stack.aclose()
             raise
 
     @classmethod
     async def _build(
-        cls, settings: Settings, clock: Clock, security: Security, stack: contextlib.AsyncExitStack
+        cls,
+        settings: Settings,
+        clock: Clock,
+        security: Security,
+        stack: contextlib.AsyncExitStack,
+        *,
+        prices: PriceTable,
+        registry: PluginRegistry | None,
     ) -> Application:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         redis_url = settings.redis_url
@@ -135,9 +208,19 @@ class Application:
         await cache.start()
         stack.push_async_callback(cache.stop)
 
-        jobs = JobRepository(database)
         event_log = EventLogRepository(database, retention_events=settings.event_retention_events)
-        status = LiveStatus(redis, cache, jobs, clock, event_log)
+        jobs = JobRepository(database, event_log)
+        executor_store = ExecutorStore(database, event_log)
+
+        status = LiveStatus(
+            redis,
+            cache,
+            jobs,
+            clock,
+            event_log,
+            spend=lambda job_id: executor_store.spent(job_id, window_start(clock.now())),
+        )
+        agent_keys = AgentKeys(redis, clock)
         stopping = asyncio.Event()
         hub = EventHub(
             redis_url,
@@ -153,7 +236,15 @@ class Application:
         escalation_feed = EscalationFeed(
             event_log, jobs, redis, hub, clock, encode=convert.encode_escalation_event
         )
-        job_service = JobService(jobs, status, clock, job_events)
+        job_service = JobService(
+            jobs,
+            status,
+            clock,
+            job_events,
+            runner=ControlBroadcaster(redis, agent_keys),
+            agents=executor_store,
+            live_keys=agent_keys,
+        )
 
         server = grpc.aio.server(options=_server_options(settings))
         server.add_generic_rpc_handlers(
@@ -185,6 +276,22 @@ class Application:
         await server.start()
         stack.push_async_callback(server.stop, None)
         monitor.start()
+
+        executor: Executor | None = None
+        if settings.executor_enabled:
+            executor = await _start_executor(
+                settings,
+                clock,
+                stack,
+                store=executor_store,
+                job_events=job_events,
+                status=status,
+                agent_keys=agent_keys,
+                redis=redis,
+                prices=prices,
+                registry=registry,
+            )
+            job_service.runner = executor
         log.info(
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
             settings.listen,
@@ -206,6 +313,7 @@ class Application:
             job_events=job_events,
             escalation_feed=escalation_feed,
             event_hub=hub,
+            executor=executor,
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:

@@ -89,6 +89,80 @@ class Settings:
             "behind is ended (UNAVAILABLE, WATCHER_TOO_SLOW) and resumes"
         },
     )
+    plugins: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated module:attribute import paths of plug-in register(registry) "
+            "callables; one that fails to load stops start-up"
+        },
+    )
+    scripted_turns_dir: str = field(
+        default="",
+        metadata={
+            "help": "directory the scripted brain's turns_file may read from; empty disables turns_file"
+        },
+    )
+    anthropic_base_url: str = field(
+        default="",
+        metadata={"help": "Anthropic API base URL; empty uses the SDK default (or ANTHROPIC_BASE_URL)"},
+    )
+    # repr=False: the key must not appear wherever the settings are printed or logged.
+    anthropic_api_key: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "Anthropic API key; empty lets the SDK find one (e.g. ANTHROPIC_API_KEY)"},
+    )
+    anthropic_max_tokens: int = field(
+        default=8192, metadata={"help": "output-token limit of each Anthropic call (max_tokens)"}
+    )
+    anthropic_timeout_seconds: float = field(
+        default=300.0, metadata={"help": "timeout of each Anthropic call; the executor retries, the SDK not"}
+    )
+    executor_enabled: bool = field(
+        default=True,
+        metadata={"help": "run agents in this process (false: serve the API only, as a read replica would)"},
+    )
+    max_running_jobs: int = field(
+        default=50,
+        metadata={
+            "help": "agents this process runs at once (sleeping agents do not count); the rest wait in order"
+        },
+    )
+    max_tool_calls: int = field(
+        default=150, metadata={"help": "tool calls a job may make before it ends with ITERATION_LIMIT"}
+    )
+    tool_result_limit_chars: int = field(
+        default=16_000,
+        metadata={
+            "help": "longer tool results (and thinking text) are cut in the middle to this many characters"
+        },
+    )
+    price_table: str = field(
+        default="",
+        metadata={
+            "help": 'model prices as JSON or a path to a JSON file: {MODEL: {"input": N, "output": N}} in '
+            'microdollars per million tokens, with a "default" entry; empty: built-in table'
+        },
+    )
+    runner_id: str = field(
+        default="",
+        metadata={
+            "help": "this process's executor identity in job leases; empty: one kept in DATA_DIR/runner-id"
+        },
+    )
+    lease_seconds: float = field(
+        default=30.0,
+        metadata={"help": "a job whose runner has not renewed its lease for this long is taken over"},
+    )
+    claim_interval_seconds: float = field(
+        default=1.0, metadata={"help": "how often the executor looks for jobs to claim and renews leases"}
+    )
+    brain_retries: int = field(
+        default=3, metadata={"help": "attempts of a retryable brain error before the job fails (MODEL_ERROR)"}
+    )
+    brain_retry_delay_seconds: float = field(
+        default=1.0, metadata={"help": "delay before retrying a failed brain call (times the attempt)"}
+    )
 
     @property
     def effective_database_url(self) -> str:

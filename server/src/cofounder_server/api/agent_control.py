@@ -11,7 +11,6 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder_server.api import convert
 from cofounder_server.api.context import principal_of
-from cofounder_server.api.errors import abort_unimplemented
 from cofounder_server.api.validation import (
     BRAIN_RE,
     MAX_BUDGET_MICRODOLLARS,
@@ -109,7 +108,14 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
         return pb.GetJobStatusResponse(status=convert.snapshot_to_proto(snapshot))
 
     async def WakeAgent(self, request: pb.WakeAgentRequest, context: Context) -> pb.WakeAgentResponse:
-        await abort_unimplemented(context, "WakeAgent", "the agent executor")
+        with Validator() as check:
+            check.uuid("job_id", request.job_id)
+            check.request_id("request_id", request.request_id)
+            check.int_range("top_up_microdollars", request.top_up_microdollars, 0, MAX_BUDGET_MICRODOLLARS)
+        principal = principal_of(context)
+        await self._jobs.wake(principal, request.job_id, request.request_id, request.top_up_microdollars)
+        snapshot = await self._status.snapshot(principal, request.job_id)
+        return pb.WakeAgentResponse(status=convert.snapshot_to_proto(snapshot))
 
     async def WatchJobEvents(
         self, request: pb.WatchJobEventsRequest, context: Context

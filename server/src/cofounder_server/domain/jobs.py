@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Protocol
 
 from cofounder_server.clock import Clock
-from cofounder_server.domain.errors import NotFound
-from cofounder_server.domain.model import Job, JobFilter, NewJob
+from cofounder_server.domain.errors import FailedPrecondition, NotFound, Unavailable
+from cofounder_server.domain.model import AgentState, Job, JobFilter, NewJob
 from cofounder_server.domain.pagination import (
     Cursor,
     decode_page_token,
@@ -15,7 +17,10 @@ from cofounder_server.domain.pagination import (
     page_size_or_default,
 )
 from cofounder_server.domain.principal import Principal
-from cofounder_server.events.model import EventPayload, JobStatusChanged
+from cofounder_server.events.model import JobEvent
+from cofounder_server.executor.budget import window_start
+from cofounder_server.live.keys import AgentKeys
+from cofounder_server.store.executor import ExecutorStore
 from cofounder_server.store.idempotency import request_fingerprint
 from cofounder_server.store.jobs import JobRepository
 
@@ -29,35 +34,70 @@ class JobObserver(Protocol):
 
 
 class EventPublisher(Protocol):
-    """Appends events to a job's log (``cofounder_server.events.job_events.JobEvents``)."""
+    """Fans out events (``cofounder_server.events.job_events.JobEvents``)."""
 
-    async def publish(self, job_id: str, event: EventPayload) -> int:
-        """Store and fan out ``event``; its sequence in the job's log."""
+    async def announce(self, stored: Sequence[JobEvent]) -> None:
+        """Fan out events the caller's transaction committed."""
+        ...
+
+
+class JobRunner(Protocol):
+    """The executor, told about changes it must act on."""
+
+    def job_submitted(self, job: Job) -> None:
+        """A queued job may be claimed now."""
+        ...
+
+    async def job_cancelled(self, job: Job) -> None:
+        """Stop the job's agent wherever it runs."""
+        ...
+
+    async def job_woken(self, job: Job) -> None:
+        """Resume the job's agent wherever it sleeps (the wake is recorded already)."""
         ...
 
 
 class JobService:
     """The job use cases. Every call is scoped by the principal in the storage query.
 
-    Every status change is published as a ``job.status_changed`` event after it commits.
+    Every status change commits together with its ``job.status_changed`` event, which is
+    fanned out after the commit.
     """
 
     def __init__(
-        self, jobs: JobRepository, observer: JobObserver, clock: Clock, events: EventPublisher
+        self,
+        jobs: JobRepository,
+        observer: JobObserver,
+        clock: Clock,
+        events: EventPublisher,
+        *,
+        runner: JobRunner | None = None,
+        agents: ExecutorStore | None = None,
+        live_keys: AgentKeys | None = None,
     ) -> None:
         self._jobs = jobs
         self._observer = observer
         self._clock = clock
         self._events = events
+        self.runner = runner
+        self._agents = agents
+        self._keys = live_keys
 
     async def submit(self, principal: Principal, new: NewJob, request_id: str | None) -> Job:
         """Store a queued job; a retried ``request_id`` returns the job it created."""
+        stored: list[JobEvent] = []
         job, created = await self._jobs.create(
-            new, request_id=request_id, fingerprint=request_fingerprint(new), now=self._clock.now()
+            new,
+            request_id=request_id,
+            fingerprint=request_fingerprint(new),
+            now=self._clock.now(),
+            events_out=stored,
         )
         if created:
             await self._observer.job_changed(job)
-            await self._events.publish(job.job_id, JobStatusChanged(status=job.status))
+            await self._events.announce(stored)
+            if self.runner is not None:
+                self.runner.job_submitted(job)
         return job
 
     async def get(self, principal: Principal, job_id: str) -> Job:
@@ -87,22 +127,48 @@ class JobService:
 
     async def cancel(self, principal: Principal, job_id: str, reason: str) -> Job:
         """Cancel a queued or running job; cancelling a cancelled job returns it unchanged."""
-        # Only for the event's previous_status: a change committed between the two reads
-        # has its own event right before ours.
-        before = await self._jobs.get(job_id, owner_scope=principal.owner_scope)
+        stored: list[JobEvent] = []
         job, changed = await self._jobs.cancel(
             job_id,
             owner_scope=principal.owner_scope,
             reason=reason or "cancelled by request",
             now=self._clock.now(),
+            events_out=stored,
         )
         if changed:
             await self._observer.job_changed(job)
-            event = JobStatusChanged(
-                status=job.status,
-                previous_status=before.status if before is not None else None,
-                outcome=job.outcome,
-                detail=job.outcome_detail,
-            )
-            await self._events.publish(job.job_id, event)
+            await self._events.announce(stored)
+            if self.runner is not None:
+                await self.runner.job_cancelled(job)
+        return job
+
+    async def wake(self, principal: Principal, job_id: str, request_id: str, top_up: int) -> Job:
+        """WakeAgent: add ``top_up`` to today's budget and wake the sleeping agent now.
+
+        Today's spend is kept (the budget window is the UTC day): without a top-up that
+        brings spend below 90 % of the raised budget, the agent goes back to sleep until
+        midnight at once. A retried ``request_id`` applies its top-up once and returns the
+        job as it is. Raises ``NotFound`` and ``FailedPrecondition("AGENT_NOT_SLEEPING")``.
+        """
+        if self._agents is None:
+            raise FailedPrecondition("AGENT_NOT_SLEEPING", "this server runs no agents")
+        now = self._clock.now()
+        job, stored = await self._agents.wake(
+            job_id,
+            owner_scope=principal.owner_scope,
+            request_id=request_id,
+            top_up=top_up,
+            window=window_start(now),
+            now=now,
+        )
+        if not stored:
+            return job  # a retry of a request that was applied before
+        await self._observer.job_changed(job)
+        await self._events.announce(stored)
+        if self._keys is not None:
+            with contextlib.suppress(Unavailable):
+                await self._keys.clear_wake_at(job_id)
+                await self._keys.set_state(job_id, AgentState.WORKING)
+        if self.runner is not None:
+            await self.runner.job_woken(job)
         return job

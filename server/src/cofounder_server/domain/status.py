@@ -10,11 +10,13 @@ publish), so the hot path touches neither SQL nor the network.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import NotFound
@@ -22,7 +24,7 @@ from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
 from cofounder_server.live.tracked_cache import TrackedCache
-from cofounder_server.live.versioned import decode, put_if_newer
+from cofounder_server.live.versioned import decode, put_if_newer, queue_put_if_newer
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 
@@ -43,8 +45,8 @@ class JobSummary:
     pending_escalation_ids: tuple[str, ...]
 
     @classmethod
-    def of(cls, job: Job) -> JobSummary:
-        """The summary of a stored job."""
+    def of(cls, job: Job, spent_today: int = 0) -> JobSummary:
+        """The summary of a stored job, with today's spend from the usage ledger."""
         return cls(
             owner_id=job.owner_id,
             status=job.status,
@@ -52,7 +54,7 @@ class JobSummary:
             agent_state=job.agent_state,
             wake_at=job.wake_at,
             daily_budget_microdollars=job.daily_budget_microdollars,
-            spent_today_microdollars=0,
+            spent_today_microdollars=spent_today,
             pending_escalation_ids=(),
         )
 
@@ -95,6 +97,17 @@ def _decode_summary(raw: bytes) -> JobSummary | None:
         return None
 
 
+SpendReader = Callable[[str], Awaitable[int]]
+"""Today's spend of a job from the usage ledger (``job_id -> microdollars``)."""
+
+
+def summary_version(job: Job, progress: int) -> int:
+    """The version of a summary key: the job's version, then the executor's progress (its
+    iteration count) within it, so spend written after every model call orders correctly
+    against status changes."""
+    return (job.version << 32) | min(progress, 0xFFFF_FFFF)
+
+
 class LiveStatus:
     """Keeps the cached job summaries current and assembles status snapshots."""
 
@@ -105,20 +118,45 @@ class LiveStatus:
         jobs: JobRepository,
         clock: Clock,
         events: EventLogRepository,
+        *,
+        spend: SpendReader | None = None,
     ) -> None:
         self._redis = redis
         self._cache = cache
         self._jobs = jobs
         self._clock = clock
         self._events = events
+        self._spend = spend
 
-    async def job_changed(self, job: Job) -> None:
-        """Publish a committed job's summary; an older version never overwrites a newer one."""
+    async def job_changed(self, job: Job, *, spent_today: int | None = None, progress: int = 0) -> None:
+        """Publish a committed job's summary; an older version never overwrites a newer one.
+
+        ``spent_today`` defaults to the ledger's figure.
+        """
+        if spent_today is None:
+            spent_today = await self._spend(job.job_id) if self._spend is not None else 0
         key = keys.summary_key(job.job_id)
         await put_if_newer(
-            self._redis, key, job.version, JobSummary.of(job).encode(), keys.SUMMARY_TTL_SECONDS
+            self._redis,
+            key,
+            summary_version(job, progress),
+            JobSummary.of(job, spent_today).encode(),
+            keys.SUMMARY_TTL_SECONDS,
         )
         self._cache.invalidate((key,))
+
+    def queue_summary(self, pipe: Pipeline, job: Job, *, spent_today: int, progress: int) -> str:
+        """Queue the summary write on ``pipe`` (the executor's per-iteration fan-out); the key,
+        for the caller to invalidate in this process's cache once the pipeline ran."""
+        key = keys.summary_key(job.job_id)
+        queue_put_if_newer(
+            pipe,
+            key,
+            summary_version(job, progress),
+            JobSummary.of(job, spent_today).encode(),
+            keys.SUMMARY_TTL_SECONDS,
+        )
+        return key
 
     async def snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
         """The job's live view, or NotFound when it is missing or not the caller's."""
@@ -153,8 +191,9 @@ class LiveStatus:
         job = await self._jobs.get(job_id, owner_scope=None)
         if job is None:
             raise NotFound("job", job_id)
-        await self.job_changed(job)
-        return JobSummary.of(job)
+        spent = await self._spend(job_id) if self._spend is not None else 0
+        await self.job_changed(job, spent_today=spent)
+        return JobSummary.of(job, spent)
 
     def _assemble(
         self,

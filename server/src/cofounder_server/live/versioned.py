@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from cofounder_server.live.connect import unavailable_on_error
 
@@ -31,6 +32,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 """
+
+
+def queue_put_if_newer(pipe: Pipeline, key: str, version: int, payload: str, ttl_seconds: int) -> None:
+    """:func:`put_if_newer` queued on a pipeline (its result is the pipeline's, ignored here).
+
+    The pipeline makes sure Redis has the script before it runs (one ``SCRIPT EXISTS`` per
+    execution).
+    """
+    if version < 0 or ttl_seconds < 1:
+        raise ValueError("version must not be negative and ttl_seconds at least 1")
+    script = pipe.register_script(_PUT_IF_NEWER)
+    pipe.scripts.add(script)  # type: ignore[arg-type]  # the stubs mix up the sync and async Script
+    pipe.evalsha(script.sha, 1, key, str(version), payload, ttl_seconds)
+
 
 _VERSIONED = re.compile(r"([0-9]+):")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import Table, and_, case, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -89,43 +89,80 @@ class EventLogRepository:
         self, job_id: str, payloads: Sequence[EventPayload], *, now: datetime
     ) -> list[JobEvent]:
         """Append ``payloads`` to the job's log in one transaction; ``NotFound`` for a missing job."""
-        if not payloads:
-            raise ValueError("nothing to append")
-        now = _utc(now)
-        stream = job_stream(job_id)
         try:
             async with self._database.write() as session:
-                last, pruned = await self._advance(session, stream, len(payloads))
-                first = last - len(payloads) + 1
-                events = [
-                    JobEvent(job_id=job_id, sequence=first + index, time=now, payload=payload)
-                    for index, payload in enumerate(payloads)
-                ]
-                await session.execute(
-                    insert(JobEventRow),
-                    [
-                        {
-                            "job_id": job_id,
-                            "sequence": event.sequence,
-                            "type": event.type,
-                            "time": now,
-                            "payload": to_json(event.payload),
-                        }
-                        for event in events
-                    ],
-                )
-                horizon = self._horizon(last, pruned)
-                if horizon is not None:
-                    await session.execute(
-                        delete(JobEventRow).where(
-                            JobEventRow.job_id == job_id, JobEventRow.sequence <= horizon
-                        )
-                    )
-                    await self._set_pruned(session, stream, horizon)
-                return events
+                return await self.append_job_events_in(session, job_id, payloads, now=now)
         except IntegrityError as error:
             # The foreign key: there is no such job.
             raise NotFound("job", job_id) from error
+
+    async def append_job_events_in(
+        self, session: AsyncSession, job_id: str, payloads: Sequence[EventPayload], *, now: datetime
+    ) -> list[JobEvent]:
+        """As :meth:`append_job_events`, inside the caller's write transaction ``session``.
+
+        The events commit (and their sequences count) only if the caller's transaction does;
+        the caller fans them out after commit (``JobEvents.announce``). A missing job makes
+        the statement or the commit fail with ``IntegrityError``.
+        """
+        if not payloads:
+            raise ValueError("nothing to append")
+        (events,) = await self.append_many_in(session, [(job_id, payloads)], now=now)
+        return events
+
+    async def append_many_in(
+        self,
+        session: AsyncSession,
+        batches: Sequence[tuple[str, Sequence[EventPayload]]],
+        *,
+        now: datetime,
+    ) -> list[list[JobEvent]]:
+        """Append events to several jobs' logs in the caller's transaction, with few statements.
+
+        One ``(job_id, payloads)`` per job (each job at most once, payloads not empty); the
+        stored events per entry, in order. Counter rows are advanced in one statement for
+        every job that already has one, so a group commit of many jobs' iterations costs a
+        constant number of round trips.
+        """
+        now = _utc(now)
+        counts = {job_stream(job_id): len(payloads) for job_id, payloads in batches}
+        if len(counts) != len(batches) or not all(counts.values()):
+            raise ValueError("each job once, with at least one event")
+        advanced = await self._advance_existing(session, counts)
+        rows: list[dict[str, Any]] = []
+        stored: list[list[JobEvent]] = []
+        for job_id, payloads in batches:
+            stream = job_stream(job_id)
+            if stream in advanced:
+                last, pruned = advanced[stream]
+            else:
+                last, pruned = await self._advance(session, stream, len(payloads))
+            first = last - len(payloads) + 1
+            events = [
+                JobEvent(job_id=job_id, sequence=first + index, time=now, payload=payload)
+                for index, payload in enumerate(payloads)
+            ]
+            stored.append(events)
+            rows.extend(
+                {
+                    "job_id": job_id,
+                    "sequence": event.sequence,
+                    "type": event.type,
+                    "time": now,
+                    "payload": to_json(event.payload),
+                }
+                for event in events
+            )
+            horizon = self._horizon(last, pruned)
+            if horizon is not None:
+                await session.execute(
+                    delete(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.sequence <= horizon)
+                )
+                await self._set_pruned(session, stream, horizon)
+        table = JobEventRow.__table__
+        assert isinstance(table, Table)
+        await session.execute(table.insert(), rows)  # Core: no ORM bulk bookkeeping
+        return stored
 
     async def read_job_events(self, job_id: str, *, after: int, limit: int) -> JobEventPage:
         """Up to ``limit`` events with sequence > ``after``, in order, and the log's bounds."""
@@ -243,6 +280,34 @@ class EventLogRepository:
         ).returning(table.c.last_sequence, table.c.pruned_through)
         last, pruned = (await session.execute(statement)).one()
         return int(last), int(pruned)
+
+    async def _advance_existing(
+        self, session: AsyncSession, counts: dict[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        """Advance the existing counter rows of ``counts`` (stream -> count) in one statement;
+        ``{stream: (last, pruned_through)}`` for the rows that exist."""
+        if len(counts) == 1:
+            ((stream, count),) = counts.items()
+            statement = (
+                update(EventCounterRow)
+                .where(EventCounterRow.stream == stream)
+                .values(last_sequence=EventCounterRow.last_sequence + count)
+                .returning(
+                    EventCounterRow.stream, EventCounterRow.last_sequence, EventCounterRow.pruned_through
+                )
+            )
+        else:
+            increment = case(counts, value=EventCounterRow.stream, else_=0)
+            statement = (
+                update(EventCounterRow)
+                .where(EventCounterRow.stream.in_(sorted(counts)))
+                .values(last_sequence=EventCounterRow.last_sequence + increment)
+                .returning(
+                    EventCounterRow.stream, EventCounterRow.last_sequence, EventCounterRow.pruned_through
+                )
+            )
+        result = await session.execute(statement, execution_options={"synchronize_session": False})
+        return {str(stream): (int(last), int(pruned)) for stream, last, pruned in result.all()}
 
     def _horizon(self, last: int, pruned: int) -> int | None:
         """Up to which sequence to prune now, or None. Pruning waits for a tenth of the

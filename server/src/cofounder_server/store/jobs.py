@@ -26,7 +26,9 @@ from cofounder_server.domain.model import (
     JobStatus,
     NewJob,
 )
+from cofounder_server.events.model import JobEvent, JobStatusChanged
 from cofounder_server.store.database import Database
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
 from cofounder_server.store.models import JobRow
 
@@ -42,13 +44,45 @@ JobCursor = tuple[datetime, str]
 class JobRepository:
     """Create, read, list and change jobs. Raises domain errors only (``Unavailable`` included)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, event_log: EventLogRepository | None = None) -> None:
+        """``event_log`` lets changes append their ``job.status_changed`` event in their own
+        transaction (the ``events_out`` argument of :meth:`create` and :meth:`cancel`)."""
         self._database = database
+        self._event_log = event_log
+
+    @property
+    def database(self) -> Database:
+        """The database the jobs live in."""
+        return self._database
+
+    async def _announce(
+        self,
+        session: AsyncSession,
+        job: Job,
+        event: JobStatusChanged,
+        events_out: builtins.list[JobEvent] | None,
+    ) -> None:
+        if events_out is None:
+            return
+        if self._event_log is None:
+            raise ValueError("events_out needs a JobRepository built with an event_log")
+        events_out.extend(
+            await self._event_log.append_job_events_in(session, job.job_id, (event,), now=job.update_time)
+        )
 
     async def create(
-        self, new: NewJob, *, request_id: str | None, fingerprint: str, now: datetime
+        self,
+        new: NewJob,
+        *,
+        request_id: str | None,
+        fingerprint: str,
+        now: datetime,
+        events_out: builtins.list[JobEvent] | None = None,
     ) -> tuple[Job, bool]:
         """Store ``new`` as a QUEUED job at version 1; return it and whether it was created.
+
+        With ``events_out``, a created job's ``job.status_changed`` (QUEUED) event is appended
+        in the same transaction and the stored event added to ``events_out`` for fan-out.
 
         With a ``request_id``, a retry of the same request (same ``fingerprint``) returns the
         job the first attempt created and ``False``, even when both attempts race; reusing
@@ -74,7 +108,9 @@ class JobRepository:
                         now=now,
                     )
                 await session.flush()
-                return _to_job(row), True
+                job = _to_job(row)
+                await self._announce(session, job, JobStatusChanged(status=job.status), events_out)
+                return job, True
         except IntegrityError:
             # On PostgreSQL a concurrent create with the same key can commit between our
             # lookup and our insert; its key row wins, and this attempt becomes a replay.
@@ -124,14 +160,21 @@ class JobRepository:
         return page, (page[-1].create_time, page[-1].job_id)
 
     async def cancel(
-        self, job_id: str, *, owner_scope: str | None, reason: str, now: datetime
+        self,
+        job_id: str,
+        *,
+        owner_scope: str | None,
+        reason: str,
+        now: datetime,
+        events_out: builtins.list[JobEvent] | None = None,
     ) -> tuple[Job, bool]:
         """Cancel a QUEUED or RUNNING job; return it and whether this call changed it.
 
         Cancelling a cancelled job changes nothing. Raises ``NotFound`` for a missing job
         or one outside ``owner_scope`` and ``FailedPrecondition("JOB_ALREADY_FINISHED")``
         for a READY or FAILED one. The status check is in the UPDATE itself, so a
-        concurrent finish or cancel cannot be overwritten.
+        concurrent finish or cancel cannot be overwritten. With ``events_out``, the change's
+        ``job.status_changed`` event commits with it (see :meth:`create`).
         """
         now = _utc(now)
         statement = (
@@ -145,9 +188,22 @@ class JobRepository:
             )
         )
         async with self._database.write() as session:
+            previous = await session.scalar(
+                select(JobRow.status)
+                .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
+                .with_for_update()
+            )
             row = await _update_returning(session, statement, now)
             if row is not None:
-                return _to_job(row), True
+                job = _to_job(row)
+                event = JobStatusChanged(
+                    status=job.status,
+                    previous_status=None if previous is None else JobStatus(previous),
+                    outcome=job.outcome,
+                    detail=job.outcome_detail,
+                )
+                await self._announce(session, job, event, events_out)
+                return job, True
             current = await session.scalar(_select_job(job_id, owner_scope))
             if current is None:
                 raise NotFound("job", job_id)

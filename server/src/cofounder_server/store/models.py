@@ -102,6 +102,10 @@ class JobRow(Base):
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
     end_time: Mapped[datetime | None]
+    # The executor's lease: which process runs the job, and until when it may without
+    # renewing. A job whose lease expired is claimed by another process.
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
     # Starts at 1 and grows by one on every change: cached copies (Redis, event payloads)
     # are ordered by it, and the mapper uses it to refuse a flush over a concurrent change.
     version: Mapped[int] = mapped_column(Integer)
@@ -128,6 +132,8 @@ Index(
     JobRow.job_id.desc(),
 )
 Index("ix_jobs_create_time", JobRow.create_time.desc(), JobRow.job_id.desc())
+# The executor claims queued (and orphaned running) jobs oldest first.
+Index("ix_jobs_status_create_time", JobRow.status, JobRow.create_time, JobRow.job_id)
 
 
 class IdempotencyKeyRow(Base):
@@ -197,3 +203,64 @@ Index(
     EscalationEventRow.escalation_id,
     EscalationEventRow.sequence,
 )
+
+
+class UsageLedgerRow(Base):
+    """One model call: tokens, model and its price. Spend per budget window is their sum.
+
+    ``iteration`` numbers the job's model calls from 1, so a call is recorded at most once;
+    ``window_start`` is the UTC midnight that opened the budget window the call counts in.
+    """
+
+    __tablename__ = "usage_ledger"
+
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    window_start: Mapped[datetime]
+    model: Mapped[str] = mapped_column(String(255))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_microdollars: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime]
+
+
+Index("ix_usage_ledger_job_id_window_start", UsageLedgerRow.job_id, UsageLedgerRow.window_start)
+
+
+class BudgetAdjustmentRow(Base):
+    """A top-up of one budget window (WakeAgent); ``request_id`` makes a retry apply once."""
+
+    __tablename__ = "budget_adjustments"
+
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[datetime]
+    amount_microdollars: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime]
+
+
+class CheckpointRow(Base):
+    """Where a job's agent loop stands after its last completed iteration.
+
+    The conversation itself is in :class:`CheckpointMessageRow` (append-only); this row says
+    how many of those messages count, so saving costs the same whatever the history length.
+    ``state`` holds the loop's counters and guards as JSON.
+    """
+
+    __tablename__ = "checkpoints"
+
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(BigInteger)
+    message_count: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[dict[str, Any]]
+    update_time: Mapped[datetime]
+
+
+class CheckpointMessageRow(Base):
+    """One message of a job's conversation, at ``position`` 0, 1, 2, ..."""
+
+    __tablename__ = "checkpoint_messages"
+
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    message: Mapped[dict[str, Any]]

@@ -1,0 +1,103 @@
+"""Budget arithmetic: prices, the UTC-day budget window, and the sleep/stop thresholds.
+
+Cost of a model call = input tokens x input price + output tokens x output price, with
+prices in microdollars per million tokens, rounded up to whole microdollars. The window is
+the UTC day by the injected clock; spend in a window is the sum of its ledger rows, and the
+budget of a window is the job's daily budget plus the window's top-ups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cofounder_server.executor.plugins import Usage
+
+SLEEP_AT_PERCENT = 90
+"""At this share of the window's budget the agent finishes its turn and sleeps."""
+STOP_ABOVE_PERCENT = 110
+"""Past this share (a runaway call) the agent stops at once: the job fails BUDGET_EXCEEDED."""
+
+DEFAULT_PRICES: dict[str, dict[str, int]] = {
+    "default": {"input": 3_000_000, "output": 15_000_000},
+    "scripted": {"input": 3_000_000, "output": 15_000_000},
+}
+"""Built-in table: $3 / $15 per million input / output tokens unless configured."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """Microdollars per million tokens."""
+
+    input: int
+    output: int
+
+
+class PriceTable:
+    """Model -> price, with a default for models not listed."""
+
+    def __init__(self, prices: Mapping[str, Price], default: Price) -> None:
+        self._prices = dict(prices)
+        self.default = default
+
+    @classmethod
+    def parse(cls, text: str) -> PriceTable:
+        """A table from JSON text or the path of a JSON file; empty: :data:`DEFAULT_PRICES`.
+
+        ``{"default": {"input": N, "output": N}, "model-x": {...}}``; ``ValueError`` when
+        malformed (start-up refuses it).
+        """
+        raw: Any
+        if not text.strip():
+            raw = DEFAULT_PRICES
+        elif text.lstrip().startswith("{"):
+            raw = json.loads(text)
+        else:
+            raw = json.loads(Path(text).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or "default" not in raw:
+            raise ValueError('the price table must be a JSON object with a "default" entry')
+        prices: dict[str, Price] = {}
+        for model, entry in raw.items():
+            if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
+                raise ValueError(f'price of {model!r} must be {{"input": N, "output": N}}')
+            values = [entry["input"], entry["output"]]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+                raise ValueError(f"prices of {model!r} must be non-negative integers")
+            prices[str(model)] = Price(values[0], values[1])
+        return cls(prices, prices["default"])
+
+    def price_of(self, model: str) -> Price:
+        """The price of ``model`` (the default entry if it is not listed)."""
+        return self._prices.get(model, self.default)
+
+    def cost(self, usage: Usage) -> int:
+        """What a call cost, in microdollars, rounded up."""
+        price = self.price_of(usage.model)
+        tokens = max(0, usage.input_tokens) * price.input + max(0, usage.output_tokens) * price.output
+        return math.ceil(tokens / 1_000_000)
+
+
+def window_start(now: datetime) -> datetime:
+    """The UTC midnight that opened the budget window ``now`` is in."""
+    day = now.astimezone(UTC).date()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def percent(spent: int, budget: int) -> int:
+    """``spent`` as a whole percentage of ``budget`` (not clamped)."""
+    return spent * 100 // max(1, budget)
+
+
+def should_sleep(spent: int, budget: int) -> bool:
+    """At or past 90 %."""
+    return spent * 100 >= SLEEP_AT_PERCENT * max(1, budget)
+
+
+def exceeded(spent: int, budget: int) -> bool:
+    """Past 110 %."""
+    return spent * 100 > STOP_ABOVE_PERCENT * max(1, budget)

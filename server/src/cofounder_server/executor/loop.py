@@ -1,0 +1,597 @@
+"""One job's agent: the Think-Act-Observe-Repeat loop, with its guards, budget and sleep.
+
+Each iteration asks the brain for a turn, prices it into the usage ledger, runs its tool
+calls (guarded by the tool-call cap and repetition detection, results cut in the middle when
+long), and commits ledger row, new conversation messages, checkpoint and events together
+through the group-commit writer before the next iteration starts. A run resumed after a
+restart starts from the last committed iteration, so nothing committed is done twice.
+
+Outcomes: COMPLETED (the brain ends its turn without tool calls; job READY), and FAILED with
+ITERATION_LIMIT, REPETITION, MODEL_ERROR or BUDGET_EXCEEDED. CANCELLED is recorded by
+CancelJob itself; the loop only stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+
+from cofounder_server.clock import Clock, next_utc_midnight
+from cofounder_server.domain.errors import Unavailable
+from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
+from cofounder_server.domain.status import LiveStatus
+from cofounder_server.events.job_events import JobEvents
+from cofounder_server.events.model import (
+    AgentBudgetExceeded,
+    AgentBudgetUpdated,
+    AgentRetrying,
+    AgentSleeping,
+    AgentThinking,
+    AgentToolCalled,
+    AgentWaking,
+    EventPayload,
+    PhaseCompleted,
+    PhaseStarted,
+    SleepReason,
+    WakeReason,
+)
+from cofounder_server.executor import budget
+from cofounder_server.executor.budget import PriceTable
+from cofounder_server.executor.plugins import (
+    Brain,
+    BrainError,
+    Message,
+    StopReason,
+    Tool,
+    ToolContext,
+    ToolResult,
+    ToolSpec,
+    Turn,
+)
+from cofounder_server.executor.registry import PluginRegistry
+from cofounder_server.executor.text import truncate_middle
+from cofounder_server.executor.writer import IterationWrite, IterationWriter
+from cofounder_server.live import keys
+from cofounder_server.live.keys import AgentKeys
+from cofounder_server.store.executor import Changed, ExecutorStore
+
+log = logging.getLogger(__name__)
+
+REPETITION_WINDOW = 10
+"""How many of the newest tool calls repetition detection looks at."""
+REPETITION_LIMIT = 3
+"""The same call (name and input) this many times within the window is a repetition."""
+WAKE_SIGNAL_POLL_SECONDS = 5.0
+"""A sleeping agent also checks its ``wake_signal`` key this often (set by other writers)."""
+
+STEERING = (
+    "You have called {name} with the same input {count} times within your last {window} tool "
+    "calls, and it was not run again. Repeating it will not help: change your approach, or end "
+    "your turn if the goal is done. Another repetition ends the job."
+)
+
+
+@dataclass
+class Services:
+    """What every run of this process shares."""
+
+    store: ExecutorStore
+    writer: IterationWriter
+    job_events: JobEvents
+    status: LiveStatus
+    keys: AgentKeys
+    plugins: PluginRegistry
+    prices: PriceTable
+    clock: Clock
+    runner_id: str
+    max_tool_calls: int
+    result_limit: int
+    brain_retries: int
+    brain_retry_delay: float
+
+
+@dataclass
+class LoopState:
+    """The loop's counters and guards, saved in every checkpoint."""
+
+    iteration: int = 0
+    tool_calls: int = 0
+    recent: list[str] = field(default_factory=list)
+    steered: bool = False
+    phase: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "tool_calls": self.tool_calls,
+            "recent": list(self.recent),
+            "steered": self.steered,
+            "phase": self.phase,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> LoopState:
+        return cls(
+            iteration=int(value.get("iteration", 0)),
+            tool_calls=int(value.get("tool_calls", 0)),
+            recent=[str(v) for v in value.get("recent", [])],
+            steered=bool(value.get("steered", False)),
+            phase=str(value.get("phase", "")),
+        )
+
+
+class Stopped(Exception):
+    """The run must end without recording an outcome (cancelled, taken over, shutting down)."""
+
+
+class AgentRun:
+    """Runs one job's agent until it ends, is cancelled, or the process stops."""
+
+    def __init__(self, services: Services, job: Job) -> None:
+        self._s = services
+        self.job = job
+        self.job_id = job.job_id
+        self.sleeping = job.agent_state is AgentState.SLEEPING
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.iteration = 0
+
+    # --- control (from the executor) ----------------------------------------------------
+
+    def stop(self) -> None:
+        """End the run at the next iteration boundary (or at once while sleeping)."""
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """A wake was requested (WakeAgent on some replica, or the wake_signal key)."""
+        self._wake.set()
+
+    # --- the run ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self._s
+        checkpoint = await s.store.checkpoint(self.job_id)
+        if checkpoint is None:
+            messages = [Message(role="user", text=self.job.goal)]
+            saved = 0
+            state = LoopState()
+        else:
+            messages = [Message.from_json(m) for m in checkpoint.messages]
+            saved = len(messages)
+            state = LoopState.from_json(checkpoint.state)
+        self.iteration = state.iteration
+        try:
+            brain = s.plugins.brain_for(self.job.agent)
+        except Exception as error:  # unknown brain, bad config: the job cannot run
+            await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
+            return
+        tools = {tool.spec.name: tool for tool in s.plugins.tools()}
+        specs = [tool.spec for tool in tools.values()]
+        try:
+            if self.job.agent_state is AgentState.SLEEPING and self.job.wake_at is not None:
+                await self._sleep(self.job.wake_at, None)
+            else:
+                await self._live(s.keys.set_state(self.job_id, AgentState.WORKING))
+            await self._loop(
+                brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
+            )
+        except Stopped:
+            return
+
+    async def _loop(
+        self,
+        *,
+        brain: Brain,
+        tools: dict[str, Tool],
+        specs: Sequence[ToolSpec],
+        messages: list[Message],
+        saved: int,
+        state: LoopState,
+    ) -> None:
+        s = self._s
+        window = budget.window_start(s.clock.now())
+        spent, limit = await self._budget(window)
+        while True:
+            if self._stop.is_set():
+                raise Stopped
+            if state.tool_calls >= s.max_tool_calls:
+                await self._finish(
+                    JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls", []
+                )
+                return
+            turn = await self._think(brain, messages, specs, state)
+            if turn is None:
+                return
+            now = s.clock.now()
+            if budget.window_start(now) != window:  # midnight passed while thinking
+                window = budget.window_start(now)
+                spent, limit = await self._budget(window)
+            cost = s.prices.cost(turn.usage)
+            spent += cost
+            state.iteration += 1
+            pct = budget.percent(spent, limit)
+            events: list[EventPayload] = [
+                AgentThinking(iteration=state.iteration, text=truncate_middle(turn.text, s.result_limit)),
+                AgentBudgetUpdated(
+                    budget_percent=min(100, pct),
+                    spent_today_microdollars=spent,
+                    daily_budget_microdollars=limit,
+                    call_cost_microdollars=cost,
+                ),
+            ]
+            new = [Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls)]
+            outcome: tuple[JobOutcome, str] | None = None
+            if budget.exceeded(spent, limit):
+                outcome = (
+                    JobOutcome.BUDGET_EXCEEDED,
+                    f"a model call took today's spend to {pct}% of the budget "
+                    f"({spent} of {limit} microdollars)",
+                )
+            elif turn.stop_reason is StopReason.REFUSAL:
+                outcome = (JobOutcome.MODEL_ERROR, "the model refused to continue")
+            else:
+                outcome = await self._act(turn, tools, state, new, events)
+                if outcome is None and not turn.tool_calls and turn.stop_reason is StopReason.END_TURN:
+                    outcome = (JobOutcome.COMPLETED, "")
+            messages.extend(new)
+            ledger = {
+                "job_id": self.job_id,
+                "iteration": state.iteration,
+                "window_start": window,
+                "model": turn.usage.model,
+                "input_tokens": turn.usage.input_tokens,
+                "output_tokens": turn.usage.output_tokens,
+                "cost_microdollars": cost,
+                "time": now,
+            }
+            await self._commit(
+                ledger=ledger,
+                messages=messages,
+                saved=saved,
+                state=state,
+                events=events,
+                pct=pct,
+                spent=spent,
+                now=now,
+            )
+            saved = len(messages)
+            self.iteration = state.iteration
+            if outcome is not None:
+                final: list[EventPayload] = []
+                if outcome[0] is JobOutcome.BUDGET_EXCEEDED:
+                    final.append(
+                        AgentBudgetExceeded(
+                            budget_percent=pct,
+                            spent_today_microdollars=spent,
+                            daily_budget_microdollars=limit,
+                        )
+                    )
+                elif outcome[0] is JobOutcome.COMPLETED and state.phase:
+                    final.append(PhaseCompleted(phase=state.phase))
+                await self._finish(outcome[0], outcome[1], final)
+                return
+            if budget.should_sleep(spent, limit):
+                while budget.should_sleep(spent, limit):
+                    await self._sleep(next_utc_midnight(s.clock.now()), SleepReason.BUDGET_THRESHOLD)
+                    window = budget.window_start(s.clock.now())
+                    spent, limit = await self._budget(window)
+
+    async def _budget(self, window: datetime) -> tuple[int, int]:
+        spent, top_ups = await self._s.store.budget_of(self.job_id, window)
+        return spent, self.job.daily_budget_microdollars + top_ups
+
+    # --- think --------------------------------------------------------------------------
+
+    async def _think(
+        self, brain: Brain, messages: list[Message], specs: Sequence[ToolSpec], state: LoopState
+    ) -> Turn | None:
+        s = self._s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await brain.think(messages, specs)
+            except BrainError as error:
+                if not error.retryable or attempt >= s.brain_retries:
+                    detail = f"the brain failed ({error.signature}): {error}"
+                    if error.retryable:
+                        detail = f"the brain failed {attempt} times ({error.signature}): {error}"
+                    await self._finish(JobOutcome.MODEL_ERROR, detail, [])
+                    return None
+                event = AgentRetrying(
+                    error_signature=error.signature,
+                    attempt=attempt,
+                    max_attempts=s.brain_retries,
+                    error_message=truncate_middle(str(error), 1000),
+                )
+                await self._publish([event])
+                await self._pause(s.brain_retry_delay * attempt)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a brain bug: not retried
+                log.exception("brain of job %s failed", self.job_id)
+                await self._finish(JobOutcome.MODEL_ERROR, f"the brain failed: {error!r}", [])
+                return None
+
+    async def _pause(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        if self._stop.is_set():
+            raise Stopped
+
+    # --- act ----------------------------------------------------------------------------
+
+    async def _act(
+        self,
+        turn: Turn,
+        tools: dict[str, Tool],
+        state: LoopState,
+        new: list[Message],
+        events: list[EventPayload],
+    ) -> tuple[JobOutcome, str] | None:
+        s = self._s
+
+        async def open_phase(name: str) -> None:
+            if state.phase:
+                events.append(PhaseCompleted(phase=state.phase))
+            state.phase = name
+            events.append(PhaseStarted(phase=name))
+
+        async def close_phase() -> None:
+            if state.phase:
+                events.append(PhaseCompleted(phase=state.phase))
+                state.phase = ""
+
+        context = ToolContext(
+            job_id=self.job_id, iteration=state.iteration, open_phase=open_phase, close_phase=close_phase
+        )
+        for call in turn.tool_calls:
+            if state.tool_calls >= s.max_tool_calls:
+                return JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls"
+            input_json = json.dumps(call.input, sort_keys=True, separators=(",", ":"), default=str)
+            signature = f"{call.name}\n{input_json}"
+            state.recent = [*state.recent, signature][-REPETITION_WINDOW:]
+            count = state.recent.count(signature)
+            if count >= REPETITION_LIMIT:
+                if state.steered:
+                    return (
+                        JobOutcome.REPETITION,
+                        f"the agent kept calling {call.name} with the same input after being steered",
+                    )
+                state.steered = True
+                result = ToolResult(
+                    STEERING.format(name=call.name, count=count, window=REPETITION_WINDOW), is_error=True
+                )
+            else:
+                state.tool_calls += 1
+                result = await self._run_tool(tools.get(call.name), call.name, call.input, context)
+            content = truncate_middle(result.content, s.result_limit)
+            new.append(
+                Message(
+                    role="tool",
+                    text=content,
+                    call_id=call.call_id,
+                    tool_name=call.name,
+                    is_error=result.is_error,
+                )
+            )
+            events.append(
+                AgentToolCalled(
+                    iteration=state.iteration,
+                    tool_name=call.name,
+                    input_json=truncate_middle(input_json, s.result_limit),
+                    result=content,
+                    is_error=result.is_error,
+                )
+            )
+        return None
+
+    async def _run_tool(
+        self, tool: Tool | None, name: str, tool_input: Any, context: ToolContext
+    ) -> ToolResult:
+        if tool is None:
+            return ToolResult(f"there is no tool called {name!r}", is_error=True)
+        try:
+            return await tool.run(tool_input, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # tools report failures as results; a raise is a bug
+            log.exception("tool %s of job %s raised", name, self.job_id)
+            return ToolResult(f"the tool failed: {error!r}", is_error=True)
+
+    # --- observe: commit ----------------------------------------------------------------
+
+    async def _commit(
+        self,
+        *,
+        ledger: dict[str, Any],
+        messages: list[Message],
+        saved: int,
+        state: LoopState,
+        events: list[EventPayload],
+        pct: int,
+        spent: int,
+        now: datetime,
+    ) -> None:
+        s = self._s
+        job = self.job
+        progress = state.iteration
+
+        def live(pipe: Pipeline) -> None:
+            pipe.set(
+                keys.budget_pct_key(job.job_id), str(min(100, max(0, pct))), ex=keys.BUDGET_PCT_TTL_SECONDS
+            )
+            s.status.queue_summary(pipe, job, spent_today=spent, progress=progress)
+
+        write = IterationWrite(
+            job_id=self.job_id,
+            ledger=ledger,
+            messages=[
+                {"job_id": self.job_id, "position": position, "message": messages[position].to_json()}
+                for position in range(saved, len(messages))
+            ],
+            head={
+                "job_id": self.job_id,
+                "iteration": state.iteration,
+                "message_count": len(messages),
+                "state": state.to_json(),
+                "update_time": now,
+            },
+            events=events,
+            live=live,
+        )
+        delay = 0.1
+        while True:
+            try:
+                accepted = await s.writer.write(write)
+                break
+            except Unavailable as error:
+                # SQL is down: the iteration is not durable yet; keep it and try again.
+                log.warning("job %s: iteration %d not committed yet: %s", self.job_id, state.iteration, error)
+                await self._pause(delay)
+                delay = min(5.0, delay * 2)
+                write.done = asyncio.get_running_loop().create_future()
+        if not accepted:
+            raise Stopped
+
+    # --- sleep and wake -----------------------------------------------------------------
+
+    async def _sleep(self, wake_at: datetime, reason: SleepReason | None) -> None:
+        """Sleep until ``wake_at`` or a wake request. ``reason`` None: resume a sleep that is
+        already recorded (after a restart)."""
+        s = self._s
+        if reason is not None:
+            change = await s.store.set_agent_state(
+                self.job_id,
+                state=AgentState.SLEEPING,
+                wake_at=wake_at,
+                events=[AgentSleeping(wake_time=wake_at, reason=reason)],
+                now=s.clock.now(),
+            )
+            await self._applied(change)
+        self.sleeping = True
+        try:
+            await self._live(s.keys.set_state(self.job_id, AgentState.SLEEPING))
+            if wake_at > s.clock.now():
+                await self._live(s.keys.set_wake_at(self.job_id, wake_at))
+            await self._wait_for_wake(wake_at)
+        finally:
+            self.sleeping = False
+        await self._live(s.keys.clear_wake_at(self.job_id))
+        await self._live(s.keys.set_state(self.job_id, AgentState.WORKING))
+
+    async def _wait_for_wake(self, wake_at: datetime) -> None:
+        """Return once the agent is awake in SQL: at ``wake_at`` (woken here), by WakeAgent
+        (woken by the RPC, noticed through the control channel or by polling SQL), or by a
+        ``wake_signal`` key some other writer set (woken here)."""
+        s = self._s
+        timer = asyncio.ensure_future(s.clock.sleep_until(wake_at))
+        try:
+            while True:
+                if self._stop.is_set():
+                    raise Stopped
+                if timer.done():
+                    if await self._woken(WakeReason.SCHEDULED):
+                        return
+                    continue
+                if await self._take_wake_signal() and await self._woken(WakeReason.REQUESTED):
+                    return
+                waiter = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait(
+                    {timer, waiter}, timeout=WAKE_SIGNAL_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                self._wake.clear()
+                if not timer.done() and await self._awake_in_sql():
+                    return
+        finally:
+            timer.cancel()
+
+    async def _woken(self, reason: WakeReason) -> bool:
+        """Wake the agent in SQL (unless WakeAgent did already); False if it sleeps on."""
+        s = self._s
+        change = await s.store.set_agent_state(
+            self.job_id,
+            state=AgentState.WORKING,
+            wake_at=None,
+            events=[AgentWaking(reason=reason)],
+            now=s.clock.now(),
+            only_from=AgentState.SLEEPING,
+        )
+        if change is not None:
+            await self._applied(change)
+            return True
+        return await self._awake_in_sql()
+
+    async def _awake_in_sql(self) -> bool:
+        """Whether SQL says the agent is awake (WakeAgent woke it); ``Stopped`` if the job ended."""
+        job = await self._s.store.get(self.job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            raise Stopped
+        if job.agent_state is AgentState.SLEEPING:
+            return False
+        self.job = job
+        return True
+
+    async def _take_wake_signal(self) -> bool:
+        try:
+            return await self._s.keys.take_wake_signal(self.job_id)
+        except Unavailable:
+            return False
+
+    # --- endings and helpers ------------------------------------------------------------
+
+    async def _finish(self, outcome: JobOutcome, detail: str, events: list[EventPayload]) -> None:
+        s = self._s
+        status = JobStatus.READY if outcome is JobOutcome.COMPLETED else JobStatus.FAILED
+        agent_state = {
+            JobOutcome.COMPLETED: AgentState.COMPLETED,
+            JobOutcome.BUDGET_EXCEEDED: AgentState.BUDGET_EXCEEDED,
+        }.get(outcome, AgentState.ERROR)
+        change = await s.store.finish(
+            self.job_id,
+            s.runner_id,
+            status=status,
+            outcome=outcome,
+            detail=detail,
+            agent_state=agent_state,
+            events=events,
+            now=s.clock.now(),
+        )
+        if change is None:
+            raise Stopped
+        await self._applied(change)
+        await self._live(s.keys.set_state(self.job_id, agent_state))
+        await self._live(s.keys.clear_wake_at(self.job_id))
+        log.info("job %s ended: %s %s", self.job_id, outcome, detail)
+
+    async def _applied(self, change: Changed | None) -> None:
+        """Adopt a committed change: fan out its events and refresh the summary."""
+        if change is None:
+            raise Stopped
+        self.job = change.job
+        with contextlib.suppress(Unavailable):
+            await self._s.status.job_changed(change.job, progress=self.iteration)
+        await self._s.job_events.announce(change.events)
+
+    async def _publish(self, events: list[EventPayload]) -> None:
+        stored = await self._s.store.event_log.append_job_events(self.job_id, events, now=self._s.clock.now())
+        await self._s.job_events.announce(stored)
+
+    async def _live(self, write: Awaitable[None]) -> None:
+        """Live keys are best effort: SQL is the record, and readers fall back to it."""
+        try:
+            await write
+        except Unavailable as error:
+            log.warning("job %s: live key not written: %s", self.job_id, error)

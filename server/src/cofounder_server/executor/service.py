@@ -1,0 +1,280 @@
+"""The executor: claims jobs with SQL leases and runs one :class:`AgentRun` task per job.
+
+* **Claiming.** Queued jobs, and running jobs that are unowned, this process's own (after a
+  restart: the runner id is kept in the data directory) or whose lease expired (a crashed
+  replica's), are claimed oldest first with a conditional UPDATE, so each runs on exactly
+  one replica. Sleeping agents are always claimed (they only wait); awake ones only while
+  fewer than ``max_running_jobs`` are awake here. Leases are renewed every claim interval.
+* **Control.** CancelJob and WakeAgent record their change in SQL first, then reach the
+  replica that runs the job through one Redis pub/sub channel (``cofounder:executor:control``).
+  A lost message only delays: the writer re-reads the job in every iteration's transaction,
+  the lease renewal re-reads held jobs, and a sleeping agent re-reads SQL every few seconds.
+  A sleeping agent also takes its ``wake_signal`` key, for writers outside this server.
+* **Shutdown.** :meth:`stop` ends every run at its next iteration boundary (a sleeping one
+  at once), waits for them, and releases the leases so another replica can continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from cofounder_server.domain.errors import DomainError
+from cofounder_server.domain.model import Job
+from cofounder_server.executor.loop import AgentRun, Services
+from cofounder_server.live.keys import AgentKeys
+
+log = logging.getLogger(__name__)
+
+CONTROL_CHANNEL = "cofounder:executor:control"
+"""Pub/sub channel of cancel and wake requests: ``cancel {job_id}`` / ``wake {job_id}``."""
+
+RETRY_AFTER_CRASH_SECONDS = 5.0
+
+
+def runner_id_for(configured: str, data_dir: Path) -> str:
+    """The configured runner id, or one kept in ``data_dir/runner-id`` (created once), so a
+    restarted process re-claims its own jobs at once instead of waiting for their leases."""
+    if configured:
+        return configured
+    path = data_dir / "runner-id"
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    new = f"runner-{uuid.uuid4()}"
+    path.write_text(new + "\n", encoding="utf-8")
+    return new
+
+
+class ControlBroadcaster:
+    """Tells whichever replica runs a job about a cancel or a wake (for processes that run
+    no agents themselves; :class:`Executor` does the same and acts locally too)."""
+
+    def __init__(self, redis: Redis, keys: AgentKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    def job_submitted(self, job: Job) -> None:
+        """Nothing to do here: an executor polls for queued jobs."""
+
+    async def job_cancelled(self, job: Job) -> None:
+        await broadcast(self._redis, "cancel", job.job_id)
+
+    async def job_woken(self, job: Job) -> None:
+        await broadcast(self._redis, "wake", job.job_id)
+
+
+async def broadcast(redis: Redis, verb: str, job_id: str) -> None:
+    """Publish ``{verb} {job_id}`` on the control channel; a failure is logged (the lease
+    renewal's re-read of the job catches a lost cancel, a sleeping agent polls its
+    ``wake_signal`` key)."""
+    try:
+        await redis.publish(CONTROL_CHANNEL, f"{verb} {job_id}")
+    except (RedisError, OSError) as error:
+        log.warning("could not broadcast %s of job %s: %s", verb, job_id, error)
+
+
+class Executor:
+    """Runs this process's share of jobs."""
+
+    def __init__(
+        self,
+        services: Services,
+        redis: Redis,
+        *,
+        max_running_jobs: int,
+        lease_seconds: float,
+        claim_interval_seconds: float,
+    ) -> None:
+        self._s = services
+        self._redis = redis
+        self._max_running = max_running_jobs
+        self._lease = timedelta(seconds=lease_seconds)
+        self._interval = claim_interval_seconds
+        self.runs: dict[str, AgentRun] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._backoff: dict[str, float] = {}
+        self._claim_now = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def runner_id(self) -> str:
+        return self._s.runner_id
+
+    async def start(self) -> None:
+        """Start the writer, the control subscription and the claim loop (which resumes this
+        process's running and sleeping jobs at once)."""
+        self._s.writer.start()
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(CONTROL_CHANNEL)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="executor-claims"),
+            asyncio.create_task(self._control_loop(pubsub), name="executor-control"),
+        ]
+        self._claim_now.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop every run (at an iteration boundary, within ``grace_seconds``), then release
+        the leases and stop the writer."""
+        self._stopping = True
+        for loop_task in self._loops:
+            loop_task.cancel()
+        for loop_task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        for run in self.runs.values():
+            run.stop()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        held = list(self.runs)
+        with contextlib.suppress(DomainError):
+            await self._s.store.release(self.runner_id, held)
+        await self._s.writer.stop()
+
+    # --- requests from the API (any replica) --------------------------------------------
+
+    def job_submitted(self, job: Job) -> None:
+        """A job was queued: look for work now."""
+        self._claim_now.set()
+
+    async def job_cancelled(self, job: Job) -> None:
+        """The job was cancelled (already recorded): stop its run wherever it is."""
+        self._control("cancel", job.job_id)
+        await self._broadcast("cancel", job.job_id)
+
+    async def job_woken(self, job: Job) -> None:
+        """WakeAgent recorded the wake: resume the agent wherever it sleeps."""
+        self._control("wake", job.job_id)
+        await self._broadcast("wake", job.job_id)
+        self._claim_now.set()  # an unowned sleeping job is claimed as an awake one
+
+    async def _broadcast(self, verb: str, job_id: str) -> None:
+        await broadcast(self._redis, verb, job_id)
+
+    def _control(self, verb: str, job_id: str) -> None:
+        run = self.runs.get(job_id)
+        if run is None:
+            return
+        if verb == "cancel":
+            run.stop()
+        elif verb == "wake":
+            run.wake()
+
+    async def _control_loop(self, pubsub: PubSub) -> None:
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except (RedisError, OSError) as error:
+                    log.warning("executor control channel: %s; resubscribing", error)
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.subscribe(CONTROL_CHANNEL)
+                    continue
+                if message is None:
+                    continue
+                data = message.get("data")
+                text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+                verb, _, job_id = text.partition(" ")
+                self._control(verb, job_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # --- claiming -----------------------------------------------------------------------
+
+    @property
+    def awake(self) -> int:
+        """Runs that are not sleeping (what ``max_running_jobs`` caps)."""
+        return sum(1 for run in self.runs.values() if not run.sleeping)
+
+    async def _claim_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_renewal = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_now.wait(), self._interval)
+            self._claim_now.clear()
+            try:
+                if loop.time() >= next_renewal:
+                    next_renewal = loop.time() + self._interval
+                    await self._renew()
+                await self._claim()
+            except DomainError as error:
+                log.warning("executor cannot claim jobs now: %s", error)
+            except Exception:
+                log.exception("executor claim loop failed; trying again")
+
+    async def _renew(self) -> None:
+        s = self._s
+        now = s.clock.now()
+        lost = await s.store.renew(self.runner_id, list(self.runs), now=now, lease_until=now + self._lease)
+        for job_id in lost:
+            run = self.runs.get(job_id)
+            if run is not None:
+                log.info("job %s is no longer ours (cancelled, finished or taken over): stopping", job_id)
+                run.stop()
+
+    async def _claim(self) -> None:
+        s = self._s
+        loop = asyncio.get_running_loop()
+        self._backoff = {k: t for k, t in self._backoff.items() if t > loop.time()}
+        exclude = [*self.runs, *self._backoff]
+        now = s.clock.now()
+        sleeping = await s.store.claimable(
+            self.runner_id, now=now, sleeping=True, exclude=exclude, limit=1000
+        )
+        free = self._max_running - self.awake
+        awake = await s.store.claimable(self.runner_id, now=now, sleeping=False, exclude=exclude, limit=free)
+        for job_id in [*sleeping, *awake]:
+            if self._stopping:
+                return
+            if job_id not in sleeping and self.awake >= self._max_running:
+                break
+            now = s.clock.now()
+            change = await s.store.claim(job_id, self.runner_id, now=now, lease_until=now + self._lease)
+            if change is None:
+                continue
+            if change.events:
+                with contextlib.suppress(DomainError):
+                    await s.status.job_changed(change.job)
+                await s.job_events.announce(change.events)
+            self._start_run(change.job)
+
+    def _start_run(self, job: Job) -> None:
+        run = AgentRun(self._s, job)
+        self.runs[job.job_id] = run
+        task = asyncio.create_task(self._guarded(run), name=f"agent-{job.job_id}")
+        self._tasks[job.job_id] = task
+
+    async def _guarded(self, run: AgentRun) -> None:
+        try:
+            await run.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # SQL or Redis trouble beyond what the loop rides out, or a bug: the job stays
+            # ours and running; it is resumed from its checkpoint after a pause.
+            log.exception("the run of job %s failed; resuming it from its checkpoint later", run.job_id)
+            self._backoff[run.job_id] = asyncio.get_running_loop().time() + RETRY_AFTER_CRASH_SECONDS
+        finally:
+            self.runs.pop(run.job_id, None)
+            self._tasks.pop(run.job_id, None)
+            if not self._stopping:
+                self._claim_now.set()
