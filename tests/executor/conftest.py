@@ -24,7 +24,7 @@ from cofounder_server.config import Settings
 from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.live.engine import EmbeddedRedis
-from tests.conftest import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT
 
 from .support import BrokenTool, EchoTool, Gate, GatedBrain
 

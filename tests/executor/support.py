@@ -17,7 +17,7 @@ from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
 from cofounder_server.executor.plugins import Message, ToolContext, ToolResult, ToolSpec, Turn
 from cofounder_server.store.database import open_database
 from cofounder_server.store.models import CheckpointMessageRow, UsageLedgerRow
-from tests.conftest import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually
 
 TERMINAL = (job_pb2.JOB_STATUS_READY, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELLED)
 

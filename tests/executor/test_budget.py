@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import event_pb2, job_pb2
 from cofounder_server.clock import ManualClock
-from tests.conftest import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually
 
 from .conftest import START
 from .support import agent_state, events_of, finished, get_job, ledger, status_of, submit, turn, types_of

@@ -16,7 +16,7 @@ import grpc
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
-from tests.conftest import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually
 
 from .conftest import START, stub_for
 from .support import (

@@ -10,7 +10,7 @@ import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
-from tests.conftest import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually
 
 from .support import (
     Gate,
@@ -149,12 +149,11 @@ async def test_brain_errors_are_retried_then_fail_the_job(stub, project_id) -> N
     assert "bad key" in done.outcome_detail
 
 
-async def test_a_job_with_an_unknown_brain_fails_with_a_reason(stub, project_id) -> None:
-    job = await submit(stub, project_id, {}, brain="no-such-brain")
-    done = await finished(stub, job.job_id)
-    assert done.status == job_pb2.JOB_STATUS_FAILED
-    assert done.outcome == job_pb2.JOB_OUTCOME_MODEL_ERROR
-    assert "unknown brain" in done.outcome_detail
+async def test_a_job_with_an_unknown_brain_is_refused_at_submit(stub, project_id) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit(stub, project_id, {}, brain="no-such-brain")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown brain" in (caught.value.details() or "")
 
 
 async def test_cancel_stops_a_running_agent_within_an_iteration(server, stub, gate: Gate, project_id) -> None:

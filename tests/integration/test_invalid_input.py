@@ -59,6 +59,7 @@ def bad_submits() -> list[tuple[str, dict[str, Any], str]]:
             {"agent": agent(brain="scripted", config=config_of({"k": "x" * 300_000}))},
             "agent.config",
         ),
+        ("unknown brain", {"agent": agent(brain="no-such-brain")}, "agent.brain"),
         ("request id with spaces", {"request_id": "a b"}, "request_id"),
         ("oversized request id", {"request_id": "r" * 129}, "request_id"),
     ]

@@ -16,7 +16,7 @@ from tests.support import RPC_TIMEOUT
 
 def submit_request(project_id: str, **overrides: object) -> pb.SubmitJobRequest:
     config = struct_pb2.Struct()
-    config.update({"turns": [{"text": "hello"}], "speed": 2})
+    config.update({"turns": [{"text": "hello"}], "loop": True})
     request = pb.SubmitJobRequest(
         project_id=project_id,
         goal="Ship the landing page",
@@ -43,7 +43,7 @@ async def test_submit_stores_a_queued_job_that_get_returns(jobs_stub, project_id
     assert job.goal == "Ship the landing page"
     assert job.daily_budget_microdollars == 5_000_000
     assert job.agent.brain == "scripted"
-    assert job.agent.config["speed"] == 2
+    assert job.agent.config["loop"] is True
     assert dict(job.labels) == {"team": "growth"}
     assert job.create_time.seconds > 0
     assert not job.HasField("end_time")

@@ -72,6 +72,14 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
+    engine = EmbeddedRedis(settings.data_dir)
+    redis_url = await engine.start()
+    stack.push_async_callback(engine.stop)
+    log.info("embedded Redis engine running on %s", redis_url)
+    return redis_url
+
+
 def _redacted(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -90,11 +98,8 @@ async def _start_executor(
     agent_keys: AgentKeys,
     redis: Redis,
     prices: PriceTable,
-    registry: PluginRegistry | None,
+    registry: PluginRegistry,
 ) -> Executor:
-    if registry is None:
-        registry = PluginRegistry.default(settings)
-        stack.push_async_callback(registry.aclose)
     runner_id = runner_id_for(settings.runner_id, settings.data_dir)
     services = Services(
         store=store,
@@ -187,12 +192,10 @@ class Application:
         registry: PluginRegistry | None,
     ) -> Application:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        redis_url = settings.redis_url
-        if not redis_url:
-            engine = EmbeddedRedis(settings.data_dir)
-            redis_url = await engine.start()
-            stack.push_async_callback(engine.stop)
-            log.info("embedded Redis engine running on %s", redis_url)
+        if registry is None:
+            registry = PluginRegistry.default(settings)
+            stack.push_async_callback(registry.aclose)
+        redis_url = settings.redis_url or await _start_embedded_redis(settings, stack)
         database_url = settings.effective_database_url
         await upgrade_to_head(database_url)
         database = await open_database(database_url)
@@ -249,7 +252,9 @@ class Application:
         server = grpc.aio.server(options=_server_options(settings))
         server.add_generic_rpc_handlers(
             (
-                service_handler(AGENT_CONTROL, AgentControlApi(job_service, status, job_feed), security.gate),
+                service_handler(
+                    AGENT_CONTROL, AgentControlApi(job_service, status, job_feed, registry), security.gate
+                ),
                 service_handler(ESCALATIONS, EscalationApi(escalation_feed), security.gate),
             )
         )

@@ -20,10 +20,12 @@ from cofounder_server.api.validation import (
     PROJECT_ID_RE,
     Validator,
 )
+from cofounder_server.domain.errors import FieldViolation, InvalidArgument
 from cofounder_server.domain.jobs import JobService
 from cofounder_server.domain.model import JobFilter, NewJob
 from cofounder_server.domain.status import LiveStatus
 from cofounder_server.events.job_events import JobEventFeed
+from cofounder_server.executor.registry import PluginRegistry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"
@@ -32,10 +34,13 @@ _PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"
 class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     """The AgentControlService RPCs."""
 
-    def __init__(self, jobs: JobService, status: LiveStatus, events: JobEventFeed) -> None:
+    def __init__(
+        self, jobs: JobService, status: LiveStatus, events: JobEventFeed, plugins: PluginRegistry
+    ) -> None:
         self._jobs = jobs
         self._status = status
         self._events = events
+        self._plugins = plugins
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
         with Validator() as check:
@@ -57,13 +62,18 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
                 check.text("agent.model", request.agent.model, MAX_MODEL_CHARS, required=False)
                 check.struct("agent.config", request.agent.config)
             check.labels("labels", request.labels)
+        if not self._plugins.has_brain(request.agent.brain):
+            # A job whose brain this server cannot build would only fail in the executor.
+            known = ", ".join(self._plugins.brain_names())
+            raise InvalidArgument([FieldViolation("agent.brain", f"unknown brain; this server has: {known}")])
+        agent = convert.agent_spec_from_proto(request.agent)
         principal = principal_of(context)
         new = NewJob(
             owner_id=principal.principal_id,
             project_id=request.project_id,
             goal=request.goal,
             daily_budget_microdollars=request.daily_budget_microdollars,
-            agent=convert.agent_spec_from_proto(request.agent),
+            agent=agent,
             labels=dict(request.labels),
         )
         job = await self._jobs.submit(principal, new, request.request_id or None)
