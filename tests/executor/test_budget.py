@@ -88,9 +88,12 @@ async def test_wake_agent_tops_up_today_once_and_the_agent_continues(
 
     assert woken.agent_state == job_pb2.AGENT_STATE_WORKING
     assert not woken.HasField("wake_time")
+    assert woken.daily_budget_microdollars == 25_000  # the budget in force today, top-up included
     assert retried.job_status in (job_pb2.JOB_STATUS_RUNNING, job_pb2.JOB_STATUS_READY)
     done = await finished(stub, job.job_id)
     assert done.status == job_pb2.JOB_STATUS_READY
+    final = (await stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)).status
+    assert (final.spent_today_microdollars, final.daily_budget_microdollars) == (13_500, 25_000)
     # Same day: 13,500 spent of 5,000 + 20,000 (54 %), so no second sleep.
     updates = [
         e.agent_budget_updated for e in await events_of(stub, job.job_id) if e.type == "agent.budget_updated"

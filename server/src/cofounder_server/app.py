@@ -221,7 +221,7 @@ class Application:
             jobs,
             clock,
             event_log,
-            spend=lambda job_id: executor_store.spent(job_id, window_start(clock.now())),
+            spend=lambda job_id: executor_store.budget_of(job_id, window_start(clock.now())),
         )
         agent_keys = AgentKeys(redis, clock)
         stopping = asyncio.Event()

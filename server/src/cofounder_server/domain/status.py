@@ -45,15 +45,15 @@ class JobSummary:
     pending_escalation_ids: tuple[str, ...]
 
     @classmethod
-    def of(cls, job: Job, spent_today: int = 0) -> JobSummary:
-        """The summary of a stored job, with today's spend from the usage ledger."""
+    def of(cls, job: Job, spent_today: int = 0, top_ups_today: int = 0) -> JobSummary:
+        """The summary of a stored job, with today's spend and top-ups from the ledger."""
         return cls(
             owner_id=job.owner_id,
             status=job.status,
             outcome=job.outcome,
             agent_state=job.agent_state,
             wake_at=job.wake_at,
-            daily_budget_microdollars=job.daily_budget_microdollars,
+            daily_budget_microdollars=job.daily_budget_microdollars + top_ups_today,
             spent_today_microdollars=spent_today,
             pending_escalation_ids=(),
         )
@@ -97,8 +97,8 @@ def _decode_summary(raw: bytes) -> JobSummary | None:
         return None
 
 
-SpendReader = Callable[[str], Awaitable[int]]
-"""Today's spend of a job from the usage ledger (``job_id -> microdollars``)."""
+SpendReader = Callable[[str], Awaitable[tuple[int, int]]]
+"""Today's spend and budget top-ups of a job, in microdollars (``job_id -> (spent, top_ups)``)."""
 
 
 def summary_version(job: Job, progress: int) -> int:
@@ -128,24 +128,26 @@ class LiveStatus:
         self._events = events
         self._spend = spend
 
-    async def job_changed(self, job: Job, *, spent_today: int | None = None, progress: int = 0) -> None:
-        """Publish a committed job's summary; an older version never overwrites a newer one.
+    async def job_changed(self, job: Job, *, progress: int = 0) -> None:
+        """Publish a committed job's summary (today's spend and top-ups read from the ledger);
+        an older version never overwrites a newer one."""
+        await self._publish(job, await self._today(job.job_id), progress)
 
-        ``spent_today`` defaults to the ledger's figure.
-        """
-        if spent_today is None:
-            spent_today = await self._spend(job.job_id) if self._spend is not None else 0
+    async def _today(self, job_id: str) -> tuple[int, int]:
+        return await self._spend(job_id) if self._spend is not None else (0, 0)
+
+    async def _publish(self, job: Job, today: tuple[int, int], progress: int) -> JobSummary:
+        summary = JobSummary.of(job, *today)
         key = keys.summary_key(job.job_id)
         await put_if_newer(
-            self._redis,
-            key,
-            summary_version(job, progress),
-            JobSummary.of(job, spent_today).encode(),
-            keys.SUMMARY_TTL_SECONDS,
+            self._redis, key, summary_version(job, progress), summary.encode(), keys.SUMMARY_TTL_SECONDS
         )
         self._cache.invalidate((key,))
+        return summary
 
-    def queue_summary(self, pipe: Pipeline, job: Job, *, spent_today: int, progress: int) -> str:
+    def queue_summary(
+        self, pipe: Pipeline, job: Job, *, spent_today: int, budget_today: int, progress: int
+    ) -> str:
         """Queue the summary write on ``pipe`` (the executor's per-iteration fan-out); the key,
         for the caller to invalidate in this process's cache once the pipeline ran."""
         key = keys.summary_key(job.job_id)
@@ -153,7 +155,7 @@ class LiveStatus:
             pipe,
             key,
             summary_version(job, progress),
-            JobSummary.of(job, spent_today).encode(),
+            JobSummary.of(job, spent_today, budget_today - job.daily_budget_microdollars).encode(),
             keys.SUMMARY_TTL_SECONDS,
         )
         return key
@@ -191,9 +193,7 @@ class LiveStatus:
         job = await self._jobs.get(job_id, owner_scope=None)
         if job is None:
             raise NotFound("job", job_id)
-        spent = await self._spend(job_id) if self._spend is not None else 0
-        await self.job_changed(job, spent_today=spent)
-        return JobSummary.of(job, spent)
+        return await self._publish(job, await self._today(job_id), 0)
 
     def _assemble(
         self,

@@ -261,6 +261,7 @@ class AgentRun:
                 events=events,
                 pct=pct,
                 spent=spent,
+                limit=limit,
                 now=now,
             )
             saved = len(messages)
@@ -422,6 +423,7 @@ class AgentRun:
         events: list[EventPayload],
         pct: int,
         spent: int,
+        limit: int,
         now: datetime,
     ) -> None:
         s = self._s
@@ -432,7 +434,7 @@ class AgentRun:
             pipe.set(
                 keys.budget_pct_key(job.job_id), str(min(100, max(0, pct))), ex=keys.BUDGET_PCT_TTL_SECONDS
             )
-            s.status.queue_summary(pipe, job, spent_today=spent, progress=progress)
+            s.status.queue_summary(pipe, job, spent_today=spent, budget_today=limit, progress=progress)
 
         write = IterationWrite(
             job_id=self.job_id,

@@ -198,16 +198,6 @@ class ExecutorStore:
             )
             return Checkpoint(int(head.iteration), [dict(m) for m in rows], dict(head.state))
 
-    async def spent(self, job_id: str, window: datetime) -> int:
-        """Spend recorded in the ledger for ``window``."""
-        async with self.database.read() as session:
-            total = await session.scalar(
-                select(func.coalesce(func.sum(UsageLedgerRow.cost_microdollars), 0)).where(
-                    UsageLedgerRow.job_id == job_id, UsageLedgerRow.window_start == _utc(window)
-                )
-            )
-            return int(total or 0)
-
     async def budget_of(self, job_id: str, window: datetime) -> tuple[int, int]:
         """``(spent, top_ups)`` of ``window``."""
         async with self.database.read() as session:

@@ -254,7 +254,11 @@ def _select_job(job_id: str, owner_scope: str | None) -> Select[JobRow]:
 async def _update_returning(session: AsyncSession, statement: Update, now: datetime) -> JobRow | None:
     """Apply ``statement`` with the bookkeeping every change makes; the new row, if any matched."""
     bumped = statement.values(update_time=now, version=JobRow.version + 1).returning(JobRow)
-    return await session.scalar(bumped, execution_options={"synchronize_session": False})
+    # populate_existing: when the row was already loaded in this session (e.g. SELECT ... FOR
+    # UPDATE first), the identity map would otherwise hand back that stale object.
+    return await session.scalar(
+        bumped, execution_options={"synchronize_session": False, "populate_existing": True}
+    )
 
 
 def _utc(moment: datetime) -> datetime:
