@@ -89,6 +89,7 @@ async def test_wake_agent_tops_up_today_once_and_the_agent_continues(
     assert woken.agent_state == job_pb2.AGENT_STATE_WORKING
     assert not woken.HasField("wake_time")
     assert woken.daily_budget_microdollars == 25_000  # the budget in force today, top-up included
+    assert woken.budget_percent == 18  # 4,500 of 25,000, not the 90 % it slept at
     assert retried.job_status in (job_pb2.JOB_STATUS_RUNNING, job_pb2.JOB_STATUS_READY)
     done = await finished(stub, job.job_id)
     assert done.status == job_pb2.JOB_STATUS_READY

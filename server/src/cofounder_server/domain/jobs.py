@@ -18,7 +18,7 @@ from cofounder_server.domain.pagination import (
 )
 from cofounder_server.domain.principal import Principal
 from cofounder_server.events.model import JobEvent
-from cofounder_server.executor.budget import window_start
+from cofounder_server.executor.budget import percent, window_start
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.store.executor import ExecutorStore
 from cofounder_server.store.idempotency import request_fingerprint
@@ -169,6 +169,12 @@ class JobService:
             with contextlib.suppress(Unavailable):
                 await self._keys.clear_wake_at(job_id)
                 await self._keys.set_state(job_id, AgentState.WORKING)
+                if top_up:
+                    # The key otherwise keeps the pre-top-up figure until the next model call.
+                    spent, top_ups = await self._agents.budget_of(job_id, window_start(now))
+                    await self._keys.set_budget_pct(
+                        job_id, percent(spent, job.daily_budget_microdollars + top_ups)
+                    )
         if self.runner is not None:
             await self.runner.job_woken(job)
         return job
