@@ -19,13 +19,12 @@ from typing import Any
 import grpc
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from cofounder.agent.v1 import agent_control_service_pb2_grpc, escalation_service_pb2_grpc
 from cofounder_server.app import Application
 from cofounder_server.clock import ManualClock
 from cofounder_server.config import Settings
-from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually, throwaway_database
 
 # Re-exported: test modules import these from here or from tests.support.
 __all__ = ["EXTERNAL_DATABASE", "EXTERNAL_REDIS", "RPC_TIMEOUT", "eventually"]
@@ -34,25 +33,8 @@ __all__ = ["EXTERNAL_DATABASE", "EXTERNAL_REDIS", "RPC_TIMEOUT", "eventually"]
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
     """Empty for the embedded SQLite file, else a fresh PostgreSQL database for this session."""
-    if not EXTERNAL_DATABASE:
-        yield ""
-        return
-    import asyncpg
-
-    admin = make_url(EXTERNAL_DATABASE).set(drivername="postgresql")
-    name = f"cofounder_test_{uuid.uuid4().hex[:12]}"
-    dsn = admin.render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    async with throwaway_database("cofounder_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

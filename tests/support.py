@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
+
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 RPC_TIMEOUT = 10.0
@@ -27,3 +31,30 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s; last result: {result!r}")
         await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(prefix: str) -> AsyncIterator[str]:
+    """Empty (use the embedded SQLite file) unless external PostgreSQL is configured; then a
+    new database on it, dropped afterwards, so runs never see each other's rows."""
+    if not EXTERNAL_DATABASE:
+        yield ""
+        return
+    import asyncpg
+
+    admin = make_url(EXTERNAL_DATABASE).set(drivername="postgresql")
+    dsn = admin.render_as_string(hide_password=False)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    try:
+        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+    finally:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()

@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy.engine import make_url
 
 from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.app import Application
@@ -24,7 +23,7 @@ from cofounder_server.config import Settings
 from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.live.engine import EmbeddedRedis
-from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT
+from tests.support import EXTERNAL_REDIS, RPC_TIMEOUT, throwaway_database
 
 from .support import BrokenTool, EchoTool, Gate, GatedBrain
 
@@ -34,25 +33,8 @@ START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 @pytest.fixture
 async def fresh_database_url() -> AsyncIterator[str]:
     """Empty (a SQLite file in the server's data dir) or a new PostgreSQL database."""
-    if not EXTERNAL_DATABASE:
-        yield ""
-        return
-    import asyncpg
-
-    admin = make_url(EXTERNAL_DATABASE).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    name = f"cofounder_exec_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    async with throwaway_database("cofounder_exec") as url:
+        yield url
 
 
 @pytest.fixture
