@@ -50,6 +50,10 @@ INVALIDATE_CHANNEL = b"__redis__:invalidate"
 TRACKING_CLIENT_NAME = "cofounder-tracked-cache"
 
 
+EXPIRY_MARGIN_SECONDS = 0.05
+"""How long before a key's reported expiry the cache stops serving it."""
+
+
 @dataclass(frozen=True)
 class CacheStats:
     """Counters of a :class:`TrackedCache` since it was created.
@@ -271,7 +275,11 @@ class TrackedCache:
 
     def _store(self, key: str, value: bytes | None, ttl_ms: int, sent_at: float) -> None:
         if ttl_ms >= 0:
-            deadline = sent_at + ttl_ms / 1000
+            # Redis computes PTTL from a clock it caches per event-loop turn, which lags real
+            # time on a busy server; the margin keeps our deadline before the real expiry.
+            deadline = sent_at + ttl_ms / 1000 - EXPIRY_MARGIN_SECONDS
+            if deadline <= time.monotonic():
+                return
         elif ttl_ms == -1 or value is None:
             # No TTL, or absent: only an invalidation ends it.
             deadline = math.inf
