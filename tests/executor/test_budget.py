@@ -59,16 +59,19 @@ async def test_at_90_percent_the_agent_sleeps_until_midnight_then_continues(
     assert (await status_of(stub, job.job_id)).agent_state == job_pb2.AGENT_STATE_SLEEPING
 
     await manual_clock.set(MIDNIGHT)  # a new window: spend starts at zero
-    status = await agent_state(stub, job.job_id, job_pb2.AGENT_STATE_SLEEPING)  # sleeps again after one call
+    # It wakes, makes one call and sleeps again: wait for that second sleep itself, since the
+    # first sleep's state would also read SLEEPING.
     await eventually(
         lambda: events_of(stub, job.job_id), lambda ev: types_of(ev).count("agent.sleeping") == 2
+    )
+    next_midnight = (MIDNIGHT + timedelta(days=1)).replace(tzinfo=None)
+    await eventually(
+        lambda: status_of(stub, job.job_id),
+        lambda s: s.agent_state == job_pb2.AGENT_STATE_SLEEPING and s.wake_time.ToDatetime() == next_midnight,
     )
     events = await events_of(stub, job.job_id)
     waking = [e.agent_waking for e in events if e.type == "agent.waking"]
     assert [w.reason for w in waking] == [event_pb2.WAKE_REASON_SCHEDULED]
-    assert (await status_of(stub, job.job_id)).wake_time.ToDatetime() == (
-        MIDNIGHT + timedelta(days=1)
-    ).replace(tzinfo=None)
 
     await manual_clock.set(MIDNIGHT + timedelta(days=1))
     done = await finished(stub, job.job_id)
