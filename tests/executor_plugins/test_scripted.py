@@ -213,3 +213,17 @@ def test_bad_scripts_are_rejected_naming_the_field(config: dict[str, Any], field
 
     assert caught.value.field == field
     assert isinstance(caught.value, ValueError)
+
+
+async def test_a_growing_conversation_is_counted_incrementally_and_any_other_one_afresh() -> None:
+    scripted = brain({"turns": [{"text": f"turn {n}"} for n in range(4)], "loop": True})
+    conversation = [GOAL]
+    for n in range(6):  # the loop appends to one list, as the executor does
+        turn = await scripted.think(conversation, [])
+        assert turn.text == f"turn {n % 4}"
+        conversation.append(Message(role="assistant", text=turn.text))
+        conversation.append(Message(role="tool", text="ok"))
+    # A shorter or different conversation (a resumed checkpoint) is counted from the start.
+    assert (await scripted.think(conversation[:3], [])).text == "turn 1"
+    assert (await scripted.think([GOAL, *conversation[5:9]], [])).text == "turn 2"
+    assert (await scripted.think([GOAL], [])).text == "turn 0"

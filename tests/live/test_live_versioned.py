@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from cofounder_server.live.versioned import decode, put_if_newer
+from cofounder_server.live.versioned import LiveWrites, decode, put_if_newer
 
 from .support import Engine, exact_commands
 
@@ -101,3 +101,26 @@ def test_decode_treats_garbage_as_absent(raw: bytes | str | None) -> None:
 )
 def test_decode(raw: bytes | str, expected: tuple[int, str]) -> None:
     assert decode(raw) == expected
+
+
+async def test_live_writes_run_as_one_command_with_put_if_newer_semantics(
+    engine: Engine, client: Redis, prefix: str
+) -> None:
+    newer, older, plain = f"{prefix}lw-newer", f"{prefix}lw-older", f"{prefix}lw-plain"
+    assert await put_if_newer(client, older, 9, "held", 600) is True
+    assert await put_if_newer(client, newer, 2, "old", 600) is True
+    writes = LiveWrites()
+    writes.put_if_newer(newer, 3, "new", 600)
+    writes.put_if_newer(older, 8, "stale", 600)
+    writes.set(plain, "42", 90)
+    assert len(writes) == 3
+    async with client.pipeline(transaction=False) as pipe:
+        writes.queue(pipe)
+        assert len(pipe.command_stack) == 1
+        await pipe.execute()
+    assert decode(await client.get(newer)) == (3, "new")
+    assert decode(await client.get(older)) == (9, "held")
+    assert await client.get(plain) == b"42"
+    assert 80 <= await client.ttl(plain) <= 90
+    with pytest.raises(ValueError, match="version must not be negative"):
+        writes.put_if_newer(newer, -1, "x", 60)

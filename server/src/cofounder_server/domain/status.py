@@ -16,7 +16,6 @@ from datetime import datetime
 from functools import lru_cache
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import NotFound
@@ -24,7 +23,7 @@ from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
 from cofounder_server.live.tracked_cache import TrackedCache
-from cofounder_server.live.versioned import decode, put_if_newer, queue_put_if_newer
+from cofounder_server.live.versioned import LiveWrites, decode, put_if_newer
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 
@@ -146,13 +145,12 @@ class LiveStatus:
         return summary
 
     def queue_summary(
-        self, pipe: Pipeline, job: Job, *, spent_today: int, budget_today: int, progress: int
+        self, writes: LiveWrites, job: Job, *, spent_today: int, budget_today: int, progress: int
     ) -> str:
-        """Queue the summary write on ``pipe`` (the executor's per-iteration fan-out); the key,
-        for the caller to invalidate in this process's cache once the pipeline ran."""
+        """Add the summary write to ``writes`` (the executor's per-iteration fan-out); the key,
+        for the caller to invalidate in this process's cache once the writes ran."""
         key = keys.summary_key(job.job_id)
-        queue_put_if_newer(
-            pipe,
+        writes.put_if_newer(
             key,
             summary_version(job, progress),
             JobSummary.of(job, spent_today, budget_today - job.daily_budget_microdollars).encode(),

@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import Unavailable
@@ -20,7 +19,7 @@ from cofounder_server.events.model import EventPayload, JobEvent, is_terminal
 from cofounder_server.live import keys
 from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.live.tracked_cache import TrackedCache
-from cofounder_server.live.versioned import put_if_newer, queue_put_if_newer
+from cofounder_server.live.versioned import LiveWrites, put_if_newer
 from cofounder_server.store.events import EventLogRepository
 
 log = logging.getLogger(__name__)
@@ -78,13 +77,14 @@ class JobEvents:
         self,
         stored: Sequence[JobEvent],
         *,
-        also: Callable[[Pipeline], None] | None = None,
+        also: Callable[[LiveWrites], None] | None = None,
         invalidate: Sequence[str] = (),
     ) -> None:
         """Fan out events that the caller's own transaction committed (see
         ``EventLogRepository.append_job_events_in``), of any number of jobs, in one Redis
-        round trip; ``also`` may queue more commands on that pipeline (live keys), and
-        ``invalidate`` names keys they write, dropped from this process's cache afterwards.
+        round trip; ``also`` may add more live-key writes (run with the ``last_seq`` writes as
+        one command), and ``invalidate`` names keys they write, dropped from this process's
+        cache afterwards.
 
         Never raises for Redis trouble: the events are stored, so watchers still get them
         (from SQL, on the next event or heartbeat); the failure is logged.
@@ -100,12 +100,14 @@ class JobEvents:
                             keys.job_events_channel(event.job_id), pack(wire_event(event, self._encode))
                         )
                         newest[event.job_id] = max(newest.get(event.job_id, 0), event.sequence)
+                    writes = LiveWrites()
                     for job_id, sequence in newest.items():
-                        queue_put_if_newer(
-                            pipe, keys.last_sequence_key(job_id), sequence, "", keys.SUMMARY_TTL_SECONDS
+                        writes.put_if_newer(
+                            keys.last_sequence_key(job_id), sequence, "", keys.SUMMARY_TTL_SECONDS
                         )
                     if also is not None:
-                        also(pipe)
+                        also(writes)
+                    writes.queue(pipe)
                     await pipe.execute()
         except Unavailable as error:
             log.warning("%d stored events are not fanned out: %s", len(stored), error)

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-
 from cofounder_server.clock import Clock, next_utc_midnight
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
@@ -61,6 +59,7 @@ from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
 from cofounder_server.live import keys
 from cofounder_server.live.keys import AgentKeys
+from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.store.executor import Changed, ExecutorStore
 
 log = logging.getLogger(__name__)
@@ -430,11 +429,11 @@ class AgentRun:
         job = self.job
         progress = state.iteration
 
-        def live(pipe: Pipeline) -> None:
-            pipe.set(
-                keys.budget_pct_key(job.job_id), str(min(100, max(0, pct))), ex=keys.BUDGET_PCT_TTL_SECONDS
+        def live(writes: LiveWrites) -> None:
+            writes.set(
+                keys.budget_pct_key(job.job_id), str(min(100, max(0, pct))), keys.BUDGET_PCT_TTL_SECONDS
             )
-            s.status.queue_summary(pipe, job, spent_today=spent, budget_today=limit, progress=progress)
+            s.status.queue_summary(writes, job, spent_today=spent, budget_today=limit, progress=progress)
 
         write = IterationWrite(
             job_id=self.job_id,

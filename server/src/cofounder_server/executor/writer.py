@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio.client import Pipeline
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server.clock import Clock
@@ -33,6 +32,7 @@ from cofounder_server.domain.model import JobStatus
 from cofounder_server.events.job_events import JobEvents
 from cofounder_server.events.model import EventPayload, JobEvent
 from cofounder_server.live import keys
+from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.store.executor import ExecutorStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class IterationWrite:
     messages: list[dict[str, Any]]
     head: dict[str, Any]
     events: list[EventPayload]
-    live: Callable[[Pipeline], None] | None = None
-    """Redis commands (live keys) queued on the fan-out pipeline after the commit."""
+    live: Callable[[LiveWrites], None] | None = None
+    """Live-key writes added to the fan-out's batched writes after the commit."""
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -73,7 +73,7 @@ class IterationWriter:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Fan-out runs in its own task, in commit order, while the next batch commits.
-        self._fan_out: asyncio.Queue[tuple[list[JobEvent], list[Callable[[Pipeline], None]], list[str]]] = (
+        self._fan_out: asyncio.Queue[tuple[list[JobEvent], list[Callable[[LiveWrites], None]], list[str]]] = (
             asyncio.Queue()
         )
         self._fan_out_task: asyncio.Task[None] | None = None
@@ -157,9 +157,9 @@ class IterationWriter:
             stored, live, summary_keys = await self._fan_out.get()
             started = time.perf_counter()
 
-            def queue_live(pipe: Pipeline, live: list[Callable[[Pipeline], None]] = live) -> None:
+            def queue_live(writes: LiveWrites, live: list[Callable[[LiveWrites], None]] = live) -> None:
                 for add in live:
-                    add(pipe)
+                    add(writes)
 
             try:
                 await self._job_events.announce(stored, also=queue_live, invalidate=summary_keys)

@@ -34,17 +34,69 @@ return 1
 """
 
 
-def queue_put_if_newer(pipe: Pipeline, key: str, version: int, payload: str, ttl_seconds: int) -> None:
-    """:func:`put_if_newer` queued on a pipeline (its result is the pipeline's, ignored here).
+# Many writes in one EVALSHA: for each key, ARGV holds (version, payload, ttl). A version
+# "-" is a plain SET of the payload; any other version is compared as in _PUT_IF_NEWER.
+_WRITE_MANY = b"""
+local stored = 0
+for i, key in ipairs(KEYS) do
+  local version = ARGV[3 * i - 2]
+  local payload = ARGV[3 * i - 1]
+  local ttl = ARGV[3 * i]
+  if version == '-' then
+    redis.call('SET', key, payload, 'EX', ttl)
+    stored = stored + 1
+  else
+    local newer = true
+    local current = redis.call('GET', key)
+    if current then
+      local held = string.match(current, '^0*(%d+):')
+      if held and (#version < #held or (#version == #held and version <= held)) then
+        newer = false
+      end
+    end
+    if newer then
+      redis.call('SET', key, version .. ':' .. payload, 'EX', ttl)
+      stored = stored + 1
+    end
+  end
+end
+return stored
+"""
 
-    The pipeline makes sure Redis has the script before it runs (one ``SCRIPT EXISTS`` per
-    execution).
-    """
-    if version < 0 or ttl_seconds < 1:
-        raise ValueError("version must not be negative and ttl_seconds at least 1")
-    script = pipe.register_script(_PUT_IF_NEWER)
-    pipe.scripts.add(script)  # type: ignore[arg-type]  # the stubs mix up the sync and async Script
-    pipe.evalsha(script.sha, 1, key, str(version), payload, ttl_seconds)
+
+class LiveWrites:
+    """Live-key writes collected to run as one EVALSHA on a pipeline (a group commit's
+    fan-out): versioned writes as :func:`put_if_newer`, and plain ``SET key value EX ttl``,
+    applied in the order they were added."""
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+        self._args: list[str | int] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def put_if_newer(self, key: str, version: int, payload: str, ttl_seconds: int) -> None:
+        """As :func:`put_if_newer`, when the pipeline these writes are queued on runs."""
+        if version < 0 or ttl_seconds < 1:
+            raise ValueError("version must not be negative and ttl_seconds at least 1")
+        self._keys.append(key)
+        self._args += (str(version), payload, ttl_seconds)
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        """``SET key value EX ttl_seconds``, when the pipeline these writes are queued on runs."""
+        if ttl_seconds < 1:
+            raise ValueError("ttl_seconds must be at least 1")
+        self._keys.append(key)
+        self._args += ("-", value, ttl_seconds)
+
+    def queue(self, pipe: Pipeline) -> None:
+        """Queue the writes on ``pipe`` as one command (nothing if there are none)."""
+        if not self._keys:
+            return
+        script = pipe.register_script(_WRITE_MANY)
+        pipe.scripts.add(script)  # type: ignore[arg-type]  # the stubs mix up the sync and async Script
+        pipe.evalsha(script.sha, len(self._keys), *self._keys, *self._args)
 
 
 _VERSIONED = re.compile(r"([0-9]+):")

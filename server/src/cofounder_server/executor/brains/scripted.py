@@ -122,10 +122,16 @@ class ScriptedBrain:
         # change while a call is retried. Count attempts at the current position only.
         self._position = -1
         self._attempts = 0
+        # The assistant messages counted so far, and the prefix of the conversation they
+        # were counted in (its length and last message): a conversation that only grew
+        # since is counted from there, anything else is counted again from the start.
+        self._counted = 0
+        self._seen = 0
+        self._last: Message | None = None
 
     async def think(self, conversation: Sequence[Message], tools: Sequence[ToolSpec]) -> Turn:
         """The scripted turn for this point of the conversation (``tools`` are not consulted)."""
-        position = sum(1 for message in conversation if message.role == "assistant")
+        position = self._assistant_messages(conversation)
         turns = self._script.turns
         index = position % len(turns) if self._script.loop else min(position, len(turns))
         if position != self._position:
@@ -152,6 +158,20 @@ class ScriptedBrain:
             usage=Usage(model=turn.model, input_tokens=turn.input_tokens, output_tokens=turn.output_tokens),
             stop_reason=turn.stop_reason,
         )
+
+    def _assistant_messages(self, conversation: Sequence[Message]) -> int:
+        """How many assistant messages ``conversation`` holds; O(new messages) per call when
+        the conversation only grew since the last call (the loop appends to one list)."""
+        seen = self._seen
+        if not (0 < seen <= len(conversation) and conversation[seen - 1] is self._last):
+            seen, self._counted = 0, 0
+        counted = self._counted
+        for index in range(seen, len(conversation)):
+            if conversation[index].role == "assistant":
+                counted += 1
+        self._counted, self._seen = counted, len(conversation)
+        self._last = conversation[-1] if conversation else None
+        return counted
 
 
 class ScriptedBrainFactory:
