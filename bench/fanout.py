@@ -230,10 +230,14 @@ class Predecessor(Design):
     async def server(self) -> AsyncIterator[tuple[int, str]]:
         self.port = free_port()
         command = [
-            PYTHON, "-m", "uvicorn", "bench.fanout_predecessor_sse:app", "--port", str(self.port),
+            PYTHON, "-m", "uvicorn", "bench.predecessor_app:app", "--port", str(self.port),
             "--workers", "1", "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
-        env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
+        env = {
+            **os.environ,
+            "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "BENCH_MAX_CONNECTIONS": "10000",
+        }
         async with process(pinned(SERVER_CORE, *command), cwd=ROOT, env=env) as proc:
             await wait_for_port(self.port)
             yield proc.pid, "bench-job"
