@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import logging
 import os
 import shutil
-import signal
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -31,7 +29,6 @@ BINARY_ENV = "COFOUNDER_REDIS_BINARY"
 _MAX_SOCKET_PATH = 107
 _SOCKET_NAME = "redis.sock"
 _LOG_NAME = "redis.log"
-_PR_SET_PDEATHSIG = 1
 _LOG_TAIL_BYTES = 2000
 
 
@@ -72,27 +69,34 @@ def _wheel_binary(module: str, attribute: str) -> str | None:
     return str(path) if path else None
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux SIGKILL the child when this process dies.
+# Run as ``python -I -S -c _EXEC_WITH_PARENT_DEATH_SIGNAL PARENT_PID BINARY ARGS...``: asks Linux
+# to SIGKILL this process when its parent dies, then becomes the Redis server (same pid).
+_EXEC_WITH_PARENT_DEATH_SIGNAL = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, 9, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: errno %d" % ctypes.get_errno())
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
-    Everything is resolved before fork: the child runs only the prctl call and a check.
+
+def _is_executable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _launch_command(binary: str, args: Sequence[str]) -> list[str]:
+    """The command that runs ``binary``, on Linux tied to this process's life.
+
+    The kernel's parent-death signal must be set in the child. Setting it from a
+    ``preexec_fn`` would make Python fork this whole process, whose gRPC threads' fork
+    handlers can abort the child before it execs; a tiny fresh interpreter does it instead
+    and then execs the server, and the fork here stays a plain vfork/posix_spawn.
     """
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    sigkill = int(signal.SIGKILL)
-
-    def preexec() -> None:
-        if prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        # The parent may have died between fork and prctl; then no signal would ever come.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+        return [binary, *args]
+    return [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PARENT_DEATH_SIGNAL, str(os.getpid()), binary, *args]
 
 
 class EmbeddedRedis:
@@ -148,6 +152,9 @@ class EmbeddedRedis:
         if self._process is not None:
             raise EmbeddedRedisError("the embedded Redis engine is already running")
         binary = self._binary or find_redis_binary()
+        # Checked here: on Linux the exec happens in a wrapper, which could only report it late.
+        if not await asyncio.to_thread(_is_executable_file, binary):
+            raise EmbeddedRedisError(f"cannot run Redis server binary {binary!r}: not an executable file")
         socket_path, log_fd = await asyncio.to_thread(self._prepare_files)
         args = [
             "--port", "0",
@@ -160,12 +167,10 @@ class EmbeddedRedis:
         ]  # fmt: skip
         try:
             self._process = await asyncio.create_subprocess_exec(
-                binary,
-                *args,
+                *_launch_command(binary, args),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                preexec_fn=_parent_death_signal(),
                 start_new_session=True,
             )
         except OSError as exc:
