@@ -87,9 +87,12 @@ async def test_sighup_reloads_the_running_command(database_url, tmp_path: Path) 
         argv += ["--redis-url", EXTERNAL_REDIS]
     if database_url:
         argv += ["--database-url", database_url]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cofounder_server", *argv, env=env, stderr=asyncio.subprocess.PIPE
-    )
+    # A file, not a pipe: a pipe nobody reads while the server runs fills up and blocks its logging.
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cofounder_server", *argv, env=env, stderr=log
+        )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             jobs = pb_grpc.AgentControlServiceStub(channel)
@@ -108,7 +111,7 @@ async def test_sighup_reloads_the_running_command(database_url, tmp_path: Path) 
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
-        stderr = (await process.stderr.read()).decode() if process.stderr else ""
+        stderr = log_path.read_text()
         assert "principals file reloaded" in stderr
         assert OLD.token not in stderr
         assert NEW.token not in stderr

@@ -82,17 +82,20 @@ async def test_the_command_serves_on_embedded_defaults_and_drains_on_sigterm(tmp
     port = free_port()
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COFOUNDER_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cofounder_server",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(data_dir),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    # A file, not a pipe: a pipe nobody reads while the server runs fills up and blocks its logging.
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cofounder_server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            env=env,
+            stderr=log,
+        )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -121,7 +124,7 @@ async def test_the_command_serves_on_embedded_defaults_and_drains_on_sigterm(tmp
             watch.cancel()
 
         code = await asyncio.wait_for(process.wait(), 30)
-        stderr = (await process.stderr.read()).decode() if process.stderr else ""
+        stderr = log_path.read_text()
         assert code == 0, stderr
         assert "stopped" in stderr
         assert not any(is_running(pid) for pid in redis_children)
