@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError
 
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import JobFilter
-from cofounder_server.store.database import Database, async_url, open_database
+from cofounder_server.store.database import (
+    Database,
+    async_url,
+    open_database,
+    unavailable_on_connection_error,
+)
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.models import IdempotencyKeyRow
+from tests.support import eventually
 
 from .support import POSTGRES_URL, T0, PostgresDatabases, new_job
 
@@ -199,3 +206,58 @@ async def test_postgres_connections_closed_by_the_server_are_replaced(
     finally:
         await other.close()
         await database.close()
+
+
+async def test_a_cancel_that_breaks_the_rollback_is_still_a_cancel() -> None:
+    """asyncpg answers the rollback of a query cancelled mid-flight with "another operation
+    is in progress"; that must not turn the cancel into Unavailable, which loops that ride
+    out outages would swallow (they then never stop)."""
+    started = asyncio.Event()
+
+    async def query() -> None:
+        async with unavailable_on_connection_error():
+            try:
+                started.set()
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                raise InterfaceError("ROLLBACK", {}, Exception("another operation is in progress")) from None
+
+    task = asyncio.create_task(query())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.external
+@pytest.mark.skipif(not POSTGRES_URL, reason="COFOUNDER_TEST_DATABASE_URL is not set")
+async def test_postgres_query_cancelled_mid_flight_raises_cancelled(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    url = await postgres_databases.create()
+    database = await open_database(url)
+    observer = await open_database(url)
+    marker = f"cancel_me_{uuid.uuid4().hex}"
+
+    async def slow_query() -> None:
+        async with database.read() as session:
+            await session.execute(text(f"SELECT pg_sleep(30) AS {marker}"))
+
+    async def running() -> int:
+        async with observer.read() as session:
+            found = await session.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE :q"),
+                {"q": f"%AS {marker}%"},
+            )
+        return int(found or 0)
+
+    try:
+        task = asyncio.create_task(slow_query())
+        await eventually(running, lambda n: n == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await database.ping()
+    finally:
+        await database.close()
+        await observer.close()

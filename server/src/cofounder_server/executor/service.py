@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import timedelta
 from pathlib import Path
 
@@ -129,19 +130,14 @@ class Executor:
         """Stop every run (at an iteration boundary, within ``grace_seconds``), then release
         the leases and stop the writer."""
         self._stopping = True
-        for loop_task in self._loops:
-            loop_task.cancel()
-        for loop_task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+        self._claim_now.set()
+        await _cancel_and_wait(self._loops, "executor loop")
         for run in self.runs.values():
             run.stop()
         tasks = list(self._tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await _cancel_and_wait(pending, "agent run")
         held = list(self.runs)
         with contextlib.suppress(DomainError):
             await self._s.store.release(self.runner_id, held)
@@ -178,7 +174,7 @@ class Executor:
 
     async def _control_loop(self, pubsub: PubSub) -> None:
         try:
-            while True:
+            while not self._stopping:
                 try:
                     message = await pubsub.get_message(timeout=1.0)
                 except (RedisError, OSError) as error:
@@ -207,10 +203,12 @@ class Executor:
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_renewal = 0.0
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), self._interval)
             self._claim_now.clear()
+            if self._stopping:
+                return
             try:
                 if loop.time() >= next_renewal:
                     next_renewal = loop.time() + self._interval
@@ -278,3 +276,18 @@ class Executor:
             self._tasks.pop(run.job_id, None)
             if not self._stopping:
                 self._claim_now.set()
+
+
+CANCEL_WAIT_SECONDS = 5.0
+
+
+async def _cancel_and_wait(tasks: Collection[asyncio.Task[None]], what: str) -> None:
+    """Cancel ``tasks`` and wait for them, but not forever: a task that swallows its
+    cancellation is logged and left behind rather than hanging shutdown."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=CANCEL_WAIT_SECONDS)
+    for task in stuck:
+        log.error("%s %s ignored its cancellation; leaving it behind", what, task.get_name())

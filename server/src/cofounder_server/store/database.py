@@ -7,6 +7,7 @@ no caller ever has to know a driver's exception types.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,6 +85,12 @@ async def unavailable_on_connection_error() -> AsyncIterator[None]:
     try:
         yield
     except Exception as error:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled mid-query, asyncpg's rollback fails ("another operation is in
+            # progress") and that error replaces the CancelledError; put the cancel back,
+            # or a loop that rides out database outages would swallow it and never stop.
+            raise asyncio.CancelledError from error
         if is_unavailable_error(error):
             # The message may reach API clients: the details (hosts, SQL) stay in __cause__.
             raise Unavailable(f"the database is unavailable ({type(error).__name__})") from error
