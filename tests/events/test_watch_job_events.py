@@ -273,7 +273,7 @@ async def test_a_gap_in_pub_sub_is_filled_from_sql(jobs_stub, redis, clock, proj
     from cofounder_server.api.convert import encode_job_event
     from cofounder_server.live.keys import job_events_channel
 
-    await redis.publish(job_events_channel(job.job_id), pack(wire_event(stored[-1], encode_job_event)))
+    await redis.publish(job_events_channel(job.job_id), pack([wire_event(stored[-1], encode_job_event)]))
 
     assert stream.sequences() == []
     assert await stream.until(4)

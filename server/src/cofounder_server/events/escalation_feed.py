@@ -94,7 +94,7 @@ class EscalationFeed:
         event = await self._log.append_escalation_event(kind, escalation, now=self._clock.now())
         try:
             with unavailable_on_error("publish escalation event"):
-                await self._redis.publish(keys.ESCALATION_EVENTS_CHANNEL, pack(_wire(event, self._encode)))
+                await self._redis.publish(keys.ESCALATION_EVENTS_CHANNEL, pack((_wire(event, self._encode),)))
         except Unavailable as error:
             log.warning("escalation feed entry %d is stored but not fanned out: %s", event.sequence, error)
         return event

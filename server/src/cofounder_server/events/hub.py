@@ -25,7 +25,7 @@ import json
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,22 +61,43 @@ class WireEvent:
     job_id: str = ""
 
 
-def pack(event: WireEvent) -> bytes:
-    """The pub/sub message for ``event``: a JSON header line, then the encoded event."""
-    header = json.dumps([event.sequence, event.terminal, event.owner_id, event.job_id])
-    return header.encode() + b"\n" + event.data
+def pack(events: Sequence[WireEvent]) -> bytes:
+    """One pub/sub message for ``events`` (consecutive events of one stream, so a replica
+    publishes a job's share of a group commit at once): a JSON header line with each event's
+    ``[sequence, terminal, owner_id, job_id, length]``, then the encoded events back to back."""
+    header = json.dumps(
+        [[event.sequence, event.terminal, event.owner_id, event.job_id, len(event.data)] for event in events]
+    )
+    return header.encode() + b"\n" + b"".join(event.data for event in events)
 
 
-def unpack(message: bytes) -> WireEvent | None:
-    """The event in a pub/sub message; None when it is malformed."""
+def unpack(message: bytes) -> list[WireEvent]:
+    """The events in a pub/sub message; empty when it is malformed. Also reads the one-event
+    form (``[sequence, terminal, owner_id, job_id]``, the rest of the message its data) that
+    replicas of earlier versions publish."""
     header, separator, data = message.partition(b"\n")
     if not separator:
-        return None
+        return []
     try:
-        sequence, terminal, owner_id, job_id = json.loads(header)
-        return WireEvent(int(sequence), data, bool(terminal), str(owner_id), str(job_id))
+        entries = json.loads(header)
+        if not isinstance(entries, list):
+            return []
+        if entries and not isinstance(entries[0], list):
+            sequence, terminal, owner_id, job_id = entries
+            return [WireEvent(int(sequence), data, bool(terminal), str(owner_id), str(job_id))]
+        events: list[WireEvent] = []
+        offset = 0
+        for sequence, terminal, owner_id, job_id, length in entries:
+            end = offset + int(length)
+            if end > len(data):
+                return []
+            events.append(
+                WireEvent(int(sequence), data[offset:end], bool(terminal), str(owner_id), str(job_id))
+            )
+            offset = end
     except (ValueError, TypeError):
-        return None
+        return []
+    return events if offset == len(data) else []
 
 
 @dataclass(frozen=True)
@@ -488,9 +509,9 @@ class EventHub:
             kind, channel, data = reply
             if kind == b"message":
                 topic = self._topics.get(channel.decode())
-                event = unpack(data) if topic is not None else None
-                if topic is not None and event is not None:
-                    topic.offer(event)
+                if topic is not None:
+                    for event in unpack(data):
+                        topic.offer(event)
             elif kind == b"subscribe":
                 topic = self._topics.get(channel.decode())
                 if topic is not None:

@@ -95,11 +95,12 @@ class JobEvents:
         try:
             with unavailable_on_error("publish events"):
                 async with self._redis.pipeline(transaction=False) as pipe:
+                    by_job: dict[str, list[WireEvent]] = {}
                     for event in stored:
-                        pipe.publish(
-                            keys.job_events_channel(event.job_id), pack(wire_event(event, self._encode))
-                        )
-                        newest[event.job_id] = max(newest.get(event.job_id, 0), event.sequence)
+                        by_job.setdefault(event.job_id, []).append(wire_event(event, self._encode))
+                    for job_id, events in by_job.items():
+                        pipe.publish(keys.job_events_channel(job_id), pack(events))
+                        newest[job_id] = max(newest.get(job_id, 0), events[-1].sequence)
                     writes = LiveWrites()
                     for job_id, sequence in newest.items():
                         writes.put_if_newer(
@@ -118,10 +119,7 @@ class JobEvents:
     async def _fan_out(self, job_id: str, stored: list[JobEvent]) -> None:
         channel = keys.job_events_channel(job_id)
         with unavailable_on_error("publish events"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event in stored:
-                    pipe.publish(channel, pack(wire_event(event, self._encode)))
-                await pipe.execute()
+            await self._redis.publish(channel, pack([wire_event(event, self._encode) for event in stored]))
         key = keys.last_sequence_key(job_id)
         await put_if_newer(self._redis, key, stored[-1].sequence, "", keys.SUMMARY_TTL_SECONDS)
         # Redis's invalidation of our own write may arrive after our next read.
