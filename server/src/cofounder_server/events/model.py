@@ -285,14 +285,26 @@ class EscalationEvent:
 # --- JSON form (the SQL column) ---------------------------------------------------------
 
 
+_PLAIN = (str, int, float, bool, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def to_json(value: Any) -> Any:
     """A JSON-compatible form of a payload or escalation (enums by value, times in ISO-8601)."""
+    # Every iteration of every job stores several payloads: field names are looked up once
+    # per class, and plain values are returned before any other check.
+    if isinstance(value, _PLAIN) and not isinstance(value, StrEnum):
+        return value
+    names = _FIELD_NAMES.get(type(value))
+    if names is not None:
+        return {name: to_json(getattr(value, name)) for name in names}
     if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, datetime):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+        return to_json(value)
     if isinstance(value, tuple):
         return [to_json(item) for item in value]
     return value
