@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, case, delete, exists, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +34,14 @@ from cofounder_server.events.model import (
 )
 from cofounder_server.store.database import Database
 from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow
+
+_ADVANCE_COUNTERS = (
+    update(EventCounterRow)
+    .where(EventCounterRow.stream.in_(bindparam("streams", expanding=True)))
+    .values(last_sequence=EventCounterRow.last_sequence + bindparam("count"))
+    .returning(EventCounterRow.stream, EventCounterRow.last_sequence, EventCounterRow.pruned_through)
+)
+"""Add ``count`` to the counters of ``streams``; their new values."""
 
 ESCALATION_STREAM = "escalations"
 """The counter row of the escalation feed (one feed for every owner)."""
@@ -284,30 +292,23 @@ class EventLogRepository:
     async def _advance_existing(
         self, session: AsyncSession, counts: dict[str, int]
     ) -> dict[str, tuple[int, int]]:
-        """Advance the existing counter rows of ``counts`` (stream -> count) in one statement;
-        ``{stream: (last, pruned_through)}`` for the rows that exist."""
-        if len(counts) == 1:
-            ((stream, count),) = counts.items()
-            statement = (
-                update(EventCounterRow)
-                .where(EventCounterRow.stream == stream)
-                .values(last_sequence=EventCounterRow.last_sequence + count)
-                .returning(
-                    EventCounterRow.stream, EventCounterRow.last_sequence, EventCounterRow.pruned_through
-                )
+        """Advance the existing counter rows of ``counts`` (stream -> count), one statement
+        per distinct count; ``{stream: (last, pruned_through)}`` for the rows that exist."""
+        # One UPDATE per distinct count (a group commit's jobs nearly always add the same
+        # number of events), the same cached statement each time: a CASE over every
+        # stream would be built and compiled afresh for each batch.
+        by_count: dict[int, list[str]] = {}
+        for stream, count in counts.items():
+            by_count.setdefault(count, []).append(stream)
+        advanced: dict[str, tuple[int, int]] = {}
+        for count, streams in by_count.items():
+            result = await session.execute(
+                _ADVANCE_COUNTERS,
+                {"count": count, "streams": sorted(streams)},
+                execution_options={"synchronize_session": False},
             )
-        else:
-            increment = case(counts, value=EventCounterRow.stream, else_=0)
-            statement = (
-                update(EventCounterRow)
-                .where(EventCounterRow.stream.in_(sorted(counts)))
-                .values(last_sequence=EventCounterRow.last_sequence + increment)
-                .returning(
-                    EventCounterRow.stream, EventCounterRow.last_sequence, EventCounterRow.pruned_through
-                )
-            )
-        result = await session.execute(statement, execution_options={"synchronize_session": False})
-        return {str(stream): (int(last), int(pruned)) for stream, last, pruned in result.all()}
+            advanced.update((str(stream), (int(last), int(pruned))) for stream, last, pruned in result.all())
+        return advanced
 
     def _horizon(self, last: int, pruned: int) -> int | None:
         """Up to which sequence to prune now, or None. Pruning waits for a tenth of the
