@@ -487,3 +487,16 @@ async def test_every_change_increments_version_by_one(jobs: JobRepository) -> No
     cancelled, _ = await jobs.cancel(job.job_id, owner_scope=None, reason="done", now=T0)
     versions.append(cancelled.version)
     assert versions == [1, 2, 3, 4, 5]
+
+
+async def test_json_columns_keep_what_json_can_say(jobs: JobRepository) -> None:
+    """Agent config (and conversations) are arbitrary JSON: integers past 64 bits, unicode
+    and nesting come back as they went in."""
+    config = {"big": 2**70, "negative": -(2**65), "text": "naïve ✓", "nested": [{"a": [1.5, None, True]}]}
+    created, _ = await jobs.create(
+        new_job(agent=AgentSpec(brain="scripted", model="m", config=config)),
+        request_id=None,
+        fingerprint="f",
+        now=T0,
+    )
+    assert (await jobs.get(created.job_id, owner_scope=None)).agent.config == config

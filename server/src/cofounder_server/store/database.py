@@ -8,11 +8,13 @@ no caller ever has to know a driver's exception types.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -158,10 +160,25 @@ def _create_engine(url: URL, *, echo: bool, sqlite_foreign_keys: bool) -> AsyncE
             connect_args["timeout"] = _POSTGRES_CONNECT_TIMEOUT_SECONDS
         # pre_ping replaces connections a database restart has closed, instead of failing
         # the first request after it.
-        return create_async_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
-    engine = create_async_engine(url, echo=echo)
+        return create_async_engine(
+            url, echo=echo, pool_pre_ping=True, connect_args=connect_args, **_JSON_CODEC
+        )
+    engine = create_async_engine(url, echo=echo, **_JSON_CODEC)
     _install_sqlite_hooks(engine, foreign_keys=sqlite_foreign_keys)
     return engine
+
+
+def _json_dumps(value: Any) -> str:
+    # orjson is several times faster than json.dumps, and every iteration of every job
+    # stores a few JSON columns; it refuses what JSON allows but it cannot hold (integers
+    # beyond 64 bits, from a model's tool input), which the standard encoder then writes.
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
