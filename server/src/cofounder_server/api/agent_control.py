@@ -127,9 +127,11 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
         snapshot = await self._status.snapshot(principal, request.job_id)
         return pb.WakeAgentResponse(status=convert.snapshot_to_proto(snapshot))
 
-    async def WatchJobEvents(
+    # Batches of events go out pre-serialised (bytes), which the generated servicer's
+    # signature does not know of; the handlers in .handlers send them as they are.
+    async def WatchJobEvents(  # type: ignore[override]
         self, request: pb.WatchJobEventsRequest, context: Context
-    ) -> AsyncIterator[pb.WatchJobEventsResponse]:
+    ) -> AsyncIterator[pb.WatchJobEventsResponse | bytes]:
         with Validator() as check:
             check.uuid("job_id", request.job_id)
             if request.HasField("after_sequence") and request.after_sequence < 0:

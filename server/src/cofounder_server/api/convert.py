@@ -341,13 +341,14 @@ def heartbeat_to_proto(heartbeat: Heartbeat) -> event_pb2.Heartbeat:
     return event_pb2.Heartbeat(latest_sequence=heartbeat.latest_sequence, time=timestamp(heartbeat.time))
 
 
-def watch_job_item_to_proto(item: JobWatchItem) -> agent_control_service_pb2.WatchJobEventsResponse:
-    """One WatchJobEvents message. A batch shared by many watchers is converted once."""
-    response = agent_control_service_pb2.WatchJobEventsResponse
+def watch_job_item_to_proto(item: JobWatchItem) -> agent_control_service_pb2.WatchJobEventsResponse | bytes:
+    """One WatchJobEvents message. A batch of events is returned already serialised, once
+    for every watcher it goes to (the stream handlers send bytes as they are)."""
     if isinstance(item, EventBatch):
-        if not isinstance(item.encoded, response):
-            item.encoded = response.FromString(_batch_bytes(item))
+        if not isinstance(item.encoded, bytes):
+            item.encoded = _batch_bytes(item)
         return item.encoded
+    response = agent_control_service_pb2.WatchJobEventsResponse
     if isinstance(item, Heartbeat):
         return response(heartbeat=heartbeat_to_proto(item))
     return response(snapshot=snapshot_to_proto(item))
@@ -355,11 +356,11 @@ def watch_job_item_to_proto(item: JobWatchItem) -> agent_control_service_pb2.Wat
 
 def watch_escalation_item_to_proto(
     item: EscalationWatchItem,
-) -> escalation_service_pb2.WatchEscalationsResponse:
-    """One WatchEscalations message."""
+) -> escalation_service_pb2.WatchEscalationsResponse | bytes:
+    """One WatchEscalations message (a batch of events already serialised)."""
     response = escalation_service_pb2.WatchEscalationsResponse
     if isinstance(item, EventBatch):
-        return response.FromString(_batch_bytes(item))
+        return _batch_bytes(item)
     if isinstance(item, Heartbeat):
         return response(heartbeat=heartbeat_to_proto(item))
     return response(

@@ -41,9 +41,11 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
     ) -> pb.ResolveEscalationResponse:
         await abort_unimplemented(context, "ResolveEscalation", _ARRIVES_WITH)
 
-    async def WatchEscalations(
+    # Batches of events go out pre-serialised (bytes), which the generated servicer's
+    # signature does not know of; the handlers in .handlers send them as they are.
+    async def WatchEscalations(  # type: ignore[override]
         self, request: pb.WatchEscalationsRequest, context: Context
-    ) -> AsyncIterator[pb.WatchEscalationsResponse]:
+    ) -> AsyncIterator[pb.WatchEscalationsResponse | bytes]:
         with Validator() as check:
             if request.job_id:
                 check.uuid("job_id", request.job_id)

@@ -30,7 +30,9 @@ from cofounder_server.domain.principal import Principal
 log = logging.getLogger(__name__)
 
 UnaryImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[message.Message]]
-StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[message.Message]]
+StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[message.Message | bytes]]
+"""A server-streaming method: it may yield messages already serialised (a batch of events
+shared by thousands of watchers is serialised once, not once per watcher)."""
 
 
 async def _parse(
@@ -113,11 +115,10 @@ def _stream(
     method: MethodDescriptor, impl: StreamImpl, gate: CallGate | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
     request_class = message_factory.GetMessageClass(method.input_type)
-    response_class = message_factory.GetMessageClass(method.output_type)
 
     async def handle(
         raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[message.Message]:
+    ) -> AsyncIterator[message.Message | bytes]:
         principal = await _admit(gate, method, context)
         request = await _parse(raw, request_class, method, context)
         await _open_stream(gate, principal, context)
@@ -130,7 +131,13 @@ def _stream(
             await _fail(context, method.full_name, error)
             raise
 
-    return grpc.unary_stream_rpc_method_handler(handle, response_serializer=response_class.SerializeToString)
+    def serialize(response: message.Message | bytes) -> bytes:
+        if isinstance(response, bytes):
+            return response
+        data: bytes = response.SerializeToString()
+        return data
+
+    return grpc.unary_stream_rpc_method_handler(handle, response_serializer=serialize)
 
 
 def service_handler(

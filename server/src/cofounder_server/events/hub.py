@@ -149,7 +149,14 @@ class Watcher:
 
     async def wait(self) -> None:
         """Until new events, a heartbeat or shutdown may need attention."""
-        await self.wake.wait()
+        if not self.wake.is_set():
+            # New events wake only the watchers that wait: the others look for them before
+            # they wait, so thousands of busy watchers cost an event nothing.
+            self.topic.waiting.add(self)
+            try:
+                await self.wake.wait()
+            finally:
+                self.topic.waiting.discard(self)
         self.wake.clear()
 
     def sent(self, now: datetime) -> None:
@@ -171,6 +178,8 @@ class Topic:
         self.terminal_sequence: int | None = None
         """The sequence of the stream's terminal event, once known."""
         self.watchers: set[Watcher] = set()
+        self.waiting: set[Watcher] = set()
+        """The watchers blocked in :meth:`Watcher.wait`."""
         self.references = 0
         self.subscribed = asyncio.Event()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -225,6 +234,10 @@ class Topic:
         start = cursor + 1 - self.first_in_ring()
         if start < 0:
             return None
+        # Most watchers are current: they all ask for everything after the same cursor.
+        batch = self._batches.get((cursor, self.last))
+        if batch is not None:
+            return batch
         end = min(len(self._ring), start + max_events)
         size = 0
         for index in range(start, end):
@@ -233,12 +246,12 @@ class Topic:
                 end = index
                 break
         key = (cursor, self._ring[end - 1].sequence)
-        batch = self._batches.get(key)
-        if batch is None:
-            batch = self._batches[key] = EventBatch.of(tuple(self._ring[start:end]))
+        cached = self._batches.get(key)
+        if cached is None:
+            cached = self._batches[key] = EventBatch.of(tuple(self._ring[start:end]))
             while len(self._batches) > _BATCH_CACHE_ENTRIES:
                 self._batches.popitem(last=False)
-        return batch
+        return cached
 
     async def resync(self) -> None:
         """Read from SQL whatever pub/sub has not delivered yet (at most once per half interval)."""
@@ -307,7 +320,8 @@ class Topic:
             del self._ring[: len(self._ring) - capacity]
 
     def _notify(self) -> None:
-        for watcher in self.watchers:
+        waiting, self.waiting = self.waiting, set()
+        for watcher in waiting:
             watcher.wake.set()
 
 
