@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
@@ -80,11 +80,17 @@ AGENT_STATE_TO_PROTO: dict[AgentState, job_pb2.AgentState.ValueType] = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp for an aware datetime."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    # Every event is stamped: plain arithmetic is several times cheaper than FromDatetime
+    # (which, like this, reads a naive datetime as UTC).
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000
+    )
 
 
 def agent_spec_from_proto(spec: job_pb2.AgentSpec) -> AgentSpec:

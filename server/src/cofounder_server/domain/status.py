@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from redis.asyncio import Redis
 
+from cofounder_server import jsontext
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import NotFound
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus, JobStatusSnapshot
@@ -59,7 +60,7 @@ class JobSummary:
 
     def encode(self) -> str:
         """Compact JSON for the summary key."""
-        return json.dumps(
+        return jsontext.dumps(
             {
                 "o": self.owner_id,
                 "s": self.status.value,
@@ -69,8 +70,7 @@ class JobSummary:
                 "b": self.daily_budget_microdollars,
                 "p": self.spent_today_microdollars,
                 "e": list(self.pending_escalation_ids),
-            },
-            separators=(",", ":"),
+            }
         )
 
 

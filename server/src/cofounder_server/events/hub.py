@@ -36,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from cofounder_server import jsontext
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import Unavailable
 
@@ -65,7 +66,7 @@ def pack(events: Sequence[WireEvent]) -> bytes:
     """One pub/sub message for ``events`` (consecutive events of one stream, so a replica
     publishes a job's share of a group commit at once): a JSON header line with each event's
     ``[sequence, terminal, owner_id, job_id, length]``, then the encoded events back to back."""
-    header = json.dumps(
+    header = jsontext.dumps(
         [[event.sequence, event.terminal, event.owner_id, event.job_id, len(event.data)] for event in events]
     )
     return header.encode() + b"\n" + b"".join(event.data for event in events)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cofounder_server import jsontext
 from cofounder_server.clock import Clock, next_utc_midnight
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
@@ -359,7 +359,7 @@ class AgentRun:
         for call in turn.tool_calls:
             if state.tool_calls >= s.max_tool_calls:
                 return JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls"
-            input_json = json.dumps(call.input, sort_keys=True, separators=(",", ":"), default=str)
+            input_json = jsontext.dumps(call.input, sort_keys=True, default=str)
             signature = f"{call.name}\n{input_json}"
             state.recent = [*state.recent, signature][-REPETITION_WINDOW:]
             count = state.recent.count(signature)

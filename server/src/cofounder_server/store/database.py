@@ -8,7 +8,6 @@ no caller ever has to know a driver's exception types.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from cofounder_server import jsontext
 from cofounder_server.domain.errors import Unavailable
 
 _ASYNC_DRIVERS = {
@@ -168,17 +168,8 @@ def _create_engine(url: URL, *, echo: bool, sqlite_foreign_keys: bool) -> AsyncE
     return engine
 
 
-def _json_dumps(value: Any) -> str:
-    # orjson is several times faster than json.dumps, and every iteration of every job
-    # stores a few JSON columns; it refuses what JSON allows but it cannot hold (integers
-    # beyond 64 bits, from a model's tool input), which the standard encoder then writes.
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value)
-
-
-_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+_JSON_CODEC: dict[str, Any] = {"json_serializer": jsontext.dumps, "json_deserializer": orjson.loads}
+"""Every iteration of every job stores a few JSON columns: through orjson (see :mod:`..jsontext`)."""
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
