@@ -142,6 +142,7 @@ class Executor:
         with contextlib.suppress(DomainError):
             await self._s.store.release(self.runner_id, held)
         await self._s.writer.stop()
+        await self._s.store.close()
 
     # --- requests from the API (any replica) --------------------------------------------
 

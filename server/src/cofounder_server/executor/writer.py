@@ -28,12 +28,12 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server.clock import Clock
-from cofounder_server.domain.model import JobStatus
 from cofounder_server.events.job_events import JobEvents
 from cofounder_server.events.model import EventPayload, JobEvent
 from cofounder_server.live import keys
 from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.store.executor import ExecutorStore
+from cofounder_server.store.iterations import IterationRecord
 
 log = logging.getLogger(__name__)
 
@@ -182,26 +182,12 @@ class IterationWriter:
         raise AssertionError("unreachable")
 
     async def _commit(self, batch: list[IterationWrite], now: datetime) -> tuple[set[str], list[JobEvent]]:
-        store = self._store
-        async with store.database.write() as session:
-            jobs = await store.lock_jobs(session, [write.job_id for write in batch])
-            ours = {job_id for job_id, (_, runner) in jobs.items() if runner == self._runner_id}
-            accepted = {job_id for job_id in ours if jobs[job_id][0] == JobStatus.RUNNING.value}
-            await store.insert_ledger(
-                session,
-                [write.ledger for write in batch if write.ledger is not None and write.job_id in ours],
-            )
-            mine = [write for write in batch if write.job_id in accepted]
-            await store.save_checkpoints(
-                session,
-                [write.head for write in mine],
-                [message for write in mine for message in write.messages],
-            )
-            with_events = [(write.job_id, write.events) for write in mine if write.events]
-            stored_lists = (
-                await store.event_log.append_many_in(session, with_events, now=now) if with_events else []
-            )
-        return accepted, [event for events in stored_lists for event in events]
+        records = [
+            IterationRecord(write.job_id, write.ledger, write.messages, write.head, write.events)
+            for write in batch
+        ]
+        committed = await self._store.commit_iterations(records, runner_id=self._runner_id, now=now)
+        return committed.accepted, committed.events
 
 
 def _transient(error: DBAPIError) -> bool:

@@ -181,21 +181,27 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
     """
 
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA busy_timeout=5000")
-            _enable_wal(cursor)
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-        finally:
-            cursor.close()
+        configure_sqlite_connection(dbapi_connection, foreign_keys=foreign_keys)
 
     def on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
 
     event.listen(engine.sync_engine, "connect", on_connect)
     event.listen(engine.sync_engine, "begin", on_begin)
+
+
+def configure_sqlite_connection(dbapi_connection: Any, *, foreign_keys: bool = True) -> None:
+    """The settings every SQLite connection of the server runs with (pool or not): explicit
+    transactions only, a 5 s wait for locks, WAL, ``synchronous=NORMAL``, foreign keys."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=5000")
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+    finally:
+        cursor.close()
 
 
 def _enable_wal(cursor: Any) -> None:

@@ -161,7 +161,7 @@ class EventLogRepository:
                 }
                 for event in events
             )
-            horizon = self._horizon(last, pruned)
+            horizon = self.prune_horizon(last, pruned)
             if horizon is not None:
                 await session.execute(
                     delete(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.sequence <= horizon)
@@ -219,7 +219,7 @@ class EventLogRepository:
                         escalation=to_json(escalation),
                     )
                 )
-                horizon = self._horizon(last, pruned)
+                horizon = self.prune_horizon(last, pruned)
                 if horizon is not None:
                     await self._prune_escalations(session, horizon)
                     await self._set_pruned(session, ESCALATION_STREAM, horizon)
@@ -310,7 +310,7 @@ class EventLogRepository:
             advanced.update((str(stream), (int(last), int(pruned))) for stream, last, pruned in result.all())
         return advanced
 
-    def _horizon(self, last: int, pruned: int) -> int | None:
+    def prune_horizon(self, last: int, pruned: int) -> int | None:
         """Up to which sequence to prune now, or None. Pruning waits for a tenth of the
         retention to pile up, so most appends delete nothing."""
         horizon = last - self._retention

@@ -7,14 +7,15 @@ replica that got there first is never overwritten: the loser sees ``None`` and r
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Insert, Table, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +30,7 @@ from cofounder_server.events.model import (
 )
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.iterations import CommittedBatch, IterationRecord
 from cofounder_server.store.jobs import _select_job, _to_job, _update_returning
 from cofounder_server.store.models import (
     BudgetAdjustmentRow,
@@ -37,6 +39,7 @@ from cofounder_server.store.models import (
     JobRow,
     UsageLedgerRow,
 )
+from cofounder_server.store.sqlite_commit import SqliteGroupCommit
 
 _RUNNING = JobStatus.RUNNING.value
 _SLEEPING = AgentState.SLEEPING.value
@@ -65,6 +68,7 @@ class ExecutorStore:
     def __init__(self, database: Database, event_log: EventLogRepository) -> None:
         self.database = database
         self.event_log = event_log
+        self._sqlite: SqliteGroupCommit | None = None
 
     # --- leases -------------------------------------------------------------------------
 
@@ -351,7 +355,45 @@ class ExecutorStore:
 
     # --- the iteration write path (group commit) ----------------------------------------
 
-    async def lock_jobs(
+    async def commit_iterations(
+        self, records: Sequence[IterationRecord], *, runner_id: str, now: datetime
+    ) -> CommittedBatch:
+        """Make a batch of iterations durable in one transaction (the group commit).
+
+        The jobs are re-read in the transaction: an iteration's ledger row is recorded while
+        its job is still ``runner_id``'s (the model call was paid for), the rest (messages,
+        checkpoint, events) only while the job is also still RUNNING; those jobs come back
+        as ``accepted``, with the stored events. Raises ``Unavailable`` when SQL cannot be
+        reached, and SQLAlchemy's ``IntegrityError`` when an iteration was recorded before
+        (by another runner): then nothing of the batch is stored.
+        """
+        if self.database.dialect_name == "sqlite":
+            if self._sqlite is None:
+                self._sqlite = SqliteGroupCommit(self.database, self.event_log.prune_horizon)
+            return await self._sqlite.commit(records, runner_id=runner_id, now=now)
+        async with self.database.write() as session:
+            jobs = await self._lock_jobs(session, [record.job_id for record in records])
+            ours = {job_id for job_id, (_, runner) in jobs.items() if runner == runner_id}
+            accepted = {job_id for job_id in ours if jobs[job_id][0] == _RUNNING}
+            ledger = [r.ledger for r in records if r.ledger is not None and r.job_id in ours]
+            if ledger:
+                await session.execute(_table(UsageLedgerRow).insert(), ledger)
+            mine = [record for record in records if record.job_id in accepted]
+            messages = [message for record in mine for message in record.messages]
+            if messages:
+                await session.execute(_table(CheckpointMessageRow).insert(), messages)
+            if mine:
+                await session.execute(_upsert_checkpoint(), [record.head for record in mine])
+            with_events = [(record.job_id, record.events) for record in mine if record.events]
+            stored = await self.event_log.append_many_in(session, with_events, now=now) if with_events else []
+        return CommittedBatch(accepted, [event for events in stored for event in events])
+
+    async def close(self) -> None:
+        """Release what the group commit holds (SQLite: its connection)."""
+        if self._sqlite is not None:
+            await self._sqlite.close()
+
+    async def _lock_jobs(
         self, session: AsyncSession, job_ids: Sequence[str]
     ) -> dict[str, tuple[str, str | None]]:
         """``{job_id: (status, runner_id)}``, locking the rows until commit (PostgreSQL; SQLite
@@ -364,36 +406,25 @@ class ExecutorStore:
         result = await session.execute(query)
         return {str(job_id): (str(status), runner) for job_id, status, runner in result.all()}
 
-    @staticmethod
-    async def insert_ledger(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-        """Insert usage ledger rows."""
-        if rows:
-            await session.execute(_table(UsageLedgerRow).insert(), rows)
 
-    async def save_checkpoints(
-        self, session: AsyncSession, heads: list[dict[str, Any]], messages: list[dict[str, Any]]
-    ) -> None:
-        """Append conversation messages and upsert checkpoint heads."""
-        if messages:
-            await session.execute(_table(CheckpointMessageRow).insert(), messages)
-        if heads:
-            dialect = postgresql if self.database.dialect_name == "postgresql" else sqlite
-            table = CheckpointRow.__table__
-            assert isinstance(table, Table)
-            statement = dialect.insert(table)
-            statement = statement.on_conflict_do_update(
-                index_elements=[table.c.job_id],
-                set_={
-                    "iteration": statement.excluded.iteration,
-                    "message_count": statement.excluded.message_count,
-                    "state": statement.excluded.state,
-                    "update_time": statement.excluded.update_time,
-                },
-            )
-            await session.execute(statement, heads)
+_CHECKPOINT_HEAD = ("iteration", "message_count", "state", "update_time")
 
 
-def _table(model: type[UsageLedgerRow | CheckpointMessageRow]) -> Table:
+@functools.cache
+def _upsert_checkpoint() -> Insert:
+    """The checkpoint head upsert (PostgreSQL), built once."""
+    table = _table(CheckpointRow)
+    statement = postgresql.insert(table)
+    upsert: Insert = statement.on_conflict_do_update(
+        index_elements=[table.c.job_id],
+        set_={
+            name: statement.excluded[name] for name in ("iteration", "message_count", "state", "update_time")
+        },
+    )
+    return upsert
+
+
+def _table(model: type[UsageLedgerRow | CheckpointMessageRow | CheckpointRow]) -> Table:
     """The model's Core table: a Core executemany skips the ORM's bulk-insert bookkeeping."""
     table = model.__table__
     assert isinstance(table, Table)
