@@ -61,6 +61,7 @@ from cofounder_server.live import keys
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.store.executor import Changed, ExecutorStore
+from cofounder_server.store.iterations import IterationRecord
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ class AgentRun:
             )
             s.status.queue_summary(writes, job, spent_today=spent, budget_today=limit, progress=progress)
 
-        write = IterationWrite(
+        record = IterationRecord(
             job_id=self.job_id,
             ledger=ledger,
             messages=[
@@ -450,8 +451,8 @@ class AgentRun:
                 "update_time": now,
             },
             events=events,
-            live=live,
         )
+        write = IterationWrite(record, live=live)
         delay = 0.1
         while True:
             try:

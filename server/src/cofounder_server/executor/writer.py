@@ -23,13 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server.clock import Clock
 from cofounder_server.events.job_events import JobEvents
-from cofounder_server.events.model import EventPayload, JobEvent
+from cofounder_server.events.model import JobEvent
 from cofounder_server.live import keys
 from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.store.executor import ExecutorStore
@@ -40,16 +39,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class IterationWrite:
-    """Everything one iteration makes durable."""
+    """Everything one iteration makes durable, and what to do once it is."""
 
-    job_id: str
-    ledger: dict[str, Any] | None
-    messages: list[dict[str, Any]]
-    head: dict[str, Any]
-    events: list[EventPayload]
+    record: IterationRecord
     live: Callable[[LiveWrites], None] | None = None
     """Live-key writes added to the fan-out's batched writes after the commit."""
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def job_id(self) -> str:
+        """The job the iteration belongs to."""
+        return self.record.job_id
 
 
 class IterationWriter:
@@ -182,10 +182,7 @@ class IterationWriter:
         raise AssertionError("unreachable")
 
     async def _commit(self, batch: list[IterationWrite], now: datetime) -> tuple[set[str], list[JobEvent]]:
-        records = [
-            IterationRecord(write.job_id, write.ledger, write.messages, write.head, write.events)
-            for write in batch
-        ]
+        records = [write.record for write in batch]
         committed = await self._store.commit_iterations(records, runner_id=self._runner_id, now=now)
         return committed.accepted, committed.events
 
