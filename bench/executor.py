@@ -18,6 +18,11 @@ turns played in a loop (so repetition detection never fires) with one ``narrate`
 warm-up, the iterations the group-commit writer committed over ``--duration`` seconds are
 counted; the writer's time in SQL commits and in the Redis fan-out, and the process's CPU
 time, say where the time goes.
+
+Then, as a reference measured in the same run (these machines drift), the same jobs run on a
+fresh server whose writer commits each iteration in a transaction of its own (group size 1,
+the design ANCHORS.md measured near 680 iterations/s); ``ratio_to_reference`` compares the
+two. ``--no-reference`` skips it.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ async def drop_postgres_database(dsn: str, url: str) -> None:
         await connection.close()
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, *, max_batch: int | None = None) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
     database_url, admin_dsn = "", ""
     if args.database:
@@ -108,6 +113,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         assert app.executor is not None
         writer = app.executor._s.writer  # the benchmark reads the writer's counters
+        if max_batch is not None:
+            writer._max_batch = max_batch  # the reference design: a transaction per iteration
         config = struct_pb2.Struct()
         config.update(script())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -166,12 +173,24 @@ def main() -> int:
     parser.add_argument("--database", default="", help="PostgreSQL server URL (default: SQLite file)")
     parser.add_argument("--redis-url", default="", help="external Redis (default: embedded engine)")
     parser.add_argument("--json-out", default="", help="also write the result here")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the reference run (the same jobs, each iteration committed in its own transaction)",
+    )
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
     result = asyncio.run(run(args))
+    if args.reference:
+        reference = asyncio.run(run(args, max_batch=1))
+        result["reference_one_transaction_per_iteration"] = reference
+        result["ratio_to_reference"] = round(
+            result["iterations_per_second"] / max(1, reference["iterations_per_second"]), 2
+        )
     result["machine"] = {
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
