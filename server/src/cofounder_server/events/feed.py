@@ -131,7 +131,7 @@ async def follow(
                     batch = EventBatch.of(events) if events else None
             if batch is not None:
                 yield batch
-                watcher.sent(clock.now())
+                watcher.sent(batch.made_at or clock.now())
                 if end_on_terminal and batch.terminal:
                     return
             continue

@@ -132,11 +132,14 @@ class EventBatch:
     events: tuple[WireEvent, ...]
     terminal: bool
     encoded: object | None = None
+    made_at: datetime | None = None
+    """When the topic built it for the first watcher to ask. The others send it within a round
+    of sends and count it as sent then: one clock reading per batch, not one per watcher."""
 
     @classmethod
-    def of(cls, events: tuple[WireEvent, ...]) -> EventBatch:
+    def of(cls, events: tuple[WireEvent, ...], made_at: datetime | None = None) -> EventBatch:
         """A batch of ``events``."""
-        return cls(events, any(event.terminal for event in events))
+        return cls(events, any(event.terminal for event in events), made_at=made_at)
 
 
 @dataclass(eq=False)
@@ -249,7 +252,8 @@ class Topic:
         key = (cursor, self._ring[end - 1].sequence)
         cached = self._batches.get(key)
         if cached is None:
-            cached = self._batches[key] = EventBatch.of(tuple(self._ring[start:end]))
+            batch = EventBatch.of(tuple(self._ring[start:end]), made_at=self._hub.clock.now())
+            cached = self._batches[key] = batch
             while len(self._batches) > _BATCH_CACHE_ENTRIES:
                 self._batches.popitem(last=False)
         return cached
