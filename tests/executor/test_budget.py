@@ -96,7 +96,11 @@ async def test_wake_agent_tops_up_today_once_and_the_agent_continues(
     assert retried.job_status in (job_pb2.JOB_STATUS_RUNNING, job_pb2.JOB_STATUS_READY)
     done = await finished(stub, job.job_id)
     assert done.status == job_pb2.JOB_STATUS_READY
-    final = (await stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)).status
+    # The summary key is published right after the SQL commit that GetJob already shows, so
+    # GetJobStatus may lag by that moment; once it too shows the end, its figures are final.
+    final = await eventually(
+        lambda: status_of(stub, job.job_id), lambda s: s.job_status == job_pb2.JOB_STATUS_READY
+    )
     assert (final.spent_today_microdollars, final.daily_budget_microdollars) == (13_500, 25_000)
     # Same day: 13,500 spent of 5,000 + 20,000 (54 %), so no second sleep.
     updates = [
