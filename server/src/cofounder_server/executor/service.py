@@ -39,6 +39,8 @@ CONTROL_CHANNEL = "cofounder:executor:control"
 """Pub/sub channel of cancel and wake requests: ``cancel {job_id}`` / ``wake {job_id}``."""
 
 RETRY_AFTER_CRASH_SECONDS = 5.0
+CANCEL_WAIT_SECONDS = 5.0
+"""How long stop() waits for a cancelled task before leaving it behind."""
 
 
 def runner_id_for(configured: str, data_dir: Path) -> str:
@@ -277,9 +279,6 @@ class Executor:
             self._tasks.pop(run.job_id, None)
             if not self._stopping:
                 self._claim_now.set()
-
-
-CANCEL_WAIT_SECONDS = 5.0
 
 
 async def _cancel_and_wait(tasks: Collection[asyncio.Task[None]], what: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,7 +33,7 @@ from cofounder_server.events.model import (
     to_json,
 )
 from cofounder_server.store.database import Database
-from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow
+from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow, table_of
 
 _ADVANCE_COUNTERS = (
     update(EventCounterRow)
@@ -167,9 +167,7 @@ class EventLogRepository:
                     delete(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.sequence <= horizon)
                 )
                 await self._set_pruned(session, stream, horizon)
-        table = JobEventRow.__table__
-        assert isinstance(table, Table)
-        await session.execute(table.insert(), rows)  # Core: no ORM bulk bookkeeping
+        await session.execute(table_of(JobEventRow).insert(), rows)  # Core: no ORM bulk bookkeeping
         return stored
 
     async def read_job_events(self, job_id: str, *, after: int, limit: int) -> JobEventPage:
@@ -280,7 +278,7 @@ class EventLogRepository:
     async def _advance(self, session: AsyncSession, stream: str, count: int) -> tuple[int, int]:
         """Reserve ``count`` sequences; the new last sequence and ``pruned_through``."""
         dialect = postgresql if self._database.dialect_name == "postgresql" else sqlite
-        table = EventCounterRow.__table__
+        table = table_of(EventCounterRow)
         statement = dialect.insert(table).values(stream=stream, last_sequence=count, pruned_through=0)
         statement = statement.on_conflict_do_update(
             index_elements=[table.c.stream],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Table, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Insert, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +38,7 @@ from cofounder_server.store.models import (
     CheckpointRow,
     JobRow,
     UsageLedgerRow,
+    table_of,
 )
 from cofounder_server.store.sqlite_commit import SqliteGroupCommit
 
@@ -377,11 +378,11 @@ class ExecutorStore:
             accepted = {job_id for job_id in ours if jobs[job_id][0] == _RUNNING}
             ledger = [r.ledger for r in records if r.ledger is not None and r.job_id in ours]
             if ledger:
-                await session.execute(_table(UsageLedgerRow).insert(), ledger)
+                await session.execute(table_of(UsageLedgerRow).insert(), ledger)
             mine = [record for record in records if record.job_id in accepted]
             messages = [message for record in mine for message in record.messages]
             if messages:
-                await session.execute(_table(CheckpointMessageRow).insert(), messages)
+                await session.execute(table_of(CheckpointMessageRow).insert(), messages)
             if mine:
                 await session.execute(_upsert_checkpoint(), [record.head for record in mine])
             with_events = [(record.job_id, record.events) for record in mine if record.events]
@@ -396,13 +397,15 @@ class ExecutorStore:
     async def _lock_jobs(
         self, session: AsyncSession, job_ids: Sequence[str]
     ) -> dict[str, tuple[str, str | None]]:
-        """``{job_id: (status, runner_id)}``, locking the rows until commit (PostgreSQL; SQLite
-        holds its write lock anyway)."""
-        query = select(JobRow.job_id, JobRow.status, JobRow.runner_id).where(
-            JobRow.job_id.in_(sorted(job_ids))
+        """``{job_id: (status, runner_id)}``, locking the rows until commit, in job_id order
+        (as lease renewal takes them: no deadlock). PostgreSQL only: SQLite's group commit
+        holds the database's write lock instead."""
+        query = (
+            select(JobRow.job_id, JobRow.status, JobRow.runner_id)
+            .where(JobRow.job_id.in_(sorted(job_ids)))
+            .order_by(JobRow.job_id)
+            .with_for_update()
         )
-        if self.database.dialect_name == "postgresql":
-            query = query.order_by(JobRow.job_id).with_for_update()
         result = await session.execute(query)
         return {str(job_id): (str(status), runner) for job_id, status, runner in result.all()}
 
@@ -413,7 +416,7 @@ _CHECKPOINT_HEAD = ("iteration", "message_count", "state", "update_time")
 @functools.cache
 def _upsert_checkpoint() -> Insert:
     """The checkpoint head upsert (PostgreSQL), built once."""
-    table = _table(CheckpointRow)
+    table = table_of(CheckpointRow)
     statement = postgresql.insert(table)
     upsert: Insert = statement.on_conflict_do_update(
         index_elements=[table.c.job_id],
@@ -422,13 +425,6 @@ def _upsert_checkpoint() -> Insert:
         },
     )
     return upsert
-
-
-def _table(model: type[UsageLedgerRow | CheckpointMessageRow | CheckpointRow]) -> Table:
-    """The model's Core table: a Core executemany skips the ORM's bulk-insert bookkeeping."""
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
 
 
 def _utc(moment: datetime) -> datetime:

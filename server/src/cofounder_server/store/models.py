@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -79,6 +80,14 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONDocument}
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's Core table (for Core statements: an executemany without the ORM's
+    bulk-insert bookkeeping, or SQL built by hand)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class JobRow(Base):

@@ -35,7 +35,13 @@ from cofounder_server.store.database import (
 )
 from cofounder_server.store.events import job_stream
 from cofounder_server.store.iterations import CommittedBatch, IterationRecord
-from cofounder_server.store.models import CheckpointMessageRow, CheckpointRow, JobEventRow, UsageLedgerRow
+from cofounder_server.store.models import (
+    CheckpointMessageRow,
+    CheckpointRow,
+    JobEventRow,
+    UsageLedgerRow,
+    table_of,
+)
 
 Horizon = Callable[[int, int], int | None]
 """``(last, pruned_through) -> prune up to`` (or None): the event log's retention rule."""
@@ -112,11 +118,11 @@ class SqliteGroupCommit:
             connection, self._connection = self._connection, None
             await asyncio.to_thread(connection.close)
 
-    def _statement(self, table: Any, row: Mapping[str, Any], upsert_key: str = "") -> Statement:
+    def _statement(self, table: Table, row: Mapping[str, Any], upsert_key: str = "") -> Statement:
         plan = self._plan(table, tuple(row), upsert_key)
         return plan.sql, plan.parameters(row)
 
-    def _plan(self, table: Any, columns: tuple[str, ...], upsert_key: str = "") -> _Rows:
+    def _plan(self, table: Table, columns: tuple[str, ...], upsert_key: str = "") -> _Rows:
         key = (table.name, columns, upsert_key)
         plan = self._plans.get(key)
         if plan is None:
@@ -124,16 +130,16 @@ class SqliteGroupCommit:
         return plan
 
     def _prepare(self, record: IterationRecord, now: datetime) -> _Prepared:
-        events = self._plan(JobEventRow.__table__, ("type", "time", "payload"))
+        events = self._plan(table_of(JobEventRow), ("type", "time", "payload"))
         return _Prepared(
             job_id=record.job_id,
             ledger=None
             if record.ledger is None
-            else self._statement(UsageLedgerRow.__table__, record.ledger),
+            else self._statement(table_of(UsageLedgerRow), record.ledger),
             messages=[
-                self._statement(CheckpointMessageRow.__table__, message) for message in record.messages
+                self._statement(table_of(CheckpointMessageRow), message) for message in record.messages
             ],
-            head=self._statement(CheckpointRow.__table__, record.head, "job_id"),
+            head=self._statement(table_of(CheckpointRow), record.head, "job_id"),
             events=[
                 events.parameters({"type": payload.TYPE, "time": now, "payload": to_json(payload)})
                 for payload in record.events
