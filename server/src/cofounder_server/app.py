@@ -13,7 +13,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
 from cofounder_server.api import convert
@@ -23,8 +25,11 @@ from cofounder_server.api.handlers import service_handler
 from cofounder_server.api.health import HealthMonitor, HealthServicer
 from cofounder_server.auth.limits import Monotonic
 from cofounder_server.auth.security import Security
+from cofounder_server.causes import describe_cause
 from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
+from cofounder_server.datadir import DataDirError, DataDirLock
+from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.jobs import JobService
 from cofounder_server.domain.status import LiveStatus
 from cofounder_server.events.escalation_feed import EscalationFeed
@@ -35,12 +40,13 @@ from cofounder_server.executor.loop import Services
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.service import ControlBroadcaster, Executor, runner_id_for
 from cofounder_server.executor.writer import IterationWriter
+from cofounder_server.listen import ListenError, check_can_listen
 from cofounder_server.live import keys
 from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.tracked_cache import TrackedCache
-from cofounder_server.store.database import open_database
+from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.executor import ExecutorStore
 from cofounder_server.store.jobs import JobRepository
@@ -78,6 +84,41 @@ async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitS
     stack.push_async_callback(engine.stop)
     log.info("embedded Redis engine running on %s", redis_url)
     return redis_url
+
+
+async def _open_storage(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[str, Redis, str, Database]:
+    """Redis and the migrated database; ``SystemExit`` in one line when either is unreachable."""
+    # An unreachable external Redis is refused before the schema is migrated.
+    redis_url = settings.redis_url
+    redis = await _connect_redis(redis_url, stack) if redis_url else None
+    database_url = settings.effective_database_url
+    try:
+        await upgrade_to_head(database_url)
+    except Unavailable as error:
+        raise SystemExit(
+            f"cannot reach the database {_redacted(database_url)}: {describe_cause(error)}"
+        ) from error
+    database = await open_database(database_url)
+    stack.push_async_callback(database.close)
+    if redis is None:
+        redis_url = await _start_embedded_redis(settings, stack)
+        redis = await _connect_redis(redis_url, stack)
+    return redis_url, redis, database_url, database
+
+
+async def _connect_redis(url: str, stack: contextlib.AsyncExitStack) -> Redis:
+    try:
+        redis = create_client(url)
+    except ValueError as error:
+        raise SystemExit(f"invalid --redis-url: {error}") from error
+    stack.push_async_callback(redis.aclose)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as error:
+        raise SystemExit(f"cannot reach Redis at {_redacted(url)}: {describe_cause(error)}") from error
+    return redis
 
 
 def _redacted(url: str) -> str:
@@ -140,6 +181,8 @@ class Application:
     database_url: str
     health_monitor: HealthMonitor
     security: Security
+    database: Database
+    """The server's SQL engine (what its repositories write through)."""
     _server: grpc.aio.Server
     _cleanup: contextlib.AsyncExitStack
     stopping: asyncio.Event
@@ -172,10 +215,25 @@ class Application:
             prices = PriceTable.parse(settings.price_table)
         except (OSError, ValueError) as error:
             raise SystemExit(f"invalid --price-table: {error}") from error
+        try:
+            async_url(settings.effective_database_url)
+        except (ArgumentError, ValueError) as error:
+            raise SystemExit(f"invalid --database-url: {error}") from error
+        # Nothing touches the data directory (Redis socket, SQLite file, runner id) before
+        # this process holds it.
+        try:
+            data_dir_lock = await asyncio.to_thread(DataDirLock.acquire, settings.data_dir)
+        except DataDirError as error:
+            raise SystemExit(str(error)) from error
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
+        stack.callback(data_dir_lock.release)
         try:
+            await asyncio.to_thread(check_can_listen, settings.listen)
             return await cls._build(settings, clock, security, stack, prices=prices, registry=plugins)
+        except ListenError as error:
+            await stack.aclose()
+            raise SystemExit(str(error)) from error
         except BaseException:
             await stack.aclose()
             raise
@@ -191,18 +249,10 @@ class Application:
         prices: PriceTable,
         registry: PluginRegistry | None,
     ) -> Application:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         if registry is None:
             registry = PluginRegistry.default(settings)
             stack.push_async_callback(registry.aclose)
-        redis_url = settings.redis_url or await _start_embedded_redis(settings, stack)
-        database_url = settings.effective_database_url
-        await upgrade_to_head(database_url)
-        database = await open_database(database_url)
-        stack.push_async_callback(database.close)
-
-        redis = create_client(redis_url)
-        stack.push_async_callback(redis.aclose)
+        redis_url, redis, database_url, database = await _open_storage(settings, stack)
         cache = TrackedCache(
             redis_url,
             [keys.AGENT_KEY_PREFIX, keys.JOB_KEY_PREFIX],
@@ -268,7 +318,11 @@ class Application:
             ),
             server,
         )
-        probes: dict[str, Callable[[], Awaitable[object]]] = {"redis": redis.ping, "sql": database.ping}
+        probes: dict[str, Callable[[], Awaitable[object]]] = {
+            "redis": redis.ping,
+            "sql": database.ping,
+            "sql writes": database.check_writes,
+        }
         monitor = HealthMonitor(
             health_servicer, SERVICE_NAMES, probes, settings.health_check_interval_seconds
         )
@@ -312,6 +366,7 @@ class Application:
             database_url=database_url,
             health_monitor=monitor,
             security=security,
+            database=database,
             _server=server,
             _cleanup=stack,
             stopping=stopping,

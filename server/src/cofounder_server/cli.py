@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -53,10 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["hash-token"]:
         return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
     settings = load_settings(args)
+    level = settings.log_level.upper()
+    if level not in logging.getLevelNamesMapping():
+        raise SystemExit(f"invalid --log-level {settings.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
     logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
         import uvloop
@@ -64,7 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    runner(serve(settings))
+    try:
+        runner(serve(settings))
+    except SystemExit as refusal:
+        # A refusal (bad configuration, data directory in use, ...) is its one-line message.
+        if settings.debug:
+            traceback.print_exception(refusal)
+        raise
+    except Exception as error:
+        if settings.debug:
+            traceback.print_exception(error)
+        message = " ".join(str(error).split())
+        print(
+            f"cofounder-server: {type(error).__name__}: {message}"
+            + ("" if settings.debug else " (--debug prints the traceback)"),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -33,6 +33,12 @@ class Settings:
         metadata={"help": "SQLAlchemy URL (sqlite / postgresql); empty uses DATA_DIR/cofounder.db"},
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    debug: bool = field(
+        default=False,
+        metadata={
+            "help": "print the traceback of an error that stops the server (without it: one line on stderr)"
+        },
+    )
     shutdown_grace_seconds: float = field(
         default=10.0, metadata={"help": "how long in-flight calls may finish on SIGTERM"}
     )

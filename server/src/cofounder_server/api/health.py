@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2
 # the module that defines it.
 from grpc_health.v1._async import HealthServicer
 
+from cofounder_server.causes import describe_cause
+
 __all__ = ["HealthMonitor", "HealthServicer", "Probe"]
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthMonitor:
-    """Probes each dependency periodically; every service is SERVING only while all answer.
+    """Probes each dependency periodically; every service is SERVING only while all pass.
 
     The overall status (service name ``""``) and each named service report the same thing:
     every RPC of this server needs both Redis and SQL.
@@ -47,10 +49,14 @@ class HealthMonitor:
     async def check_once(self) -> bool:
         """Run every probe now and publish the result; True when all passed."""
         results = await asyncio.gather(*(self._probe(name, p) for name, p in self._probes.items()))
-        failing = tuple(name for name, ok in zip(self._probes, results, strict=True) if not ok)
+        reasons = {name: reason for name, reason in zip(self._probes, results, strict=True) if reason}
+        failing = tuple(reasons)
         if failing != self.failing:
             if failing:
-                log.warning("health: NOT_SERVING, unreachable: %s", ", ".join(failing))
+                log.warning(
+                    "health: NOT_SERVING, failing: %s",
+                    "; ".join(f"{name} ({reason})" for name, reason in reasons.items()),
+                )
             else:
                 log.info("health: SERVING")
         self.failing = failing
@@ -59,13 +65,16 @@ class HealthMonitor:
             await self._servicer.set(service, status)
         return not failing
 
-    async def _probe(self, name: str, probe: Probe) -> bool:
+    async def _probe(self, name: str, probe: Probe) -> str | None:
+        """``None`` when the probe passed, else why it failed (one line)."""
         try:
             await asyncio.wait_for(probe(), self._timeout)
-        except Exception as error:  # any failure of a probe means "not reachable"
+        except TimeoutError:
+            return f"no answer within {self._timeout:g} s"
+        except Exception as error:  # any failure of a probe means "not working"
             log.debug("health probe %s failed: %r", name, error)
-            return False
-        return True
+            return describe_cause(error)
+        return None
 
     async def _run(self) -> None:
         while True:

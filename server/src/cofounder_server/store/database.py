@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from cofounder_server import jsontext
 from cofounder_server.domain.errors import Unavailable
+from cofounder_server.store.write_health import WriteHealth
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -104,6 +106,8 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.writes = WriteHealth()
+        """Whether the latest write transaction succeeded (for the health service)."""
         self._reader = async_sessionmaker(engine, expire_on_commit=False)
         self._writer = async_sessionmaker(
             engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"}), expire_on_commit=False
@@ -126,10 +130,39 @@ class Database:
 
         On SQLite it takes the database's write lock up front (``BEGIN IMMEDIATE``), so a
         transaction that reads and then writes waits its turn under ``busy_timeout`` instead
-        of failing when another writer commits in between.
+        of failing when another writer commits in between. The outcome goes to
+        :attr:`writes`.
         """
-        async with unavailable_on_connection_error(), self._writer.begin() as session:
+        async with unavailable_on_connection_error(), self.observe_writes(), self._writer.begin() as session:
             yield session
+
+    @asynccontextmanager
+    async def observe_writes(self) -> AsyncIterator[None]:
+        """Report the block's outcome to :attr:`writes`: a commit, or a storage failure
+        (errors about the data itself, such as a violated constraint, say nothing)."""
+        try:
+            yield
+        except Exception as error:
+            if is_unavailable_error(error):
+                self.writes.failed(error)
+            raise
+        self.writes.succeeded()
+
+    async def check_writes(self) -> None:
+        """Raise while writes fail, after a write probe (:meth:`probe_write`) that finds
+        out whether they work again; costs nothing while writes succeed."""
+        if self.writes.failure is not None:
+            await self.probe_write()
+
+    async def probe_write(self) -> None:
+        """Commit a write that needs new space (a table and a 16 KiB row, dropped again in
+        the same transaction); raise ``Unavailable`` if the database cannot take it."""
+        table = f"write_probe_{uuid.uuid4().hex}"
+        payload = "BYTEA" if self.dialect_name == "postgresql" else "BLOB"
+        async with self.write() as session:
+            await session.execute(text(f"CREATE TABLE {table} (payload {payload})"))
+            await session.execute(text(f"INSERT INTO {table} (payload) VALUES (:p)"), {"p": bytes(16384)})
+            await session.execute(text(f"DROP TABLE {table}"))
 
     async def ping(self) -> None:
         """Run ``SELECT 1``; raise ``Unavailable`` if the database cannot be reached."""
