@@ -43,7 +43,11 @@ class Settings:
         default=10.0, metadata={"help": "how long in-flight calls may finish on SIGTERM"}
     )
     health_check_interval_seconds: float = field(
-        default=2.0, metadata={"help": "how often Redis and SQL are probed for the health service"}
+        default=2.0,
+        metadata={
+            "help": "how often Redis and SQL are probed (and, while SQL writes fail, a write is tried) "
+            "for the health service"
+        },
     )
     max_message_bytes: int = field(
         default=1024 * 1024, metadata={"help": "largest request message accepted, in bytes"}
