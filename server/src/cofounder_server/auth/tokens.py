@@ -9,6 +9,10 @@ never tokens, so a leaked copy of the file (or of a backup) lets nobody call the
     principal = "billing-backend"
     role = "service"          # user | service | operator
 
+    # A service names the user of each call; the call counts against that user's limits
+    # and against the service's own limits across all its users
+    # (--service-rate-limit-per-second, --service-rate-limit-burst, --max-streams-per-service).
+
     # With --tls-client-ca-file: a verified client certificate whose subject CN is
     # `common_name` calls as `principal`.
     [[certificates]]
