@@ -10,6 +10,10 @@ Third parties extend the server without editing it, in either of two ways:
   ``register(registry)`` that calls :meth:`PluginRegistry.register_brain` /
   :meth:`PluginRegistry.register_tool`.
 
+``SubmitJob`` checks a job's agent spec with :meth:`PluginRegistry.validate`: the brain must
+be registered, and a factory with a ``validate`` step (see
+:class:`~cofounder_server.executor.plugins.ValidatingBrainFactory`) checks the config.
+
 Failure policy at start-up: an import path the operator configured explicitly must load,
 or the server refuses to start (:class:`PluginLoadError`) - a typo there would otherwise
 only surface as failed jobs much later. An entry point is ambient (any installed package
@@ -123,7 +127,7 @@ class PluginRegistry:
                 _log.exception("a plug-in failed to clean up")
 
     def has_brain(self, name: str) -> bool:
-        """Whether a brain called ``name`` is registered (for validating a job up front)."""
+        """Whether a brain called ``name`` is registered."""
         return name in self._brains
 
     def brain_names(self) -> list[str]:
