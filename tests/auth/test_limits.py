@@ -354,3 +354,32 @@ def test_a_flood_of_invented_keys_cannot_reset_a_spent_bucket() -> None:
 
     monotonic.advance(0.375)
     assert limiter.acquire("alice") == 0.0
+
+
+def test_a_service_inventing_users_keeps_the_gate_bounded_and_cannot_reset_a_user(tmp_path: Path) -> None:
+    monotonic = FakeMonotonic()
+    gate = gate_for(
+        tmp_path,
+        monotonic,
+        rate_limit_per_second=1.0,
+        rate_limit_burst=2,
+        service_rate_limit_per_second=0,  # only the table's cap is under test here
+        rate_limit_tracked_principals=50,
+    )
+    table = gate.limits.rate
+    for _ in range(2):
+        gate.admit("m", ALICE.metadata(), {})
+
+    refused = []
+    for n in range(5_000):  # 100,000 are invented in the limiter's own test; each admit here hashes a token
+        try:
+            gate.admit("m", BILLING.metadata(f"invented-{n}"), {})
+        except ResourceExhausted as error:
+            refused.append(error)
+        assert len(table) <= 50
+    assert len(refused) == 5_000 - 49
+    assert "holding the request rates of 50 principals" in refused[-1].message
+    assert refused[-1].retry_after_seconds == 2.0  # until alice's bucket has refilled
+    with pytest.raises(ResourceExhausted) as caught:
+        gate.admit("m", ALICE.metadata(), {})  # still spent, not reset
+    assert caught.value.subject == "principal:alice"
