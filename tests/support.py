@@ -12,11 +12,20 @@ from typing import TypeVar
 
 from sqlalchemy.engine import make_url
 
+from cofounder.agent.v1 import job_pb2
+
 T = TypeVar("T")
 RPC_TIMEOUT = 10.0
 
 EXTERNAL_REDIS = os.environ.get("COFOUNDER_TEST_REDIS_URL", "")
 EXTERNAL_DATABASE = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
+
+
+def scripted_agent() -> job_pb2.AgentSpec:
+    """A valid agent spec: the scripted brain with a one-turn script."""
+    agent = job_pb2.AgentSpec(brain="scripted")
+    agent.config.update({"turns": [{"text": "done"}]})
+    return agent
 
 
 async def eventually(

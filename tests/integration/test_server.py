@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
-from cofounder.agent.v1 import agent_control_service_pb2_grpc, job_pb2
+from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.app import Application
 from cofounder_server.live.engine import EmbeddedRedis
-from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually, scripted_agent
 
 SERVICES = ("cofounder.agent.v1.AgentControlService", "cofounder.agent.v1.EscalationService")
 
@@ -150,7 +150,7 @@ async def test_redis_outage_is_not_serving_and_unavailable_then_recovers(
                         project_id="outage",
                         goal="survive",
                         daily_budget_microdollars=1,
-                        agent=job_pb2.AgentSpec(brain="scripted"),
+                        agent=scripted_agent(),
                     ),
                     timeout=RPC_TIMEOUT,
                 )

@@ -82,6 +82,26 @@ class Settings:
     max_streams_per_principal: int = field(
         default=50, metadata={"help": "open server streams per principal; 0 disables"}
     )
+    service_rate_limit_per_second: float = field(
+        default=200.0,
+        metadata={
+            "help": "requests per second of one service across all the users it acts for (token "
+            "bucket); 0 disables"
+        },
+    )
+    service_rate_limit_burst: int = field(
+        default=200, metadata={"help": "requests a service may send at once across its users"}
+    )
+    max_streams_per_service: int = field(
+        default=1000, metadata={"help": "open server streams of one service across its users; 0 disables"}
+    )
+    rate_limit_tracked_principals: int = field(
+        default=100_000,
+        metadata={
+            "help": "request rates held in memory at most; past it, principals not seen within the "
+            "last burst/rate seconds wait (RATE_LIMITED) until a held rate has refilled"
+        },
+    )
     heartbeat_interval_seconds: float = field(
         default=15.0, metadata={"help": "an idle watch stream sends a heartbeat after this long"}
     )

@@ -80,15 +80,15 @@ async def _open_stream(
     if gate is None or principal is None:
         return
     try:
-        slot = gate.open_stream(principal)
+        slots = gate.open_stream(principal)
     except DomainError as error:
         await _fail(context, "stream limit", error)
         raise  # unreachable: _fail aborts
-    if slot is not None:
+    for slot in slots:
         # Freed when the call ends however it ends (finished, failed, cancelled by the client,
         # past its deadline), even if the handler's generator is never resumed to clean up.
         # The stubs type the callback as a class of their own; any one-argument callable works.
-        context.add_done_callback(lambda _: slot.release())  # type: ignore[arg-type]
+        context.add_done_callback(lambda _, slot=slot: slot.release())  # type: ignore[arg-type]
 
 
 def _unary(

@@ -169,7 +169,30 @@ class Tool(Protocol):
 
 
 BrainFactory = Callable[[AgentSpec], Brain]
-"""Builds a brain for a job from its agent spec (model and brain-specific config)."""
+"""Builds a brain for a job from its agent spec (model and brain-specific config).
+
+A factory may also offer the optional validation step of :class:`ValidatingBrainFactory`;
+without it a bad config is found only when the job runs (the job then fails).
+"""
+
+
+class ValidatingBrainFactory(Protocol):
+    """A brain factory that can check an agent spec at ``SubmitJob``, before any job exists."""
+
+    def __call__(self, spec: AgentSpec) -> Brain:
+        """Build the brain for a job (see :data:`BrainFactory`)."""
+        ...
+
+    def validate(self, spec: AgentSpec) -> None:
+        """Raise ``PluginConfigError`` naming the first bad field if ``spec`` cannot run.
+
+        Runs on the server's event loop for every ``SubmitJob`` naming this brain: it must
+        not do I/O (no files, network or SDK clients) and should take microseconds. Check
+        what the spec itself says; what depends on the environment (credentials, files a
+        config names) is checked when the brain is built.
+        """
+        ...
+
 
 ToolFactory = Callable[[], Tool]
 """Builds a tool instance."""
