@@ -170,8 +170,10 @@ async def test_redis_outage_is_not_serving_and_unavailable_then_recovers(
             await engine.stop()
 
             await eventually(overall, lambda s: s == health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Watching needs Redis's pub/sub; GetJobStatus answers from SQL meanwhile.
+            watch = jobs.WatchJobEvents(pb.WatchJobEventsRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await jobs.GetJobStatus(pb.GetJobStatusRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+                await watch.read()
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             status = rpc_status.from_call(caught.value)
             assert status is not None
