@@ -1,8 +1,9 @@
 """Timing does not tell whether another tenant's job id exists.
 
 A denied GetJobStatus or WatchJobEvents costs the same for another tenant's existing job as
-for an id that was never issued. Each test interleaves the kinds of call so that load from
-the rest of a shared machine hits all of them alike, and compares medians as a ratio.
+for an id that was never issued, whether or not that id was asked about before. Each test
+interleaves the kinds of call so that load from the rest of a shared machine hits all of
+them alike, and compares medians as a ratio.
 """
 
 from __future__ import annotations
@@ -71,10 +72,18 @@ async def test_get_job_status_costs_the_same_for_a_foreign_and_an_unknown_job(jo
     async def unknown() -> float:
         return await elapsed(lambda: status(str(uuid.uuid4())))
 
+    probed = str(uuid.uuid4())
+
+    async def unknown_probed_before() -> float:
+        return await elapsed(lambda: status(probed))
+
     # Warm-up: the owner's read puts the job's keys in the server's cache, as a busy job has.
     await own()
-    timings = await medians({"own": own, "foreign": foreign, "unknown": unknown})
+    timings = await medians(
+        {"own": own, "foreign": foreign, "unknown": unknown, "unknown probed before": unknown_probed_before}
+    )
     assert_alike(timings, "foreign", "unknown")
+    assert_alike(timings, "foreign", "unknown probed before")
 
 
 async def test_opening_a_watch_costs_the_same_for_a_foreign_and_an_unknown_job(jobs, project_id) -> None:

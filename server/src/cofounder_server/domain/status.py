@@ -166,27 +166,36 @@ class LiveStatus:
         ``live_state_unavailable``.
         """
         scope = principal.owner_scope
+        names = (
+            keys.state_key(job_id),
+            keys.budget_pct_key(job_id),
+            keys.wake_at_key(job_id),
+            keys.summary_key(job_id),
+            keys.last_sequence_key(job_id),
+        )
+        from_memory = all(self._cache.holds(name) for name in names)
         try:
-            state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(
-                (
-                    keys.state_key(job_id),
-                    keys.budget_pct_key(job_id),
-                    keys.wake_at_key(job_id),
-                    keys.summary_key(job_id),
-                    keys.last_sequence_key(job_id),
-                )
-            )
+            state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(names)
         except Unavailable:
             return await self._snapshot_from_sql(job_id, scope)
         summary = _decode_summary(summary_raw) if summary_raw is not None else None
         if summary is None or (scope is not None and summary.owner_id != scope):
-            # Only SQL can tell that an id is unknown, so SQL decides every denial: another
-            # tenant's cached job then costs what an unknown id costs, and the time taken does
-            # not tell whether the id exists.
+            await self._deny_at_constant_cost(from_memory, names)
             summary = await self._summary_from_sql(job_id, scope)
         sequence = decode(sequence_raw)
         latest = sequence[0] if sequence is not None else await self._latest_sequence_from_sql(job_id)
         return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw, latest_event_sequence=latest)
+
+    async def _deny_at_constant_cost(self, from_memory: bool, names: tuple[str, ...]) -> None:
+        """Make a likely denial cost what an unknown id's first read costs.
+
+        The cache holds the keys of ids in use, and only SQL can tell that an id is unknown;
+        so every denial pays one Redis round trip (the keys are read from Redis unless the
+        cache answered) and one SQL lookup. Another tenant's job then costs what an unknown
+        id costs, and the time taken does not tell whether an id exists.
+        """
+        if from_memory:
+            await self._redis.mget(names)
 
     async def _snapshot_from_sql(self, job_id: str, scope: str | None) -> JobStatusSnapshot:
         """The durable record's view, for when the live keys cannot be read."""
