@@ -13,6 +13,7 @@ from typing import TypeVar
 from sqlalchemy.engine import make_url
 
 from cofounder.agent.v1 import job_pb2
+from tests.redis_cleanup import remember_jobs_in
 
 T = TypeVar("T")
 RPC_TIMEOUT = 10.0
@@ -62,6 +63,8 @@ async def throwaway_database(prefix: str) -> AsyncIterator[str]:
     try:
         yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
     finally:
+        if EXTERNAL_REDIS:
+            await remember_jobs_in(admin.set(database=name).render_as_string(hide_password=False))
         connection = await asyncpg.connect(dsn)
         try:
             await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
-from cofounder_server.api import convert
+from cofounder_server.api import convert, reflection
 from cofounder_server.api.agent_control import AgentControlApi
 from cofounder_server.api.escalations import EscalationApi
 from cofounder_server.api.handlers import service_handler
@@ -311,12 +310,7 @@ class Application:
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         probes: dict[str, Callable[[], Awaitable[object]]] = {
             "redis": redis.ping,

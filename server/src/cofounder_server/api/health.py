@@ -6,11 +6,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from grpc_health.v1 import health_pb2
+import grpc
 
 # The asyncio servicer is public as ``health.aio`` at runtime, but the type stubs only know
 # the module that defines it.
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import _async, health_pb2
 
 from cofounder_server.causes import describe_cause
 
@@ -21,6 +21,22 @@ log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[object]]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthServicer(_async.HealthServicer):  # type: ignore[misc]  # untyped upstream module
+    """grpcio's asyncio health servicer, with ``List`` answered from the statuses ``Check`` uses
+    (grpcio 1.85 leaves it unimplemented)."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> health_pb2.HealthListResponse:
+        """Every service with a status, including the server as a whole (``""``)."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=status)
+                for service, status in self._server_status.items()
+            }
+        )
 
 
 class HealthMonitor:

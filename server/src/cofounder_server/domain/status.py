@@ -9,6 +9,7 @@ publish), so the hot path touches neither SQL nor the network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 
 from cofounder_server import jsontext
 from cofounder_server.clock import Clock
-from cofounder_server.domain.errors import NotFound
+from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus, JobStatusSnapshot
 from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
@@ -159,25 +160,52 @@ class LiveStatus:
         return key
 
     async def snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
-        """The job's live view, or NotFound when it is missing or not the caller's."""
-        state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(
-            (
-                keys.state_key(job_id),
-                keys.budget_pct_key(job_id),
-                keys.wake_at_key(job_id),
-                keys.summary_key(job_id),
-                keys.last_sequence_key(job_id),
-            )
-        )
-        summary = _decode_summary(summary_raw) if summary_raw is not None else None
-        if summary is None:
-            summary = await self._summary_from_sql(job_id)
+        """The job's live view, or NotFound when it is missing or not the caller's.
+
+        While Redis cannot be reached the view comes from SQL alone, marked
+        ``live_state_unavailable``.
+        """
         scope = principal.owner_scope
-        if scope is not None and summary.owner_id != scope:
-            raise NotFound("job", job_id)
+        names = (
+            keys.state_key(job_id),
+            keys.budget_pct_key(job_id),
+            keys.wake_at_key(job_id),
+            keys.summary_key(job_id),
+            keys.last_sequence_key(job_id),
+        )
+        from_memory = all(self._cache.holds(name) for name in names)
+        try:
+            state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(names)
+        except Unavailable:
+            return await self._snapshot_from_sql(job_id, scope)
+        summary = _decode_summary(summary_raw) if summary_raw is not None else None
+        if summary is None or (scope is not None and summary.owner_id != scope):
+            await self._deny_at_constant_cost(from_memory, names)
+            summary = await self._summary_from_sql(job_id, scope)
         sequence = decode(sequence_raw)
         latest = sequence[0] if sequence is not None else await self._latest_sequence_from_sql(job_id)
         return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw, latest_event_sequence=latest)
+
+    async def _deny_at_constant_cost(self, from_memory: bool, names: tuple[str, ...]) -> None:
+        """Make a likely denial cost what an unknown id's first read costs.
+
+        The cache holds the keys of ids in use, and only SQL can tell that an id is unknown;
+        so every denial pays one Redis round trip (the keys are read from Redis unless the
+        cache answered) and one SQL lookup. Another tenant's job then costs what an unknown
+        id costs, and the time taken does not tell whether an id exists.
+        """
+        if from_memory:
+            await self._redis.mget(names)
+
+    async def _snapshot_from_sql(self, job_id: str, scope: str | None) -> JobStatusSnapshot:
+        """The durable record's view, for when the live keys cannot be read."""
+        job = await self._jobs.get(job_id, owner_scope=scope)
+        if job is None:
+            raise NotFound("job", job_id)
+        summary = JobSummary.of(job, *await self._today(job_id))
+        latest = (await self._events.job_bounds(job_id)).last_sequence
+        snapshot = self._assemble(job_id, summary, None, None, None, latest_event_sequence=latest)
+        return dataclasses.replace(snapshot, live_state_unavailable=True)
 
     async def _latest_sequence_from_sql(self, job_id: str) -> int:
         latest = (await self._events.job_bounds(job_id)).last_sequence
@@ -187,8 +215,8 @@ class LiveStatus:
         self._cache.invalidate((key,))
         return latest
 
-    async def _summary_from_sql(self, job_id: str) -> JobSummary:
-        job = await self._jobs.get(job_id, owner_scope=None)
+    async def _summary_from_sql(self, job_id: str, scope: str | None) -> JobSummary:
+        job = await self._jobs.get(job_id, owner_scope=scope)
         if job is None:
             raise NotFound("job", job_id)
         return await self._publish(job, await self._today(job_id), 0)
