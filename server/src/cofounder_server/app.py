@@ -60,8 +60,9 @@ SERVICE_NAMES = (AGENT_CONTROL.full_name, ESCALATIONS.full_name)
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
-        # A second server must not silently share the port (grpcio defaults this to 1).
-        ("grpc.so_reuseport", 0),
+        # A second server must not silently share the port (grpcio defaults this to 1)
+        # unless the operator asked for several processes on one port.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Long-lived watch streams: ping idle connections, and accept clients that ping us
         # every 30 s or more without answering them with GOAWAY too_many_pings.
@@ -218,6 +219,11 @@ class Application:
             async_url(settings.effective_database_url)
         except (ArgumentError, ValueError) as error:
             raise SystemExit(f"invalid --database-url: {error}") from error
+        if settings.reuse_port and not (settings.redis_url and settings.database_url):
+            # Processes sharing a port must share the record and the live layer; each one's
+            # embedded Redis and SQLite file would make callers see a different server per
+            # connection.
+            raise SystemExit("--reuse-port needs --redis-url and --database-url shared by every process")
         # Nothing touches the data directory (Redis socket, SQLite file, runner id) before
         # this process holds it.
         try:
@@ -228,7 +234,7 @@ class Application:
         await stack.__aenter__()
         stack.callback(data_dir_lock.release)
         try:
-            await asyncio.to_thread(check_can_listen, settings.listen)
+            await asyncio.to_thread(check_can_listen, settings.listen, reuse_port=settings.reuse_port)
             return await cls._build(settings, clock, security, stack, prices=prices, registry=plugins)
         except ListenError as error:
             await stack.aclose()

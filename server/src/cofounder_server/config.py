@@ -20,6 +20,14 @@ class Settings:
     """
 
     listen: str = field(default="127.0.0.1:50051", metadata={"help": "HOST:PORT to serve gRPC on"})
+    reuse_port: bool = field(
+        default=False,
+        metadata={
+            "help": "let several server processes serve the same --listen port (SO_REUSEPORT: the kernel "
+            "spreads connections over them); each needs its own --data-dir, and all share --redis-url "
+            "and --database-url"
+        },
+    )
     data_dir: Path = field(
         default=Path("cofounder-data"),
         metadata={"help": "directory for the SQLite file and the embedded Redis socket"},
