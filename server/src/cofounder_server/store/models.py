@@ -146,6 +146,24 @@ Index("ix_jobs_create_time", JobRow.create_time.desc(), JobRow.job_id.desc())
 Index("ix_jobs_status_create_time", JobRow.status, JobRow.create_time, JobRow.job_id)
 
 
+# The executor's sweep reads the jobs changed since its last turn.
+Index("ix_jobs_update_time", JobRow.update_time)
+# A runner's running jobs: taken over together when its lease expires, released together.
+Index("ix_jobs_runner_id_status", JobRow.runner_id, JobRow.status)
+
+
+class RunnerRow(Base):
+    """An executor process and its lease: while ``lease_expires_at`` is in the future, the
+    running jobs whose ``runner_id`` names it are its own. One row per process, renewed by
+    one UPDATE whatever the number of jobs it holds."""
+
+    __tablename__ = "runners"
+
+    runner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lease_expires_at: Mapped[datetime]
+    start_time: Mapped[datetime]
+
+
 class IdempotencyKeyRow(Base):
     """A retried mutation's ``request_id``: which request (by fingerprint) made what resource."""
 
