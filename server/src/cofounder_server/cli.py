@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import TextIO
 from cofounder_server.app import Application
 from cofounder_server.auth.tokens import hash_token
 from cofounder_server.config import Settings, load_settings
+from cofounder_server.observability import logs
 
 HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
 
@@ -53,11 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["hash-token"]:
         return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
     settings = load_settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        logs.configure(settings.log_level, settings.log_format, sys.stderr)
+    except ValueError as error:
+        raise SystemExit(f"invalid --log-level or --log-format: {error}") from error
     try:
         import uvloop
     except ImportError:
