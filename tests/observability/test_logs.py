@@ -20,11 +20,18 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
-from cofounder.agent.v1 import agent_control_service_pb2_grpc, job_pb2
+from cofounder.agent.v1 import (
+    agent_control_service_pb2_grpc,
+    escalation_service_pb2,
+    escalation_service_pb2_grpc,
+    job_pb2,
+)
 from cofounder_server.observability import logs
 from tests.auth.support import Caller, new_token, write_principals
 from tests.executor.support import TERMINAL, narrate, turn
 from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+
+ESCALATION_ID = "6f1c2b9e-3d4a-4e5f-8a7b-9c0d1e2f3a4b"
 
 
 def free_port() -> int:
@@ -63,6 +70,8 @@ async def test_a_server_process_logs_json_lines_with_ids_and_never_secrets(tmp_p
     assert ended[0]["job_id"] == job_id
     assert ended[0]["runner_id"].startswith("runner-")
     assert any(e["level"] == "debug" and e.get("method", "").endswith("/ListJobs") for e in events)
+    asked = [e for e in calls if e["method"].endswith("/GetEscalation")]
+    assert [e["escalation_id"] for e in asked] == [ESCALATION_ID]
     for secret_text in (goal, thought, tool_text, alice.token, stranger_token, secret):
         assert secret_text not in text
     for token in (alice.token, stranger_token):
@@ -117,6 +126,10 @@ async def _serve_and_work(
                 return (await stub.GetJob(get, metadata=alice.metadata(), timeout=RPC_TIMEOUT)).job.status
 
             await eventually(job_status, lambda s: s in TERMINAL, within=30)
+            escalations = escalation_service_pb2_grpc.EscalationServiceStub(channel)
+            asked = escalation_service_pb2.GetEscalationRequest(escalation_id=ESCALATION_ID)
+            with pytest.raises(grpc.aio.AioRpcError):  # UNIMPLEMENTED, yet logged with the id
+                await escalations.GetEscalation(asked, metadata=alice.metadata(), timeout=RPC_TIMEOUT)
             stranger = (("authorization", f"Bearer {stranger_token}"),)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.ListJobs(pb.ListJobsRequest(), metadata=stranger, timeout=RPC_TIMEOUT)

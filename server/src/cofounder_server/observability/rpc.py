@@ -70,14 +70,18 @@ class RpcMetrics:
 
 
 class _MethodMetrics:
-    __slots__ = ("_codes", "_handled", "method", "open", "seconds")
+    __slots__ = ("_codes", "_handled", "_open", "method", "seconds")
 
     def __init__(self, metrics: RpcMetrics, method: str) -> None:
         self.method = method
         self._handled = metrics._handled
+        self._open = metrics._open
         self.seconds = metrics._seconds.labels(method)
-        self.open = metrics._open.labels(method)
         self._codes: dict[grpc.StatusCode, Counter] = {}
+
+    def open_streams(self) -> Gauge:
+        """The open-streams gauge (bound only for streaming methods)."""
+        return self._open.labels(self.method)
 
     def done(self, code: grpc.StatusCode, seconds: float) -> None:
         child = self._codes.get(code)
@@ -113,8 +117,8 @@ class Observer(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(method, handler)
-        if self._metrics is None or self._metrics.of(method).method == method:
-            self._wrapped[method] = (handler, wrapped)  # bounded: served methods only
+        # Bounded: only served methods have handlers.
+        self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     def begin(self, method: str, context: Context) -> None:
@@ -173,12 +177,14 @@ def _unary(observer: Observer, method: str, stats: _MethodMetrics | None, handle
 def _stream(observer: Observer, method: str, stats: _MethodMetrics | None, handler: Handler) -> Handler:
     behavior = cast(Callable[..., Any], handler.unary_stream)
 
+    open_streams = stats.open_streams() if stats is not None else None
+
     async def stream(request: Any, context: Context) -> None:
         started = time.perf_counter()
         observer.begin(method, context)
         code = grpc.StatusCode.OK
-        if stats is not None:
-            stats.open.inc()
+        if open_streams is not None:
+            open_streams.inc()
         try:
             with observer.span(method, context) as span:
                 try:
@@ -190,8 +196,8 @@ def _stream(observer: Observer, method: str, stats: _MethodMetrics | None, handl
                     code = _code(context, code)
                     span.set("rpc.grpc.status_code", code.value[0])
         finally:
-            if stats is not None:
-                stats.open.dec()
+            if open_streams is not None:
+                open_streams.dec()
             _done(stats, code, started)
 
     return grpc.unary_stream_rpc_method_handler(

@@ -26,11 +26,14 @@ from cofounder_server.store.database import Database
 class Observability:
     """The RPC interceptor, the installed instruments and tracer, and the metrics endpoint."""
 
-    def __init__(self, observer: Observer, registry: CollectorRegistry | None, tracer: Tracer) -> None:
+    def __init__(
+        self, observer: Observer, registry: CollectorRegistry | None, tracer: Tracer, *, installed: bool
+    ) -> None:
         self.observer = observer
         self.registry = registry
         self.tracer = tracer
         self.metrics_port: int | None = None
+        self._installed = installed
 
     @classmethod
     def build(
@@ -43,7 +46,7 @@ class Observability:
         tracer: Tracer | None = None,
     ) -> Observability:
         """Install the process's instruments (Prometheus when ``metrics``) and tracer (``tracer``
-        if given, else OTLP to ``otlp_endpoint`` if set, else none) until ``stack`` unwinds.
+        if given, else OTLP to ``otlp_endpoint`` if set) until ``stack`` unwinds.
         ``methods`` are the full method names served (``/package.Service/Method``), the only
         ``method`` label values."""
         if tracer is None and otlp_endpoint:
@@ -58,8 +61,12 @@ class Observability:
         registry = new_registry() if metrics else None
         instruments = PrometheusInstruments(registry) if registry is not None else None
         rpc_metrics = RpcMetrics(registry, methods) if registry is not None else None
-        observability.install(instruments, tracer)
-        built = cls(Observer(tracer, rpc_metrics), registry, tracer)
+        # A server with both off leaves the process's facades alone (another server in the
+        # same process, as in tests, may have turned them on).
+        installed = instruments is not None or tracer.enabled
+        if installed:
+            observability.install(instruments, tracer)
+        built = cls(Observer(tracer, rpc_metrics), registry, tracer, installed=installed)
         stack.push_async_callback(built.close)
         return built
 
@@ -88,4 +95,5 @@ class Observability:
     async def close(self) -> None:
         """Flush the tracer and uninstall (so a later server in this process starts clean)."""
         await self.tracer.shutdown()
-        observability.install(None, None)
+        if self._installed:
+            observability.install(None, None)
