@@ -25,7 +25,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cofounder_server.observability.instruments import Histogram as HistogramLike
@@ -43,12 +43,46 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
+class LoopCounter:
+    """A counter for the hottest paths: a plain integer add, read when Prometheus scrapes.
+
+    Only the event loop's thread increments it (no lock needed); the scrape thread only reads.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
+        self.value += amount
+
+
+class _LoopCounters(Collector):
+    def __init__(self, counters: dict[str, tuple[str, LoopCounter]]) -> None:
+        self._counters = counters
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        for name, (documentation, counter) in self._counters.items():
+            yield CounterMetricFamily(name, documentation, value=counter.value)
+
+
 class PrometheusInstruments(Instruments):
     """The instruments, recording into ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self.registry = registry
+        delivered = LoopCounter()
+        self.events_delivered = delivered
+        # Incremented once per batch sent to each watcher: thousands of watchers share a batch.
+        registry.register(
+            _LoopCounters({"cofounder_events_delivered": ("Events sent to watch streams", delivered)})
+        )
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=tuple(labels), registry=registry)
@@ -56,7 +90,6 @@ class PrometheusInstruments(Instruments):
         self.events_appended = counter(
             "cofounder_events_appended", "Events stored in SQL (job and escalation)"
         )
-        self.events_delivered = counter("cofounder_events_delivered", "Events sent to watch streams")
         self.watchers_too_slow = counter(
             "cofounder_watchers_too_slow", "Watch streams ended because the client fell too far behind"
         )
