@@ -26,6 +26,7 @@ from cofounder.agent.v1 import (
     escalation_service_pb2_grpc,
     job_pb2,
 )
+from cofounder_server import cli
 from cofounder_server.observability import logs
 from tests.auth.support import Caller, new_token, write_principals
 from tests.executor.support import TERMINAL, narrate, turn
@@ -184,3 +185,9 @@ def test_levels_per_logger() -> None:
     for bad in ("", "loud", "cofounder_server=", "=debug"):
         with pytest.raises(ValueError, match=r"LEVEL|no level"):
             logs.parse_levels(bad)
+
+
+def test_the_command_refuses_a_bad_level_or_format_before_starting() -> None:
+    for flags in (["--log-level", "loud"], ["--log-format", "xml"]):
+        with pytest.raises(SystemExit, match="invalid --log-level or --log-format"):
+            cli.main(flags)
