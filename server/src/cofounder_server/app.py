@@ -45,6 +45,9 @@ from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.tracked_cache import TrackedCache
+from cofounder_server.observability.prometheus import ExecutorGauges
+from cofounder_server.observability.tracing import Tracer
+from cofounder_server.observability.wiring import Observability
 from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.executor import ExecutorStore
@@ -56,6 +59,15 @@ log = logging.getLogger(__name__)
 AGENT_CONTROL = agent_control_service_pb2.DESCRIPTOR.services_by_name["AgentControlService"]
 ESCALATIONS = escalation_service_pb2.DESCRIPTOR.services_by_name["EscalationService"]
 SERVICE_NAMES = (AGENT_CONTROL.full_name, ESCALATIONS.full_name)
+SERVED_METHODS = (
+    *(
+        f"/{service.full_name}/{method.name}"
+        for service in (AGENT_CONTROL, ESCALATIONS, health_pb2.DESCRIPTOR.services_by_name["Health"])
+        for method in service.methods
+    ),
+    *reflection.METHODS,
+)
+"""Every method this server serves: the values of the RPC metrics' ``method`` label."""
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -193,6 +205,8 @@ class Application:
     event_hub: EventHub
     executor: Executor | None
     """The agent executor (``None`` with ``executor_enabled`` false)."""
+    metrics_port: int | None = None
+    """The port ``/metrics`` is served on (``None``: metrics off)."""
 
     @classmethod
     async def start(
@@ -202,11 +216,13 @@ class Application:
         *,
         monotonic: Monotonic | None = None,
         plugins: PluginRegistry | None = None,
+        tracer: Tracer | None = None,
     ) -> Application:
         """Start Redis (embedded unless a URL is set), migrate SQL, serve gRPC, then run agents.
 
         ``monotonic`` times the per-principal rate limits (``time.monotonic`` by default);
-        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding).
+        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding);
+        ``tracer`` replaces the one ``--otlp-endpoint`` configures (tests, embedding).
         """
         clock = clock or SystemClock()
         # Security settings are checked before anything starts: a refusal has no side effects.
@@ -235,7 +251,9 @@ class Application:
         stack.callback(data_dir_lock.release)
         try:
             await asyncio.to_thread(check_can_listen, settings.listen, reuse_port=settings.reuse_port)
-            return await cls._build(settings, clock, security, stack, prices=prices, registry=plugins)
+            return await cls._build(
+                settings, clock, security, stack, prices=prices, registry=plugins, tracer=tracer
+            )
         except ListenError as error:
             await stack.aclose()
             raise SystemExit(str(error)) from error
@@ -253,7 +271,15 @@ class Application:
         *,
         prices: PriceTable,
         registry: PluginRegistry | None,
+        tracer: Tracer | None = None,
     ) -> Application:
+        observed = Observability.build(
+            stack,
+            metrics=bool(settings.metrics_listen),
+            otlp_endpoint=settings.otlp_endpoint,
+            methods=SERVED_METHODS,
+            tracer=tracer,
+        )
         if registry is None:
             registry = PluginRegistry.default(settings)
             stack.push_async_callback(registry.aclose)
@@ -304,7 +330,7 @@ class Application:
             live_keys=agent_keys,
         )
 
-        server = grpc.aio.server(options=_server_options(settings))
+        server = grpc.aio.server(options=_server_options(settings), interceptors=[observed.observer])
         server.add_generic_rpc_handlers(
             (
                 service_handler(
@@ -351,6 +377,13 @@ class Application:
                 registry=registry,
             )
             job_service.runner = executor
+        await observed.serve_metrics(
+            settings.metrics_listen,
+            stack,
+            database=database,
+            clock=clock,
+            executor=lambda: None if executor is None else ExecutorGauges(executor.awake, executor.parked),
+        )
         log.info(
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
             settings.listen,
@@ -374,6 +407,7 @@ class Application:
             escalation_feed=escalation_feed,
             event_hub=hub,
             executor=executor,
+            metrics_port=observed.metrics_port,
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from redis.asyncio import Redis
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import JobStatusSnapshot
@@ -61,6 +62,7 @@ class JobEvents:
     async def publish_many(self, job_id: str, events: Sequence[EventPayload]) -> list[int]:
         """Append several events in one transaction (consecutive sequences); as :meth:`publish`."""
         stored = await self._log.append_job_events(job_id, events, now=self._clock.now())
+        observability.metrics.events_appended.inc(len(stored))
         try:
             await self._fan_out(job_id, stored)
         except Unavailable as error:
@@ -89,6 +91,7 @@ class JobEvents:
         Never raises for Redis trouble: the events are stored, so watchers still get them
         (from SQL, on the next event or heartbeat); the failure is logged.
         """
+        observability.metrics.events_appended.inc(len(stored))
         if not stored and also is None:
             return
         newest: dict[str, int] = {}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cofounder_server import jsontext
+from cofounder_server import jsontext, observability
 from cofounder_server.clock import Clock, next_utc_midnight
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
@@ -60,6 +60,7 @@ from cofounder_server.executor.writer import IterationWrite, IterationWriter
 from cofounder_server.live import keys
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.versioned import LiveWrites
+from cofounder_server.observability import logs
 from cofounder_server.store.executor import Changed, ExecutorStore
 from cofounder_server.store.iterations import IterationRecord
 
@@ -158,6 +159,7 @@ class AgentRun:
     # --- the run ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        logs.job_id.set(self.job_id)
         s = self._s
         checkpoint = await s.store.checkpoint(self.job_id)
         if checkpoint is None:
@@ -208,14 +210,19 @@ class AgentRun:
                     JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls", []
                 )
                 return
+            span = observability.tracing.iteration(self.job_id, state.iteration + 1)
             turn = await self._think(brain, messages, specs, state)
             if turn is None:
+                span.end()
                 return
             now = s.clock.now()
             if budget.window_start(now) != window:  # midnight passed while thinking
                 window = budget.window_start(now)
                 spent, limit = await self._budget(window)
             cost = s.prices.cost(turn.usage)
+            observability.metrics.model_call(
+                turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens, cost
+            )
             spent += cost
             state.iteration += 1
             pct = budget.percent(spent, limit)
@@ -264,6 +271,7 @@ class AgentRun:
                 limit=limit,
                 now=now,
             )
+            span.end()
             saved = len(messages)
             self.iteration = state.iteration
             if outcome is not None:
@@ -300,7 +308,8 @@ class AgentRun:
         while True:
             attempt += 1
             try:
-                return await brain.think(messages, specs)
+                with observability.tracing.model_call(self.job_id):
+                    return await brain.think(messages, specs)
             except BrainError as error:
                 if not error.retryable or attempt >= s.brain_retries:
                     detail = f"the brain failed ({error.signature}): {error}"

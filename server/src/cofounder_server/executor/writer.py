@@ -26,6 +26,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.events.job_events import JobEvents
 from cofounder_server.events.model import JobEvent
@@ -145,6 +146,9 @@ class IterationWriter:
         self.sql_seconds += time.perf_counter() - started
         self.batches += 1
         self.iterations += len(batch)
+        observability.metrics.iterations.inc(len(batch))
+        observability.metrics.group_commit_size.observe(len(batch))
+        observability.metrics.group_commit_seconds.observe(time.perf_counter() - started)
         live = [write.live for write in batch if write.live is not None and write.job_id in accepted]
         summary_keys = [keys.summary_key(write.job_id) for write in batch if write.job_id in accepted]
 
