@@ -48,11 +48,11 @@ async def test_an_expired_runner_is_forgotten_once_no_running_job_names_it(datab
         )
     await leases.renew("runner-a", now=T0, lease_until=T0 + LEASE)
     later = T0 + LEASE + timedelta(hours=1, seconds=1)
-    assert await leases.forget("runner-a", now=T0) is False  # alive
-    assert await leases.forget("runner-a", now=T0 + 2 * LEASE) is False  # expired only just
-    assert await leases.forget("runner-a", now=later) is False  # still named by a running job
+    assert await leases.forget_expired(now=T0) == 0  # alive
+    assert await leases.forget_expired(now=T0 + 2 * LEASE) == 0  # expired only just
+    assert await leases.forget_expired(now=later) == 0  # still named by a running job
     await jobs.cancel(job.job_id, owner_scope=None, reason="", now=later)
-    assert await leases.forget("runner-a", now=later) is True
+    assert await leases.forget_expired(now=later) == 1
     assert await leases.expired("runner-b", now=later) == []
 
 

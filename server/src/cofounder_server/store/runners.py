@@ -93,21 +93,20 @@ class RunnerLeases:
             )
             return [str(runner) for runner in rows]
 
-    async def forget(self, runner_id: str, *, now: datetime) -> bool:
-        """Delete a runner expired for :data:`FORGET_AFTER` that no running job names any
-        more; whether it was."""
+    async def forget_expired(self, *, now: datetime) -> int:
+        """Delete the runners expired for :data:`FORGET_AFTER` that no running job names any
+        more; how many."""
         async with self._database.write() as session:
-            gone = await session.scalar(
+            gone = await session.scalars(
                 delete(RunnerRow)
                 .where(
-                    RunnerRow.runner_id == runner_id,
                     RunnerRow.lease_expires_at < _utc(now) - FORGET_AFTER,
-                    ~exists().where(JobRow.runner_id == runner_id, JobRow.status == _RUNNING),
+                    ~exists().where(JobRow.runner_id == RunnerRow.runner_id, JobRow.status == _RUNNING),
                 )
                 .returning(RunnerRow.runner_id),
                 execution_options={"synchronize_session": False},
             )
-            return gone is not None
+            return len(list(gone))
 
     async def release(self, runner_id: str) -> None:
         """Hand every running job of the runner over and end its lease (a graceful stop):
@@ -156,15 +155,13 @@ class RunnerLeases:
         limit: int,
     ) -> list[HeldJob]:
         """Take up to ``limit`` parked running jobs that no live runner holds (unowned, or of
-        an ``expired`` runner) in one statement, oldest first. A claim is bookkeeping, not a
+        an ``expired`` runner) in one transaction, oldest first. A claim is bookkeeping, not a
         change of the job: no version bump, no event."""
         if limit < 1:
             return []
         free: ColumnElement[bool] = JobRow.runner_id.is_(None)
         if expired:
             free = or_(free, JobRow.runner_id.in_(list(expired)))
-        # The same conditions inside and outside: PostgreSQL re-checks the outer ones on a
-        # row another claimer changed meanwhile, so each job goes to one runner.
         condition = (
             JobRow.status == _RUNNING,
             JobRow.agent_state.in_([state.value for state in parked_states]),
@@ -174,16 +171,23 @@ class RunnerLeases:
             select(JobRow.job_id).where(*condition).order_by(JobRow.create_time, JobRow.job_id).limit(limit)
         )
         if self._database.dialect_name == "postgresql":
+            # Rows another claimer holds are skipped, not waited for; the UPDATE re-checks the
+            # conditions, so each job goes to one runner.
             candidates = candidates.with_for_update(skip_locked=True)
         async with self._database.write() as session:
+            job_ids = list(await session.scalars(candidates))
+            if not job_ids:
+                return []
             rows = await session.execute(
                 update(JobRow)
-                .where(JobRow.job_id.in_(candidates.scalar_subquery()), *condition)
+                .where(JobRow.job_id.in_(job_ids), *condition)
                 .values(runner_id=runner_id)
-                .returning(*_HELD_COLUMNS),
+                .returning(*_HELD_COLUMNS, JobRow.create_time),
                 execution_options={"synchronize_session": False},
             )
-            return [_held(row) for row in rows.all()]
+            # RETURNING has no order: oldest first, as selected.
+            claimed = sorted(rows.all(), key=lambda row: (row[-1], row[0]))
+            return [_held(row[:-1]) for row in claimed]
 
 
 def _utc(moment: datetime) -> datetime:
