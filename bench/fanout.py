@@ -200,8 +200,8 @@ class Cofounder(Design):
         # Another replica's executor: the real publishing path (SQL commit, PUBLISH, last_seq).
         from cofounder_server.api.convert import encode_job_event
         from cofounder_server.clock import SystemClock
+        from cofounder_server.domain.events import AgentThinking
         from cofounder_server.events.job_events import JobEvents
-        from cofounder_server.events.model import AgentThinking
         from cofounder_server.live import keys
         from cofounder_server.live.connect import create_client
         from cofounder_server.live.tracked_cache import TrackedCache

@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import event_pb2
-from cofounder_server.events.model import AgentThinking
+from cofounder_server.domain.events import AgentThinking
 from tests.support import RPC_TIMEOUT
 
 STREAM_TIMEOUT = 60.0

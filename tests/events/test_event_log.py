@@ -10,7 +10,7 @@ import pytest
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder_server.domain.errors import NotFound
 from cofounder_server.domain.model import JobOutcome, JobStatus
-from cofounder_server.events import model
+from cofounder_server.domain import events as model
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
 from tests.events.support import thinking

@@ -11,14 +11,14 @@ import pytest
 
 from cofounder.agent.v1 import escalation_pb2
 from cofounder.agent.v1 import escalation_service_pb2 as esc
-from cofounder_server.domain.model import AgentSpec, NewJob
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     Escalation,
     EscalationEventKind,
     EscalationOption,
     EscalationStatus,
     EscalationTrigger,
 )
+from cofounder_server.domain.model import AgentSpec, NewJob
 from cofounder_server.store.jobs import JobRepository
 from tests.events.support import STREAM_TIMEOUT, Stream, error_info
 from tests.events.support import watch as watch_job

@@ -10,10 +10,10 @@ import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
+from cofounder_server.domain.events import JobStatusChanged
 from cofounder_server.domain.model import JobStatus
 from cofounder_server.events.hub import pack
 from cofounder_server.events.job_events import wire_event
-from cofounder_server.events.model import JobStatusChanged
 from cofounder_server.store.events import EventLogRepository
 from tests.events.conftest import REPLICA_BUFFER_EVENTS, start_replica
 from tests.events.support import error_info, thinking, watch

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from cofounder_server.events.model import AgentThinking, PhaseStarted
+from cofounder_server.domain.events import AgentThinking, PhaseStarted
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository, job_stream
 from cofounder_server.store.executor import ExecutorStore

@@ -25,13 +25,12 @@ from cofounder_server.auth.limits import Monotonic
 from cofounder_server.auth.security import Security
 from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
-from cofounder_server.domain.jobs import JobService
-from cofounder_server.domain.status import LiveStatus
+from cofounder_server.domain.budget import window_start
 from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
-from cofounder_server.events.job_events import JobEventFeed, JobEvents
-from cofounder_server.executor.budget import PriceTable, window_start
+from cofounder_server.events.job_events import JobEvents
 from cofounder_server.executor.loop import Services
+from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.service import ControlBroadcaster, Executor, runner_id_for
 from cofounder_server.executor.writer import IterationWriter
@@ -40,6 +39,9 @@ from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.tracked_cache import TrackedCache
+from cofounder_server.services.job_feed import JobEventFeed
+from cofounder_server.services.jobs import JobService
+from cofounder_server.services.status import LiveStatus
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.executor import ExecutorStore

@@ -21,11 +21,11 @@ from cofounder_server.api.validation import (
     Validator,
 )
 from cofounder_server.domain.errors import FieldViolation, InvalidArgument
-from cofounder_server.domain.jobs import JobService
 from cofounder_server.domain.model import JobFilter, NewJob
-from cofounder_server.domain.status import LiveStatus
-from cofounder_server.events.job_events import JobEventFeed
 from cofounder_server.executor.registry import PluginRegistry
+from cofounder_server.services.job_feed import JobEventFeed
+from cofounder_server.services.jobs import JobService
+from cofounder_server.services.status import LiveStatus
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"

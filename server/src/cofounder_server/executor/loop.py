@@ -23,11 +23,9 @@ from typing import Any
 
 from cofounder_server import jsontext
 from cofounder_server.clock import Clock, next_utc_midnight
+from cofounder_server.domain import budget
 from cofounder_server.domain.errors import Unavailable
-from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
-from cofounder_server.domain.status import LiveStatus
-from cofounder_server.events.job_events import JobEvents
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     AgentBudgetExceeded,
     AgentBudgetUpdated,
     AgentRetrying,
@@ -41,8 +39,8 @@ from cofounder_server.events.model import (
     SleepReason,
     WakeReason,
 )
-from cofounder_server.executor import budget
-from cofounder_server.executor.budget import PriceTable
+from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
+from cofounder_server.events.job_events import JobEvents
 from cofounder_server.executor.plugins import (
     Brain,
     BrainError,
@@ -54,12 +52,14 @@ from cofounder_server.executor.plugins import (
     ToolSpec,
     Turn,
 )
+from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
 from cofounder_server.live import keys
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.versioned import LiveWrites
+from cofounder_server.services.status import LiveStatus
 from cofounder_server.store.executor import Changed, ExecutorStore
 from cofounder_server.store.iterations import IterationRecord
 

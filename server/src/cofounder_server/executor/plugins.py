@@ -19,6 +19,20 @@ from typing import Any, Literal, Protocol
 from cofounder_server.domain.model import AgentSpec
 
 
+class PluginConfigError(ValueError):
+    """A job's agent spec cannot be turned into a brain: unknown brain or bad config.
+
+    ``field`` names the offending field as a path from the job, e.g. ``agent.brain`` or
+    ``agent.config.turns[2].usage.input_tokens``, so SubmitJob can report it as an
+    ``INVALID_ARGUMENT`` field violation and the executor as a failed job's detail.
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """The agent asks to run tool ``name`` with ``input``; ``call_id`` pairs it with its result."""

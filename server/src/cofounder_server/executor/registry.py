@@ -26,7 +26,17 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from cofounder_server.domain.model import AgentSpec
-from cofounder_server.executor.plugins import Brain, BrainFactory, Tool, ToolFactory, ToolSpec
+from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory
+from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
+from cofounder_server.executor.plugins import (
+    Brain,
+    BrainFactory,
+    PluginConfigError,
+    Tool,
+    ToolFactory,
+    ToolSpec,
+)
+from cofounder_server.executor.tools.narrate import NarrateTool
 
 if TYPE_CHECKING:
     from cofounder_server.config import Settings
@@ -35,20 +45,6 @@ _log = logging.getLogger(__name__)
 
 BRAIN_ENTRY_POINT_GROUP = "cofounder.brains"
 TOOL_ENTRY_POINT_GROUP = "cofounder.tools"
-
-
-class PluginConfigError(ValueError):
-    """A job's agent spec cannot be turned into a brain: unknown brain or bad config.
-
-    ``field`` names the offending field as a path from the job, e.g. ``agent.brain`` or
-    ``agent.config.turns[2].usage.input_tokens``, so SubmitJob can report it as an
-    ``INVALID_ARGUMENT`` field violation and the executor as a failed job's detail.
-    """
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
 
 
 class UnknownBrainError(PluginConfigError):
@@ -80,11 +76,6 @@ class PluginRegistry:
         paths of ``settings.plugins``. Raises :class:`PluginLoadError` if a configured import
         path fails; see the module docstring for why.
         """
-        # Imported here, not at module level: the built-ins import this module's errors.
-        from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory
-        from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
-        from cofounder_server.executor.tools.narrate import NarrateTool
-
         registry = cls()
         registry.register_brain("scripted", ScriptedBrainFactory(settings.scripted_turns_dir))
         anthropic = AnthropicBrainFactory(

@@ -27,8 +27,8 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server.clock import Clock
+from cofounder_server.domain.events import JobEvent
 from cofounder_server.events.job_events import JobEvents
-from cofounder_server.events.model import JobEvent
 from cofounder_server.live import keys
 from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.store.executor import ExecutorStore

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from cofounder_server.domain.errors import NotFound
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     Escalation,
     EscalationEvent,
     EscalationEventKind,

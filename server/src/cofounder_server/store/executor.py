@@ -20,14 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     AgentWaking,
     EventPayload,
     JobEvent,
     JobStatusChanged,
     WakeReason,
 )
+from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.iterations import CommittedBatch, IterationRecord

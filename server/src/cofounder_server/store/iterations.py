@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cofounder_server.events.model import EventPayload, JobEvent
+from cofounder_server.domain.events import EventPayload, JobEvent
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cofounder_server.domain.errors import FailedPrecondition, NotFound
+from cofounder_server.domain.events import JobEvent, JobStatusChanged
 from cofounder_server.domain.model import (
     AgentSpec,
     AgentState,
@@ -26,7 +27,6 @@ from cofounder_server.domain.model import (
     JobStatus,
     NewJob,
 )
-from cofounder_server.events.model import JobEvent, JobStatusChanged
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id

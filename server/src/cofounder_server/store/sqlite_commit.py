@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Table, exc
 from sqlalchemy.engine import Dialect
 
-from cofounder_server.events.model import JobEvent, to_json
+from cofounder_server.domain.events import JobEvent, to_json
 from cofounder_server.store.database import (
     Database,
     configure_sqlite_connection,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cofounder_server.executor.registry import PluginConfigError
+from cofounder_server.executor.plugins import PluginConfigError
 
 
 def check_keys(value: Mapping[str, Any], allowed: frozenset[str], field: str) -> None:

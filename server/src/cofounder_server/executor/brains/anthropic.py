@@ -23,13 +23,13 @@ from cofounder_server.executor.brains._config import as_int, as_mapping, as_str,
 from cofounder_server.executor.plugins import (
     BrainError,
     Message,
+    PluginConfigError,
     StopReason,
     ToolCall,
     ToolSpec,
     Turn,
     Usage,
 )
-from cofounder_server.executor.registry import PluginConfigError
 
 if TYPE_CHECKING:
     from anthropic import AnthropicError, AsyncAnthropic

@@ -51,13 +51,13 @@ from cofounder_server.executor.brains._config import (
 from cofounder_server.executor.plugins import (
     BrainError,
     Message,
+    PluginConfigError,
     StopReason,
     ToolCall,
     ToolSpec,
     Turn,
     Usage,
 )
-from cofounder_server.executor.registry import PluginConfigError
 
 _CONFIG = "agent.config"
 _CONFIG_KEYS = frozenset({"turns", "turns_file", "loop"})

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from cofounder_server.clock import Clock
+from cofounder_server.domain.budget import percent, window_start
 from cofounder_server.domain.errors import FailedPrecondition, NotFound, Unavailable
+from cofounder_server.domain.events import JobEvent
 from cofounder_server.domain.model import AgentState, Job, JobFilter, NewJob
 from cofounder_server.domain.pagination import (
     Cursor,
@@ -17,8 +19,6 @@ from cofounder_server.domain.pagination import (
     page_size_or_default,
 )
 from cofounder_server.domain.principal import Principal
-from cofounder_server.events.model import JobEvent
-from cofounder_server.executor.budget import percent, window_start
 from cofounder_server.live.keys import AgentKeys
 from cofounder_server.store.executor import ExecutorStore
 from cofounder_server.store.idempotency import request_fingerprint
