@@ -124,7 +124,8 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
             check.int_range("top_up_microdollars", request.top_up_microdollars, 0, MAX_BUDGET_MICRODOLLARS)
         principal = principal_of(context)
         await self._jobs.wake(principal, request.job_id, request.request_id, request.top_up_microdollars)
-        snapshot = await self._status.snapshot(principal, request.job_id)
+        # The wake is committed: a Redis outage must not turn it into an error.
+        snapshot = await self._status.snapshot(principal, request.job_id, sql_when_redis_is_down=True)
         return pb.WakeAgentResponse(status=convert.snapshot_to_proto(snapshot))
 
     # Batches of events go out pre-serialised (bytes), which the generated servicer's

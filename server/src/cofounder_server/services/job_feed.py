@@ -20,8 +20,14 @@ JobWatchItem = JobStatusSnapshot | EventBatch | Heartbeat
 
 
 class _JobStream(StreamSource):
-    def __init__(self, log: EventLogRepository, encode: JobEventEncoder, job_id: str) -> None:
+    """A job's events in SQL. Events read here may be ahead of their own fan-out, so the
+    status view is brought up to them before a watcher gets them."""
+
+    def __init__(
+        self, log: EventLogRepository, status: LiveStatus, encode: JobEventEncoder, job_id: str
+    ) -> None:
         self._log = log
+        self._status = status
         self._encode = encode
         self._job_id = job_id
 
@@ -31,6 +37,8 @@ class _JobStream(StreamSource):
     async def read(self, after: int, limit: int) -> StreamPage:
         page = await self._log.read_job_events(self._job_id, after=after, limit=limit)
         events = [wire_event(event, self._encode) for event in page.events]
+        if events:
+            await self._status.cover(self._job_id, events[-1].sequence)
         return StreamPage(events, page.bounds.last_sequence)
 
     async def read_for_watcher(self, after: int, limit: int) -> FeedPage:
@@ -39,6 +47,8 @@ class _JobStream(StreamSource):
             # Retention deleted the next events after the bounds were read.
             raise cursor_expired(page.events[0].sequence - 1)
         events = [wire_event(event, self._encode) for event in page.events]
+        if events:
+            await self._status.cover(self._job_id, events[-1].sequence)
         scanned = events[-1].sequence if events else after
         return FeedPage(events, scanned, page.bounds.pruned_through)
 
@@ -72,7 +82,7 @@ class JobEventFeed:
         """
         # Checks the owner before anything is subscribed; a cache hit as a rule.
         await self._status.snapshot(principal, job_id)
-        source = _JobStream(self._log, self._encode, job_id)
+        source = _JobStream(self._log, self._status, self._encode, job_id)
         async with self._hub.watch(keys.job_events_channel(job_id), source) as watcher:
             topic = watcher.topic
             # Read before the snapshot's facts, so they are at least as new as it says.

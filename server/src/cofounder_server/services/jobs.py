@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
-from typing import Protocol
-
 from cofounder_server.clock import Clock
-from cofounder_server.domain.budget import percent, window_start
-from cofounder_server.domain.errors import FailedPrecondition, NotFound, Unavailable
-from cofounder_server.domain.events import JobEvent
-from cofounder_server.domain.model import AgentState, Job, JobFilter, NewJob
+from cofounder_server.domain.budget import window_start
+from cofounder_server.domain.changes import Change, RunnerNotice
+from cofounder_server.domain.errors import NotFound
+from cofounder_server.domain.model import Job, JobFilter, NewJob
 from cofounder_server.domain.pagination import (
     Cursor,
     decode_page_token,
@@ -19,85 +15,34 @@ from cofounder_server.domain.pagination import (
     page_size_or_default,
 )
 from cofounder_server.domain.principal import Principal
-from cofounder_server.live.keys import AgentKeys
-from cofounder_server.store.executor import ExecutorStore
+from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.idempotency import request_fingerprint
 from cofounder_server.store.jobs import JobRepository
-
-
-class JobObserver(Protocol):
-    """Told about every committed change to a job, so live views can follow."""
-
-    async def job_changed(self, job: Job) -> None:
-        """React to ``job`` as committed (its ``version`` orders changes)."""
-        ...
-
-
-class EventPublisher(Protocol):
-    """Fans out events (``cofounder_server.events.job_events.JobEvents``)."""
-
-    async def announce(self, stored: Sequence[JobEvent]) -> None:
-        """Fan out events the caller's transaction committed."""
-        ...
-
-
-class JobRunner(Protocol):
-    """The executor, told about changes it must act on."""
-
-    def job_submitted(self, job: Job) -> None:
-        """A queued job may be claimed now."""
-        ...
-
-    async def job_cancelled(self, job: Job) -> None:
-        """Stop the job's agent wherever it runs."""
-        ...
-
-    async def job_woken(self, job: Job) -> None:
-        """Resume the job's agent wherever it sleeps (the wake is recorded already)."""
-        ...
+from cofounder_server.store.runs import RunRepository
 
 
 class JobService:
     """The job use cases. Every call is scoped by the principal in the storage query.
 
-    Every status change commits together with its ``job.status_changed`` event, which is
-    fanned out after the commit.
+    Every change commits together with its events, then goes down the change pipeline;
+    once SQL has committed, the call succeeds whatever Redis does.
     """
 
     def __init__(
-        self,
-        jobs: JobRepository,
-        observer: JobObserver,
-        clock: Clock,
-        events: EventPublisher,
-        *,
-        runner: JobRunner | None = None,
-        agents: ExecutorStore | None = None,
-        live_keys: AgentKeys | None = None,
+        self, jobs: JobRepository, runs: RunRepository, changes: ChangePipeline, clock: Clock
     ) -> None:
         self._jobs = jobs
-        self._observer = observer
+        self._runs = runs
+        self._changes = changes
         self._clock = clock
-        self._events = events
-        self.runner = runner
-        self._agents = agents
-        self._keys = live_keys
 
     async def submit(self, principal: Principal, new: NewJob, request_id: str | None) -> Job:
         """Store a queued job; a retried ``request_id`` returns the job it created."""
-        stored: list[JobEvent] = []
-        job, created = await self._jobs.create(
-            new,
-            request_id=request_id,
-            fingerprint=request_fingerprint(new),
-            now=self._clock.now(),
-            events_out=stored,
+        job, events = await self._jobs.create(
+            new, request_id=request_id, fingerprint=request_fingerprint(new), now=self._clock.now()
         )
-        if created:
-            await self._observer.job_changed(job)
-            await self._events.announce(stored)
-            if self.runner is not None:
-                self.runner.job_submitted(job)
+        if events:
+            await self._changes.committed(Change.of(job, events), RunnerNotice.SUBMITTED)
         return job
 
     async def get(self, principal: Principal, job_id: str) -> Job:
@@ -127,19 +72,14 @@ class JobService:
 
     async def cancel(self, principal: Principal, job_id: str, reason: str) -> Job:
         """Cancel a queued or running job; cancelling a cancelled job returns it unchanged."""
-        stored: list[JobEvent] = []
-        job, changed = await self._jobs.cancel(
+        job, events = await self._jobs.cancel(
             job_id,
             owner_scope=principal.owner_scope,
             reason=reason or "cancelled by request",
             now=self._clock.now(),
-            events_out=stored,
         )
-        if changed:
-            await self._observer.job_changed(job)
-            await self._events.announce(stored)
-            if self.runner is not None:
-                await self.runner.job_cancelled(job)
+        if events:
+            await self._changes.committed(Change.of(job, events), RunnerNotice.CANCELLED)
         return job
 
     async def wake(self, principal: Principal, job_id: str, request_id: str, top_up: int) -> Job:
@@ -150,10 +90,8 @@ class JobService:
         midnight at once. A retried ``request_id`` applies its top-up once and returns the
         job as it is. Raises ``NotFound`` and ``FailedPrecondition("AGENT_NOT_SLEEPING")``.
         """
-        if self._agents is None:
-            raise FailedPrecondition("AGENT_NOT_SLEEPING", "this server runs no agents")
         now = self._clock.now()
-        job, stored = await self._agents.wake(
+        change = await self._runs.wake(
             job_id,
             owner_scope=principal.owner_scope,
             request_id=request_id,
@@ -161,20 +99,7 @@ class JobService:
             window=window_start(now),
             now=now,
         )
-        if not stored:
-            return job  # a retry of a request that was applied before
-        await self._observer.job_changed(job)
-        await self._events.announce(stored)
-        if self._keys is not None:
-            with contextlib.suppress(Unavailable):
-                await self._keys.clear_wake_at(job_id)
-                await self._keys.set_state(job_id, AgentState.WORKING)
-                if top_up:
-                    # The key otherwise keeps the pre-top-up figure until the next model call.
-                    spent, top_ups = await self._agents.budget_of(job_id, window_start(now))
-                    await self._keys.set_budget_pct(
-                        job_id, percent(spent, job.daily_budget_microdollars + top_ups)
-                    )
-        if self.runner is not None:
-            await self.runner.job_woken(job)
-        return job
+        if change.events:  # else a retry of a request that was applied before
+            await self._changes.committed(change, RunnerNotice.WOKEN)
+        assert change.job is not None
+        return change.job

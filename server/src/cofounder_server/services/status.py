@@ -2,164 +2,66 @@
 
 Redis stays the authority for the agent's TTL keys; a tracked in-process cache answers
 repeated reads without a round trip and is invalidated by Redis itself when a key changes or
-expires. The job's durable facts ride along as a versioned summary key, rebuilt from SQL when
-it is missing, and so does the newest event sequence (``last_seq``, written after every
-publish), so the hot path touches neither SQL nor the network.
+expires. The job's durable facts ride along as a versioned summary key and so does the newest
+event sequence (``last_seq``), both written by the change pipeline before it announces a
+change and rebuilt from SQL when missing, so the hot path touches neither SQL nor the network.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
-from functools import lru_cache
-
-from redis.asyncio import Redis
-
-from cofounder_server import jsontext
 from cofounder_server.clock import Clock
-from cofounder_server.domain.errors import NotFound
-from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus, JobStatusSnapshot
+from cofounder_server.domain.budget import window_start
+from cofounder_server.domain.changes import LIVE_AGENT_STATES
+from cofounder_server.domain.errors import NotFound, Unavailable
+from cofounder_server.domain.model import AgentState, JobStatusSnapshot
 from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
+from cofounder_server.live.summary import JobSummary, decode_summary
 from cofounder_server.live.tracked_cache import TrackedCache
-from cofounder_server.live.versioned import LiveWrites, decode, put_if_newer
+from cofounder_server.live.versioned import decode
+from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
-
-_LIVE_AGENT_STATES = frozenset({AgentState.WORKING, AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT})
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """The durable facts of a job that the status view needs, as cached in Redis."""
-
-    owner_id: str
-    status: JobStatus
-    outcome: JobOutcome | None
-    agent_state: AgentState | None
-    wake_at: datetime | None
-    daily_budget_microdollars: int
-    spent_today_microdollars: int
-    pending_escalation_ids: tuple[str, ...]
-
-    @classmethod
-    def of(cls, job: Job, spent_today: int = 0, top_ups_today: int = 0) -> JobSummary:
-        """The summary of a stored job, with today's spend and top-ups from the ledger."""
-        return cls(
-            owner_id=job.owner_id,
-            status=job.status,
-            outcome=job.outcome,
-            agent_state=job.agent_state,
-            wake_at=job.wake_at,
-            daily_budget_microdollars=job.daily_budget_microdollars + top_ups_today,
-            spent_today_microdollars=spent_today,
-            pending_escalation_ids=(),
-        )
-
-    def encode(self) -> str:
-        """Compact JSON for the summary key."""
-        return jsontext.dumps(
-            {
-                "o": self.owner_id,
-                "s": self.status.value,
-                "x": self.outcome.value if self.outcome else None,
-                "a": self.agent_state.value if self.agent_state else None,
-                "w": self.wake_at.isoformat() if self.wake_at else None,
-                "b": self.daily_budget_microdollars,
-                "p": self.spent_today_microdollars,
-                "e": list(self.pending_escalation_ids),
-            }
-        )
-
-
-@lru_cache(maxsize=8192)
-def _decode_summary(raw: bytes) -> JobSummary | None:
-    """Parse a summary key's value; anything malformed counts as missing (rebuilt from SQL)."""
-    versioned = decode(raw)
-    if versioned is None:
-        return None
-    try:
-        body = json.loads(versioned[1])
-        return JobSummary(
-            owner_id=str(body["o"]),
-            status=JobStatus(body["s"]),
-            outcome=JobOutcome(body["x"]) if body["x"] else None,
-            agent_state=AgentState(body["a"]) if body["a"] else None,
-            wake_at=datetime.fromisoformat(body["w"]) if body["w"] else None,
-            daily_budget_microdollars=int(body["b"]),
-            spent_today_microdollars=int(body["p"]),
-            pending_escalation_ids=tuple(str(e) for e in body["e"]),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-SpendReader = Callable[[str], Awaitable[tuple[int, int]]]
-"""Today's spend and budget top-ups of a job, in microdollars (``job_id -> (spent, top_ups)``)."""
-
-
-def summary_version(job: Job, progress: int) -> int:
-    """The version of a summary key: the job's version, then the executor's progress (its
-    iteration count) within it, so spend written after every model call orders correctly
-    against status changes."""
-    return (job.version << 32) | min(progress, 0xFFFF_FFFF)
+from cofounder_server.store.ledger import LedgerRepository
 
 
 class LiveStatus:
-    """Keeps the cached job summaries current and assembles status snapshots."""
+    """Assembles status snapshots from the live keys, with SQL as the fallback."""
 
     def __init__(
         self,
-        redis: Redis,
-        cache: TrackedCache,
-        jobs: JobRepository,
-        clock: Clock,
-        events: EventLogRepository,
         *,
-        spend: SpendReader | None = None,
+        cache: TrackedCache,
+        changes: ChangePipeline,
+        jobs: JobRepository,
+        ledger: LedgerRepository,
+        events: EventLogRepository,
+        clock: Clock,
     ) -> None:
-        self._redis = redis
         self._cache = cache
+        self._changes = changes
         self._jobs = jobs
-        self._clock = clock
+        self._ledger = ledger
         self._events = events
-        self._spend = spend
+        self._clock = clock
 
-    async def job_changed(self, job: Job, *, progress: int = 0) -> None:
-        """Publish a committed job's summary (today's spend and top-ups read from the ledger);
-        an older version never overwrites a newer one."""
-        await self._publish(job, await self._today(job.job_id), progress)
+    async def snapshot(
+        self, principal: Principal, job_id: str, *, sql_when_redis_is_down: bool = False
+    ) -> JobStatusSnapshot:
+        """The job's live view, or NotFound when it is missing or not the caller's.
 
-    async def _today(self, job_id: str) -> tuple[int, int]:
-        return await self._spend(job_id) if self._spend is not None else (0, 0)
+        Raises ``Unavailable`` while Redis cannot be reached, unless ``sql_when_redis_is_down``:
+        then the view comes from SQL alone (without the agent's TTL keys), which is how a
+        change committed during an outage still answers.
+        """
+        try:
+            return await self._snapshot(principal, job_id)
+        except Unavailable:
+            if not sql_when_redis_is_down:
+                raise
+            return await self._snapshot_from_sql(principal, job_id)
 
-    async def _publish(self, job: Job, today: tuple[int, int], progress: int) -> JobSummary:
-        summary = JobSummary.of(job, *today)
-        key = keys.summary_key(job.job_id)
-        await put_if_newer(
-            self._redis, key, summary_version(job, progress), summary.encode(), keys.SUMMARY_TTL_SECONDS
-        )
-        self._cache.invalidate((key,))
-        return summary
-
-    def queue_summary(
-        self, writes: LiveWrites, job: Job, *, spent_today: int, budget_today: int, progress: int
-    ) -> str:
-        """Add the summary write to ``writes`` (the executor's per-iteration fan-out); the key,
-        for the caller to invalidate in this process's cache once the writes ran."""
-        key = keys.summary_key(job.job_id)
-        writes.put_if_newer(
-            key,
-            summary_version(job, progress),
-            JobSummary.of(job, spent_today, budget_today - job.daily_budget_microdollars).encode(),
-            keys.SUMMARY_TTL_SECONDS,
-        )
-        return key
-
-    async def snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
-        """The job's live view, or NotFound when it is missing or not the caller's."""
+    async def _snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
         state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(
             (
                 keys.state_key(job_id),
@@ -169,29 +71,42 @@ class LiveStatus:
                 keys.last_sequence_key(job_id),
             )
         )
-        summary = _decode_summary(summary_raw) if summary_raw is not None else None
-        if summary is None:
-            summary = await self._summary_from_sql(job_id)
+        summary = decode_summary(summary_raw) if summary_raw is not None else None
+        sequence = decode(sequence_raw)
+        if summary is None or sequence is None:
+            _, summary, latest = await self._changes.rebuild(job_id)
+        else:
+            latest = sequence[0]
+        self._check_owner(principal, job_id, summary)
+        return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw, latest_event_sequence=latest)
+
+    async def cover(self, job_id: str, sequence: int) -> None:
+        """Make sure the live view is at least as new as event ``sequence``, which is about to
+        reach a watcher from SQL: its change's own fan-out may not have run yet, and a client
+        that saw the event must not then read an older status."""
+        try:
+            (raw,) = await self._cache.get_many((keys.last_sequence_key(job_id),))
+            known = decode(raw)
+            if known is None or known[0] < sequence:
+                await self._changes.rebuild(job_id)
+        except Unavailable:
+            pass  # while Redis is down, snapshots come from SQL
+
+    async def _snapshot_from_sql(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
+        job = await self._jobs.get(job_id, owner_scope=principal.owner_scope)
+        if job is None:
+            raise NotFound("job", job_id)
+        spend = await self._ledger.spend_of(job, window_start(self._clock.now()))
+        latest = (await self._events.job_bounds(job_id)).last_sequence
+        return self._assemble(
+            job_id, JobSummary.of(job, spend), None, None, None, latest_event_sequence=latest
+        )
+
+    @staticmethod
+    def _check_owner(principal: Principal, job_id: str, summary: JobSummary) -> None:
         scope = principal.owner_scope
         if scope is not None and summary.owner_id != scope:
             raise NotFound("job", job_id)
-        sequence = decode(sequence_raw)
-        latest = sequence[0] if sequence is not None else await self._latest_sequence_from_sql(job_id)
-        return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw, latest_event_sequence=latest)
-
-    async def _latest_sequence_from_sql(self, job_id: str) -> int:
-        latest = (await self._events.job_bounds(job_id)).last_sequence
-        key = keys.last_sequence_key(job_id)
-        # Versioned: a publish that raced this read keeps its newer value.
-        await put_if_newer(self._redis, key, latest, "", keys.SUMMARY_TTL_SECONDS)
-        self._cache.invalidate((key,))
-        return latest
-
-    async def _summary_from_sql(self, job_id: str) -> JobSummary:
-        job = await self._jobs.get(job_id, owner_scope=None)
-        if job is None:
-            raise NotFound("job", job_id)
-        return await self._publish(job, await self._today(job_id), 0)
 
     def _assemble(
         self,
@@ -206,7 +121,7 @@ class LiveStatus:
         live_state = keys.parse_state(state_raw)
         # A finished job's live keys may outlive it (they expire on their own); the durable
         # record decides, so a cancelled job never shows as working or sleeping.
-        if summary.status.is_terminal and live_state in _LIVE_AGENT_STATES:
+        if summary.status.is_terminal and live_state in LIVE_AGENT_STATES:
             live_state = None
         agent_state = live_state or summary.agent_state
         wake_at = None
