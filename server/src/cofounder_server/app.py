@@ -239,7 +239,7 @@ class Application:
         )
         stack.push_async_callback(changes.stop)
         status = LiveStatus(
-            cache=cache, changes=changes, jobs=jobs, ledger=ledger, events=event_log, clock=clock
+            cache=cache, changes=changes, jobs=jobs, ledger=ledger, event_log=event_log, clock=clock
         )
         stopping = asyncio.Event()
         hub = EventHub(

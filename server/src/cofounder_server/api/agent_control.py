@@ -35,11 +35,11 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     """The AgentControlService RPCs."""
 
     def __init__(
-        self, jobs: JobService, status: LiveStatus, events: JobEventFeed, plugins: PluginRegistry
+        self, jobs: JobService, status: LiveStatus, feed: JobEventFeed, plugins: PluginRegistry
     ) -> None:
         self._jobs = jobs
         self._status = status
-        self._events = events
+        self._feed = feed
         self._plugins = plugins
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
@@ -138,5 +138,5 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
             if request.HasField("after_sequence") and request.after_sequence < 0:
                 check.fail("after_sequence", "must not be negative")
         after = request.after_sequence if request.HasField("after_sequence") else None
-        async for item in self._events.watch(principal_of(context), request.job_id, after):
+        async for item in self._feed.watch(principal_of(context), request.job_id, after):
             yield convert.watch_job_item_to_proto(item)

@@ -84,7 +84,8 @@ class Executor:
         """``new_run`` builds the run of a claimed job; ``redis`` carries the control channel."""
         self._runs = runs
         self._checkpoints = checkpoints
-        self._writer = writer
+        self.writer = writer
+        """The group-commit writer (its counters serve benchmarks)."""
         self._changes = changes
         self._redis = redis
         self._clock = clock
@@ -103,7 +104,7 @@ class Executor:
     async def start(self) -> None:
         """Start the writer, the control subscription and the claim loop (which resumes this
         process's running and sleeping jobs at once)."""
-        self._writer.start()
+        self.writer.start()
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
         self._loops = [
@@ -127,7 +128,7 @@ class Executor:
         held = list(self.runs)
         with contextlib.suppress(DomainError):
             await self._runs.release(self.runner_id, held)
-        await self._writer.stop()
+        await self.writer.stop()
         await self._checkpoints.close()
 
     # --- changes committed in this process (the change pipeline tells other replicas) ----

@@ -35,14 +35,14 @@ class LiveStatus:
         changes: ChangePipeline,
         jobs: JobRepository,
         ledger: LedgerRepository,
-        events: EventLogRepository,
+        event_log: EventLogRepository,
         clock: Clock,
     ) -> None:
         self._cache = cache
         self._changes = changes
         self._jobs = jobs
         self._ledger = ledger
-        self._events = events
+        self._event_log = event_log
         self._clock = clock
 
     async def snapshot(
@@ -97,7 +97,7 @@ class LiveStatus:
         if job is None:
             raise NotFound("job", job_id)
         spend = await self._ledger.spend_of(job, window_start(self._clock.now()))
-        latest = (await self._events.job_bounds(job_id)).last_sequence
+        latest = (await self._event_log.job_bounds(job_id)).last_sequence
         return self._assemble(
             job_id, JobSummary.of(job, spend), None, None, None, latest_event_sequence=latest
         )
