@@ -183,3 +183,44 @@ async def _put_to_sleep(app: Application, job_id: str, wake_at: datetime) -> Non
         await app.changes.committed(asleep)
     finally:
         await database.close()
+
+
+async def test_the_executor_runs_a_job_submitted_while_redis_is_down(
+    settings_for, database_url: str, tmp_path: Path
+) -> None:
+    """The runner is told in process: a job submitted as Redis stops is claimed at once (the
+    claim loop alone would wait a minute) and runs to its end; its keys are repaired later."""
+    engine = EmbeddedRedis(tmp_path / "redis")
+    redis_url = await engine.start()
+    settings = settings_for(
+        database_url=database_url,
+        redis_url=redis_url,
+        executor_enabled=True,
+        claim_interval_seconds=60.0,
+        rate_limit_per_second=0.0,
+    )
+    app = await Application.start(settings, clock=ManualClock(datetime.now(UTC)))
+    outage = Outage(engine)
+    app.changes.before_live = outage
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = agent_control_service_pb2_grpc.AgentControlServiceStub(channel)
+            request = submit_request(f"outage-{uuid.uuid4().hex[:8]}")
+            request.agent.config.update({"turns": [{"text": "done"}], "loop": False})
+            outage.armed = True
+            job = (await stub.SubmitJob(request, timeout=RPC_TIMEOUT)).job
+            assert outage.outages == 1
+
+            async def stored() -> job_pb2.Job:
+                return (await stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)).job
+
+            done = await eventually(stored, lambda j: j.status == job_pb2.JOB_STATUS_READY, within=20.0)
+            assert done.outcome == job_pb2.JOB_OUTCOME_COMPLETED
+            values = await _recovered(app, engine, job.job_id, lambda v: _summary_status(v) == "ready")
+            assert values["state"] == b"completed"
+            status = await _status(stub, job.job_id)
+            assert status.job_status == job_pb2.JOB_STATUS_READY
+            assert status.agent_state == job_pb2.AGENT_STATE_COMPLETED
+    finally:
+        await app.stop(grace_seconds=1.0)
+        await engine.stop()
