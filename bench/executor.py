@@ -91,7 +91,9 @@ async def drop_postgres_database(dsn: str, url: str) -> None:
         await connection.close()
 
 
-async def run(args: argparse.Namespace, *, max_batch: int | None = None) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, *, max_batch: int | None = None, metrics_listen: str = ""
+) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
     database_url, admin_dsn = "", ""
     if args.database:
@@ -107,6 +109,7 @@ async def run(args: argparse.Namespace, *, max_batch: int | None = None) -> dict
         max_running_jobs=args.jobs,
         max_tool_calls=10**9,
         claim_interval_seconds=0.5,
+        metrics_listen=metrics_listen,
     )
     app = await Application.start(settings)
     result: dict[str, Any] = {}

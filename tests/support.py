@@ -12,11 +12,21 @@ from typing import TypeVar
 
 from sqlalchemy.engine import make_url
 
+from cofounder.agent.v1 import job_pb2
+from tests.redis_cleanup import remember_jobs_in
+
 T = TypeVar("T")
 RPC_TIMEOUT = 10.0
 
 EXTERNAL_REDIS = os.environ.get("COFOUNDER_TEST_REDIS_URL", "")
 EXTERNAL_DATABASE = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
+
+
+def scripted_agent() -> job_pb2.AgentSpec:
+    """A valid agent spec: the scripted brain with a one-turn script."""
+    agent = job_pb2.AgentSpec(brain="scripted")
+    agent.config.update({"turns": [{"text": "done"}]})
+    return agent
 
 
 async def eventually(
@@ -53,6 +63,8 @@ async def throwaway_database(prefix: str) -> AsyncIterator[str]:
     try:
         yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
     finally:
+        if EXTERNAL_REDIS:
+            await remember_jobs_in(admin.set(database=name).render_as_string(hide_password=False))
         connection = await asyncpg.connect(dsn)
         try:
             await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

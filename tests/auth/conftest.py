@@ -28,7 +28,12 @@ async def auth_app(
 ) -> AsyncIterator[Application]:
     """A server that authenticates every call; rate limits off so tests can call freely."""
     application = await Application.start(
-        settings_for(database_url, auth_tokens_file=str(principals_path), rate_limit_per_second=0)
+        settings_for(
+            database_url,
+            auth_tokens_file=str(principals_path),
+            rate_limit_per_second=0,
+            service_rate_limit_per_second=0,
+        )
     )
     yield application
     await application.stop(grace_seconds=1.0)

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -130,12 +131,18 @@ def failure_of(error: grpc.aio.AioRpcError) -> Failure:
     )
 
 
+SCRIPTED: dict[str, Any] = {"brain": "scripted", "config": {"turns": [{"text": "done"}]}}
+"""A valid agent spec (as the client library takes it): a scripted brain with one turn."""
+
+
 def submit_request(project_id: str, request_id: str = "") -> pb.SubmitJobRequest:
     """A valid SubmitJob request."""
-    return pb.SubmitJobRequest(
+    request = pb.SubmitJobRequest(
         request_id=request_id,
         project_id=project_id,
         goal="Ship it",
         daily_budget_microdollars=1_000_000,
         agent=job_pb2.AgentSpec(brain="scripted"),
     )
+    request.agent.config.update(SCRIPTED["config"])
+    return request

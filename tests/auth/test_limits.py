@@ -18,8 +18,10 @@ from cofounder_client import Client, CofounderError
 from cofounder_server.api.context import principal_of
 from cofounder_server.api.handlers import service_handler
 from cofounder_server.app import AGENT_CONTROL, Application
+from cofounder_server.auth.limits import RateLimiter
 from cofounder_server.auth.security import Security
 from cofounder_server.config import Settings
+from cofounder_server.domain.errors import ResourceExhausted
 from tests.auth.support import (
     ALICE,
     BILLING,
@@ -170,7 +172,7 @@ async def open_stream(stub, caller, job_id: str = "wait"):
 
 async def test_open_streams_are_capped_per_principal_and_freed_when_they_end(test_server) -> None:
     server = await test_server(max_streams_per_principal=2)
-    open_streams = server.security.gate.stream_limiter.open_streams
+    open_streams = server.security.gate.limits.streams.open_streams
 
     first = await open_stream(server.stub, ALICE)
     await open_stream(server.stub, ALICE)
@@ -218,3 +220,166 @@ async def test_a_service_registered_without_a_gate_fails_closed(test_server) -> 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await server.stub.GetJob(pb.GetJobRequest(), metadata=ONCALL.metadata(), timeout=RPC_TIMEOUT)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
+
+
+async def test_a_service_has_an_overall_rate_however_many_users_it_names(limited) -> None:
+    app, monotonic = limited  # defaults for services: 200 requests per second, bursts of 200
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        jobs = pb_grpc.AgentControlServiceStub(channel)
+
+        async def list_for(user: str, caller=BILLING) -> None:
+            await jobs.ListJobs(pb.ListJobsRequest(), metadata=caller.metadata(user), timeout=RPC_TIMEOUT)
+
+        refused: list[int] = []
+        for n in range(300):
+            try:
+                await list_for(f"made-up-{n}")
+            except grpc.aio.AioRpcError as error:
+                refused.append(n)
+                failure = failure_of(error)
+        assert refused == list(range(200, 300))
+        assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert failure.reason == "RATE_LIMITED"
+        assert failure.quota_subjects == ("service:billing-backend",)
+        assert failure.retry_delay == pytest.approx(0.005)
+
+        # Users calling for themselves are not held to the service's budget.
+        await jobs.ListJobs(pb.ListJobsRequest(), metadata=ALICE.metadata(), timeout=RPC_TIMEOUT)
+        monotonic.advance(0.01)  # two tokens' worth: a float sum may fall a hair short of one
+        await list_for("made-up-300")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await list_for("made-up-301")
+
+
+async def test_a_service_has_an_overall_stream_cap(test_server) -> None:
+    server = await test_server(max_streams_per_principal=5, max_streams_per_service=2)
+    limits = server.security.gate.limits
+
+    async def watch_for(user: str):
+        call = server.stub.WatchJobEvents(
+            pb.WatchJobEventsRequest(job_id="wait"), metadata=BILLING.metadata(user)
+        )
+        await asyncio.wait_for(call.read(), RPC_TIMEOUT)
+        return call
+
+    first = await watch_for("u1")
+    await watch_for("u2")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await watch_for("u3")
+    refused = failure_of(caught.value)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+    assert refused.quota_subjects == ("service:billing-backend",)
+    # The refused stream holds no slot of its user.
+    assert limits.streams.open_streams("u3") == 0
+    assert limits.service_streams.open_streams("billing-backend") == 2
+
+    first.cancel()
+    await eventually(
+        lambda: asyncio.sleep(0, limits.service_streams.open_streams("billing-backend")), lambda n: n == 1
+    )
+    await watch_for("u3")
+    assert limits.streams.open_streams("u1") == 0
+
+
+def gate_for(tmp_path: Path, monotonic: FakeMonotonic, **settings: object):
+    principals = write_principals(tmp_path / "principals.toml", CALLERS)
+    return Security.from_settings(
+        Settings(auth_tokens_file=str(principals), **settings),  # type: ignore[arg-type]
+        monotonic,
+    ).gate
+
+
+def test_a_call_refused_for_its_user_spends_nothing_of_its_service(tmp_path: Path) -> None:
+    monotonic = FakeMonotonic()
+    gate = gate_for(
+        tmp_path,
+        monotonic,
+        rate_limit_per_second=1.0,
+        rate_limit_burst=1,
+        service_rate_limit_per_second=1.0,
+        service_rate_limit_burst=2,
+    )
+    gate.admit("m", BILLING.metadata("carol"), {})
+    for _ in range(5):  # carol's runaway dashboard
+        with pytest.raises(ResourceExhausted) as caught:
+            gate.admit("m", BILLING.metadata("carol"), {})
+        assert caught.value.subject == "principal:carol"
+    gate.admit("m", BILLING.metadata("dave"), {})  # the service's second token is still there
+    with pytest.raises(ResourceExhausted) as caught:
+        gate.admit("m", BILLING.metadata("erin"), {})
+    assert caught.value.subject == "service:billing-backend"
+
+
+def test_the_rate_table_stays_bounded_however_many_keys_are_invented() -> None:
+    monotonic = FakeMonotonic()
+    # Each key's one call takes a second to refill, so 1,000 keys a second fill the table.
+    limiter = RateLimiter(1.0, 1, monotonic, max_keys=1000)
+
+    admitted = 0
+    for n in range(100_000):
+        if limiter.acquire(f"invented-{n}") == 0.0:
+            admitted += 1
+        assert len(limiter) <= 1000
+        if n % 32 == 31:
+            monotonic.advance(1 / 64)  # 2,048 new keys a second: twice what fits
+    assert len(limiter) == 1000
+    # Refilled buckets made room for new keys all along; only the excess waited.
+    assert 48_000 <= admitted <= 50_000
+
+    # Once every bucket has refilled, the table empties as keys come and go.
+    monotonic.advance(1.0)
+    assert limiter.acquire("late") == 0.0
+    assert len(limiter) == 1
+
+
+def test_a_flood_of_invented_keys_cannot_reset_a_spent_bucket() -> None:
+    monotonic = FakeMonotonic()
+    limiter = RateLimiter(1.0, 10, monotonic, max_keys=100)
+    for _ in range(10):
+        assert limiter.acquire("alice") == 0.0
+    assert limiter.acquire("alice") == pytest.approx(1.0)
+
+    refused_new_keys = 0
+    for n in range(100_000):
+        if limiter.acquire(f"invented-{n}") > 0:
+            refused_new_keys += 1
+        if n % 10_000 == 9_999:
+            monotonic.advance(1 / 16)
+    assert len(limiter) <= 100
+    # 0.625 s later alice still waits for her own refill; her spent bucket was kept, not reset.
+    assert limiter.tracks("alice")
+    assert limiter.acquire("alice") == 0.375
+    # The table was full of buckets in use, so new keys waited rather than evicting one.
+    assert refused_new_keys == 100_000 - 99
+
+    monotonic.advance(0.375)
+    assert limiter.acquire("alice") == 0.0
+
+
+def test_a_service_inventing_users_keeps_the_gate_bounded_and_cannot_reset_a_user(tmp_path: Path) -> None:
+    monotonic = FakeMonotonic()
+    gate = gate_for(
+        tmp_path,
+        monotonic,
+        rate_limit_per_second=1.0,
+        rate_limit_burst=2,
+        service_rate_limit_per_second=0,  # only the table's cap is under test here
+        rate_limit_tracked_principals=50,
+    )
+    table = gate.limits.rate
+    for _ in range(2):
+        gate.admit("m", ALICE.metadata(), {})
+
+    refused = []
+    for n in range(5_000):  # 100,000 are invented in the limiter's own test; each admit here hashes a token
+        try:
+            gate.admit("m", BILLING.metadata(f"invented-{n}"), {})
+        except ResourceExhausted as error:
+            refused.append(error)
+        assert len(table) <= 50
+    assert len(refused) == 5_000 - 49
+    assert "holding the request rates of 50 principals" in refused[-1].message
+    assert refused[-1].retry_after_seconds == 2.0  # until alice's bucket has refilled
+    with pytest.raises(ResourceExhausted) as caught:
+        gate.admit("m", ALICE.metadata(), {})  # still spent, not reset
+    assert caught.value.subject == "principal:alice"

@@ -12,7 +12,7 @@ import trustme
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder_client import Client, CofounderError, TLSConfig
 from cofounder_server.app import Application
-from tests.auth.support import ALICE, CALLERS, write_principals
+from tests.auth.support import ALICE, CALLERS, SCRIPTED, write_principals
 from tests.support import RPC_TIMEOUT
 
 SERVER_NAME = "cofounder.test"
@@ -72,7 +72,7 @@ async def test_tls_serves_verified_clients_with_tokens(start_app, pem_files, ca)
 
     async with Client(target, tls=client_tls(ca), token=ALICE.token, timeout=RPC_TIMEOUT) as client:
         job = await client.submit_job(
-            project_id="tls", goal="over TLS", daily_budget_microdollars=1, agent={"brain": "scripted"}
+            project_id="tls", goal="over TLS", daily_budget_microdollars=1, agent=SCRIPTED
         )
     assert job.owner_id == "alice"
 
@@ -102,7 +102,7 @@ async def test_mutual_tls_maps_the_client_certificate_to_a_principal(start_app, 
         target, tls=client_tls(ca, reporting), on_behalf_of="erin", timeout=RPC_TIMEOUT
     ) as client:
         job = await client.submit_job(
-            project_id="mtls", goal="by certificate", daily_budget_microdollars=1, agent={"brain": "scripted"}
+            project_id="mtls", goal="by certificate", daily_budget_microdollars=1, agent=SCRIPTED
         )
     assert job.owner_id == "erin"
 

@@ -96,6 +96,7 @@ async def test_wake_agent_tops_up_today_once_and_the_agent_continues(
     assert retried.job_status in (job_pb2.JOB_STATUS_RUNNING, job_pb2.JOB_STATUS_READY)
     done = await finished(stub, job.job_id)
     assert done.status == job_pb2.JOB_STATUS_READY
+    assert done.daily_budget_microdollars == 5000  # the job's base budget: top-ups are per day
     # The summary key is published right after the SQL commit that GetJob already shows, so
     # GetJobStatus may lag by that moment; once it too shows the end, its figures are final.
     final = await eventually(

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cofounder_server.domain.model import AgentSpec
+from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
     Message,
     StopReason,
@@ -56,3 +57,33 @@ def register(registry: PluginRegistry) -> None:
 
 def register_failing(registry: PluginRegistry) -> None:
     raise RuntimeError("the plug-in's own start-up failed")
+
+
+class PrefixEchoFactory:
+    """A brain factory with the optional validation step: ``config`` must be ``{"prefix": str}``."""
+
+    def __call__(self, spec: AgentSpec) -> EchoBrain:
+        self.validate(spec)
+        return EchoBrain(spec.model or "echo")
+
+    def validate(self, spec: AgentSpec) -> None:
+        if set(spec.config) != {"prefix"}:
+            raise PluginConfigError("needs exactly the option 'prefix'", field="agent.config")
+        if not isinstance(spec.config["prefix"], str):
+            raise PluginConfigError("must be a string", field="agent.config.prefix")
+
+
+class BrokenValidatorFactory:
+    """A brain factory whose validation step has a bug."""
+
+    def __call__(self, spec: AgentSpec) -> EchoBrain:
+        return EchoBrain("echo")
+
+    def validate(self, spec: AgentSpec) -> None:
+        raise KeyError("plug-in bug")
+
+
+def register_validating(registry: PluginRegistry) -> None:
+    registry.register_brain("prefix-echo", PrefixEchoFactory())
+    registry.register_brain("broken-check", BrokenValidatorFactory())
+    registry.register_brain("echo", echo_brain)

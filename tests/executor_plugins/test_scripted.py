@@ -213,6 +213,24 @@ def test_bad_scripts_are_rejected_naming_the_field(config: dict[str, Any], field
 
     assert caught.value.field == field
     assert isinstance(caught.value, ValueError)
+    # The validation step SubmitJob runs finds the same field without building a brain.
+    with pytest.raises(PluginConfigError) as checked:
+        ScriptedBrainFactory("").validate(AgentSpec(brain="scripted", config=config))
+    assert checked.value.field == field
+
+
+def test_validation_checks_a_turns_file_by_name_and_reads_it_only_when_building(tmp_path: Path) -> None:
+    factory = ScriptedBrainFactory(str(tmp_path))
+    later = AgentSpec(brain="scripted", config={"turns_file": "written-later.json"})
+    factory.validate(later)  # not read: the file need not exist yet
+    with pytest.raises(PluginConfigError, match="cannot read"):
+        factory(later)
+    (tmp_path / "written-later.json").write_text(json.dumps(TWO_TURNS))
+    assert factory(later) is not None
+
+    for name in ("../outside.json", "/etc/passwd", "a/../../b.json"):
+        with pytest.raises(PluginConfigError, match="inside the scripted turns directory"):
+            factory.validate(AgentSpec(brain="scripted", config={"turns_file": name}))
 
 
 async def test_a_growing_conversation_is_counted_incrementally_and_any_other_one_afresh() -> None:

@@ -22,14 +22,14 @@ async def test_client_round_trip(client, project_id) -> None:
         project_id=project_id,
         goal="Write the docs",
         daily_budget_microdollars=2_000_000,
-        agent={"brain": "scripted", "config": {"turns": []}},
+        agent={"brain": "scripted", "config": {"turns": [{"text": "done"}]}},
         request_id="client-e2e-1",
     )
     again = await client.submit_job(
         project_id=project_id,
         goal="Write the docs",
         daily_budget_microdollars=2_000_000,
-        agent={"brain": "scripted", "config": {"turns": []}},
+        agent={"brain": "scripted", "config": {"turns": [{"text": "done"}]}},
         request_id="client-e2e-1",
     )
     assert again.job_id == job.job_id
@@ -72,6 +72,8 @@ async def test_cli_submits_and_reads_jobs(app, project_id, capsys) -> None:
             "1.5",
             "--brain",
             "scripted",
+            "--config-json",
+            '{"turns": [{"text": "done"}]}',
         ]
     )
     assert code == 0

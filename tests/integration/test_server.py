@@ -11,16 +11,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
-from cofounder.agent.v1 import agent_control_service_pb2_grpc, job_pb2
+from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.app import Application
 from cofounder_server.live.engine import EmbeddedRedis
-from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually, scripted_agent
 
 SERVICES = ("cofounder.agent.v1.AgentControlService", "cofounder.agent.v1.EscalationService")
 
@@ -44,6 +45,61 @@ async def test_reflection_lists_every_service(channel) -> None:
 
     names = {s.name for s in response.list_services_response.service}
     assert set(SERVICES) | {"grpc.health.v1.Health"} <= names
+
+
+REFLECTION_VERSIONS = ("grpc.reflection.v1", "grpc.reflection.v1alpha")
+
+
+async def reflect(channel, version: str, *requests: reflection_pb2.ServerReflectionRequest) -> list:
+    """Raw reflection requests to ``version``'s service; v1 is v1alpha's messages on the wire."""
+    method = channel.stream_stream(
+        f"/{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    call = method(iter(requests), timeout=RPC_TIMEOUT)
+    return [response async for response in call]
+
+
+def files_of(response) -> dict[str, descriptor_pb2.FileDescriptorProto]:
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    return {file.name: file for file in files}
+
+
+@pytest.mark.parametrize("version", REFLECTION_VERSIONS)
+async def test_reflection_v1_and_v1alpha_list_services_and_resolve_error_details(channel, version) -> None:
+    listed, bad_request, own = await reflect(
+        channel,
+        version,
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="google.rpc.BadRequest"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{version}.ServerReflection"),
+    )
+
+    names = {s.name for s in listed.list_services_response.service}
+    assert names == {
+        *SERVICES,
+        "grpc.health.v1.Health",
+        *(f"{v}.ServerReflection" for v in REFLECTION_VERSIONS),
+    }
+    error_details = files_of(bad_request)["google/rpc/error_details.proto"]
+    assert {"BadRequest", "ErrorInfo", "RetryInfo", "ResourceInfo", "QuotaFailure"} <= {
+        m.name for m in error_details.message_type
+    }
+    reflection_file = next(f for f in files_of(own).values() if f.package == version)
+    assert [s.name for s in reflection_file.service] == ["ServerReflection"]
+    assert reflection_file.service[0].method[0].input_type == f".{version}.ServerReflectionRequest"
+
+
+async def test_health_list_reports_every_service(channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    response = await health.List(health_pb2.HealthListRequest(), timeout=RPC_TIMEOUT)
+
+    statuses = {name: s.status for name, s in response.statuses.items()}
+    assert statuses == dict.fromkeys(("", *SERVICES), health_pb2.HealthCheckResponse.SERVING)
 
 
 async def test_a_second_server_cannot_take_the_same_port(app, settings_for) -> None:
@@ -150,7 +206,7 @@ async def test_redis_outage_is_not_serving_and_unavailable_then_recovers(
                         project_id="outage",
                         goal="survive",
                         daily_budget_microdollars=1,
-                        agent=job_pb2.AgentSpec(brain="scripted"),
+                        agent=scripted_agent(),
                     ),
                     timeout=RPC_TIMEOUT,
                 )
@@ -170,8 +226,10 @@ async def test_redis_outage_is_not_serving_and_unavailable_then_recovers(
             await engine.stop()
 
             await eventually(overall, lambda s: s == health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Watching needs Redis's pub/sub; GetJobStatus answers from SQL meanwhile.
+            watch = jobs.WatchJobEvents(pb.WatchJobEventsRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await jobs.GetJobStatus(pb.GetJobStatusRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+                await watch.read()
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             status = rpc_status.from_call(caught.value)
             assert status is not None

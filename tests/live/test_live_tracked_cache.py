@@ -120,6 +120,24 @@ async def test_a_write_by_another_client_invalidates(
     await eventually(reads(cache, key), lambda v: v == [None], within=2)
 
 
+async def test_holds_says_whether_a_read_would_be_answered_from_memory(
+    make_cache: MakeCache, client: Redis, prefix: str
+) -> None:
+    cache = await make_cache([prefix])
+    present, absent = f"{prefix}present", f"{prefix}absent"
+    await client.set(present, "1")
+    assert [cache.holds(present), cache.holds(absent)] == [False, False]
+
+    await cached_read(cache, present, absent)
+    assert [cache.holds(present), cache.holds(absent)] == [True, True]
+    hits = cache.stats.hits
+    await cache.get_many([present, absent])
+    assert cache.stats.hits == hits + 2  # as promised: no Redis read
+
+    cache.invalidate([present])
+    assert [cache.holds(present), cache.holds(absent)] == [False, True]
+
+
 async def test_an_absent_key_is_cached_until_it_is_created(
     make_cache: MakeCache, client: Redis, prefix: str
 ) -> None:

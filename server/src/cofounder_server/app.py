@@ -12,20 +12,24 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cofounder.agent.v1 import agent_control_service_pb2, escalation_service_pb2
-from cofounder_server.api import convert
+from cofounder_server.api import convert, reflection
 from cofounder_server.api.agent_control import AgentControlApi
 from cofounder_server.api.escalations import EscalationApi
 from cofounder_server.api.handlers import service_handler
 from cofounder_server.api.health import HealthMonitor, HealthServicer
 from cofounder_server.auth.limits import Monotonic
 from cofounder_server.auth.security import Security
+from cofounder_server.causes import describe_cause
 from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
+from cofounder_server.datadir import DataDirError, DataDirLock
+from cofounder_server.domain.errors import Unavailable
 from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
 from cofounder_server.executor.loop import AgentRun, LoopLimits
@@ -33,17 +37,22 @@ from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.service import Executor, runner_id_for
 from cofounder_server.executor.writer import IterationWriter
+from cofounder_server.listen import ListenError, check_can_listen
 from cofounder_server.live import keys
 from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.tracked_cache import TrackedCache
+from cofounder_server.observability.prometheus import ExecutorGauges
+from cofounder_server.observability.tracing import Tracer
+from cofounder_server.observability.wiring import Observability
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
 from cofounder_server.services.status import LiveStatus
 from cofounder_server.store.checkpoints import CheckpointStore
-from cofounder_server.store.database import Database, open_database
+from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.job_counts import count_jobs
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.migrate import upgrade_to_head
@@ -54,6 +63,15 @@ log = logging.getLogger(__name__)
 AGENT_CONTROL = agent_control_service_pb2.DESCRIPTOR.services_by_name["AgentControlService"]
 ESCALATIONS = escalation_service_pb2.DESCRIPTOR.services_by_name["EscalationService"]
 SERVICE_NAMES = (AGENT_CONTROL.full_name, ESCALATIONS.full_name)
+SERVED_METHODS = (
+    *(
+        f"/{service.full_name}/{method.name}"
+        for service in (AGENT_CONTROL, ESCALATIONS, health_pb2.DESCRIPTOR.services_by_name["Health"])
+        for method in service.methods
+    ),
+    *reflection.METHODS,
+)
+"""Every method this server serves: the values of the RPC metrics' ``method`` label."""
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -81,6 +99,41 @@ async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitS
     stack.push_async_callback(engine.stop)
     log.info("embedded Redis engine running on %s", redis_url)
     return redis_url
+
+
+async def _open_storage(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[str, Redis, str, Database]:
+    """Redis and the migrated database; ``SystemExit`` in one line when either is unreachable."""
+    # An unreachable external Redis is refused before the schema is migrated.
+    redis_url = settings.redis_url
+    redis = await _connect_redis(redis_url, stack) if redis_url else None
+    database_url = settings.effective_database_url
+    try:
+        await upgrade_to_head(database_url)
+    except Unavailable as error:
+        raise SystemExit(
+            f"cannot reach the database {_redacted(database_url)}: {describe_cause(error)}"
+        ) from error
+    database = await open_database(database_url)
+    stack.push_async_callback(database.close)
+    if redis is None:
+        redis_url = await _start_embedded_redis(settings, stack)
+        redis = await _connect_redis(redis_url, stack)
+    return redis_url, redis, database_url, database
+
+
+async def _connect_redis(url: str, stack: contextlib.AsyncExitStack) -> Redis:
+    try:
+        redis = create_client(url)
+    except ValueError as error:
+        raise SystemExit(f"invalid --redis-url: {error}") from error
+    stack.push_async_callback(redis.aclose)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as error:
+        raise SystemExit(f"cannot reach Redis at {_redacted(url)}: {describe_cause(error)}") from error
+    return redis
 
 
 def _redacted(url: str) -> str:
@@ -158,6 +211,8 @@ class Application:
     database_url: str
     health_monitor: HealthMonitor
     security: Security
+    database: Database
+    """The server's SQL engine (what its repositories write through)."""
     _server: grpc.aio.Server
     _cleanup: contextlib.AsyncExitStack
     stopping: asyncio.Event
@@ -170,6 +225,8 @@ class Application:
     event_hub: EventHub
     executor: Executor | None
     """The agent executor (``None`` with ``executor_enabled`` false)."""
+    metrics_port: int | None = None
+    """The port ``/metrics`` is served on (``None``: metrics off)."""
 
     @classmethod
     async def start(
@@ -179,11 +236,13 @@ class Application:
         *,
         monotonic: Monotonic | None = None,
         plugins: PluginRegistry | None = None,
+        tracer: Tracer | None = None,
     ) -> Application:
         """Start Redis (embedded unless a URL is set), migrate SQL, serve gRPC, then run agents.
 
         ``monotonic`` times the per-principal rate limits (``time.monotonic`` by default);
-        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding).
+        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding);
+        ``tracer`` replaces the one ``--otlp-endpoint`` configures (tests, embedding).
         """
         clock = clock or SystemClock()
         # Security settings are checked before anything starts: a refusal has no side effects.
@@ -192,10 +251,27 @@ class Application:
             prices = PriceTable.parse(settings.price_table)
         except (OSError, ValueError) as error:
             raise SystemExit(f"invalid --price-table: {error}") from error
+        try:
+            async_url(settings.effective_database_url)
+        except (ArgumentError, ValueError) as error:
+            raise SystemExit(f"invalid --database-url: {error}") from error
+        # Nothing touches the data directory (Redis socket, SQLite file, runner id) before
+        # this process holds it.
+        try:
+            data_dir_lock = await asyncio.to_thread(DataDirLock.acquire, settings.data_dir)
+        except DataDirError as error:
+            raise SystemExit(str(error)) from error
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
+        stack.callback(data_dir_lock.release)
         try:
-            return await cls._build(settings, clock, security, stack, prices=prices, registry=plugins)
+            await asyncio.to_thread(check_can_listen, settings.listen)
+            return await cls._build(
+                settings, clock, security, stack, prices=prices, registry=plugins, tracer=tracer
+            )
+        except ListenError as error:
+            await stack.aclose()
+            raise SystemExit(str(error)) from error
         except BaseException:
             await stack.aclose()
             raise
@@ -210,19 +286,19 @@ class Application:
         *,
         prices: PriceTable,
         registry: PluginRegistry | None,
+        tracer: Tracer | None = None,
     ) -> Application:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        observed = Observability.build(
+            stack,
+            metrics=bool(settings.metrics_listen),
+            otlp_endpoint=settings.otlp_endpoint,
+            methods=SERVED_METHODS,
+            tracer=tracer,
+        )
         if registry is None:
             registry = PluginRegistry.default(settings)
             stack.push_async_callback(registry.aclose)
-        redis_url = settings.redis_url or await _start_embedded_redis(settings, stack)
-        database_url = settings.effective_database_url
-        await upgrade_to_head(database_url)
-        database = await open_database(database_url)
-        stack.push_async_callback(database.close)
-
-        redis = create_client(redis_url)
-        stack.push_async_callback(redis.aclose)
+        redis_url, redis, database_url, database = await _open_storage(settings, stack)
         cache = TrackedCache(
             redis_url,
             [keys.AGENT_KEY_PREFIX, keys.JOB_KEY_PREFIX],
@@ -239,7 +315,13 @@ class Application:
         )
         stack.push_async_callback(changes.stop)
         status = LiveStatus(
-            cache=cache, changes=changes, jobs=jobs, ledger=ledger, event_log=event_log, clock=clock
+            redis=redis,
+            cache=cache,
+            changes=changes,
+            jobs=jobs,
+            ledger=ledger,
+            event_log=event_log,
+            clock=clock,
         )
         stopping = asyncio.Event()
         hub = EventHub(
@@ -257,7 +339,7 @@ class Application:
         )
         job_service = JobService(jobs, RunRepository(database, event_log), changes, clock)
 
-        server = grpc.aio.server(options=_server_options(settings))
+        server = grpc.aio.server(options=_server_options(settings), interceptors=[observed.observer])
         server.add_generic_rpc_handlers(
             (
                 service_handler(
@@ -269,14 +351,13 @@ class Application:
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
-        probes: dict[str, Callable[[], Awaitable[object]]] = {"redis": redis.ping, "sql": database.ping}
+        probes: dict[str, Callable[[], Awaitable[object]]] = {
+            "redis": redis.ping,
+            "sql": database.ping,
+            "sql writes": database.check_writes,
+        }
         monitor = HealthMonitor(
             health_servicer, SERVICE_NAMES, probes, settings.health_check_interval_seconds
         )
@@ -304,6 +385,12 @@ class Application:
                 prices=prices,
                 registry=registry,
             )
+        await observed.serve_metrics(
+            settings.metrics_listen,
+            stack,
+            count_jobs=lambda: count_jobs(database, clock.now()),
+            executor=lambda: None if executor is None else ExecutorGauges(executor.awake, executor.parked),
+        )
         log.info(
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
             settings.listen,
@@ -320,6 +407,7 @@ class Application:
             database_url=database_url,
             health_monitor=monitor,
             security=security,
+            database=database,
             _server=server,
             _cleanup=stack,
             stopping=stopping,
@@ -328,6 +416,7 @@ class Application:
             escalation_feed=escalation_feed,
             event_hub=hub,
             executor=executor,
+            metrics_port=observed.metrics_port,
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:

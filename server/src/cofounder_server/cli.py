@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
 from cofounder_server.app import Application
 from cofounder_server.auth.tokens import hash_token
 from cofounder_server.config import Settings, load_settings
+from cofounder_server.observability import logs
 
 HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
 
@@ -53,18 +54,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["hash-token"]:
         return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
     settings = load_settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        logs.configure(settings.log_level, settings.log_format, sys.stderr)
+    except ValueError as error:
+        raise SystemExit(f"invalid --log-level or --log-format: {error}") from error
     try:
         import uvloop
     except ImportError:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    runner(serve(settings))
+    try:
+        runner(serve(settings))
+    except SystemExit as refusal:
+        # A refusal (bad configuration, data directory in use, ...) is its one-line message.
+        if settings.debug:
+            traceback.print_exception(refusal)
+        raise
+    except Exception as error:
+        if settings.debug:
+            traceback.print_exception(error)
+        message = " ".join(str(error).split())
+        print(
+            f"cofounder-server: {type(error).__name__}: {message}"
+            + ("" if settings.debug else " (--debug prints the traceback)"),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -32,12 +32,42 @@ class Settings:
         default="",
         metadata={"help": "SQLAlchemy URL (sqlite / postgresql); empty uses DATA_DIR/cofounder.db"},
     )
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_level: str = field(
+        default="INFO",
+        metadata={
+            "help": "DEBUG, INFO, WARNING or ERROR, or per logger: cofounder_server.executor=debug,root=info"
+        },
+    )
+    log_format: str = field(
+        default="auto",
+        metadata={"help": "auto (JSON lines unless stderr is a terminal), json or text"},
+    )
+    metrics_listen: str = field(
+        default="",
+        metadata={"help": "HOST:PORT to serve Prometheus metrics on (/metrics); empty: metrics off"},
+    )
+    otlp_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317; needs the "
+            "otel extra); empty: tracing off"
+        },
+    )
+    debug: bool = field(
+        default=False,
+        metadata={
+            "help": "print the traceback of an error that stops the server (without it: one line on stderr)"
+        },
+    )
     shutdown_grace_seconds: float = field(
         default=10.0, metadata={"help": "how long in-flight calls may finish on SIGTERM"}
     )
     health_check_interval_seconds: float = field(
-        default=2.0, metadata={"help": "how often Redis and SQL are probed for the health service"}
+        default=2.0,
+        metadata={
+            "help": "how often Redis and SQL are probed (and, while SQL writes fail, a write is tried) "
+            "for the health service"
+        },
     )
     max_message_bytes: int = field(
         default=1024 * 1024, metadata={"help": "largest request message accepted, in bytes"}
@@ -71,6 +101,26 @@ class Settings:
     rate_limit_burst: int = field(default=100, metadata={"help": "requests a principal may send at once"})
     max_streams_per_principal: int = field(
         default=50, metadata={"help": "open server streams per principal; 0 disables"}
+    )
+    service_rate_limit_per_second: float = field(
+        default=200.0,
+        metadata={
+            "help": "requests per second of one service across all the users it acts for (token "
+            "bucket); 0 disables"
+        },
+    )
+    service_rate_limit_burst: int = field(
+        default=200, metadata={"help": "requests a service may send at once across its users"}
+    )
+    max_streams_per_service: int = field(
+        default=1000, metadata={"help": "open server streams of one service across its users; 0 disables"}
+    )
+    rate_limit_tracked_principals: int = field(
+        default=100_000,
+        metadata={
+            "help": "request rates held in memory at most; past it, principals not seen within the "
+            "last burst/rate seconds wait (RATE_LIMITED) until a held rate has refilled"
+        },
     )
     heartbeat_interval_seconds: float = field(
         default=15.0, metadata={"help": "an idle watch stream sends a heartbeat after this long"}

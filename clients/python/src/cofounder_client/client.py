@@ -104,7 +104,7 @@ class Client:
         async with Client("localhost:50051", token="...") as client:
             job = await client.submit_job(
                 project_id="demo", goal="Write a haiku", daily_budget_microdollars=5_000_000,
-                agent={"brain": "scripted"},
+                agent={"brain": "scripted", "config": {"turns": [{"text": "done"}]}},
             )
 
     The channel is opened on first use, inside the running event loop, so a client may be

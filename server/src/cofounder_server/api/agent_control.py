@@ -20,8 +20,8 @@ from cofounder_server.api.validation import (
     PROJECT_ID_RE,
     Validator,
 )
-from cofounder_server.domain.errors import FieldViolation, InvalidArgument
-from cofounder_server.domain.model import JobFilter, NewJob
+from cofounder_server.domain.model import AgentSpec, JobFilter, NewJob
+from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
@@ -62,11 +62,10 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
                 check.text("agent.model", request.agent.model, MAX_MODEL_CHARS, required=False)
                 check.struct("agent.config", request.agent.config)
             check.labels("labels", request.labels)
-        if not self._plugins.has_brain(request.agent.brain):
-            # A job whose brain this server cannot build would only fail in the executor.
-            known = ", ".join(self._plugins.brain_names())
-            raise InvalidArgument([FieldViolation("agent.brain", f"unknown brain; this server has: {known}")])
+        # Then the brain checks its config, which the checks above made safe to convert.
         agent = convert.agent_spec_from_proto(request.agent)
+        with Validator() as check:
+            self._check_agent(check, agent)
         principal = principal_of(context)
         new = NewJob(
             owner_id=principal.principal_id,
@@ -78,6 +77,14 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
         )
         job = await self._jobs.submit(principal, new, request.request_id or None)
         return pb.SubmitJobResponse(job=convert.job_to_proto(job))
+
+    def _check_agent(self, check: Validator, agent: AgentSpec) -> None:
+        """The brain must exist and accept its config now: a job it cannot build would only
+        fail later in the executor, far from the client that sent the bad config."""
+        try:
+            self._plugins.validate(agent)
+        except PluginConfigError as error:
+            check.fail(error.field, error.reason)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
         with Validator() as check:
@@ -125,7 +132,7 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
         principal = principal_of(context)
         await self._jobs.wake(principal, request.job_id, request.request_id, request.top_up_microdollars)
         # The wake is committed: a Redis outage must not turn it into an error.
-        snapshot = await self._status.snapshot(principal, request.job_id, sql_when_redis_is_down=True)
+        snapshot = await self._status.snapshot(principal, request.job_id)
         return pb.WakeAgentResponse(status=convert.snapshot_to_proto(snapshot))
 
     # Batches of events go out pre-serialised (bytes), which the generated servicer's

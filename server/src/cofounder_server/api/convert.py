@@ -139,6 +139,7 @@ def snapshot_to_proto(snapshot: JobStatusSnapshot) -> job_pb2.JobStatusSnapshot:
         outcome=(
             JOB_OUTCOME_TO_PROTO[snapshot.outcome] if snapshot.outcome else job_pb2.JOB_OUTCOME_UNSPECIFIED
         ),
+        live_state_unavailable=snapshot.live_state_unavailable,
     )
     if snapshot.wake_at is not None:
         message.wake_time.CopyFrom(timestamp(snapshot.wake_at))

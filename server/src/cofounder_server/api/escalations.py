@@ -21,7 +21,11 @@ _ARRIVES_WITH = "escalation handling"
 
 
 class EscalationApi(pb_grpc.EscalationServiceServicer):
-    """The EscalationService RPCs; all but WatchEscalations answer UNIMPLEMENTED for now."""
+    """The EscalationService RPCs; all but WatchEscalations answer UNIMPLEMENTED for now.
+
+    Their identifiers are still checked first: a malformed request is INVALID_ARGUMENT
+    whatever the RPC does with it.
+    """
 
     def __init__(self, feed: EscalationFeed) -> None:
         self._feed = feed
@@ -29,16 +33,24 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
     async def GetEscalation(
         self, request: pb.GetEscalationRequest, context: Context
     ) -> pb.GetEscalationResponse:
+        with Validator() as check:
+            check.uuid("escalation_id", request.escalation_id)
         await abort_unimplemented(context, "GetEscalation", _ARRIVES_WITH)
 
     async def ListEscalations(
         self, request: pb.ListEscalationsRequest, context: Context
     ) -> pb.ListEscalationsResponse:
+        with Validator() as check:
+            if request.job_id:
+                check.uuid("job_id", request.job_id)
         await abort_unimplemented(context, "ListEscalations", _ARRIVES_WITH)
 
     async def ResolveEscalation(
         self, request: pb.ResolveEscalationRequest, context: Context
     ) -> pb.ResolveEscalationResponse:
+        with Validator() as check:
+            check.uuid("escalation_id", request.escalation_id)
+            check.request_id("request_id", request.request_id)
         await abort_unimplemented(context, "ResolveEscalation", _ARRIVES_WITH)
 
     # Batches of events go out pre-serialised (bytes), which the generated servicer's

@@ -11,12 +11,14 @@ from google.protobuf import struct_pb2
 
 from cofounder_server.domain.errors import FieldViolation, InvalidArgument
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-BRAIN_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-LABEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Identifiers are matched whole (fullmatch, and \A...\Z for any other use): "$" also matches
+# before a final newline, which would let "<id>\n" through.
+UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+PROJECT_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
+BRAIN_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
+LABEL_KEY_RE = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
 # Visible ASCII only: request ids end up in logs and in unique indexes.
-REQUEST_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+REQUEST_ID_RE = re.compile(r"\A[\x21-\x7e]{1,128}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 MAX_GOAL_CHARS = 10_000
@@ -54,19 +56,19 @@ class Validator:
         """A required canonical lower-case UUID."""
         if not value:
             self.fail(field, "is required")
-        elif not UUID_RE.match(value):
+        elif not UUID_RE.fullmatch(value):
             self.fail(field, "must be a canonical lower-case UUID")
 
     def request_id(self, field: str, value: str) -> None:
         """An optional idempotency key."""
-        if value and not REQUEST_ID_RE.match(value):
+        if value and not REQUEST_ID_RE.fullmatch(value):
             self.fail(field, "must be 1 to 128 visible ASCII characters")
 
     def pattern(self, field: str, value: str, pattern: re.Pattern[str], description: str) -> None:
         """A required string matching ``pattern``."""
         if not value:
             self.fail(field, "is required")
-        elif not pattern.match(value):
+        elif not pattern.fullmatch(value):
             self.fail(field, description)
 
     def text(self, field: str, value: str, max_chars: int, *, required: bool) -> None:
@@ -95,7 +97,7 @@ class Validator:
             self.fail(field, f"must have at most {MAX_LABELS} entries")
             return
         for key, value in sorted(labels.items()):
-            if not LABEL_KEY_RE.match(key):
+            if not LABEL_KEY_RE.fullmatch(key):
                 self.fail(f"{field}[{key!r}]", "key must be 1 to 63 characters of [a-z0-9_-]")
             else:
                 self.text(f"{field}[{key!r}]", value, MAX_LABEL_VALUE_CHARS, required=False)

@@ -81,9 +81,11 @@ class CredentialAuthenticator:
         if len(authorization) > 1:
             raise Unauthenticated("AUTHORIZATION_MALFORMED", "send at most one authorization header")
         if authorization:
-            scheme, _, token = authorization[0].strip().partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not TOKEN_RE.match(token):
+            # Only spaces and tabs may surround the parts (HTTP's optional whitespace); a
+            # token followed by a newline, NUL or line separator is malformed, not trimmed.
+            scheme, _, token = authorization[0].strip(" \t").partition(" ")
+            token = token.lstrip(" ")
+            if scheme.lower() != "bearer" or not TOKEN_RE.fullmatch(token):
                 raise Unauthenticated(
                     "AUTHORIZATION_MALFORMED", "the authorization header must be 'Bearer <token>'"
                 )
@@ -121,7 +123,7 @@ class CredentialAuthenticator:
         if len(on_behalf_of) > 1:
             raise InvalidArgument([FieldViolation(field, "must be sent once")])
         user_id = on_behalf_of[0]
-        if not PRINCIPAL_ID_RE.match(user_id):
+        if not PRINCIPAL_ID_RE.fullmatch(user_id):
             raise InvalidArgument([FieldViolation(field, PRINCIPAL_ID_RULE)])
         if credentials.roles.get(user_id, Role.USER) is not Role.USER:
             # Acting "for" a configured service or operator would borrow its objects.

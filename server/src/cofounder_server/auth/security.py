@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 
 from cofounder_server.auth.authenticator import Authenticator, CredentialAuthenticator, LocalAuthenticator
-from cofounder_server.auth.gate import CallGate
+from cofounder_server.auth.gate import CallGate, Limits
 from cofounder_server.auth.limits import Monotonic, RateLimiter, StreamLimiter
 from cofounder_server.auth.tls import TLSConfigError, server_credentials
 from cofounder_server.auth.tokens import CredentialStore, PrincipalsFileError
@@ -38,6 +38,35 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # any other host name may resolve to anything
         return False
+
+
+def _limits(settings: Settings, monotonic: Monotonic) -> Limits:
+    """The limiters the settings ask for (a zero rate or cap switches one off)."""
+    for name in (
+        "rate_limit_per_second",
+        "max_streams_per_principal",
+        "service_rate_limit_per_second",
+        "max_streams_per_service",
+    ):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    if settings.rate_limit_tracked_principals < 1:
+        raise ValueError("--rate-limit-tracked-principals must be at least 1")
+
+    def rate(per_second: float, burst: int) -> RateLimiter | None:
+        if not per_second:
+            return None
+        return RateLimiter(per_second, burst, monotonic, max_keys=settings.rate_limit_tracked_principals)
+
+    def streams(cap: int) -> StreamLimiter | None:
+        return StreamLimiter(cap) if cap else None
+
+    return Limits(
+        rate=rate(settings.rate_limit_per_second, settings.rate_limit_burst),
+        streams=streams(settings.max_streams_per_principal),
+        service_rate=rate(settings.service_rate_limit_per_second, settings.service_rate_limit_burst),
+        service_streams=streams(settings.max_streams_per_service),
+    )
 
 
 @dataclass
@@ -93,18 +122,8 @@ class Security:
             authenticator = CredentialAuthenticator(
                 store, trust_client_certificates=bool(settings.tls_client_ca_file)
             )
-        if settings.rate_limit_per_second < 0 or settings.max_streams_per_principal < 0:
-            raise ValueError("--rate-limit-per-second and --max-streams-per-principal must not be negative")
-        rate_limiter = (
-            RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, monotonic)
-            if settings.rate_limit_per_second
-            else None
-        )
-        stream_limiter = (
-            StreamLimiter(settings.max_streams_per_principal) if settings.max_streams_per_principal else None
-        )
         return cls(
-            gate=CallGate(authenticator, rate_limiter, stream_limiter),
+            gate=CallGate(authenticator, _limits(settings, monotonic)),
             credentials=store,
             transport=transport,
         )

@@ -9,6 +9,10 @@ never tokens, so a leaked copy of the file (or of a backup) lets nobody call the
     principal = "billing-backend"
     role = "service"          # user | service | operator
 
+    # A service names the user of each call; the call counts against that user's limits
+    # and against the service's own limits across all its users
+    # (--service-rate-limit-per-second, --service-rate-limit-burst, --max-streams-per-service).
+
     # With --tls-client-ca-file: a verified client certificate whose subject CN is
     # `common_name` calls as `principal`.
     [[certificates]]
@@ -42,10 +46,10 @@ log = logging.getLogger(__name__)
 MIN_TOKEN_CHARS = 32
 """Shortest token ``hash-token`` accepts (32 URL-safe characters carry 192 bits)."""
 
-TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
+TOKEN_RE = re.compile(r"\A[A-Za-z0-9._~+/-]+=*\Z")
 """RFC 6750 ``b64token``: what may follow ``Bearer`` in an authorization header."""
 
-_SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256_HEX_RE = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 _ENTRY_KEYS = {
     "tokens": ("sha256", "principal", "role"),
     "certificates": ("common_name", "principal", "role"),
@@ -98,7 +102,7 @@ def hash_token(token: str) -> str:
     Raises ``ValueError`` for tokens that are too short to be secret or that cannot travel
     in an ``authorization: Bearer`` header.
     """
-    if not TOKEN_RE.match(token):
+    if not TOKEN_RE.fullmatch(token):
         raise ValueError("a token may contain only A-Z a-z 0-9 . _ ~ + / - (and trailing =)")
     if len(token) < MIN_TOKEN_CHARS:
         raise ValueError(
@@ -164,11 +168,11 @@ def _identity(where: str, entry: Any, keys: tuple[str, ...]) -> Identity:
     if not all(isinstance(entry[key], str) for key in keys):
         raise PrincipalsFileError(f"{where}: every value must be a string")
     # Name the field, never echo its value: someone may have pasted a token by mistake.
-    if "sha256" in entry and not _SHA256_HEX_RE.match(entry["sha256"]):
+    if "sha256" in entry and not _SHA256_HEX_RE.fullmatch(entry["sha256"]):
         raise PrincipalsFileError(f"{where}: sha256 must be 64 hex digits (cofounder-server hash-token)")
     if "common_name" in entry and not entry["common_name"].strip():
         raise PrincipalsFileError(f"{where}: common_name must not be empty")
-    if not PRINCIPAL_ID_RE.match(entry["principal"]):
+    if not PRINCIPAL_ID_RE.fullmatch(entry["principal"]):
         raise PrincipalsFileError(f"{where}: principal {PRINCIPAL_ID_RULE}")
     try:
         role = Role(entry["role"])

@@ -109,3 +109,5 @@ class JobStatusSnapshot:
     pending_escalation_ids: tuple[str, ...]
     latest_event_sequence: int
     outcome: JobOutcome | None
+    live_state_unavailable: bool = False
+    """Redis could not be read: the view is the durable record's alone."""

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,6 +14,11 @@ from cofounder_server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_TOKEN_CHARS = 1024
+
+# The alphabet of encode_page_token, matched whole: the base64 decoder skips characters
+# outside it, so "<token>\n" or "<token> " would otherwise decode as the token itself.
+_PAGE_TOKEN_RE = re.compile(r"\A[A-Za-z0-9_-]+\Z")
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ def decode_page_token(token: str, fingerprint: str) -> Cursor | None:
     invalid = InvalidArgument(
         [FieldViolation("page_token", "not a token from a previous call with these filters")]
     )
-    if len(token) > 1024:
+    if len(token) > MAX_PAGE_TOKEN_CHARS or not _PAGE_TOKEN_RE.fullmatch(token):
         raise invalid
     try:
         padded = token + "=" * (-len(token) % 4)

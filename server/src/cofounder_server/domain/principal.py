@@ -8,8 +8,10 @@ from enum import StrEnum
 
 from cofounder_server.domain.errors import PermissionDenied
 
-PRINCIPAL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
-"""Principal and end-user ids: 1 to 128 characters, safe in logs, SQL keys and metadata."""
+PRINCIPAL_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}\Z")
+"""Principal and end-user ids: 1 to 128 characters, safe in logs, SQL keys and metadata.
+
+Matched whole (``\\Z``, not ``$``, which also matches before a final newline)."""
 
 PRINCIPAL_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._@:+-], starting with a letter or digit"
 

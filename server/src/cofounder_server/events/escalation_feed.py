@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.events import Escalation, EscalationEvent, EscalationEventKind
@@ -92,6 +93,7 @@ class EscalationFeed:
         escalation's job does not exist, ``Unavailable`` when SQL cannot be reached.
         """
         event = await self._log.append_escalation_event(kind, escalation, now=self._clock.now())
+        observability.metrics.events_appended.inc()
         try:
             with unavailable_on_error("publish escalation event"):
                 await self._redis.publish(keys.ESCALATION_EVENTS_CHANNEL, pack((_wire(event, self._encode),)))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cofounder_server import jsontext
+from cofounder_server import jsontext, observability
 from cofounder_server.clock import Clock, next_utc_midnight
 from cofounder_server.domain import budget
 from cofounder_server.domain.changes import Change, Spend
@@ -57,6 +57,7 @@ from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
+from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.events import EventLogRepository
@@ -179,6 +180,7 @@ class AgentRun:
     # --- the run ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        logs.job_id.set(self.job_id)
         checkpoint = await self._checkpoints.checkpoint(self.job_id)
         if checkpoint is None:
             messages = [Message(role="user", text=self.job.goal)]
@@ -227,14 +229,19 @@ class AgentRun:
                     [],
                 )
                 return
+            span = observability.tracing.iteration(self.job_id, state.iteration + 1)
             turn = await self._think(brain, messages, specs, state)
             if turn is None:
+                span.end()
                 return
             now = self._clock.now()
             if budget.window_start(now) != window:  # midnight passed while thinking
                 window = budget.window_start(now)
                 spent, limit = await self._budget(window)
             cost = self._prices.cost(turn.usage)
+            observability.metrics.model_call(
+                turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens, cost
+            )
             spent += cost
             state.iteration += 1
             pct = budget.percent(spent, limit)
@@ -280,6 +287,7 @@ class AgentRun:
                 spend=Spend(spent, limit),
                 now=now,
             )
+            span.end()
             saved = len(messages)
             self.iteration = state.iteration
             if outcome is not None:
@@ -320,7 +328,8 @@ class AgentRun:
         while True:
             attempt += 1
             try:
-                return await brain.think(messages, specs)
+                with observability.tracing.model_call(self.job_id):
+                    return await brain.think(messages, specs)
             except BrainError as error:
                 if not error.retryable or attempt >= self._limits.brain_retries:
                     detail = f"the brain failed ({error.signature}): {error}"

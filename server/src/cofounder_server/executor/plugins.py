@@ -19,20 +19,6 @@ from typing import Any, Literal, Protocol
 from cofounder_server.domain.model import AgentSpec
 
 
-class PluginConfigError(ValueError):
-    """A job's agent spec cannot be turned into a brain: unknown brain or bad config.
-
-    ``field`` names the offending field as a path from the job, e.g. ``agent.brain`` or
-    ``agent.config.turns[2].usage.input_tokens``, so SubmitJob can report it as an
-    ``INVALID_ARGUMENT`` field violation and the executor as a failed job's detail.
-    """
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
-
-
 @dataclass(frozen=True)
 class ToolCall:
     """The agent asks to run tool ``name`` with ``input``; ``call_id`` pairs it with its result."""
@@ -183,7 +169,30 @@ class Tool(Protocol):
 
 
 BrainFactory = Callable[[AgentSpec], Brain]
-"""Builds a brain for a job from its agent spec (model and brain-specific config)."""
+"""Builds a brain for a job from its agent spec (model and brain-specific config).
+
+A factory may also offer the optional validation step of :class:`ValidatingBrainFactory`;
+without it a bad config is found only when the job runs (the job then fails).
+"""
+
+
+class ValidatingBrainFactory(Protocol):
+    """A brain factory that can check an agent spec at ``SubmitJob``, before any job exists."""
+
+    def __call__(self, spec: AgentSpec) -> Brain:
+        """Build the brain for a job (see :data:`BrainFactory`)."""
+        ...
+
+    def validate(self, spec: AgentSpec) -> None:
+        """Raise ``PluginConfigError`` naming the first bad field if ``spec`` cannot run.
+
+        Runs on the server's event loop for every ``SubmitJob`` naming this brain: it must
+        not do I/O (no files, network or SDK clients) and should take microseconds. Check
+        what the spec itself says; what depends on the environment (credentials, files a
+        config names) is checked when the brain is built.
+        """
+        ...
+
 
 ToolFactory = Callable[[], Tool]
 """Builds a tool instance."""

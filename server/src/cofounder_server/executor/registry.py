@@ -10,6 +10,10 @@ Third parties extend the server without editing it, in either of two ways:
   ``register(registry)`` that calls :meth:`PluginRegistry.register_brain` /
   :meth:`PluginRegistry.register_tool`.
 
+``SubmitJob`` checks a job's agent spec with :meth:`PluginRegistry.validate`: the brain must
+be registered, and a factory with a ``validate`` step (see
+:class:`~cofounder_server.executor.plugins.ValidatingBrainFactory`) checks the config.
+
 Failure policy at start-up: an import path the operator configured explicitly must load,
 or the server refuses to start (:class:`PluginLoadError`) - a typo there would otherwise
 only surface as failed jobs much later. An entry point is ambient (any installed package
@@ -28,14 +32,8 @@ from typing import TYPE_CHECKING
 from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory
 from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
-from cofounder_server.executor.plugins import (
-    Brain,
-    BrainFactory,
-    PluginConfigError,
-    Tool,
-    ToolFactory,
-    ToolSpec,
-)
+from cofounder_server.executor.plugin_errors import PluginConfigError, UnknownBrainError
+from cofounder_server.executor.plugins import Brain, BrainFactory, Tool, ToolFactory, ToolSpec
 from cofounder_server.executor.tools.narrate import NarrateTool
 
 if TYPE_CHECKING:
@@ -45,10 +43,6 @@ _log = logging.getLogger(__name__)
 
 BRAIN_ENTRY_POINT_GROUP = "cofounder.brains"
 TOOL_ENTRY_POINT_GROUP = "cofounder.tools"
-
-
-class UnknownBrainError(PluginConfigError):
-    """No brain is registered under the requested name."""
 
 
 class PluginLoadError(RuntimeError):
@@ -133,12 +127,34 @@ class PluginRegistry:
                 _log.exception("a plug-in failed to clean up")
 
     def has_brain(self, name: str) -> bool:
-        """Whether a brain called ``name`` is registered (for validating a job up front)."""
+        """Whether a brain called ``name`` is registered."""
         return name in self._brains
 
     def brain_names(self) -> list[str]:
         """The registered brain names, sorted."""
         return sorted(self._brains)
+
+    def validate(self, spec: AgentSpec) -> None:
+        """Check ``spec`` as ``SubmitJob`` does, without building a brain and without I/O.
+
+        Raises :class:`UnknownBrainError` for an unregistered brain and
+        :class:`PluginConfigError` when the brain's ``validate`` step rejects the spec. A
+        brain without that step (see :class:`ValidatingBrainFactory`) accepts any spec here.
+        """
+        factory = self._factory(spec.brain)
+        validate = getattr(factory, "validate", None)
+        if validate is None:
+            return
+        try:
+            validate(spec)
+        except PluginConfigError:
+            raise
+        except Exception as exc:
+            # A bug in the plug-in, not in the request; still refuse what nobody could check.
+            _log.exception("brain %r failed to validate an agent config", spec.brain)
+            raise PluginConfigError(
+                "the brain could not check this config; the server logged why", field="agent.config"
+            ) from exc
 
     def brain_for(self, spec: AgentSpec) -> Brain:
         """A new brain for a job.
@@ -146,13 +162,14 @@ class PluginRegistry:
         Raises :class:`UnknownBrainError` for an unregistered brain and
         :class:`PluginConfigError` when the brain rejects ``spec.config`` or ``spec.model``.
         """
-        factory = self._brains.get(spec.brain)
+        return self._factory(spec.brain)(spec)
+
+    def _factory(self, brain: str) -> BrainFactory:
+        factory = self._brains.get(brain)
         if factory is None:
             known = ", ".join(self.brain_names()) or "none"
-            raise UnknownBrainError(
-                f"unknown brain {spec.brain!r} (registered: {known})", field="agent.brain"
-            )
-        return factory(spec)
+            raise UnknownBrainError(f"unknown brain {brain!r} (registered: {known})", field="agent.brain")
+        return factory
 
     def tools(self) -> list[Tool]:
         """Every registered tool, sorted by name."""

@@ -29,12 +29,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import DomainError
 from cofounder_server.domain.model import Job
 from cofounder_server.executor.loop import AgentRun
 from cofounder_server.executor.writer import IterationWriter
 from cofounder_server.live import keys
+from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.runs import RunRepository
@@ -104,6 +106,7 @@ class Executor:
     async def start(self) -> None:
         """Start the writer, the control subscription and the claim loop (which resumes this
         process's running and sleeping jobs at once)."""
+        logs.runner_id.set(self.runner_id)
         self.writer.start()
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
@@ -183,6 +186,11 @@ class Executor:
         """Runs that are not sleeping (what ``max_running_jobs`` caps)."""
         return sum(1 for run in self.runs.values() if not run.sleeping)
 
+    @property
+    def parked(self) -> int:
+        """Runs that are sleeping: they wait for a wake and cost nothing meanwhile."""
+        return len(self.runs) - self.awake
+
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_renewal = 0.0
@@ -208,6 +216,7 @@ class Executor:
         for job_id in lost:
             run = self.runs.get(job_id)
             if run is not None:
+                observability.metrics.leases_lost.inc()
                 log.info("job %s is no longer ours (cancelled, finished or taken over): stopping", job_id)
                 run.stop()
 
@@ -232,6 +241,8 @@ class Executor:
             change = await self._runs.claim(job_id, self.runner_id, now=now, lease_until=now + self._lease)
             if change is None or change.job is None:
                 continue
+            instruments = observability.metrics
+            (instruments.lease_claims_queued if change.events else instruments.lease_claims_running).inc()
             # Also a claim without a change of the job (resumed here) rewrites its live keys.
             await self._changes.committed(change)
             self._start_run(change.job)

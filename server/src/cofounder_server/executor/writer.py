@@ -26,6 +26,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.events import JobEvent
@@ -149,6 +150,9 @@ class IterationWriter:
         self.sql_seconds += time.perf_counter() - started
         self.batches += 1
         self.iterations += len(batch)
+        observability.metrics.iterations.inc(len(batch))
+        observability.metrics.group_commit_size.observe(len(batch))
+        observability.metrics.group_commit_seconds.observe(time.perf_counter() - started)
         by_job: dict[str, list[JobEvent]] = {}
         for event in stored:
             by_job.setdefault(event.job_id, []).append(event)

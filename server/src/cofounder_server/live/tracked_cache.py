@@ -226,6 +226,11 @@ class TrackedCache:
                     results[index] = value
         return results
 
+    def holds(self, key: str) -> bool:
+        """Whether a read of ``key`` now would be answered from memory, without Redis."""
+        entry = self._entries.get(key) if self._coherent else None
+        return entry is not None and time.monotonic() < entry.deadline
+
     def invalidate(self, keys: Iterable[str]) -> None:
         """Forget ``keys`` now, after this process wrote them.
 

@@ -33,6 +33,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
 from cofounder_server.domain.changes import Change, RunnerNotice, Spend, visible_agent_state
@@ -119,11 +120,13 @@ class ChangePipeline:
         if changes:
             await self._fan_out(changes, [])
 
-    async def rebuild(self, job_id: str) -> tuple[Job, JobSummary, int]:
+    async def rebuild(self, job_id: str, job: Job | None = None) -> tuple[Job, JobSummary, int]:
         """Rewrite the job's live keys from SQL (versioned: a newer change's keys stay);
-        return the job, its summary and its newest event sequence. Raises ``NotFound`` and
-        ``Unavailable`` (SQL or Redis)."""
-        job = await self._jobs.get(job_id, owner_scope=None)
+        return the job, its summary and its newest event sequence. ``job``: the job as just
+        read from SQL, if the caller has it. Raises ``NotFound`` and ``Unavailable`` (SQL or
+        Redis)."""
+        if job is None:
+            job = await self._jobs.get(job_id, owner_scope=None)
         if job is None:
             raise NotFound("job", job_id)
         now = self._clock.now()
@@ -178,6 +181,7 @@ class ChangePipeline:
             runner.job_woken(job)
 
     async def _fan_out(self, changes: Sequence[Change], controls: list[tuple[str, str]]) -> None:
+        observability.metrics.events_appended.inc(sum(len(change.events) for change in changes))
         if self.before_live is not None:
             await self.before_live(changes)
         job_ids = {change.job_id for change in changes}

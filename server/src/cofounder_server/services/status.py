@@ -9,6 +9,10 @@ change and rebuilt from SQL when missing, so the hot path touches neither SQL no
 
 from __future__ import annotations
 
+import dataclasses
+
+from redis.asyncio import Redis
+
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
 from cofounder_server.domain.changes import LIVE_AGENT_STATES
@@ -16,6 +20,7 @@ from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import AgentState, JobStatusSnapshot
 from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
+from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.live.summary import JobSummary, decode_summary
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.live.versioned import decode
@@ -31,6 +36,7 @@ class LiveStatus:
     def __init__(
         self,
         *,
+        redis: Redis,
         cache: TrackedCache,
         changes: ChangePipeline,
         jobs: JobRepository,
@@ -38,6 +44,7 @@ class LiveStatus:
         event_log: EventLogRepository,
         clock: Clock,
     ) -> None:
+        self._redis = redis
         self._cache = cache
         self._changes = changes
         self._jobs = jobs
@@ -45,40 +52,52 @@ class LiveStatus:
         self._event_log = event_log
         self._clock = clock
 
-    async def snapshot(
-        self, principal: Principal, job_id: str, *, sql_when_redis_is_down: bool = False
-    ) -> JobStatusSnapshot:
+    async def snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
         """The job's live view, or NotFound when it is missing or not the caller's.
 
-        Raises ``Unavailable`` while Redis cannot be reached, unless ``sql_when_redis_is_down``:
-        then the view comes from SQL alone (without the agent's TTL keys), which is how a
-        change committed during an outage still answers.
+        While Redis cannot be reached the view comes from SQL alone, marked
+        ``live_state_unavailable`` (so a change committed during an outage still answers).
         """
         try:
-            return await self._snapshot(principal, job_id)
+            return await self._snapshot(principal.owner_scope, job_id)
         except Unavailable:
-            if not sql_when_redis_is_down:
-                raise
-            return await self._snapshot_from_sql(principal, job_id)
+            return await self._snapshot_from_sql(job_id, principal.owner_scope)
 
-    async def _snapshot(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
-        state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(
-            (
-                keys.state_key(job_id),
-                keys.budget_pct_key(job_id),
-                keys.wake_at_key(job_id),
-                keys.summary_key(job_id),
-                keys.last_sequence_key(job_id),
-            )
+    async def _snapshot(self, scope: str | None, job_id: str) -> JobStatusSnapshot:
+        names = (
+            keys.state_key(job_id),
+            keys.budget_pct_key(job_id),
+            keys.wake_at_key(job_id),
+            keys.summary_key(job_id),
+            keys.last_sequence_key(job_id),
         )
+        from_memory = all(self._cache.holds(name) for name in names)
+        state_raw, pct_raw, wake_raw, summary_raw, sequence_raw = await self._cache.get_many(names)
         summary = decode_summary(summary_raw) if summary_raw is not None else None
         sequence = decode(sequence_raw)
-        if summary is None or sequence is None:
+        if summary is None or (scope is not None and summary.owner_id != scope):
+            await self._deny_at_constant_cost(from_memory, names)
+            job = await self._jobs.get(job_id, owner_scope=scope)
+            if job is None:
+                raise NotFound("job", job_id)
+            _, summary, latest = await self._changes.rebuild(job_id, job)
+        elif sequence is None:
             _, summary, latest = await self._changes.rebuild(job_id)
         else:
             latest = sequence[0]
-        self._check_owner(principal, job_id, summary)
         return self._assemble(job_id, summary, state_raw, pct_raw, wake_raw, latest_event_sequence=latest)
+
+    async def _deny_at_constant_cost(self, from_memory: bool, names: tuple[str, ...]) -> None:
+        """Make a likely denial cost what an unknown id's first read costs.
+
+        The cache holds the keys of ids in use, and only SQL can tell that an id is unknown;
+        so every denial pays one Redis round trip (the keys are read from Redis unless the
+        cache answered) and one SQL lookup. Another tenant's job then costs what an unknown
+        id costs, and the time taken does not tell whether an id exists.
+        """
+        if from_memory:
+            with unavailable_on_error("read"):
+                await self._redis.mget(names)
 
     async def cover(self, job_id: str, sequence: int) -> None:
         """Make sure the live view is at least as new as event ``sequence``, which is about to
@@ -92,21 +111,17 @@ class LiveStatus:
         except Unavailable:
             pass  # while Redis is down, snapshots come from SQL
 
-    async def _snapshot_from_sql(self, principal: Principal, job_id: str) -> JobStatusSnapshot:
-        job = await self._jobs.get(job_id, owner_scope=principal.owner_scope)
+    async def _snapshot_from_sql(self, job_id: str, scope: str | None) -> JobStatusSnapshot:
+        """The durable record's view, for when the live keys cannot be read."""
+        job = await self._jobs.get(job_id, owner_scope=scope)
         if job is None:
             raise NotFound("job", job_id)
         spend = await self._ledger.spend_of(job, window_start(self._clock.now()))
         latest = (await self._event_log.job_bounds(job_id)).last_sequence
-        return self._assemble(
+        snapshot = self._assemble(
             job_id, JobSummary.of(job, spend), None, None, None, latest_event_sequence=latest
         )
-
-    @staticmethod
-    def _check_owner(principal: Principal, job_id: str, summary: JobSummary) -> None:
-        scope = principal.owner_scope
-        if scope is not None and summary.owner_id != scope:
-            raise NotFound("job", job_id)
+        return dataclasses.replace(snapshot, live_state_unavailable=True)
 
     def _assemble(
         self,

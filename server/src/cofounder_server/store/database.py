@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,8 +21,9 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from cofounder_server import jsontext
+from cofounder_server import jsontext, observability
 from cofounder_server.domain.errors import Unavailable
+from cofounder_server.store.write_health import WriteHealth
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -94,6 +97,7 @@ async def unavailable_on_connection_error() -> AsyncIterator[None]:
             # or a loop that rides out database outages would swallow it and never stop.
             raise asyncio.CancelledError from error
         if is_unavailable_error(error):
+            observability.metrics.sql_errors.inc()
             # The message may reach API clients: the details (hosts, SQL) stay in __cause__.
             raise Unavailable(f"the database is unavailable ({type(error).__name__})") from error
         raise
@@ -104,6 +108,8 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.writes = WriteHealth()
+        """Whether the latest write transaction succeeded (for the health service)."""
         self._reader = async_sessionmaker(engine, expire_on_commit=False)
         self._writer = async_sessionmaker(
             engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"}), expire_on_commit=False
@@ -117,8 +123,10 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction for reads; committed on success, rolled back on error."""
+        started = time.perf_counter()
         async with unavailable_on_connection_error(), self._reader.begin() as session:
             yield session
+        observability.metrics.sql_read_seconds.observe(time.perf_counter() - started)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -126,10 +134,41 @@ class Database:
 
         On SQLite it takes the database's write lock up front (``BEGIN IMMEDIATE``), so a
         transaction that reads and then writes waits its turn under ``busy_timeout`` instead
-        of failing when another writer commits in between.
+        of failing when another writer commits in between. The outcome goes to
+        :attr:`writes`.
         """
-        async with unavailable_on_connection_error(), self._writer.begin() as session:
+        started = time.perf_counter()
+        async with unavailable_on_connection_error(), self.observe_writes(), self._writer.begin() as session:
             yield session
+        observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
+
+    @asynccontextmanager
+    async def observe_writes(self) -> AsyncIterator[None]:
+        """Report the block's outcome to :attr:`writes`: a commit, or a storage failure
+        (errors about the data itself, such as a violated constraint, say nothing)."""
+        try:
+            yield
+        except Exception as error:
+            if is_unavailable_error(error):
+                self.writes.failed(error)
+            raise
+        self.writes.succeeded()
+
+    async def check_writes(self) -> None:
+        """Raise while writes fail, after a write probe (:meth:`probe_write`) that finds
+        out whether they work again; costs nothing while writes succeed."""
+        if self.writes.failure is not None:
+            await self.probe_write()
+
+    async def probe_write(self) -> None:
+        """Commit a write that needs new space (a table and a 16 KiB row, dropped again in
+        the same transaction); raise ``Unavailable`` if the database cannot take it."""
+        table = f"write_probe_{uuid.uuid4().hex}"
+        payload = "BYTEA" if self.dialect_name == "postgresql" else "BLOB"
+        async with self.write() as session:
+            await session.execute(text(f"CREATE TABLE {table} (payload {payload})"))
+            await session.execute(text(f"INSERT INTO {table} (payload) VALUES (:p)"), {"p": bytes(16384)})
+            await session.execute(text(f"DROP TABLE {table}"))
 
     async def ping(self) -> None:
         """Run ``SELECT 1``; raise ``Unavailable`` if the database cannot be reached."""

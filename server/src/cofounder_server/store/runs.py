@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from cofounder_server import observability
 from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from cofounder_server.domain.events import AgentWaking, EventPayload, JobStatusChanged, WakeReason
@@ -71,9 +72,12 @@ class RunRepository:
         """Take the job if it is still claimable; a queued job becomes RUNNING (with its event)."""
         now = _utc(now)
         async with self._database.write() as session:
-            current = await session.scalar(
-                select(JobRow.status).where(JobRow.job_id == job_id).with_for_update()
-            )
+            found = (
+                await session.execute(
+                    select(JobRow.status, JobRow.runner_id).where(JobRow.job_id == job_id).with_for_update()
+                )
+            ).one_or_none()
+            current, previous_runner = found if found is not None else (None, None)
             if current not in (JobStatus.QUEUED.value, _RUNNING):
                 return None
             values: dict[str, Any] = {"runner_id": runner_id, "lease_expires_at": _utc(lease_until)}
@@ -91,6 +95,8 @@ class RunRepository:
                     update(JobRow).where(*condition).values(**values).returning(JobRow),
                     execution_options={"synchronize_session": False},
                 )
+                if row is not None and previous_runner not in (None, runner_id):
+                    observability.metrics.lease_takeovers.inc()
                 return None if row is None else Change.of(_to_job(row))
             values.update(status=_RUNNING, agent_state=AgentState.WORKING.value)
             row = await _update_returning(session, update(JobRow).where(*condition).values(**values), now)

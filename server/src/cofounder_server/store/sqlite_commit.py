@@ -91,6 +91,7 @@ class SqliteGroupCommit:
     overlap (the iteration writer makes one at a time)."""
 
     def __init__(self, database: Database, horizon: Horizon) -> None:
+        self._database = database
         self._path = database.engine.url.database or ""
         self._dialect = database.engine.dialect
         self._horizon = horizon
@@ -102,7 +103,7 @@ class SqliteGroupCommit:
     ) -> CommittedBatch:
         """See ``CheckpointStore.commit_iterations``."""
         prepared = [self._prepare(record, now) for record in records]
-        async with unavailable_on_connection_error():
+        async with unavailable_on_connection_error(), self._database.observe_writes():
             accepted, firsts = await asyncio.to_thread(self._commit, prepared, runner_id)
         events = [
             JobEvent(job_id=record.job_id, sequence=firsts[record.job_id] + index, time=now, payload=payload)

@@ -6,10 +6,19 @@ whole numbers are therefore accepted as floats too, fractions and booleans are n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from cofounder_server.executor.plugins import PluginConfigError
+from cofounder_server.executor.plugin_errors import PluginConfigError
+
+_PLAIN_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def member(field: str, key: str) -> str:
+    """The path of ``key`` inside ``field``: ``field.key``, or ``field['k e y']`` quoted and
+    escaped when the key is not a plain name, so no path carries raw control characters."""
+    return f"{field}.{key}" if _PLAIN_KEY_RE.fullmatch(key) else f"{field}[{key!r}]"
 
 
 def check_keys(value: Mapping[str, Any], allowed: frozenset[str], field: str) -> None:
@@ -18,7 +27,7 @@ def check_keys(value: Mapping[str, Any], allowed: frozenset[str], field: str) ->
     if unknown:
         raise PluginConfigError(
             f"unknown option {unknown[0]!r} (expected one of: {', '.join(sorted(allowed))})",
-            field=f"{field}.{unknown[0]}",
+            field=member(field, unknown[0]),
         )
 
 

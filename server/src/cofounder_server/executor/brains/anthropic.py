@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.brains._config import as_int, as_mapping, as_str, check_keys
+from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
     BrainError,
     Message,
-    PluginConfigError,
     StopReason,
     ToolCall,
     ToolSpec,
@@ -218,6 +218,16 @@ class AnthropicBrainFactory:
 
     def __call__(self, spec: AgentSpec) -> AnthropicBrain:
         """A brain for ``spec``; raises :class:`PluginConfigError` for a bad spec or missing SDK/key."""
+        system, max_tokens = self._options(spec)
+        return AnthropicBrain(self._shared_client(), model=spec.model, max_tokens=max_tokens, system=system)
+
+    def validate(self, spec: AgentSpec) -> None:
+        """Check the model and config without I/O; the SDK and credentials are checked when
+        a brain is built (the process that runs the job may not be the one that took it)."""
+        self._options(spec)
+
+    def _options(self, spec: AgentSpec) -> tuple[str, int]:
+        """The system prompt and output-token limit of ``spec``, which must name a model."""
         config = as_mapping(spec.config, _CONFIG)
         check_keys(config, _CONFIG_KEYS, _CONFIG)
         system = as_str(config.get("system", ""), f"{_CONFIG}.system")
@@ -226,7 +236,7 @@ class AnthropicBrainFactory:
             raise PluginConfigError(
                 "the anthropic brain needs a model, e.g. claude-sonnet-4-5", field="agent.model"
             )
-        return AnthropicBrain(self._shared_client(), model=spec.model, max_tokens=max_tokens, system=system)
+        return system, max_tokens
 
     def _shared_client(self) -> AsyncAnthropic:
         client = self._client

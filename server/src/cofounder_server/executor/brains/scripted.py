@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from cofounder_server.domain.model import AgentSpec
@@ -48,10 +48,10 @@ from cofounder_server.executor.brains._config import (
     as_str,
     check_keys,
 )
+from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
     BrainError,
     Message,
-    PluginConfigError,
     StopReason,
     ToolCall,
     ToolSpec,
@@ -189,36 +189,66 @@ class ScriptedBrainFactory:
         """A brain playing ``spec.config``; raises :class:`PluginConfigError` if it is invalid."""
         return ScriptedBrain(self.parse(spec))
 
+    def validate(self, spec: AgentSpec) -> None:
+        """Check ``spec.config`` whole without I/O: an inline script entry by entry; for
+        ``turns_file`` only its name (the file is read and checked when the job runs)."""
+        config, loop = _options(spec)
+        if "turns" in config:
+            field = f"{_CONFIG}.turns"
+            _parse_script(as_list(config["turns"], field), field, loop=loop, model=_model(spec))
+        else:
+            self._turns_file(config)
+
     def parse(self, spec: AgentSpec) -> Script:
         """The validated script of ``spec``."""
-        config = as_mapping(spec.config, _CONFIG)
-        check_keys(config, _CONFIG_KEYS, _CONFIG)
-        loop = as_bool(config.get("loop", False), f"{_CONFIG}.loop")
-        if ("turns" in config) == ("turns_file" in config):
-            raise PluginConfigError("give exactly one of turns and turns_file", field=f"{_CONFIG}.turns")
+        config, loop = _options(spec)
         if "turns" in config:
             field = f"{_CONFIG}.turns"
             entries = as_list(config["turns"], field)
         else:
             field = f"{_CONFIG}.turns_file"
-            entries = self._read_file(as_str(config["turns_file"], field, non_empty=True), field)
-        return _parse_script(entries, field, loop=loop, model=spec.model or _DEFAULT_MODEL)
+            entries = _read_file(*self._turns_file(config), field)
+        return _parse_script(entries, field, loop=loop, model=_model(spec))
 
-    def _read_file(self, name: str, field: str) -> list[Any]:
+    def _turns_file(self, config: Mapping[str, Any]) -> tuple[Path, str]:
+        """The turns directory and the file name ``turns_file`` gives in it."""
+        field = f"{_CONFIG}.turns_file"
+        name = as_str(config["turns_file"], field, non_empty=True)
         if self._turns_dir is None:
             raise PluginConfigError("turns files are disabled (set --scripted-turns-dir)", field=field)
-        path = (self._turns_dir / name).resolve()
-        if not path.is_relative_to(self._turns_dir):
+        # By its name alone (symbolic links are resolved when the file is read).
+        if PurePath(name).is_absolute() or ".." in PurePath(name).parts or "\x00" in name:
             raise PluginConfigError("must name a file inside the scripted turns directory", field=field)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PluginConfigError(f"cannot read {name!r}: {exc.strerror}", field=field) from exc
-        try:
-            content = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PluginConfigError(f"{name!r} is not valid JSON: {exc}", field=field) from exc
-        return as_list(content, field)
+        return self._turns_dir, name
+
+
+def _read_file(turns_dir: Path, name: str, field: str) -> list[Any]:
+    path = (turns_dir / name).resolve()
+    if not path.is_relative_to(turns_dir):
+        raise PluginConfigError("must name a file inside the scripted turns directory", field=field)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PluginConfigError(f"cannot read {name!r}: {exc.strerror}", field=field) from exc
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PluginConfigError(f"{name!r} is not valid JSON: {exc}", field=field) from exc
+    return as_list(content, field)
+
+
+def _options(spec: AgentSpec) -> tuple[Mapping[str, Any], bool]:
+    """The config object and its ``loop`` flag, with exactly one of turns and turns_file."""
+    config = as_mapping(spec.config, _CONFIG)
+    check_keys(config, _CONFIG_KEYS, _CONFIG)
+    loop = as_bool(config.get("loop", False), f"{_CONFIG}.loop")
+    if ("turns" in config) == ("turns_file" in config):
+        raise PluginConfigError("give exactly one of turns and turns_file", field=f"{_CONFIG}.turns")
+    return config, loop
+
+
+def _model(spec: AgentSpec) -> str:
+    return spec.model or _DEFAULT_MODEL
 
 
 def _parse_script(entries: list[Any], field: str, *, loop: bool, model: str) -> Script:

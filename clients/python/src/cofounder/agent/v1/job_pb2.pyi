@@ -239,8 +239,10 @@ class Job(_message.Message):
     goal: _builtins.str
     """What the agent should achieve, in plain words. 1 to 10,000 characters."""
     daily_budget_microdollars: _builtins.int
-    """Spend allowed per UTC day, in microdollars (1,000,000 = one US dollar).
-    Positive. Raised for the current day by WakeAgent top-ups.
+    """The base spend allowed per UTC day, in microdollars (1,000,000 = one US
+    dollar). Positive. WakeAgent top-ups do not change it: they raise only the
+    current day's budget, shown with them included in
+    JobStatusSnapshot.daily_budget_microdollars (GetJobStatus).
     """
     status: Global___JobStatus.ValueType
     """Lifecycle status."""
@@ -313,6 +315,7 @@ class JobStatusSnapshot(_message.Message):
     PENDING_ESCALATION_IDS_FIELD_NUMBER: _builtins.int
     LATEST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    LIVE_STATE_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job this snapshot describes."""
     job_status: Global___JobStatus.ValueType
@@ -333,6 +336,13 @@ class JobStatusSnapshot(_message.Message):
     """
     outcome: Global___JobOutcome.ValueType
     """How the run ended, once the job is terminal."""
+    live_state_unavailable: _builtins.bool
+    """True when Redis could not be read and this snapshot comes from the durable
+    record alone: job status, stored agent state and wake time, today's spend
+    and the newest stored event are as SQL has them, while live-only facts
+    (`budget_percent` written between model calls, a state newer than the
+    last stored change) may lag. Read again once it is false to see live state.
+    """
     @_builtins.property
     def wake_time(self) -> _timestamp_pb2.Timestamp:
         """When a sleeping agent will wake (Redis key `:wake_at`, falling back to the
@@ -356,10 +366,11 @@ class JobStatusSnapshot(_message.Message):
         pending_escalation_ids: _abc.Iterable[_builtins.str] | None = ...,
         latest_event_sequence: _builtins.int = ...,
         outcome: Global___JobOutcome.ValueType = ...,
+        live_state_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_percent", b"_budget_percent", "budget_percent", b"budget_percent", "wake_time", b"wake_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_percent", b"_budget_percent", "agent_state", b"agent_state", "budget_percent", b"budget_percent", "daily_budget_microdollars", b"daily_budget_microdollars", "job_id", b"job_id", "job_status", b"job_status", "latest_event_sequence", b"latest_event_sequence", "outcome", b"outcome", "pending_escalation_ids", b"pending_escalation_ids", "spent_today_microdollars", b"spent_today_microdollars", "wake_time", b"wake_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_percent", b"_budget_percent", "agent_state", b"agent_state", "budget_percent", b"budget_percent", "daily_budget_microdollars", b"daily_budget_microdollars", "job_id", b"job_id", "job_status", b"job_status", "latest_event_sequence", b"latest_event_sequence", "live_state_unavailable", b"live_state_unavailable", "outcome", b"outcome", "pending_escalation_ids", b"pending_escalation_ids", "spent_today_microdollars", b"spent_today_microdollars", "wake_time", b"wake_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__budget_percent: _TypeAlias = _typing.Literal["budget_percent"]  # noqa: Y015
     _WhichOneofArgType__budget_percent: _TypeAlias = _typing.Literal["_budget_percent", b"_budget_percent"]  # noqa: Y015
