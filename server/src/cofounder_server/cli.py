@@ -54,10 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["hash-token"]:
         return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
     settings = load_settings(args)
+    if settings.log_format not in logs.FORMATS:
+        raise SystemExit(
+            f"invalid --log-format {settings.log_format!r}: expected one of {', '.join(logs.FORMATS)}"
+        )
     try:
         logs.configure(settings.log_level, settings.log_format, sys.stderr)
     except ValueError as error:
-        raise SystemExit(f"invalid --log-level or --log-format: {error}") from error
+        raise SystemExit(f"invalid --log-level {error}") from error
     try:
         import uvloop
     except ImportError:

@@ -116,7 +116,7 @@ def parse_levels(spec: str) -> dict[str, int]:
             raise ValueError(f"{part!r}: expected LEVEL or LOGGER=LEVEL (DEBUG, INFO, WARNING, ERROR)")
         levels["" if name == "root" else name] = value
     if not levels:
-        raise ValueError("no level given")
+        raise ValueError(f"{spec!r}: no level given")
     return levels
 
 
