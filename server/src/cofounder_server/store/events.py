@@ -110,7 +110,7 @@ class EventLogRepository:
         """As :meth:`append_job_events`, inside the caller's write transaction ``session``.
 
         The events commit (and their sequences count) only if the caller's transaction does;
-        the caller fans them out after commit (``JobEvents.announce``). A missing job makes
+        the caller hands them to the change pipeline after commit. A missing job makes
         the statement or the commit fail with ``IntegrityError``.
         """
         if not payloads:
