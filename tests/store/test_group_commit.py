@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from cofounder_server.domain.events import AgentThinking, PhaseStarted
 from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository, job_stream
-from cofounder_server.store.iterations import IterationRecord, ModelCall
+from cofounder_server.store.iterations import IterationConflict, IterationRecord, ModelCall
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.models import EventCounterRow, JobEventRow, UsageLedgerRow
@@ -184,7 +183,7 @@ async def test_an_iteration_recorded_before_fails_the_whole_batch(database: Data
         first, second = await _running_job(database, store), await _running_job(database, store)
         await store.commit_iterations([_record(first, 1)], runner_id=RUNNER, now=T0)
         before = await _stored_events(database, second)
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IterationConflict):
             await store.commit_iterations([_record(second, 1), _record(first, 1)], runner_id=RUNNER, now=T0)
         assert await store.budget_of(second, WINDOW) == (0, 0)
         assert await store.checkpoint(second) is None

@@ -22,9 +22,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-
-from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server import observability
 from cofounder_server.clock import Clock
@@ -33,7 +30,7 @@ from cofounder_server.domain.events import JobEvent
 from cofounder_server.domain.model import Job
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.checkpoints import CheckpointStore
-from cofounder_server.store.iterations import IterationRecord
+from cofounder_server.store.iterations import IterationConflict, IterationRecord
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +129,10 @@ class IterationWriter:
     async def _commit_batch(self, batch: list[IterationWrite]) -> None:
         started = time.perf_counter()
         try:
-            accepted, stored = await self._commit_retrying(batch)
-        except IntegrityError:
+            committed = await self._checkpoints.commit_iterations(
+                [write.record for write in batch], runner_id=self._runner_id, now=self._clock.now()
+            )
+        except IterationConflict:
             if len(batch) == 1:
                 # The iteration was recorded before (another runner): this one is stale.
                 log.warning("iteration of job %s conflicts with a recorded one: refused", batch[0].job_id)
@@ -154,7 +153,8 @@ class IterationWriter:
         observability.metrics.group_commit_size.observe(len(batch))
         observability.metrics.group_commit_seconds.observe(time.perf_counter() - started)
         by_job: dict[str, list[JobEvent]] = {}
-        for event in stored:
+        accepted = committed.accepted
+        for event in committed.events:
             by_job.setdefault(event.job_id, []).append(event)
         changes = [write.change(by_job.get(write.job_id, [])) for write in batch if write.job_id in accepted]
         for write in batch:
@@ -172,28 +172,6 @@ class IterationWriter:
             finally:
                 self.fan_out_seconds += time.perf_counter() - started
                 self._fan_out.task_done()
-
-    async def _commit_retrying(self, batch: list[IterationWrite]) -> tuple[set[str], list[JobEvent]]:
-        """:meth:`_commit`, tried again after a transient failure (a deadlock or serialization
-        failure PostgreSQL resolved by aborting us)."""
-        for attempt in range(3):
-            try:
-                return await self._commit(batch, self._clock.now())
-            except DBAPIError as error:
-                if isinstance(error, IntegrityError) or attempt == 2 or not _transient(error):
-                    raise
-                log.info("iteration batch of %d aborted (%s); retrying", len(batch), error.orig)
-        raise AssertionError("unreachable")
-
-    async def _commit(self, batch: list[IterationWrite], now: datetime) -> tuple[set[str], list[JobEvent]]:
-        records = [write.record for write in batch]
-        committed = await self._checkpoints.commit_iterations(records, runner_id=self._runner_id, now=now)
-        return committed.accepted, committed.events
-
-
-def _transient(error: DBAPIError) -> bool:
-    """Deadlock detected, serialization failure (PostgreSQL SQLSTATE 40P01, 40001)."""
-    return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")
 
 
 def _resolve(write: IterationWrite, accepted: bool) -> None:

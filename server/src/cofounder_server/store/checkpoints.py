@@ -5,6 +5,7 @@ jobs), and reading a job's last checkpoint back."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,12 +13,13 @@ from typing import Any
 
 from sqlalchemy import Insert, select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cofounder_server.domain.model import JobStatus
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository
-from cofounder_server.store.iterations import CommittedBatch, IterationRecord, rows_of
+from cofounder_server.store.iterations import CommittedBatch, IterationConflict, IterationRecord, rows_of
 from cofounder_server.store.models import (
     CheckpointMessageRow,
     CheckpointRow,
@@ -36,6 +38,8 @@ class Checkpoint:
     messages: list[dict[str, Any]]
     state: dict[str, Any]
 
+
+log = logging.getLogger(__name__)
 
 _RUNNING = JobStatus.RUNNING.value
 
@@ -73,10 +77,25 @@ class CheckpointStore:
         The jobs are re-read in the transaction: an iteration's ledger row is recorded while
         its job is still ``runner_id``'s (the model call was paid for), the rest (messages,
         checkpoint, events) only while the job is also still RUNNING; those jobs come back
-        as ``accepted``, with the stored events. Raises ``Unavailable`` when SQL cannot be
-        reached, and SQLAlchemy's ``IntegrityError`` when an iteration was recorded before
-        (by another runner): then nothing of the batch is stored.
+        as ``accepted``, with the stored events. A transaction PostgreSQL aborted to resolve
+        a deadlock or a serialization failure is tried again. Raises ``Unavailable`` when SQL
+        cannot be reached, and :class:`~.iterations.IterationConflict` when an iteration was
+        recorded before (by another runner): then nothing of the batch is stored.
         """
+        for attempt in range(3):
+            try:
+                return await self._commit_iterations(records, runner_id=runner_id, now=now)
+            except IntegrityError as error:
+                raise IterationConflict(str(error.orig)) from error
+            except DBAPIError as error:
+                if attempt == 2 or not _transient(error):
+                    raise
+                log.info("iteration batch of %d aborted (%s); retrying", len(records), error.orig)
+        raise AssertionError("unreachable")
+
+    async def _commit_iterations(
+        self, records: Sequence[IterationRecord], *, runner_id: str, now: datetime
+    ) -> CommittedBatch:
         if self._database.dialect_name == "sqlite":
             if self._sqlite is None:
                 self._sqlite = SqliteGroupCommit(self._database, self._event_log.prune_horizon)
@@ -133,3 +152,8 @@ def _upsert_checkpoint() -> Insert:
         },
     )
     return upsert
+
+
+def _transient(error: DBAPIError) -> bool:
+    """Deadlock detected, serialization failure (PostgreSQL SQLSTATE 40P01, 40001)."""
+    return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")

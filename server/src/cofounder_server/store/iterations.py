@@ -80,6 +80,11 @@ def rows_of(record: IterationRecord) -> IterationRows:
     )
 
 
+class IterationConflict(Exception):
+    """An iteration of a group commit was recorded before (by another runner): nothing of
+    the batch is stored."""
+
+
 @dataclass(frozen=True)
 class CommittedBatch:
     """What a group commit stored: the jobs whose iterations were accepted, their events."""
