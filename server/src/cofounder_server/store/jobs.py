@@ -50,11 +50,6 @@ class JobRepository:
         self._database = database
         self._event_log = event_log
 
-    @property
-    def database(self) -> Database:
-        """The database the jobs live in."""
-        return self._database
-
     async def _append(self, session: AsyncSession, job: Job, event: JobStatusChanged) -> list[JobEvent]:
         return await self._event_log.append_job_events_in(session, job.job_id, (event,), now=job.update_time)
 
