@@ -221,6 +221,10 @@ class ChangePipeline:
             # are rebuilt from SQL once Redis is back.
             log.warning("live keys and fan-out of %d committed changes deferred: %s", len(changes), error)
             self._defer(job_ids)
+        except Exception:
+            # Not even a bug here may turn a committed change into an error for its caller.
+            log.exception("live keys and fan-out of %d committed changes failed", len(changes))
+            self._defer(job_ids)
         finally:
             self._cache.invalidate(touched)
 
