@@ -374,3 +374,36 @@ async def test_status_is_never_older_than_what_a_watch_delivered(app, jobs_stub,
         release.set()
         app.changes.before_live = None
     assert (await cancel).job.status == job_pb2.JOB_STATUS_CANCELLED
+
+
+async def test_a_change_is_announced_once_after_its_keys_are_written(
+    app, jobs_stub, redis, project_id
+) -> None:
+    """One pub/sub message per job per change, carrying all its events; a replica that sees
+    it and reads the job's keys finds them as new as the change."""
+    from cofounder_server.events.hub import unpack
+    from cofounder_server.live.keys import job_events_channel, last_sequence_key, summary_key
+    from cofounder_server.live.summary import decode_summary
+
+    job = await submit(jobs_stub, project_id)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(job_events_channel(job.job_id))
+    try:
+        await pubsub.get_message(timeout=RPC_TIMEOUT)  # the subscription's confirmation
+        await publish_many(app, job.job_id, [thinking(i) for i in range(1, 4)])
+        message = await pubsub.get_message(timeout=RPC_TIMEOUT)
+        assert message is not None
+        assert [event.sequence for event in unpack(message["data"])] == [2, 3, 4]
+        assert await redis.get(last_sequence_key(job.job_id)) == b"4:"
+
+        await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+        message = await pubsub.get_message(timeout=RPC_TIMEOUT)
+        assert message is not None
+        assert [event.sequence for event in unpack(message["data"])] == [5]  # the change before: one
+        summary_raw, sequence_raw = await redis.mget([summary_key(job.job_id), last_sequence_key(job.job_id)])
+        summary = decode_summary(summary_raw)
+        assert summary is not None
+        assert summary.status is JobStatus.CANCELLED
+        assert sequence_raw == b"5:"
+    finally:
+        await pubsub.aclose()
