@@ -28,6 +28,7 @@ from cofounder_server.live.summary import decode_summary
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.runs import RunRepository
+from tests.events.support import watch
 from tests.integration.test_jobs import submit_request
 from tests.support import RPC_TIMEOUT, eventually
 
@@ -117,7 +118,11 @@ async def test_submit_cancel_and_wake_succeed_once_when_redis_stops_after_the_co
         status = await _status(stub, submitted.job_id)
         assert (status.job_status, status.latest_event_sequence) == (job_pb2.JOB_STATUS_QUEUED, 1)
 
-        # CancelJob: committed, then Redis stops. OK, and the job is cancelled in SQL.
+        # CancelJob: committed, then Redis stops. OK, and the job is cancelled in SQL. A watch
+        # open all along gets the cancellation, which was never announced, from SQL.
+        stream = watch(stub, submitted.job_id, after=0)
+        assert (await stream.snapshot()).latest_event_sequence == 1
+        await stream.until(1)
         outage.armed = True
         cancelled = await stub.CancelJob(
             pb.CancelJobRequest(job_id=submitted.job_id, reason="outage"), timeout=RPC_TIMEOUT
@@ -127,6 +132,8 @@ async def test_submit_cancel_and_wake_succeed_once_when_redis_stops_after_the_co
         stored = await stub.GetJob(pb.GetJobRequest(job_id=submitted.job_id), timeout=RPC_TIMEOUT)
         assert stored.job.status == job_pb2.JOB_STATUS_CANCELLED
         await _recovered(app, engine, submitted.job_id, lambda v: _summary_status(v) == "cancelled")
+        assert await stream.end(within=20.0) is None
+        assert stream.sequences() == [1, 2]
         status = await _status(stub, submitted.job_id)
         assert (status.job_status, status.latest_event_sequence) == (job_pb2.JOB_STATUS_CANCELLED, 2)
 
