@@ -9,8 +9,8 @@ import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc
-from cofounder_server.executor.budget import PriceTable
 from cofounder_server.executor.plugins import Usage
+from cofounder_server.executor.prices import PriceTable
 from tests.executor.support import finished, ledger, narrate, submit, turn
 from tests.support import RPC_TIMEOUT, eventually
 

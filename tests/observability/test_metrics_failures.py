@@ -18,7 +18,7 @@ from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.observability.prometheus import PrometheusInstruments
 from cofounder_server.store.database import open_database, unavailable_on_connection_error
 from cofounder_server.store.models import JobRow
-from tests.events.support import error_info, thinking, watch
+from tests.events.support import error_info, publish, thinking, watch
 from tests.executor.conftest import START
 from tests.executor.support import submit, turn
 from tests.support import RPC_TIMEOUT, eventually
@@ -36,7 +36,7 @@ async def test_a_watcher_ended_for_lagging_is_counted(start_server, project_id) 
         assert (await asyncio.wait_for(slow.call.read(), RPC_TIMEOUT)).HasField("snapshot")
         big = "x" * 60_000
         for i in range(64):
-            await app.job_events.publish(job.job_id, thinking(i, big))
+            await publish(app, job.job_id, thinking(i, big))
         slow.start_reading()
         error = await slow.end()
     assert error is not None
@@ -70,10 +70,15 @@ async def test_lease_takeovers_and_lost_leases_are_counted(start_server, project
             database_url=api.database_url,
         )
         port = runner.metrics_port
+        # The takeover is counted in the claim's transaction, the claim once it returns: a
+        # scrape may fall between the two.
         samples = await eventually(
-            lambda: scrape(port), lambda s: value(s, "cofounder_lease_takeovers_total") == 1
+            lambda: scrape(port),
+            lambda s: (
+                value(s, "cofounder_lease_takeovers_total") == 1
+                and value(s, "cofounder_lease_claims_total", kind="running") == 1
+            ),
         )
-        assert value(samples, "cofounder_lease_claims_total", kind="running") == 1
         assert value(samples, "cofounder_lease_claims_total", kind="queued") == 0
         assert value(samples, "cofounder_leases_lost_total") == 0
 

@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import NotFound, Unavailable
+from cofounder_server.domain.events import Escalation, EscalationEvent, EscalationEventKind
 from cofounder_server.domain.principal import Principal
 from cofounder_server.events.feed import FeedPage, Heartbeat, check_cursor, follow
 from cofounder_server.events.hub import EventBatch, EventHub, StreamPage, StreamSource, WireEvent, pack
-from cofounder_server.events.model import Escalation, EscalationEvent, EscalationEventKind
 from cofounder_server.live import keys
 from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.store.events import EventLogRepository

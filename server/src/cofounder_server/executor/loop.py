@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from cofounder_server import jsontext, observability
 from cofounder_server.clock import Clock, next_utc_midnight
+from cofounder_server.domain import budget
+from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import Unavailable
-from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
-from cofounder_server.domain.status import LiveStatus
-from cofounder_server.events.job_events import JobEvents
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     AgentBudgetExceeded,
     AgentBudgetUpdated,
     AgentRetrying,
@@ -41,8 +41,7 @@ from cofounder_server.events.model import (
     SleepReason,
     WakeReason,
 )
-from cofounder_server.executor import budget
-from cofounder_server.executor.budget import PriceTable
+from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.executor.plugins import (
     Brain,
     BrainError,
@@ -54,15 +53,17 @@ from cofounder_server.executor.plugins import (
     ToolSpec,
     Turn,
 )
+from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
-from cofounder_server.live import keys
-from cofounder_server.live.keys import AgentKeys
-from cofounder_server.live.versioned import LiveWrites
 from cofounder_server.observability import logs
-from cofounder_server.store.executor import Changed, ExecutorStore
-from cofounder_server.store.iterations import IterationRecord
+from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.iterations import IterationRecord, ModelCall
+from cofounder_server.store.ledger import LedgerRepository
+from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +81,16 @@ STEERING = (
 )
 
 
-@dataclass
-class Services:
-    """What every run of this process shares."""
+@dataclass(frozen=True)
+class LoopLimits:
+    """The guards every run of this process applies."""
 
-    store: ExecutorStore
-    writer: IterationWriter
-    job_events: JobEvents
-    status: LiveStatus
-    keys: AgentKeys
-    plugins: PluginRegistry
-    prices: PriceTable
-    clock: Clock
-    runner_id: str
     max_tool_calls: int
     result_limit: int
+    """Longest tool result or event text kept, in characters (cut in the middle)."""
     brain_retries: int
     brain_retry_delay: float
+    """Seconds before the first retry of a retryable brain error (then linear backoff)."""
 
 
 @dataclass
@@ -136,14 +130,41 @@ class Stopped(Exception):
 class AgentRun:
     """Runs one job's agent until it ends, is cancelled, or the process stops."""
 
-    def __init__(self, services: Services, job: Job) -> None:
-        self._s = services
+    def __init__(
+        self,
+        job: Job,
+        *,
+        runs: RunRepository,
+        checkpoints: CheckpointStore,
+        ledger: LedgerRepository,
+        event_log: EventLogRepository,
+        writer: IterationWriter,
+        changes: ChangePipeline,
+        plugins: PluginRegistry,
+        prices: PriceTable,
+        clock: Clock,
+        runner_id: str,
+        limits: LoopLimits,
+    ) -> None:
+        self._runs = runs
+        self._checkpoints = checkpoints
+        self._ledger = ledger
+        self._event_log = event_log
+        self._writer = writer
+        self._changes = changes
+        self._plugins = plugins
+        self._prices = prices
+        self._clock = clock
+        self._runner_id = runner_id
+        self._limits = limits
         self.job = job
         self.job_id = job.job_id
         self.sleeping = job.agent_state is AgentState.SLEEPING
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self.iteration = 0
+        self._spend: tuple[datetime, Spend] | None = None
+        """Today's spend as this run last knew it, with its budget window."""
 
     # --- control (from the executor) ----------------------------------------------------
 
@@ -160,8 +181,7 @@ class AgentRun:
 
     async def run(self) -> None:
         logs.job_id.set(self.job_id)
-        s = self._s
-        checkpoint = await s.store.checkpoint(self.job_id)
+        checkpoint = await self._checkpoints.checkpoint(self.job_id)
         if checkpoint is None:
             messages = [Message(role="user", text=self.job.goal)]
             saved = 0
@@ -172,17 +192,15 @@ class AgentRun:
             state = LoopState.from_json(checkpoint.state)
         self.iteration = state.iteration
         try:
-            brain = s.plugins.brain_for(self.job.agent)
+            brain = self._plugins.brain_for(self.job.agent)
         except Exception as error:  # unknown brain, bad config: the job cannot run
             await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
             return
-        tools = {tool.spec.name: tool for tool in s.plugins.tools()}
+        tools = {tool.spec.name: tool for tool in self._plugins.tools()}
         specs = [tool.spec for tool in tools.values()]
         try:
             if self.job.agent_state is AgentState.SLEEPING and self.job.wake_at is not None:
                 await self._sleep(self.job.wake_at, None)
-            else:
-                await self._live(s.keys.set_state(self.job_id, AgentState.WORKING))
             await self._loop(
                 brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
             )
@@ -199,15 +217,16 @@ class AgentRun:
         saved: int,
         state: LoopState,
     ) -> None:
-        s = self._s
-        window = budget.window_start(s.clock.now())
+        window = budget.window_start(self._clock.now())
         spent, limit = await self._budget(window)
         while True:
             if self._stop.is_set():
                 raise Stopped
-            if state.tool_calls >= s.max_tool_calls:
+            if state.tool_calls >= self._limits.max_tool_calls:
                 await self._finish(
-                    JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls", []
+                    JobOutcome.ITERATION_LIMIT,
+                    f"reached the limit of {self._limits.max_tool_calls} tool calls",
+                    [],
                 )
                 return
             span = observability.tracing.iteration(self.job_id, state.iteration + 1)
@@ -215,11 +234,11 @@ class AgentRun:
             if turn is None:
                 span.end()
                 return
-            now = s.clock.now()
+            now = self._clock.now()
             if budget.window_start(now) != window:  # midnight passed while thinking
                 window = budget.window_start(now)
                 spent, limit = await self._budget(window)
-            cost = s.prices.cost(turn.usage)
+            cost = self._prices.cost(turn.usage)
             observability.metrics.model_call(
                 turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens, cost
             )
@@ -227,7 +246,9 @@ class AgentRun:
             state.iteration += 1
             pct = budget.percent(spent, limit)
             events: list[EventPayload] = [
-                AgentThinking(iteration=state.iteration, text=truncate_middle(turn.text, s.result_limit)),
+                AgentThinking(
+                    iteration=state.iteration, text=truncate_middle(turn.text, self._limits.result_limit)
+                ),
                 AgentBudgetUpdated(
                     budget_percent=min(100, pct),
                     spent_today_microdollars=spent,
@@ -250,25 +271,20 @@ class AgentRun:
                 if outcome is None and not turn.tool_calls and turn.stop_reason is StopReason.END_TURN:
                     outcome = (JobOutcome.COMPLETED, "")
             messages.extend(new)
-            ledger = {
-                "job_id": self.job_id,
-                "iteration": state.iteration,
-                "window_start": window,
-                "model": turn.usage.model,
-                "input_tokens": turn.usage.input_tokens,
-                "output_tokens": turn.usage.output_tokens,
-                "cost_microdollars": cost,
-                "time": now,
-            }
+            call = ModelCall(
+                window_start=window,
+                model=turn.usage.model,
+                input_tokens=turn.usage.input_tokens,
+                output_tokens=turn.usage.output_tokens,
+                cost_microdollars=cost,
+            )
             await self._commit(
-                ledger=ledger,
+                call=call,
                 messages=messages,
                 saved=saved,
                 state=state,
                 events=events,
-                pct=pct,
-                spent=spent,
-                limit=limit,
+                spend=Spend(spent, limit),
                 now=now,
             )
             span.end()
@@ -290,20 +306,24 @@ class AgentRun:
                 return
             if budget.should_sleep(spent, limit):
                 while budget.should_sleep(spent, limit):
-                    await self._sleep(next_utc_midnight(s.clock.now()), SleepReason.BUDGET_THRESHOLD)
-                    window = budget.window_start(s.clock.now())
+                    await self._sleep(next_utc_midnight(self._clock.now()), SleepReason.BUDGET_THRESHOLD)
+                    window = budget.window_start(self._clock.now())
                     spent, limit = await self._budget(window)
 
+    def _tool_call_limit_detail(self) -> str:
+        return f"reached the limit of {self._limits.max_tool_calls} tool calls"
+
     async def _budget(self, window: datetime) -> tuple[int, int]:
-        spent, top_ups = await self._s.store.budget_of(self.job_id, window)
-        return spent, self.job.daily_budget_microdollars + top_ups
+        spent, top_ups = await self._ledger.budget_of(self.job_id, window)
+        limit = self.job.daily_budget_microdollars + top_ups
+        self._spend = (window, Spend(spent, limit))
+        return spent, limit
 
     # --- think --------------------------------------------------------------------------
 
     async def _think(
         self, brain: Brain, messages: list[Message], specs: Sequence[ToolSpec], state: LoopState
     ) -> Turn | None:
-        s = self._s
         attempt = 0
         while True:
             attempt += 1
@@ -311,7 +331,7 @@ class AgentRun:
                 with observability.tracing.model_call(self.job_id):
                     return await brain.think(messages, specs)
             except BrainError as error:
-                if not error.retryable or attempt >= s.brain_retries:
+                if not error.retryable or attempt >= self._limits.brain_retries:
                     detail = f"the brain failed ({error.signature}): {error}"
                     if error.retryable:
                         detail = f"the brain failed {attempt} times ({error.signature}): {error}"
@@ -320,11 +340,11 @@ class AgentRun:
                 event = AgentRetrying(
                     error_signature=error.signature,
                     attempt=attempt,
-                    max_attempts=s.brain_retries,
+                    max_attempts=self._limits.brain_retries,
                     error_message=truncate_middle(str(error), 1000),
                 )
                 await self._publish([event])
-                await self._pause(s.brain_retry_delay * attempt)
+                await self._pause(self._limits.brain_retry_delay * attempt)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a brain bug: not retried
@@ -350,7 +370,6 @@ class AgentRun:
         new: list[Message],
         events: list[EventPayload],
     ) -> tuple[JobOutcome, str] | None:
-        s = self._s
 
         async def open_phase(name: str) -> None:
             if state.phase:
@@ -367,8 +386,11 @@ class AgentRun:
             job_id=self.job_id, iteration=state.iteration, open_phase=open_phase, close_phase=close_phase
         )
         for call in turn.tool_calls:
-            if state.tool_calls >= s.max_tool_calls:
-                return JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls"
+            if state.tool_calls >= self._limits.max_tool_calls:
+                return (
+                    JobOutcome.ITERATION_LIMIT,
+                    f"reached the limit of {self._limits.max_tool_calls} tool calls",
+                )
             input_json = jsontext.dumps(call.input, sort_keys=True, default=str)
             signature = f"{call.name}\n{input_json}"
             state.recent = [*state.recent, signature][-REPETITION_WINDOW:]
@@ -386,7 +408,7 @@ class AgentRun:
             else:
                 state.tool_calls += 1
                 result = await self._run_tool(tools.get(call.name), call.name, call.input, context)
-            content = truncate_middle(result.content, s.result_limit)
+            content = truncate_middle(result.content, self._limits.result_limit)
             new.append(
                 Message(
                     role="tool",
@@ -400,7 +422,7 @@ class AgentRun:
                 AgentToolCalled(
                     iteration=state.iteration,
                     tool_name=call.name,
-                    input_json=truncate_middle(input_json, s.result_limit),
+                    input_json=truncate_middle(input_json, self._limits.result_limit),
                     result=content,
                     is_error=result.is_error,
                 )
@@ -425,47 +447,30 @@ class AgentRun:
     async def _commit(
         self,
         *,
-        ledger: dict[str, Any],
+        call: ModelCall,
         messages: list[Message],
         saved: int,
         state: LoopState,
         events: list[EventPayload],
-        pct: int,
-        spent: int,
-        limit: int,
+        spend: Spend,
         now: datetime,
     ) -> None:
-        s = self._s
-        job = self.job
-        progress = state.iteration
-
-        def live(writes: LiveWrites) -> None:
-            writes.set(
-                keys.budget_pct_key(job.job_id), str(min(100, max(0, pct))), keys.BUDGET_PCT_TTL_SECONDS
-            )
-            s.status.queue_summary(writes, job, spent_today=spent, budget_today=limit, progress=progress)
-
+        self._spend = (call.window_start, spend)
         record = IterationRecord(
             job_id=self.job_id,
-            ledger=ledger,
-            messages=[
-                {"job_id": self.job_id, "position": position, "message": messages[position].to_json()}
-                for position in range(saved, len(messages))
-            ],
-            head={
-                "job_id": self.job_id,
-                "iteration": state.iteration,
-                "message_count": len(messages),
-                "state": state.to_json(),
-                "update_time": now,
-            },
+            iteration=state.iteration,
+            call=call,
+            new_messages=[message.to_json() for message in messages[saved:]],
+            first_position=saved,
+            loop_state=state.to_json(),
+            time=now,
             events=events,
         )
-        write = IterationWrite(record, live=live)
+        write = IterationWrite(record, self.job, spend)
         delay = 0.1
         while True:
             try:
-                accepted = await s.writer.write(write)
+                accepted = await self._writer.write(write)
                 break
             except Unavailable as error:
                 # SQL is down: the iteration is not durable yet; keep it and try again.
@@ -481,33 +486,26 @@ class AgentRun:
     async def _sleep(self, wake_at: datetime, reason: SleepReason | None) -> None:
         """Sleep until ``wake_at`` or a wake request. ``reason`` None: resume a sleep that is
         already recorded (after a restart)."""
-        s = self._s
         if reason is not None:
-            change = await s.store.set_agent_state(
+            change = await self._runs.set_agent_state(
                 self.job_id,
                 state=AgentState.SLEEPING,
                 wake_at=wake_at,
                 events=[AgentSleeping(wake_time=wake_at, reason=reason)],
-                now=s.clock.now(),
+                now=self._clock.now(),
             )
             await self._applied(change)
         self.sleeping = True
         try:
-            await self._live(s.keys.set_state(self.job_id, AgentState.SLEEPING))
-            if wake_at > s.clock.now():
-                await self._live(s.keys.set_wake_at(self.job_id, wake_at))
             await self._wait_for_wake(wake_at)
         finally:
             self.sleeping = False
-        await self._live(s.keys.clear_wake_at(self.job_id))
-        await self._live(s.keys.set_state(self.job_id, AgentState.WORKING))
 
     async def _wait_for_wake(self, wake_at: datetime) -> None:
         """Return once the agent is awake in SQL: at ``wake_at`` (woken here), by WakeAgent
         (woken by the RPC, noticed through the control channel or by polling SQL), or by a
         ``wake_signal`` key some other writer set (woken here)."""
-        s = self._s
-        timer = asyncio.ensure_future(s.clock.sleep_until(wake_at))
+        timer = asyncio.ensure_future(self._clock.sleep_until(wake_at))
         try:
             while True:
                 if self._stop.is_set():
@@ -516,7 +514,9 @@ class AgentRun:
                     if await self._woken(WakeReason.SCHEDULED):
                         return
                     continue
-                if await self._take_wake_signal() and await self._woken(WakeReason.REQUESTED):
+                if await self._changes.take_wake_signal(self.job_id) and await self._woken(
+                    WakeReason.REQUESTED
+                ):
                     return
                 waiter = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait(
@@ -531,13 +531,12 @@ class AgentRun:
 
     async def _woken(self, reason: WakeReason) -> bool:
         """Wake the agent in SQL (unless WakeAgent did already); False if it sleeps on."""
-        s = self._s
-        change = await s.store.set_agent_state(
+        change = await self._runs.set_agent_state(
             self.job_id,
             state=AgentState.WORKING,
             wake_at=None,
             events=[AgentWaking(reason=reason)],
-            now=s.clock.now(),
+            now=self._clock.now(),
             only_from=AgentState.SLEEPING,
         )
         if change is not None:
@@ -547,7 +546,7 @@ class AgentRun:
 
     async def _awake_in_sql(self) -> bool:
         """Whether SQL says the agent is awake (WakeAgent woke it); ``Stopped`` if the job ended."""
-        job = await self._s.store.get(self.job_id)
+        job = await self._runs.get(self.job_id)
         if job is None or job.status is not JobStatus.RUNNING:
             raise Stopped
         if job.agent_state is AgentState.SLEEPING:
@@ -555,54 +554,40 @@ class AgentRun:
         self.job = job
         return True
 
-    async def _take_wake_signal(self) -> bool:
-        try:
-            return await self._s.keys.take_wake_signal(self.job_id)
-        except Unavailable:
-            return False
-
     # --- endings and helpers ------------------------------------------------------------
 
     async def _finish(self, outcome: JobOutcome, detail: str, events: list[EventPayload]) -> None:
-        s = self._s
         status = JobStatus.READY if outcome is JobOutcome.COMPLETED else JobStatus.FAILED
         agent_state = {
             JobOutcome.COMPLETED: AgentState.COMPLETED,
             JobOutcome.BUDGET_EXCEEDED: AgentState.BUDGET_EXCEEDED,
         }.get(outcome, AgentState.ERROR)
-        change = await s.store.finish(
+        change = await self._runs.finish(
             self.job_id,
-            s.runner_id,
+            self._runner_id,
             status=status,
             outcome=outcome,
             detail=detail,
             agent_state=agent_state,
             events=events,
-            now=s.clock.now(),
+            now=self._clock.now(),
         )
         if change is None:
             raise Stopped
         await self._applied(change)
-        await self._live(s.keys.set_state(self.job_id, agent_state))
-        await self._live(s.keys.clear_wake_at(self.job_id))
         log.info("job %s ended: %s %s", self.job_id, outcome, detail)
 
-    async def _applied(self, change: Changed | None) -> None:
-        """Adopt a committed change: fan out its events and refresh the summary."""
+    async def _applied(self, change: Change | None) -> None:
+        """Adopt a committed change and send it down the change pipeline."""
         if change is None:
             raise Stopped
-        self.job = change.job
-        with contextlib.suppress(Unavailable):
-            await self._s.status.job_changed(change.job, progress=self.iteration)
-        await self._s.job_events.announce(change.events)
+        self.job = change.job or self.job
+        # The spend this run knows rides along: the change's keys are newer than those of the
+        # iteration before it, whose fan-out may still be on its way.
+        known = self._spend
+        spend = known[1] if known and known[0] == budget.window_start(self._clock.now()) else None
+        await self._changes.committed(dataclasses.replace(change, progress=self.iteration, spend=spend))
 
     async def _publish(self, events: list[EventPayload]) -> None:
-        stored = await self._s.store.event_log.append_job_events(self.job_id, events, now=self._s.clock.now())
-        await self._s.job_events.announce(stored)
-
-    async def _live(self, write: Awaitable[None]) -> None:
-        """Live keys are best effort: SQL is the record, and readers fall back to it."""
-        try:
-            await write
-        except Unavailable as error:
-            log.warning("job %s: live key not written: %s", self.job_id, error)
+        stored = await self._event_log.append_job_events(self.job_id, events, now=self._clock.now())
+        await self._changes.committed(Change.appended(stored))

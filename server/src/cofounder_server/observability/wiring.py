@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import CollectorRegistry
 
 from cofounder_server import observability
-from cofounder_server.clock import Clock
-from cofounder_server.observability.job_counts import count_jobs
 from cofounder_server.observability.prometheus import (
     ExecutorGauges,
+    JobCounts,
     MetricsServer,
     PrometheusInstruments,
     StateCollector,
@@ -20,7 +19,6 @@ from cofounder_server.observability.prometheus import (
 )
 from cofounder_server.observability.rpc import Observer, RpcMetrics
 from cofounder_server.observability.tracing import Tracer
-from cofounder_server.store.database import Database
 
 
 class Observability:
@@ -75,16 +73,14 @@ class Observability:
         listen: str,
         stack: contextlib.AsyncExitStack,
         *,
-        database: Database,
-        clock: Clock,
+        count_jobs: Callable[[], Awaitable[JobCounts]],
         executor: Callable[[], ExecutorGauges | None],
     ) -> None:
-        """Serve ``/metrics`` on ``listen`` until ``stack`` unwinds (no-op with metrics off)."""
+        """Serve ``/metrics`` on ``listen`` until ``stack`` unwinds (no-op with metrics off);
+        ``count_jobs`` reads the job counts from SQL at scrape time."""
         if self.registry is None:
             return
-        self.registry.register(
-            StateCollector(asyncio.get_running_loop(), lambda: count_jobs(database, clock.now()), executor)
-        )
+        self.registry.register(StateCollector(asyncio.get_running_loop(), count_jobs, executor))
         try:
             server = MetricsServer.start(listen, self.registry)
         except (OSError, ValueError) as error:

@@ -27,8 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cofounder_server.domain.events import EscalationEventKind
 from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
-from cofounder_server.events.model import EscalationEventKind
 
 # Deterministic constraint names: Alembic needs names to drop or alter constraints later,
 # and SQLite batch migrations rebuild tables by them.

@@ -1,4 +1,5 @@
-"""The scrape-time job counts: two grouped reads of the jobs table, in one transaction."""
+"""The scrape-time job counts for the metrics endpoint: two grouped reads of the jobs table,
+in one transaction."""
 
 from __future__ import annotations
 
