@@ -9,6 +9,7 @@ from sqlalchemy import update
 
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.store.database import Database
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.models import JobRow
 from cofounder_server.store.runners import RunnerLeases
@@ -40,7 +41,7 @@ async def test_others_see_an_expired_lease_but_not_their_own(database: Database)
 
 async def test_an_expired_runner_is_forgotten_once_no_running_job_names_it(database: Database) -> None:
     leases = RunnerLeases(database)
-    jobs = JobRepository(database)
+    jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
     job, _ = await jobs.create(new_job(), request_id=None, fingerprint="f", now=T0)
     async with database.write() as session:
         await session.execute(
@@ -58,7 +59,7 @@ async def test_an_expired_runner_is_forgotten_once_no_running_job_names_it(datab
 
 async def running(database: Database, runner: str | None, state: AgentState, minute: int) -> str:
     """A running job held by ``runner`` whose agent is in ``state`` (created ``minute`` after T0)."""
-    job, _ = await JobRepository(database).create(
+    job, _ = await JobRepository(database, EventLogRepository(database, retention_events=1000)).create(
         new_job(), request_id=None, fingerprint="f", now=T0 + timedelta(minutes=minute)
     )
     async with database.write() as session:
@@ -111,7 +112,7 @@ async def test_parked_jobs_of_dead_or_no_runner_are_claimed_in_bulk_oldest_first
 
 async def test_changed_since_names_the_jobs_changed_in_the_window(database: Database) -> None:
     leases = RunnerLeases(database)
-    jobs = JobRepository(database)
+    jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
     before = await running(database, "runner-a", AgentState.SLEEPING, 0)
     changed = await running(database, "runner-a", AgentState.SLEEPING, 1)
     await jobs.cancel(changed, owner_scope=None, reason="", now=T0 + timedelta(hours=1))

@@ -56,6 +56,7 @@ from cofounder_server.store.job_counts import count_jobs
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.migrate import upgrade_to_head
+from cofounder_server.store.runners import RunnerLeases
 from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ async def _start_executor(
     )
     executor = Executor(
         runs=runs,
+        leases=RunnerLeases(database),
         checkpoints=checkpoints,
         writer=writer,
         changes=changes,
@@ -192,6 +194,8 @@ async def _start_executor(
         max_running_jobs=settings.max_running_jobs,
         lease_seconds=settings.lease_seconds,
         claim_interval_seconds=settings.claim_interval_seconds,
+        sweep_interval_seconds=settings.sweep_interval_seconds,
+        wake_jitter_seconds=settings.wake_jitter_seconds,
     )
     changes.attach_runner(executor)
     await executor.start()

@@ -209,11 +209,28 @@ class Settings:
         },
     )
     lease_seconds: float = field(
-        default=30.0,
-        metadata={"help": "a job whose runner has not renewed its lease for this long is taken over"},
+        default=5.0,
+        metadata={
+            "help": "an executor that has not renewed its runner lease for this long is presumed dead and "
+            "its jobs are taken over (renewed every quarter of it, one UPDATE however many jobs it holds)"
+        },
     )
     claim_interval_seconds: float = field(
-        default=1.0, metadata={"help": "how often the executor looks for jobs to claim and renews leases"}
+        default=1.0, metadata={"help": "how often the executor looks for jobs to claim"}
+    )
+    sweep_interval_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "how often the executor sweeps for lost notifications (jobs changed in SQL, wake_signal "
+            "keys of its sleeping agents): one sweep per process, not per agent"
+        },
+    )
+    wake_jitter_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "spread each parked agent's wake time by a random delay up to this long (agents "
+            "sharing a time, e.g. midnight, then resume in a random but fair order)"
+        },
     )
     brain_retries: int = field(
         default=3, metadata={"help": "attempts of a retryable brain error before the job fails (MODEL_ERROR)"}

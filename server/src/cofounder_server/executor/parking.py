@@ -45,6 +45,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from cofounder_server.clock import Clock
+from cofounder_server.domain.model import AgentState
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ class WakeCause(Enum):
     """Its time came (the timer)."""
     NOTIFIED = "notified"
     """A notification or the sweep said it should wake (the wake may already be in SQL)."""
+
+
+@dataclass(frozen=True)
+class Park:
+    """What a run that parks its agent returns: the state it parked in (already committed in
+    SQL with its events) and when a time wakes it (``None``: only a notification does)."""
+
+    reason: AgentState
+    due: datetime | None
 
 
 @dataclass(slots=True)

@@ -112,10 +112,9 @@ class JobRow(Base):
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
     end_time: Mapped[datetime | None]
-    # The executor's lease: which process runs the job, and until when it may without
-    # renewing. A job whose lease expired is claimed by another process.
+    # Which executor process runs the job (a row of ``runners``, whose lease says whether it
+    # is alive). A job of a runner whose lease expired is claimed by another process.
     runner_id: Mapped[str | None] = mapped_column(String(64))
-    lease_expires_at: Mapped[datetime | None]
     # Starts at 1 and grows by one on every change: cached copies (Redis, event payloads)
     # are ordered by it, and the mapper uses it to refuse a flush over a concurrent change.
     version: Mapped[int] = mapped_column(Integer)

@@ -139,6 +139,12 @@ class RunnerLeases:
             )
             return [_held(row) for row in rows.all()]
 
+    async def job(self, job_id: str) -> HeldJob | None:
+        """The job as an executor needs it, with its runner."""
+        async with self._database.read() as session:
+            row = (await session.execute(select(*_HELD_COLUMNS).where(JobRow.job_id == job_id))).one_or_none()
+            return None if row is None else _held(row)
+
     async def changed_since(self, since: datetime) -> list[HeldJob]:
         """Jobs whose row changed at or after ``since`` (the sweep: what a lost notification
         would have said)."""
@@ -174,6 +180,10 @@ class RunnerLeases:
             # Rows another claimer holds are skipped, not waited for; the UPDATE re-checks the
             # conditions, so each job goes to one runner.
             candidates = candidates.with_for_update(skip_locked=True)
+        async with self._database.read() as session:
+            # Mostly there is nothing to claim: find out without taking SQLite's write lock.
+            if await session.scalar(select(JobRow.job_id).where(*condition).limit(1)) is None:
+                return []
         async with self._database.write() as session:
             job_ids = list(await session.scalars(candidates))
             if not job_ids:

@@ -1,4 +1,5 @@
-"""Runner leases: one lease per executor process instead of one per job.
+"""Runner leases: one lease per executor process instead of one per job (jobs keep only
+the runner's id).
 
 Revision ID: 0005
 Revises: 0003
@@ -36,9 +37,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_jobs_update_time", "jobs", ["update_time"])
     op.create_index("ix_jobs_runner_id_status", "jobs", ["runner_id", "status"])
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("lease_expires_at")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("lease_expires_at", _TIMESTAMP, nullable=True))
+    # Every runner's jobs keep its lease.
+    op.execute(
+        "UPDATE jobs SET lease_expires_at = "
+        "(SELECT lease_expires_at FROM runners WHERE runners.runner_id = jobs.runner_id)"
+    )
     op.drop_index("ix_jobs_runner_id_status", table_name="jobs")
     op.drop_index("ix_jobs_update_time", table_name="jobs")
     op.drop_table("runners")
