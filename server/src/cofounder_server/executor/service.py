@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_CRASH_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 5.0
 """How long stop() waits for a cancelled task before leaving it behind."""
+RELEASE_ATTEMPTS = 3
+"""Tries to hand the jobs over at a graceful stop."""
 PARKED_CLAIM_BATCH = 1000
 """Parked jobs claimed per statement (a claim round takes as many batches as there are)."""
 WAKE_SIGNAL_BATCH = 1000
@@ -203,16 +205,24 @@ class Executor:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
             await _cancel_and_wait(pending, "agent run")
-        try:
-            await self._leases.release(self.runner_id)
-        except DomainError as error:
-            log.warning(
-                "could not hand the jobs over (they are taken over when the lease expires): %s", error
-            )
-        else:
+        if await self._release():
             await self._changes.runner_released(self.runner_id)
         await self._writer.stop()
         await self._checkpoints.close()
+
+    async def _release(self) -> bool:
+        """Hand every job over; a few tries, since the loops just cancelled may still hold
+        SQLite's write lock for a moment."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                await self._leases.release(self.runner_id)
+                return True
+            except DomainError as error:
+                if attempt + 1 == RELEASE_ATTEMPTS:
+                    log.warning("could not hand the jobs over (taken over when the lease expires): %s", error)
+                else:
+                    await asyncio.sleep(0.2 * (attempt + 1))
+        return False
 
     # --- changes committed in this process (the change pipeline tells other replicas) ----
 
@@ -445,7 +455,10 @@ class Executor:
 
     async def _wake_in_sql(self, held: HeldJob, cause: WakeCause) -> Job | None:
         """Record the wake of an agent SQL still shows parked; ``None`` if it is not this
-        executor's to wake (a waiting agent's answer comes with its own change)."""
+        executor's to wake. Only a sleeping agent is woken here (its time came, or a
+        ``wake_signal``); an agent waiting for input is woken by the change that answers it
+        (committed elsewhere, then notified), and the transition at its deadline belongs here
+        beside the sleeping one."""
         if held.agent_state is not AgentState.SLEEPING:
             return None
         reason = WakeReason.SCHEDULED if cause is WakeCause.DUE else WakeReason.REQUESTED
