@@ -333,13 +333,16 @@ class Executor:
         mine: list[str] = []
         if self._resume_mine:
             self._resume_mine = False
+            parked_again: list[str] = []
             for job in await self._leases.jobs_of(self.runner_id):
                 if self.holds(job.job_id):
                     continue
                 if job.agent_state in PARKED_STATES:
                     self._park(job)
+                    parked_again.append(job.job_id)
                 else:
                     mine.append(job.job_id)
+            await self._changes.parked_claimed(parked_again)
         while not self._stopping:
             parked = await self._leases.claim_parked(
                 self.runner_id, parked_states=PARKED_STATES, expired=expired, limit=PARKED_CLAIM_BATCH
@@ -356,6 +359,8 @@ class Executor:
         )
         for job_id in [*mine, *awake]:
             if self._stopping or not self.slots.try_take():
+                # This runner's own jobs wait for a slot: look for them again next round.
+                self._resume_mine = self._resume_mine or bool(mine)
                 return
             try:
                 now = self._clock.now()
