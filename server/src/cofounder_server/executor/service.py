@@ -298,8 +298,10 @@ class Executor:
 
     async def _resync(self) -> None:
         """Stop what no longer names this runner; take back what does (in the claim loop)."""
+        # Held before the read: a job claimed while it runs is not judged by a stale answer.
+        held = [*self.runs, *(entry.job_id for entry in self.lot)]
         ours = {job.job_id for job in await self._leases.jobs_of(self.runner_id)}
-        for job_id in [*self.runs, *(entry.job_id for entry in self.lot)]:
+        for job_id in held:
             if job_id not in ours:
                 observability.metrics.leases_lost.inc()
                 log.info("job %s was taken over while our lease had lapsed: stopping", job_id)
@@ -495,6 +497,24 @@ class Executor:
             except Exception:
                 log.exception("executor sweep failed; trying again")
 
+    def _differs(self, job: HeldJob) -> bool:
+        """Whether SQL says something about a job held here that this process does not know."""
+        ours = job.status is JobStatus.RUNNING and job.runner_id == self.runner_id
+        entry = self.lot.get(job.job_id)
+        if entry is not None:
+            return not ours or job.agent_state is None or job.agent_state.value != entry.reason
+        return not ours and (job.job_id in self.runs or self.slots.is_waiting(job.job_id))
+
+    def _act_on(self, job_id: str, job: HeldJob | None) -> None:
+        """Do what a lost notification about ``job`` (as SQL has it now) would have done."""
+        ours = job is not None and job.status is JobStatus.RUNNING and job.runner_id == self.runner_id
+        if not ours:
+            if job is not None and job.status is JobStatus.RUNNING:
+                observability.metrics.leases_lost.inc()
+            self._cancel(job_id)
+        elif job_id in self.lot:
+            self.lot.notify(job_id)
+
     async def sweep(self) -> None:
         """Act on what lost notifications would have said (see the module docstring)."""
         now = self._clock.now()
@@ -503,17 +523,11 @@ class Executor:
         self._last_sweep = now
         await self._leases.forget_expired(now=now)
         for job in changed:
-            ours = job.status is JobStatus.RUNNING and job.runner_id == self.runner_id
-            entry = self.lot.get(job.job_id)
-            if entry is not None:
-                if not ours:
-                    self.lot.take(job.job_id)
-                elif job.agent_state is None or job.agent_state.value != entry.reason:
-                    self.lot.notify(job.job_id)
-            elif not ours and (job.job_id in self.runs or self.slots.is_waiting(job.job_id)):
-                if job.status is JobStatus.RUNNING:
-                    observability.metrics.leases_lost.inc()
-                self._cancel(job.job_id)
+            if self._differs(job):
+                # The read may predate a claim or a park of this process: decide on a fresh one.
+                fresh = await self._leases.job(job.job_id)
+                if fresh is None or self._differs(fresh):
+                    self._act_on(job.job_id, fresh)
         sleeping = [entry.job_id for entry in self.lot if entry.reason == AgentState.SLEEPING.value]
         for start in range(0, len(sleeping), WAKE_SIGNAL_BATCH):
             batch = sleeping[start : start + WAKE_SIGNAL_BATCH]
