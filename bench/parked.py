@@ -22,8 +22,9 @@ Stages, for each ``-n``:
 4. **Restart.** SIGTERM, wait for the exit, start again on the same data directory: the time
    until SQL shows all N jobs held by the restarted runner again, then the idle CPU share again.
 5. **WakeAgent.** For ``--wake-sample`` parked agents one after the other: open
-   ``WatchJobEvents``, call ``WakeAgent``, and time from the call to the woken agent's next
-   ``agent.thinking`` event (its run resumed and made its next model call); p50/p99/max.
+   ``WatchJobEvents``, call ``WakeAgent`` with a top-up of one day's budget, and time from the
+   call to the woken agent's next ``agent.thinking`` event (its run resumed and made its next
+   model call); p50/p99/max.
 
 Then, with ``--storm M``, **the midnight storm** in this process (the real ``Application``
 on an injected clock, so midnight comes when the script says): M agents park as above, then
@@ -231,8 +232,17 @@ async def submit(stub: pb_grpc.AgentControlServiceStub, n: int) -> list[str]:
                 goal=f"parked job {k}",
                 daily_budget_microdollars=BUDGET,
                 agent=agent,
+                request_id=f"bench-parked-{k}",
             )
-            ids.append((await stub.SubmitJob(request, timeout=60)).job.job_id)
+            # UNAVAILABLE is retryable, and the request_id makes the retry safe.
+            for attempt in range(5):
+                try:
+                    ids.append((await stub.SubmitJob(request, timeout=60)).job.job_id)
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                        raise
+                    await asyncio.sleep(1.0)
 
     await asyncio.gather(*(one(k) for k in range(n)))
     return ids
@@ -244,7 +254,8 @@ async def wake_latencies(stub: pb_grpc.AgentControlServiceStub, job_ids: list[st
         call = stub.WatchJobEvents(pb.WatchJobEventsRequest(job_id=job_id))
         await asyncio.wait_for(call.read(), 30)  # the snapshot
         started = time.perf_counter()
-        await stub.WakeAgent(pb.WakeAgentRequest(job_id=job_id), timeout=30)
+        # With a top-up: the woken agent is below 90 % again and makes its next model call.
+        await stub.WakeAgent(pb.WakeAgentRequest(job_id=job_id, top_up_microdollars=BUDGET), timeout=30)
         done = False
         while not done:
             response = await asyncio.wait_for(call.read(), 30)
