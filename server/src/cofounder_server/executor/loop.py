@@ -9,6 +9,11 @@ restart starts from the last committed iteration, so nothing committed is done t
 Outcomes: COMPLETED (the brain ends its turn without tool calls; job READY), and FAILED with
 ITERATION_LIMIT, REPETITION, MODEL_ERROR or BUDGET_EXCEEDED. CANCELLED is recorded by
 CancelJob itself; the loop only stops.
+
+At 90 % of the daily budget the agent finishes its turn and *parks*: the run records
+``sleeping`` (with the wake time and the ``agent.sleeping`` event) and ends, returning a
+:class:`~cofounder_server.executor.parking.Park`; the executor keeps the job in its parking
+lot until the window resets or a wake, then resumes it in a new run from its checkpoint.
 """
 
 from __future__ import annotations
@@ -34,14 +39,13 @@ from cofounder_server.domain.events import (
     AgentSleeping,
     AgentThinking,
     AgentToolCalled,
-    AgentWaking,
     EventPayload,
     PhaseCompleted,
     PhaseStarted,
     SleepReason,
-    WakeReason,
 )
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
+from cofounder_server.executor.parking import Park
 from cofounder_server.executor.plugins import (
     Brain,
     BrainError,
@@ -71,8 +75,6 @@ REPETITION_WINDOW = 10
 """How many of the newest tool calls repetition detection looks at."""
 REPETITION_LIMIT = 3
 """The same call (name and input) this many times within the window is a repetition."""
-WAKE_SIGNAL_POLL_SECONDS = 5.0
-"""A sleeping agent also checks its ``wake_signal`` key this often (set by other writers)."""
 
 STEERING = (
     "You have called {name} with the same input {count} times within your last {window} tool "
@@ -159,9 +161,7 @@ class AgentRun:
         self._limits = limits
         self.job = job
         self.job_id = job.job_id
-        self.sleeping = job.agent_state is AgentState.SLEEPING
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self.iteration = 0
         self._spend: tuple[datetime, Spend] | None = None
         """Today's spend as this run last knew it, with its budget window."""
@@ -169,17 +169,16 @@ class AgentRun:
     # --- control (from the executor) ----------------------------------------------------
 
     def stop(self) -> None:
-        """End the run at the next iteration boundary (or at once while sleeping)."""
+        """End the run at the next iteration boundary."""
         self._stop.set()
-        self._wake.set()
-
-    def wake(self) -> None:
-        """A wake was requested (WakeAgent on some replica, or the wake_signal key)."""
-        self._wake.set()
 
     # --- the run ------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> Park | None:
+        """Run until the job ends (``None``) or the agent parks (the :class:`Park` it asks
+        for, already recorded in SQL); ``None`` too when stopped."""
+        if self.job.agent_state is AgentState.SLEEPING:
+            return Park(AgentState.SLEEPING, self.job.wake_at)
         logs.job_id.set(self.job_id)
         checkpoint = await self._checkpoints.checkpoint(self.job_id)
         if checkpoint is None:
@@ -195,17 +194,15 @@ class AgentRun:
             brain = self._plugins.brain_for(self.job.agent)
         except Exception as error:  # unknown brain, bad config: the job cannot run
             await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
-            return
+            return None
         tools = {tool.spec.name: tool for tool in self._plugins.tools()}
         specs = [tool.spec for tool in tools.values()]
         try:
-            if self.job.agent_state is AgentState.SLEEPING and self.job.wake_at is not None:
-                await self._sleep(self.job.wake_at, None)
-            await self._loop(
+            return await self._loop(
                 brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
             )
         except Stopped:
-            return
+            return None
 
     async def _loop(
         self,
@@ -216,9 +213,11 @@ class AgentRun:
         messages: list[Message],
         saved: int,
         state: LoopState,
-    ) -> None:
+    ) -> Park | None:
         window = budget.window_start(self._clock.now())
         spent, limit = await self._budget(window)
+        if budget.should_sleep(spent, limit):  # woken without a top-up before the window reset
+            return await self._park_until_midnight()
         while True:
             if self._stop.is_set():
                 raise Stopped
@@ -228,12 +227,12 @@ class AgentRun:
                     f"reached the limit of {self._limits.max_tool_calls} tool calls",
                     [],
                 )
-                return
+                return None
             span = observability.tracing.iteration(self.job_id, state.iteration + 1)
             turn = await self._think(brain, messages, specs, state)
             if turn is None:
                 span.end()
-                return
+                return None
             now = self._clock.now()
             if budget.window_start(now) != window:  # midnight passed while thinking
                 window = budget.window_start(now)
@@ -303,12 +302,9 @@ class AgentRun:
                 elif outcome[0] is JobOutcome.COMPLETED and state.phase:
                     final.append(PhaseCompleted(phase=state.phase))
                 await self._finish(outcome[0], outcome[1], final)
-                return
+                return None
             if budget.should_sleep(spent, limit):
-                while budget.should_sleep(spent, limit):
-                    await self._sleep(next_utc_midnight(self._clock.now()), SleepReason.BUDGET_THRESHOLD)
-                    window = budget.window_start(self._clock.now())
-                    spent, limit = await self._budget(window)
+                return await self._park_until_midnight()
 
     def _tool_call_limit_detail(self) -> str:
         return f"reached the limit of {self._limits.max_tool_calls} tool calls"
@@ -481,78 +477,20 @@ class AgentRun:
         if not accepted:
             raise Stopped
 
-    # --- sleep and wake -----------------------------------------------------------------
+    # --- parking -----------------------------------------------------------------------
 
-    async def _sleep(self, wake_at: datetime, reason: SleepReason | None) -> None:
-        """Sleep until ``wake_at`` or a wake request. ``reason`` None: resume a sleep that is
-        already recorded (after a restart)."""
-        if reason is not None:
-            change = await self._runs.set_agent_state(
-                self.job_id,
-                state=AgentState.SLEEPING,
-                wake_at=wake_at,
-                events=[AgentSleeping(wake_time=wake_at, reason=reason)],
-                now=self._clock.now(),
-            )
-            await self._applied(change)
-        self.sleeping = True
-        try:
-            await self._wait_for_wake(wake_at)
-        finally:
-            self.sleeping = False
-
-    async def _wait_for_wake(self, wake_at: datetime) -> None:
-        """Return once the agent is awake in SQL: at ``wake_at`` (woken here), by WakeAgent
-        (woken by the RPC, noticed through the control channel or by polling SQL), or by a
-        ``wake_signal`` key some other writer set (woken here)."""
-        timer = asyncio.ensure_future(self._clock.sleep_until(wake_at))
-        try:
-            while True:
-                if self._stop.is_set():
-                    raise Stopped
-                if timer.done():
-                    if await self._woken(WakeReason.SCHEDULED):
-                        return
-                    continue
-                if await self._changes.take_wake_signal(self.job_id) and await self._woken(
-                    WakeReason.REQUESTED
-                ):
-                    return
-                waiter = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait(
-                    {timer, waiter}, timeout=WAKE_SIGNAL_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-                self._wake.clear()
-                if not timer.done() and await self._awake_in_sql():
-                    return
-        finally:
-            timer.cancel()
-
-    async def _woken(self, reason: WakeReason) -> bool:
-        """Wake the agent in SQL (unless WakeAgent did already); False if it sleeps on."""
+    async def _park_until_midnight(self) -> Park:
+        """Record the sleep until the budget window resets; the run then ends."""
+        wake_at = next_utc_midnight(self._clock.now())
         change = await self._runs.set_agent_state(
             self.job_id,
-            state=AgentState.WORKING,
-            wake_at=None,
-            events=[AgentWaking(reason=reason)],
+            state=AgentState.SLEEPING,
+            wake_at=wake_at,
+            events=[AgentSleeping(wake_time=wake_at, reason=SleepReason.BUDGET_THRESHOLD)],
             now=self._clock.now(),
-            only_from=AgentState.SLEEPING,
         )
-        if change is not None:
-            await self._applied(change)
-            return True
-        return await self._awake_in_sql()
-
-    async def _awake_in_sql(self) -> bool:
-        """Whether SQL says the agent is awake (WakeAgent woke it); ``Stopped`` if the job ended."""
-        job = await self._runs.get(self.job_id)
-        if job is None or job.status is not JobStatus.RUNNING:
-            raise Stopped
-        if job.agent_state is AgentState.SLEEPING:
-            return False
-        self.job = job
-        return True
+        await self._applied(change)
+        return Park(AgentState.SLEEPING, wake_at)
 
     # --- endings and helpers ------------------------------------------------------------
 
