@@ -147,6 +147,11 @@ class Executor:
         self._last_sweep: datetime | None = None
 
     @property
+    def writer(self) -> IterationWriter:
+        """The process's group-commit writer (its counters serve benchmarks)."""
+        return self._writer
+
+    @property
     def awake(self) -> int:
         """Awake agents of this process (what ``max_running_jobs`` caps)."""
         return self.slots.awake
