@@ -31,6 +31,7 @@ class JobOutcome(StrEnum):
     MODEL_ERROR = "model_error"
     BUDGET_EXCEEDED = "budget_exceeded"
     CANCELLED = "cancelled"
+    ESCALATION_LIMIT = "escalation_limit"
 
 
 class AgentState(StrEnum):
