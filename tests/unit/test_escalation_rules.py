@@ -104,15 +104,16 @@ def test_a_question_is_parsed_with_options_deadline_and_default() -> None:
             "deadline_seconds": 60,
             "default": "sqlite",
         },
-        now=NOW,
     )
     assert parsed == Question(
         "Which database?",
         (EscalationOption("pg", "PostgreSQL", "managed"), EscalationOption("sqlite")),
         "pg",
-        NOW + timedelta(seconds=60),
+        60.0,
         "sqlite",
     )
+    assert isinstance(parsed, Question)
+    assert parsed.deadline(NOW) == NOW + timedelta(seconds=60)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_a_question_is_parsed_with_options_deadline_and_default() -> None:
     ],
 )
 def test_a_bad_question_says_what_is_wrong(tool_input: dict[str, object], complaint: str) -> None:
-    parsed = parse_question(tool_input, now=NOW)
+    parsed = parse_question(tool_input)
     assert isinstance(parsed, str)
     assert complaint in parsed
 

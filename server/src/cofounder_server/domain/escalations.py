@@ -113,13 +113,18 @@ class Question:
     question: str
     options: tuple[EscalationOption, ...]
     recommended: str = ""
-    deadline: datetime | None = None
+    deadline_seconds: float | None = None
+    """How long to wait for an answer, from when the question is raised."""
     default: str = ""
 
+    def deadline(self, raised: datetime) -> datetime | None:
+        """The deadline of the question raised at ``raised``."""
+        return None if self.deadline_seconds is None else raised + timedelta(seconds=self.deadline_seconds)
 
-def parse_question(tool_input: Mapping[str, Any], *, now: datetime) -> Question | str:
+
+def parse_question(tool_input: Mapping[str, Any]) -> Question | str:
     """The ``ask_human`` input as a :class:`Question`, or what is wrong with it (in words the
-    model can act on). ``deadline_seconds`` is relative to ``now``."""
+    model can act on)."""
     question = tool_input.get("question")
     if not isinstance(question, str) or not question.strip():
         return "`question` is required and must be a non-empty string"
@@ -150,14 +155,14 @@ def parse_question(tool_input: Mapping[str, Any], *, now: datetime) -> Question 
     default = tool_input.get("default", "")
     if default and default not in values:
         return f"`default` must be one of the option values {values}"
-    deadline: datetime | None = None
+    deadline: float | None = None
     seconds = tool_input.get("deadline_seconds")
     if seconds is not None:
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
             return "`deadline_seconds` must be a positive number"
         if seconds > MAX_DEADLINE.total_seconds():
             return f"`deadline_seconds` must be at most {int(MAX_DEADLINE.total_seconds())}"
-        deadline = now + timedelta(seconds=float(seconds))
+        deadline = float(seconds)
     elif default:
         return "`default` needs `deadline_seconds`: it is applied when nobody answers by then"
     return Question(question.strip(), tuple(options), str(recommended), deadline, str(default))

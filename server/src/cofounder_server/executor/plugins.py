@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from cofounder_server.domain.escalations import Question
 from cofounder_server.domain.model import AgentSpec
 
 
@@ -137,10 +138,20 @@ class Brain(Protocol):
 
 @dataclass(frozen=True)
 class ToolResult:
-    """What a tool reports back to the agent."""
+    """What a tool reports back to the agent.
+
+    A failure (``is_error``) is retried or escalated by its signature: ``error_type`` (e.g.
+    an exception class name) and the normalised ``content``. ``retryable`` is the tool's own
+    verdict on whether trying again may help; ``None`` lets the executor classify the error
+    (permission and credential failures are never retried). A result with a ``question``
+    asks a human instead: the agent waits, and the answer becomes the call's result.
+    """
 
     content: str
     is_error: bool = False
+    error_type: str = ""
+    retryable: bool | None = None
+    question: Question | None = None
 
 
 @dataclass(frozen=True)
