@@ -46,7 +46,7 @@ async def test_a_malformed_question_is_an_error_for_the_model_not_a_person() -> 
     for result in (missing, unknown):
         assert result.is_error
         assert result.question is None
-        assert result.retryable is True
+        assert result.error_type == ""  # feedback for the model: neither retried nor escalated
     assert "`question`" in missing.content
     assert "'urgency'" in unknown.content
 

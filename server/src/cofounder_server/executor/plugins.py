@@ -140,11 +140,14 @@ class Brain(Protocol):
 class ToolResult:
     """What a tool reports back to the agent.
 
-    A failure (``is_error``) is retried or escalated by its signature: ``error_type`` (e.g.
-    an exception class name) and the normalised ``content``. ``retryable`` is the tool's own
-    verdict on whether trying again may help; ``None`` lets the executor classify the error
+    An error without ``error_type`` is feedback on the call itself (bad input): it goes back
+    to the model, which can correct its next call. An error with ``error_type`` (e.g. an
+    exception class name) says the action failed: the executor runs the call again, counting
+    failures by signature (the tool, ``error_type`` and the normalised ``content``), and
+    escalates to a person when the attempts are used up, or at once when retrying cannot
+    help. ``retryable`` is the tool's own verdict on that; ``None`` lets the executor decide
     (permission and credential failures are never retried). A result with a ``question``
-    asks a human instead: the agent waits, and the answer becomes the call's result.
+    asks a person: the agent waits, and the answer becomes the call's result.
     """
 
     content: str

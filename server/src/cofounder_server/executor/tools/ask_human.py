@@ -84,8 +84,8 @@ class AskHumanTool:
         """Check the question; the executor raises the escalation and waits."""
         unknown = sorted(set(tool_input) - _KNOWN)
         if unknown:
-            return ToolResult(f"unknown input field {unknown[0]!r}", is_error=True, retryable=True)
+            return ToolResult(f"unknown input field {unknown[0]!r}", is_error=True)
         question = parse_question(tool_input)
         if isinstance(question, str):
-            return ToolResult(question, is_error=True, retryable=True)
+            return ToolResult(question, is_error=True)
         return ToolResult("", question=question)
