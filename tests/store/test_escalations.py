@@ -90,6 +90,7 @@ async def test_raising_stores_announces_and_sets_the_agent_waiting(
     assert change is not None
     assert change.job is not None
     assert change.job.agent_state is AgentState.WAITING_FOR_INPUT
+    assert change.job.pending_escalation_ids == (raised.escalation_id,)
     assert [e.payload for e in change.events] == [
         retry,
         AgentEscalationRaised(raised),
@@ -159,6 +160,8 @@ async def test_resolve_is_idempotent_on_request_id_and_then_already_resolved(
         raised.escalation_id, person(), owner_scope="alice", request_id="r1", fingerprint="f", now=later
     )
     assert first.change is not None
+    assert first.change.job is not None
+    assert first.change.job.pending_escalation_ids == ()
     assert first.escalation.status is EscalationStatus.RESOLVED
     assert (first.escalation.decision, first.escalation.resolved_by) == ("pg", "alice")
     assert first.escalation.decision_source is DecisionSource.PERSON
@@ -263,6 +266,9 @@ async def test_delivery_waits_for_every_answer_and_happens_once(
     )
     current, change = await escalations.deliver(job.job_id, RUNNER, ids, now=T0)
     assert change is None
+    job_now = await JobRepository(database).get(job.job_id, owner_scope=None)
+    assert job_now is not None
+    assert job_now.pending_escalation_ids == (first.escalation_id,)
     assert [e.status for e in current] == [EscalationStatus.PENDING, EscalationStatus.RESOLVED]
 
     await escalations.resolve(
@@ -301,6 +307,9 @@ async def test_withdrawing_ends_every_pending_escalation_of_the_job(
         (EscalationEventKind.WITHDRAWN, EscalationStatus.WITHDRAWN)
     ]
     assert await escalations.pending_ids(job.job_id) == []
+    job_now = await JobRepository(database).get(job.job_id, owner_scope=None)
+    assert job_now is not None
+    assert job_now.pending_escalation_ids == ()
 
 
 async def test_listing_is_newest_first_filtered_and_paginated(

@@ -213,6 +213,7 @@ async def test_create_replays_a_key_committed_by_a_concurrent_transaction(
             outcome_detail="",
             agent_state=None,
             wake_at=None,
+            pending_escalations=[],
             create_time=T0,
             update_time=T0,
             end_time=None,

@@ -86,6 +86,8 @@ class Job:
     update_time: datetime
     end_time: datetime | None
     version: int
+    pending_escalation_ids: tuple[str, ...] = ()
+    """Escalations the agent waits on, oldest first."""
 
 
 @dataclass(frozen=True)

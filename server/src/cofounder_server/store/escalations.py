@@ -121,25 +121,32 @@ class EscalationRepository:
         """
         now = _utc(now)
         async with self._database.write() as session:
-            statement = (
-                update(JobRow)
-                .where(JobRow.job_id == job_id, JobRow.status == _RUNNING, JobRow.runner_id == runner_id)
-                .values(agent_state=AgentState.WAITING_FOR_INPUT.value, wake_at=None)
-            )
-            job_row = await _update_returning(session, statement, now)
-            if job_row is None:
+            held = (JobRow.job_id == job_id, JobRow.status == _RUNNING, JobRow.runner_id == runner_id)
+            pending = await session.scalar(select(JobRow.pending_escalations).where(*held).with_for_update())
+            if pending is None:
                 return None
-            change = EscalationChange(job_id, job=_to_job(job_row))
             ids = [e.escalation_id for e in escalations]
             known = set(
                 await session.scalars(
                     select(EscalationRow.escalation_id).where(EscalationRow.escalation_id.in_(ids))
                 )
             )
+            fresh = [e for e in escalations if e.escalation_id not in known]
+            statement = (
+                update(JobRow)
+                .where(*held)
+                .values(
+                    agent_state=AgentState.WAITING_FOR_INPUT.value,
+                    wake_at=None,
+                    pending_escalations=[*pending, *(e.escalation_id for e in fresh)],
+                )
+            )
+            job_row = await _update_returning(session, statement, now)
+            if job_row is None:
+                return None
+            change = EscalationChange(job_id, job=_to_job(job_row))
             payloads: list[EventPayload] = list(before)
-            for escalation in escalations:
-                if escalation.escalation_id in known:
-                    continue
+            for escalation in fresh:
                 session.add(_new_row(escalation))
                 change.escalations.append(escalation)
                 change.feed.append(
@@ -223,11 +230,8 @@ class EscalationRepository:
                         resource_id=escalation_id,
                         now=now,
                     )
-                feed = await self._event_log.append_escalation_event_in(
-                    session, EscalationEventKind.RESOLVED, escalation, now=now
-                )
-                change = EscalationChange(escalation.job_id, [escalation], [feed])
-                return Resolved(escalation, change, await _job(session, escalation.job_id))
+                change = await self._decided(session, escalation, now)
+                return Resolved(escalation, change, change.job)
         except IntegrityError:
             if not request_id:
                 raise
@@ -281,20 +285,41 @@ class EscalationRepository:
                 updated = await _update_escalation(session, statement)
                 if updated is None:  # answered, or fired by another replica, meanwhile
                     continue
-                escalation = _to_escalation(updated)
-                feed = await self._event_log.append_escalation_event_in(
-                    session, EscalationEventKind.RESOLVED, escalation, now=now
-                )
-                changes.append(EscalationChange(escalation.job_id, [escalation], [feed]))
+                changes.append(await self._decided(session, _to_escalation(updated), now))
         return changes
+
+    async def _decided(
+        self, session: AsyncSession, escalation: Escalation, now: datetime
+    ) -> EscalationChange:
+        """The rest of a decision's transaction: its feed entry, and the job no longer
+        listing it as pending (a change of the job, so its summary follows)."""
+        feed = await self._event_log.append_escalation_event_in(
+            session, EscalationEventKind.RESOLVED, escalation, now=now
+        )
+        pending = await session.scalar(
+            select(JobRow.pending_escalations).where(JobRow.job_id == escalation.job_id).with_for_update()
+        )
+        statement = (
+            update(JobRow)
+            .where(JobRow.job_id == escalation.job_id)
+            .values(pending_escalations=[i for i in pending or () if i != escalation.escalation_id])
+        )
+        job_row = await _update_returning(session, statement, now)
+        job = None if job_row is None else _to_job(job_row)
+        return EscalationChange(escalation.job_id, [escalation], [feed], job=job)
 
     async def withdraw_in(
         self, session: AsyncSession, job_id: str, *, reason: str, now: datetime
     ) -> tuple[builtins.list[EventPayload], builtins.list[EscalationEvent]]:
         """Withdraw the job's pending escalations inside the caller's transaction (its job is
         ending); the ``agent.escalation_withdrawn`` payloads for its events, and the feed
-        entries."""
+        entries. Call it before the job's own UPDATE, which then returns the job with no
+        pending escalations."""
         now = _utc(now)
+        await session.execute(
+            update(JobRow).where(JobRow.job_id == job_id).values(pending_escalations=[]),
+            execution_options={"synchronize_session": False},
+        )
         statement = (
             update(EscalationRow)
             .where(EscalationRow.job_id == job_id, EscalationRow.state == _PENDING)

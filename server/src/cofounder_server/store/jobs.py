@@ -283,6 +283,7 @@ def _new_row(new: NewJob, now: datetime) -> JobRow:
         outcome_detail="",
         agent_state=None,
         wake_at=None,
+        pending_escalations=[],
         create_time=now,
         update_time=now,
         end_time=None,
@@ -309,4 +310,5 @@ def _to_job(row: JobRow) -> Job:
         update_time=row.update_time,
         end_time=row.end_time,
         version=row.version,
+        pending_escalation_ids=tuple(row.pending_escalations or ()),
     )

@@ -128,6 +128,9 @@ class JobRow(Base):
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
     end_time: Mapped[datetime | None]
+    # The escalations the agent waits on (ids, oldest first), kept with the job so every
+    # change of them is a change of the job: its summary in Redis follows.
+    pending_escalations: Mapped[list[str]] = mapped_column(JSONDocument)
     # The executor's lease: which process runs the job, and until when it may without
     # renewing. A job whose lease expired is claimed by another process.
     runner_id: Mapped[str | None] = mapped_column(String(64))

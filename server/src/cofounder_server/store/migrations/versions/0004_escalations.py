@@ -75,16 +75,20 @@ def upgrade() -> None:
     )
     op.create_index("ix_escalations_state_deadline", "escalations", ["state", "deadline"])
     with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("pending_escalations", _JSON, nullable=False, server_default="[]"))
         batch.drop_constraint(op.f("ck_jobs_outcome"), type_="check")
         batch.create_check_constraint(
             "outcome", f"outcome IS NULL OR outcome IN ({_OUTCOMES}, 'escalation_limit')"
         )
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("pending_escalations", server_default=None)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint(op.f("ck_jobs_outcome"), type_="check")
         batch.create_check_constraint("outcome", f"outcome IS NULL OR outcome IN ({_OUTCOMES})")
+        batch.drop_column("pending_escalations")
     op.drop_index("ix_escalations_state_deadline", table_name="escalations")
     op.drop_index("ix_escalations_job_id_create_time", table_name="escalations")
     op.drop_index("ix_escalations_owner_id_create_time", table_name="escalations")
