@@ -21,8 +21,8 @@ time, say where the time goes.
 
 Then, as a reference measured in the same run (these machines drift), the same jobs run on a
 fresh server whose writer commits each iteration in a transaction of its own (group size 1,
-the design ANCHORS.md measured near 680 iterations/s); ``ratio_to_reference`` compares the
-two. ``--no-reference`` skips it.
+the one-transaction-per-iteration design, measured near 680 iterations/s);
+``ratio_to_reference`` compares the two. ``--no-reference`` skips it.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ async def drop_postgres_database(dsn: str, url: str) -> None:
         await connection.close()
 
 
-async def run(args: argparse.Namespace, *, max_batch: int | None = None) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, *, max_batch: int | None = None, metrics_listen: str = ""
+) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
     database_url, admin_dsn = "", ""
     if args.database:
@@ -107,12 +109,13 @@ async def run(args: argparse.Namespace, *, max_batch: int | None = None) -> dict
         max_running_jobs=args.jobs,
         max_tool_calls=10**9,
         claim_interval_seconds=0.5,
+        metrics_listen=metrics_listen,
     )
     app = await Application.start(settings)
     result: dict[str, Any] = {}
     try:
         assert app.executor is not None
-        writer = app.executor._s.writer  # the benchmark reads the writer's counters
+        writer = app.executor.writer  # the benchmark reads the writer's counters
         if max_batch is not None:
             writer._max_batch = max_batch  # the reference design: a transaction per iteration
         config = struct_pb2.Struct()

@@ -197,36 +197,48 @@ class Cofounder(Design):
 
     @contextlib.asynccontextmanager
     async def publisher(self, job_id: str) -> AsyncIterator[Any]:
-        # Another replica's executor: the real publishing path (SQL commit, PUBLISH, last_seq).
-        from cofounder_server.api.convert import encode_job_event
+        # Another replica's executor: the real publishing path (SQL commit, then the change
+        # pipeline: last_seq and PUBLISH in one round trip).
+        from cofounder_server.api.convert import encode_escalation_event, encode_job_event
         from cofounder_server.clock import SystemClock
-        from cofounder_server.events.job_events import JobEvents
-        from cofounder_server.events.model import AgentThinking
+        from cofounder_server.domain.changes import Change
+        from cofounder_server.domain.events import AgentThinking
         from cofounder_server.live import keys
         from cofounder_server.live.connect import create_client
         from cofounder_server.live.tracked_cache import TrackedCache
+        from cofounder_server.services.changes import ChangePipeline
         from cofounder_server.store.database import open_database
         from cofounder_server.store.events import EventLogRepository
+        from cofounder_server.store.jobs import JobRepository
+        from cofounder_server.store.ledger import LedgerRepository
 
         url = f"redis://127.0.0.1:{self.redis_port}/0"
         database = await open_database(self.database_url)
         redis = create_client(url)
         cache = TrackedCache(url, [keys.JOB_KEY_PREFIX])
         await cache.start()
-        events = JobEvents(
-            EventLogRepository(database, retention_events=100_000),
+        clock = SystemClock()
+        event_log = EventLogRepository(database, retention_events=100_000)
+        changes = ChangePipeline(
             redis,
             cache,
-            SystemClock(),
+            clock,
             encode_job_event,
+            encode_escalation=encode_escalation_event,
+            jobs=JobRepository(database, event_log),
+            ledger=LedgerRepository(database),
+            event_log=event_log,
         )
 
         async def publish(index: int) -> None:
-            await events.publish(job_id, AgentThinking(iteration=index, text=f"t={time.time() * 1000:.3f}"))
+            event = AgentThinking(iteration=index, text=f"t={time.time() * 1000:.3f}")
+            stored = await event_log.append_job_events(job_id, (event,), now=clock.now())
+            await changes.committed(Change.appended(stored))
 
         try:
             yield publish
         finally:
+            await changes.stop()
             await cache.stop()
             await redis.aclose()
             await database.close()

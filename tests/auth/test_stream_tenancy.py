@@ -12,7 +12,12 @@ import pytest
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import escalation_service_pb2 as esc_pb
 from cofounder.agent.v1 import escalation_service_pb2_grpc as esc_grpc
-from cofounder_server.events.model import Escalation, EscalationEventKind, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.events import (
+    Escalation,
+    EscalationEventKind,
+    EscalationStatus,
+    EscalationTrigger,
+)
 from tests.auth.support import ALICE, BILLING, BOB, ONCALL, failure_of, submit_request
 from tests.support import RPC_TIMEOUT
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -11,7 +12,9 @@ from grpc_status import rpc_status
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import event_pb2
-from cofounder_server.events.model import AgentThinking
+from cofounder_server.app import Application
+from cofounder_server.domain.changes import Change
+from cofounder_server.domain.events import AgentThinking, EventPayload
 from tests.support import RPC_TIMEOUT
 
 STREAM_TIMEOUT = 60.0
@@ -20,6 +23,20 @@ STREAM_TIMEOUT = 60.0
 
 def thinking(index: int, text: str = "") -> AgentThinking:
     return AgentThinking(iteration=index, text=text or f"step {index}")
+
+
+async def publish_many(app: Application, job_id: str, payloads: Sequence[EventPayload]) -> list[int]:
+    """Append events to the job's log and send them down the server's change pipeline, as the
+    executor does with events that change no job; their sequences."""
+    stored = await app.event_log.append_job_events(job_id, payloads, now=app.clock.now())
+    await app.changes.committed(Change.appended(stored))
+    return [event.sequence for event in stored]
+
+
+async def publish(app: Application, job_id: str, payload: EventPayload) -> int:
+    """:func:`publish_many` of one event; its sequence."""
+    (sequence,) = await publish_many(app, job_id, (payload,))
+    return sequence
 
 
 def watch(stub: Any, job_id: str, after: int | None = None, *, reading: bool = True) -> Stream:

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder_server.domain import events as model
 from cofounder_server.domain.errors import NotFound
 from cofounder_server.domain.model import JobOutcome, JobStatus
-from cofounder_server.events import model
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
-from tests.events.support import thinking
+from tests.events.support import publish_many, thinking
 from tests.integration.test_jobs import submit
 from tests.support import RPC_TIMEOUT, eventually
 
@@ -101,7 +101,7 @@ async def test_get_job_status_reports_the_latest_sequence(app, jobs_stub, redis,
         return (await jobs_stub.GetJobStatus(request, timeout=RPC_TIMEOUT)).status.latest_event_sequence
 
     assert await latest() == 1
-    await app.job_events.publish_many(job.job_id, [thinking(1), thinking(2)])
+    await publish_many(app, job.job_id, [thinking(1), thinking(2)])
     assert await latest() == 3  # read-your-writes: the publisher invalidated the cached key
 
     # The key expired or was lost: SQL answers, and the key is written back.

@@ -11,14 +11,15 @@ import pytest
 
 from cofounder.agent.v1 import escalation_pb2
 from cofounder.agent.v1 import escalation_service_pb2 as esc
-from cofounder_server.domain.model import AgentSpec, NewJob
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     Escalation,
     EscalationEventKind,
     EscalationOption,
     EscalationStatus,
     EscalationTrigger,
 )
+from cofounder_server.domain.model import AgentSpec, NewJob
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 from tests.events.support import STREAM_TIMEOUT, Stream, error_info
 from tests.events.support import watch as watch_job
@@ -72,7 +73,7 @@ async def feed_events(stream: Stream, count: int) -> list[esc.EscalationEvent]:
 @pytest.fixture(scope="session")
 async def bobs_job(database) -> str:
     """A job owned by someone else."""
-    job, _ = await JobRepository(database).create(
+    job, _ = await JobRepository(database, EventLogRepository(database, retention_events=1000)).create(
         NewJob("bob", "bobs-project", "bob's goal", 1_000_000, AgentSpec(brain="scripted")),
         request_id=None,
         fingerprint="",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
 import grpc
@@ -10,13 +11,14 @@ import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
+from cofounder_server.domain.changes import Change
+from cofounder_server.domain.events import JobStatusChanged
 from cofounder_server.domain.model import JobStatus
 from cofounder_server.events.hub import pack
 from cofounder_server.events.job_events import wire_event
-from cofounder_server.events.model import JobStatusChanged
 from cofounder_server.store.events import EventLogRepository
 from tests.events.conftest import REPLICA_BUFFER_EVENTS, start_replica
-from tests.events.support import error_info, thinking, watch
+from tests.events.support import error_info, publish, publish_many, thinking, watch
 from tests.integration.test_jobs import submit
 from tests.support import RPC_TIMEOUT, eventually
 
@@ -30,7 +32,7 @@ async def test_snapshot_then_live_events_then_terminal_end(app, jobs_stub, proje
     assert snapshot.job_status == job_pb2.JOB_STATUS_QUEUED
     assert snapshot.latest_event_sequence == 1  # the QUEUED status change
 
-    assert await app.job_events.publish(job.job_id, thinking(1, "planning")) == 2
+    assert await publish(app, job.job_id, thinking(1, "planning")) == 2
     events = await stream.until(2)
     assert [(e.sequence, e.type, e.agent_thinking.text) for e in events] == [
         (2, "agent.thinking", "planning")
@@ -50,7 +52,7 @@ async def test_snapshot_then_live_events_then_terminal_end(app, jobs_stub, proje
 
 async def test_whole_history_of_a_finished_job_then_ok(app, jobs_stub, project_id) -> None:
     job = await submit(jobs_stub, project_id)
-    await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(1, 4)])
+    await publish_many(app, job.job_id, [thinking(i) for i in range(1, 4)])
     await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
 
     from_start = watch(jobs_stub, job.job_id, after=0)
@@ -69,7 +71,7 @@ async def test_events_published_during_the_replay_arrive_once_in_order(
     app, jobs_stub, project_id, monkeypatch
 ) -> None:
     job = await submit(jobs_stub, project_id)
-    await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(2, 1001)])  # 2..1000
+    await publish_many(app, job.job_id, [thinking(i) for i in range(2, 1001)])  # 2..1000
     original = EventLogRepository.read_job_events
     calls = 0
 
@@ -81,9 +83,7 @@ async def test_events_published_during_the_replay_arrive_once_in_order(
         if job_id == job.job_id:
             calls += 1
             if calls <= 3:
-                await app.job_events.publish_many(
-                    job_id, [thinking(0, f"during {calls}.{i}") for i in range(5)]
-                )
+                await publish_many(app, job_id, [thinking(0, f"during {calls}.{i}") for i in range(5)])
         return page
 
     monkeypatch.setattr(EventLogRepository, "read_job_events", read_then_publish)
@@ -92,7 +92,7 @@ async def test_events_published_during_the_replay_arrive_once_in_order(
     async with asyncio.TaskGroup() as group:
         group.create_task(stream.until(1015))
         for i in range(20):  # and more, live, while it catches up
-            group.create_task(app.job_events.publish(job.job_id, thinking(i, f"live {i}")))
+            group.create_task(publish(app, job.job_id, thinking(i, f"live {i}")))
     await stream.until(1035)
 
     assert calls >= 2, "the replay must have read SQL more than once"
@@ -108,7 +108,7 @@ async def test_reconnecting_in_a_burst_loses_and_duplicates_nothing(app, jobs_st
 
     async def burst() -> None:
         for i in range(total):
-            await app.job_events.publish(job.job_id, thinking(i))
+            await publish(app, job.job_id, thinking(i))
 
     seen: list[int] = []
     publisher = asyncio.create_task(burst())
@@ -143,7 +143,7 @@ async def test_two_servers_deliver_the_same_ordered_sequence(
     async with asyncio.TaskGroup() as group:
         for i in range(40):
             publisher = app if i % 2 else replica
-            group.create_task(publisher.job_events.publish(job.job_id, thinking(i, f"from {i % 2}")))
+            group.create_task(publish(publisher, job.job_id, thinking(i, f"from {i % 2}")))
     await asyncio.gather(here.until(41), there.until(41))
 
     assert here.sequences() == there.sequences() == list(range(2, 42))
@@ -163,7 +163,7 @@ async def test_a_server_restart_mid_stream_resumes_exactly(
 
             stream = watch(pb_grpc.AgentControlServiceStub(channel), job.job_id, after=0)
             await stream.snapshot()
-            await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(10)])
+            await publish_many(app, job.job_id, [thinking(i) for i in range(10)])
             await stream.until(11)
             await doomed.stop(grace_seconds=5.0)
             error = await stream.end()
@@ -178,7 +178,7 @@ async def test_a_server_restart_mid_stream_resumes_exactly(
     assert resume_after == stream.sequences()[-1] == 11
 
     # Published while no server watched; then a new server process takes over.
-    await app.job_events.publish_many(job.job_id, [thinking(i) for i in range(10)])
+    await publish_many(app, job.job_id, [thinking(i) for i in range(10)])
     restarted = await start_replica(app, settings_for, clock)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
@@ -186,7 +186,7 @@ async def test_a_server_restart_mid_stream_resumes_exactly(
 
             resumed = watch(pb_grpc.AgentControlServiceStub(channel), job.job_id, after=resume_after)
             await resumed.snapshot()
-            await restarted.job_events.publish(job.job_id, JobStatusChanged(JobStatus.FAILED))
+            await publish(restarted, job.job_id, JobStatusChanged(JobStatus.FAILED))
             assert await resumed.end() is None
     finally:
         await restarted.stop()
@@ -199,7 +199,7 @@ async def test_an_expired_cursor_is_out_of_range_naming_the_oldest(
     job = await submit(jobs_stub, project_id)
     short = EventLogRepository(database, retention_events=10)
     for i in range(30):  # another replica, configured to keep only 10 events per job
-        await short.append_job_events(job.job_id, [thinking(i)], now=app.job_events._clock.now())
+        await short.append_job_events(job.job_id, [thinking(i)], now=app.clock.now())
     bounds = await short.job_bounds(job.job_id)
     assert bounds.last_sequence == 31
     assert bounds.pruned_through >= 20
@@ -229,7 +229,7 @@ async def test_heartbeats_follow_the_injected_clock(app, jobs_stub, clock, proje
     await stream.snapshot()
 
     await clock.advance(timedelta(seconds=14))
-    await app.job_events.publish(job.job_id, thinking(1))
+    await publish(app, job.job_id, thinking(1))
     message = await stream.next()
     assert message.WhichOneof("kind") == "events", "no heartbeat before 15 s of silence"
 
@@ -323,7 +323,7 @@ async def test_a_watcher_that_stops_reading_is_ended_and_others_are_not_delayed(
         count = REPLICA_BUFFER_EVENTS * 4
         big = "x" * 60_000
         for i in range(count):
-            await app.job_events.publish(job.job_id, thinking(i, big))
+            await publish(app, job.job_id, thinking(i, big))
             # The watcher that reads is never held up by the one that does not.
             await fast.until(i + 2, within=5)
 
@@ -337,3 +337,73 @@ async def test_a_watcher_that_stops_reading_is_ended_and_others_are_not_delayed(
     assert delivered == list(range(2, 2 + len(delivered)))  # in order, no holes, until it ended
     assert int(info.metadata["last_sequence"]) == delivered[-1] < count + 1
     fast.cancel()
+
+
+async def test_status_is_never_older_than_what_a_watch_delivered(app, jobs_stub, project_id) -> None:
+    """The window: a change is committed, its fan-out has not run yet, and a new watch reads
+    the change's events (the terminal one included) from SQL. A status read after the stream
+    ended must not be older than what it delivered."""
+    job = await submit(jobs_stub, project_id)
+    await publish_many(app, job.job_id, [thinking(i) for i in range(1, 4)])  # 2..4
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_fan_out(changes: Sequence[Change]) -> None:
+        if any(change.job_id == job.job_id for change in changes):
+            held.set()
+            await release.wait()
+
+    app.changes.before_live = hold_fan_out
+    try:
+        cancel = asyncio.ensure_future(
+            jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+        )
+        await asyncio.wait_for(held.wait(), RPC_TIMEOUT)  # committed in SQL; not fanned out
+
+        stream = watch(jobs_stub, job.job_id, after=0)
+        await stream.snapshot()
+        assert await stream.end() is None
+        assert stream.sequences() == [1, 2, 3, 4, 5]
+        assert stream.events[-1].job_status_changed.status == job_pb2.JOB_STATUS_CANCELLED
+
+        status = (
+            await jobs_stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+        ).status
+        assert status.latest_event_sequence >= 5
+        assert status.job_status == job_pb2.JOB_STATUS_CANCELLED
+    finally:
+        release.set()
+        app.changes.before_live = None
+    assert (await cancel).job.status == job_pb2.JOB_STATUS_CANCELLED
+
+
+async def test_a_change_is_announced_once_after_its_keys_are_written(
+    app, jobs_stub, redis, project_id
+) -> None:
+    """One pub/sub message per job per change, carrying all its events; a replica that sees
+    it and reads the job's keys finds them as new as the change."""
+    from cofounder_server.events.hub import unpack
+    from cofounder_server.live.keys import job_events_channel, last_sequence_key, summary_key
+    from cofounder_server.live.summary import decode_summary
+
+    job = await submit(jobs_stub, project_id)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(job_events_channel(job.job_id))
+    try:
+        await pubsub.get_message(timeout=RPC_TIMEOUT)  # the subscription's confirmation
+        await publish_many(app, job.job_id, [thinking(i) for i in range(1, 4)])
+        message = await pubsub.get_message(timeout=RPC_TIMEOUT)
+        assert message is not None
+        assert [event.sequence for event in unpack(message["data"])] == [2, 3, 4]
+        assert await redis.get(last_sequence_key(job.job_id)) == b"4:"
+
+        await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+        message = await pubsub.get_message(timeout=RPC_TIMEOUT)
+        assert message is not None
+        assert [event.sequence for event in unpack(message["data"])] == [5]  # the change before: one
+        summary_raw, sequence_raw = await redis.mget([summary_key(job.job_id), last_sequence_key(job.job_id)])
+        summary = decode_summary(summary_raw)
+        assert summary is not None
+        assert summary.status is JobStatus.CANCELLED
+        assert sequence_raw == b"5:"
+    finally:
+        await pubsub.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cofounder_server.domain.escalations import Question
-from cofounder_server.events.model import EscalationOption
+from cofounder_server.domain.events import EscalationOption
 from cofounder_server.executor.plugins import ToolContext, ToolResult
 from cofounder_server.executor.tools.ask_human import AskHumanTool
 

@@ -17,10 +17,10 @@ from sqlalchemy import event
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
-from cofounder.agent.v1 import agent_control_service_pb2_grpc, job_pb2
+from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.api.agent_control import MAX_GOAL_CHARS
 from cofounder_server.app import Application
-from tests.support import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually, scripted_agent
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -63,7 +63,7 @@ async def test_a_full_database_is_not_serving_until_writes_succeed(
                             project_id="full-disk",
                             goal="g" * MAX_GOAL_CHARS,
                             daily_budget_microdollars=1,
-                            agent=job_pb2.AgentSpec(brain="scripted"),
+                            agent=scripted_agent(),
                         ),
                         timeout=RPC_TIMEOUT,
                     )

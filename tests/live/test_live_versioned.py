@@ -106,21 +106,28 @@ def test_decode(raw: bytes | str, expected: tuple[int, str]) -> None:
 async def test_live_writes_run_as_one_command_with_put_if_newer_semantics(
     engine: Engine, client: Redis, prefix: str
 ) -> None:
-    newer, older, plain = f"{prefix}lw-newer", f"{prefix}lw-older", f"{prefix}lw-plain"
+    newer, older = f"{prefix}lw-newer", f"{prefix}lw-older"
+    derived, refused, gone = f"{prefix}lw-derived", f"{prefix}lw-refused", f"{prefix}lw-gone"
     assert await put_if_newer(client, older, 9, "held", 600) is True
     assert await put_if_newer(client, newer, 2, "old", 600) is True
+    await client.set(gone, "x")
+    await client.set(refused, "kept")
     writes = LiveWrites()
     writes.put_if_newer(newer, 3, "new", 600)
+    writes.set_if_current(derived, "42", 90)  # follows a current write: runs
+    writes.delete_if_current(gone)
     writes.put_if_newer(older, 8, "stale", 600)
-    writes.set(plain, "42", 90)
-    assert len(writes) == 3
+    writes.set_if_current(refused, "older facts", 90)  # follows a refused write: skipped
+    assert len(writes) == 5
     async with client.pipeline(transaction=False) as pipe:
         writes.queue(pipe)
         assert len(pipe.command_stack) == 1
         await pipe.execute()
     assert decode(await client.get(newer)) == (3, "new")
     assert decode(await client.get(older)) == (9, "held")
-    assert await client.get(plain) == b"42"
-    assert 80 <= await client.ttl(plain) <= 90
+    assert await client.get(derived) == b"42"
+    assert 80 <= await client.ttl(derived) <= 90
+    assert await client.exists(gone) == 0
+    assert await client.get(refused) == b"kept"
     with pytest.raises(ValueError, match="version must not be negative"):
         writes.put_if_newer(newer, -1, "x", 60)

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import delete
 
 from cofounder_server.store.database import Database, open_database
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.models import Base
@@ -73,4 +74,4 @@ async def database(migrated_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 def jobs(database: Database) -> JobRepository:
     """The job repository under test."""
-    return JobRepository(database)
+    return JobRepository(database, EventLogRepository(database, retention_events=1000))

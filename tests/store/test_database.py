@@ -20,6 +20,7 @@ from cofounder_server.store.database import (
     open_database,
     unavailable_on_connection_error,
 )
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.models import IdempotencyKeyRow
@@ -145,7 +146,7 @@ def _closed_port() -> int:
 
 async def _assert_unavailable(url: str) -> None:
     database = await open_database(url)
-    jobs = JobRepository(database)
+    jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
     try:
         with pytest.raises(Unavailable):
             await database.ping()
@@ -189,7 +190,7 @@ async def test_postgres_connections_closed_by_the_server_are_replaced(
     url = await postgres_databases.create()
     await upgrade_to_head(url)
     database = await open_database(url)
-    jobs = JobRepository(database)
+    jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
     other = await open_database(url)
     try:
         created, _ = await jobs.create(new_job(), request_id=None, fingerprint="f", now=T0)

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from cofounder_server.domain.model import AgentState, Job, JobStatus
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     AgentEscalationRaised,
     AgentEscalationResolved,
     AgentRetrying,
@@ -23,7 +22,9 @@ from cofounder_server.events.model import (
     EscalationStatus,
     EscalationTrigger,
 )
+from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.store.database import Database, open_database
+from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.escalations import Decision, EscalationRepository
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
@@ -45,7 +46,7 @@ def escalations(database: Database, event_log: EventLogRepository) -> Escalation
 
 
 async def running_job(database: Database, owner: str = "alice") -> Job:
-    job, _ = await JobRepository(database).create(
+    job, _ = await JobRepository(database, EventLogRepository(database, retention_events=10)).create(
         new_job(owner_id=owner), request_id=None, fingerprint="f", now=T0
     )
     async with database.write() as session:
@@ -266,7 +267,9 @@ async def test_delivery_waits_for_every_answer_and_happens_once(
     )
     current, change = await escalations.deliver(job.job_id, RUNNER, ids, now=T0)
     assert change is None
-    job_now = await JobRepository(database).get(job.job_id, owner_scope=None)
+    job_now = await JobRepository(database, EventLogRepository(database, retention_events=10)).get(
+        job.job_id, owner_scope=None
+    )
     assert job_now is not None
     assert job_now.pending_escalation_ids == (first.escalation_id,)
     assert [e.status for e in current] == [EscalationStatus.PENDING, EscalationStatus.RESOLVED]
@@ -292,7 +295,7 @@ async def test_delivery_waits_for_every_answer_and_happens_once(
 
 
 async def test_withdrawing_ends_every_pending_escalation_of_the_job(
-    database: Database, escalations: EscalationRepository
+    database: Database, escalations: EscalationRepository, event_log: EventLogRepository
 ) -> None:
     job = await running_job(database)
     pending, answered = question(job, "c1"), question(job, "c2")
@@ -301,13 +304,15 @@ async def test_withdrawing_ends_every_pending_escalation_of_the_job(
         answered.escalation_id, person(), owner_scope=None, request_id="", fingerprint="", now=T0
     )
     async with database.write() as session:
-        payloads, feed = await escalations.withdraw_in(session, job.job_id, reason="cancelled", now=T0)
+        payloads, feed = await withdraw_pending_in(session, event_log, job.job_id, reason="cancelled", now=T0)
     assert [p.escalation_id for p in payloads] == [pending.escalation_id]  # type: ignore[union-attr]
     assert [(f.kind, f.escalation.status) for f in feed] == [
         (EscalationEventKind.WITHDRAWN, EscalationStatus.WITHDRAWN)
     ]
     assert await escalations.pending_ids(job.job_id) == []
-    job_now = await JobRepository(database).get(job.job_id, owner_scope=None)
+    job_now = await JobRepository(database, EventLogRepository(database, retention_events=10)).get(
+        job.job_id, owner_scope=None
+    )
     assert job_now is not None
     assert job_now.pending_escalation_ids == ()
 

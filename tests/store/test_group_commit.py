@@ -1,4 +1,4 @@
-"""ExecutorStore.commit_iterations, the executor's group commit, on every backend (SQLite
+"""CheckpointStore.commit_iterations, the executor's group commit, on every backend (SQLite
 runs it in a worker thread on a connection of its own; PostgreSQL through SQLAlchemy)."""
 
 from __future__ import annotations
@@ -7,15 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from cofounder_server.events.model import AgentThinking, PhaseStarted
+from cofounder_server.domain.events import AgentThinking, PhaseStarted
+from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository, job_stream
-from cofounder_server.store.executor import ExecutorStore
-from cofounder_server.store.iterations import IterationRecord
+from cofounder_server.store.iterations import IterationConflict, IterationRecord, ModelCall
 from cofounder_server.store.jobs import JobRepository
+from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.models import EventCounterRow, JobEventRow, UsageLedgerRow
+from cofounder_server.store.runs import RunRepository
 
 from .support import T0, new_job
 
@@ -25,46 +26,44 @@ ASSISTANT = {"role": "assistant", "text": "é ✓"}
 TOOL = {"role": "tool", "big": 2**70}  # beyond 64 bits: JSON allows it
 
 
-def _store(database: Database, retention: int = 1000) -> ExecutorStore:
-    return ExecutorStore(database, EventLogRepository(database, retention_events=retention))
+class _Stores:
+    """The repositories an executor's iterations touch, on one database."""
+
+    def __init__(self, database: Database, retention: int) -> None:
+        self.event_log = EventLogRepository(database, retention_events=retention)
+        self.runs = RunRepository(database, self.event_log)
+        self.checkpoints = CheckpointStore(database, self.event_log)
+        self.ledger = LedgerRepository(database)
+        self.commit_iterations = self.checkpoints.commit_iterations
+        self.checkpoint = self.checkpoints.checkpoint
+        self.budget_of = self.ledger.budget_of
+        self.close = self.checkpoints.close
 
 
-async def _running_job(database: Database, store: ExecutorStore, runner: str = RUNNER) -> str:
-    job, _ = await JobRepository(database).create(new_job(), request_id=None, fingerprint="f", now=T0)
-    claimed = await store.claim(job.job_id, runner, now=T0, lease_until=T0 + timedelta(minutes=5))
+def _store(database: Database, retention: int = 1000) -> _Stores:
+    return _Stores(database, retention)
+
+
+async def _running_job(database: Database, store: _Stores, runner: str = RUNNER) -> str:
+    job, _ = await JobRepository(database, store.event_log).create(
+        new_job(), request_id=None, fingerprint="f", now=T0
+    )
+    claimed = await store.runs.claim(job.job_id, runner, now=T0, lease_until=T0 + timedelta(minutes=5))
     assert claimed is not None
     return job.job_id
 
 
 def _record(job_id: str, iteration: int, *, events: int = 2, cost: int = 700) -> IterationRecord:
-    now = T0 + timedelta(seconds=iteration)
     return IterationRecord(
         job_id=job_id,
-        ledger={
-            "job_id": job_id,
-            "iteration": iteration,
-            "window_start": WINDOW,
-            "model": "m",
-            "input_tokens": 1200,
-            "output_tokens": 150,
-            "cost_microdollars": cost,
-            "time": now,
-        },
-        messages=[
-            {
-                "job_id": job_id,
-                "position": 2 * iteration - 2,
-                "message": {"role": "assistant", "text": "é ✓"},
-            },
-            {"job_id": job_id, "position": 2 * iteration - 1, "message": {"role": "tool", "big": 2**70}},
-        ],
-        head={
-            "job_id": job_id,
-            "iteration": iteration,
-            "message_count": 2 * iteration,
-            "state": {"phase": "build", "recent": ["narrate\n{}"]},
-            "update_time": now,
-        },
+        iteration=iteration,
+        call=ModelCall(
+            window_start=WINDOW, model="m", input_tokens=1200, output_tokens=150, cost_microdollars=cost
+        ),
+        new_messages=[{"role": "assistant", "text": "é ✓"}, {"role": "tool", "big": 2**70}],
+        first_position=2 * iteration - 2,
+        loop_state={"phase": "build", "recent": ["narrate\n{}"]},
+        time=T0 + timedelta(seconds=iteration),
         events=[AgentThinking(iteration=iteration, text=f"t{n}") for n in range(events - 1)]
         + [PhaseStarted(phase="build")],
     )
@@ -127,7 +126,7 @@ async def test_only_running_jobs_of_this_runner_are_accepted(database: Database)
             await _running_job(database, store),
             await _running_job(database, store, runner="runner-b"),
         )
-        await JobRepository(database).cancel(cancelled, owner_scope=None, reason="", now=T0)
+        await JobRepository(database, store.event_log).cancel(cancelled, owner_scope=None, reason="", now=T0)
         before = {job: await _stored_events(database, job) for job in (cancelled, theirs)}
         committed = await store.commit_iterations(
             [_record(ours, 1), _record(cancelled, 1), _record(theirs, 1)], runner_id=RUNNER, now=T0
@@ -169,7 +168,7 @@ async def test_retention_prunes_through_the_group_commit(database: Database) -> 
             await store.commit_iterations([_record(job, iteration)], runner_id=RUNNER, now=T0)
         sequences = [sequence for sequence, _ in await _stored_events(database, job)]
         last = sequences[-1]
-        assert last == 31  # the claim's event, then 2 per iteration
+        assert last == 32  # the submission and claim events, then 2 per iteration
         bounds = await store.event_log.job_bounds(job)
         assert bounds.last_sequence == last
         assert 0 < bounds.pruned_through <= last - 10
@@ -184,7 +183,7 @@ async def test_an_iteration_recorded_before_fails_the_whole_batch(database: Data
         first, second = await _running_job(database, store), await _running_job(database, store)
         await store.commit_iterations([_record(first, 1)], runner_id=RUNNER, now=T0)
         before = await _stored_events(database, second)
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IterationConflict):
             await store.commit_iterations([_record(second, 1), _record(first, 1)], runner_id=RUNNER, now=T0)
         assert await store.budget_of(second, WINDOW) == (0, 0)
         assert await store.checkpoint(second) is None

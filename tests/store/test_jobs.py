@@ -12,9 +12,11 @@ from sqlalchemy import func, select, update
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from cofounder_server.domain.model import AgentSpec, AgentState, Job, JobFilter, JobOutcome, JobStatus
 from cofounder_server.store.database import Database
+from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import request_fingerprint
 from cofounder_server.store.jobs import JobCursor, JobRepository
 from cofounder_server.store.models import IdempotencyKeyRow, JobRow
+from cofounder_server.store.runs import RunRepository
 
 from .support import T0, new_job, wait_until_blocked
 
@@ -26,10 +28,23 @@ async def count_rows(database: Database, model: type[JobRow] | type[IdempotencyK
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-async def set_status(database: Database, job_id: str, status: JobStatus) -> None:
-    """Move a job to ``status`` directly, as the executor will once it exists."""
+async def set_status(
+    database: Database, job_id: str, status: JobStatus, agent_state: AgentState | None = None
+) -> None:
+    """Move a job to ``status`` (and ``agent_state``) directly, as the executor does."""
     async with database.write() as session:
-        await session.execute(update(JobRow).where(JobRow.job_id == job_id).values(status=status.value))
+        await session.execute(
+            update(JobRow)
+            .where(JobRow.job_id == job_id)
+            .values(status=status.value, agent_state=None if agent_state is None else agent_state.value)
+        )
+
+
+async def cancel_job(jobs: JobRepository, job_id: str, **kwargs: Any) -> tuple[Job, list[Any]]:
+    """Cancel; the job as committed and the events the cancel appended."""
+    change = await jobs.cancel(job_id, **kwargs)
+    assert change.job is not None
+    return change.job, list(change.events)
 
 
 async def create(jobs: JobRepository, now: datetime = T0, **overrides: Any) -> Job:
@@ -130,7 +145,7 @@ async def test_same_request_id_and_fingerprint_returns_the_first_job(
         request, request_id="req-1", fingerprint=fingerprint, now=T0 + timedelta(minutes=5)
     )
 
-    assert (first_created, again_created) == (True, False)
+    assert (bool(first_created), bool(again_created)) == (True, False)
     assert again == first
     assert await count_rows(database, JobRow) == 1
     assert await count_rows(database, IdempotencyKeyRow) == 1
@@ -170,7 +185,7 @@ async def test_concurrent_creates_with_one_key_make_one_job(jobs: JobRepository,
     )
 
     assert {job.job_id for job, _ in results} == {results[0][0].job_id}
-    assert sorted(created for _, created in results) == [False] * 7 + [True]
+    assert sorted(bool(created) for _, created in results) == [False] * 7 + [True]
     assert await count_rows(database, JobRow) == 1
 
 
@@ -357,20 +372,19 @@ async def test_list_rejects_a_non_positive_page_size(jobs: JobRepository) -> Non
 @pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.RUNNING])
 async def test_cancel_an_active_job(jobs: JobRepository, database: Database, status: JobStatus) -> None:
     job = await create(jobs)
-    await set_status(database, job.job_id, status)
-    live = await jobs.update_live_state(
-        job.job_id, agent_state=AgentState.WORKING, wake_at=None, now=T0 + timedelta(seconds=1)
-    )
+    await set_status(database, job.job_id, status, AgentState.WORKING)
     later = T0 + timedelta(minutes=3)
 
-    cancelled, changed = await jobs.cancel(job.job_id, owner_scope="alice", reason="user asked", now=later)
+    cancelled, changed = await cancel_job(
+        jobs, job.job_id, owner_scope="alice", reason="user asked", now=later
+    )
 
     assert changed
     assert cancelled.status is JobStatus.CANCELLED
     assert cancelled.outcome is JobOutcome.CANCELLED
     assert cancelled.outcome_detail == "user asked"
     assert cancelled.end_time == cancelled.update_time == later
-    assert cancelled.version == live.version + 1
+    assert cancelled.version == job.version + 1
     assert cancelled.agent_state is AgentState.WORKING
     assert cancelled.create_time == job.create_time
     assert await jobs.get(job.job_id, owner_scope="alice") == cancelled
@@ -378,9 +392,9 @@ async def test_cancel_an_active_job(jobs: JobRepository, database: Database, sta
 
 async def test_cancel_twice_changes_nothing_the_second_time(jobs: JobRepository) -> None:
     job = await create(jobs)
-    first, _ = await jobs.cancel(job.job_id, owner_scope="alice", reason="first", now=T0)
-    second, changed = await jobs.cancel(
-        job.job_id, owner_scope="alice", reason="second", now=T0 + timedelta(hours=1)
+    first, _ = await cancel_job(jobs, job.job_id, owner_scope="alice", reason="first", now=T0)
+    second, changed = await cancel_job(
+        jobs, job.job_id, owner_scope="alice", reason="second", now=T0 + timedelta(hours=1)
     )
     assert not changed
     assert second == first
@@ -396,7 +410,7 @@ async def test_cancel_a_finished_job_fails(
     before = await jobs.get(job.job_id, owner_scope=None)
 
     with pytest.raises(FailedPrecondition) as raised:
-        await jobs.cancel(job.job_id, owner_scope="alice", reason="too late", now=T0)
+        await cancel_job(jobs, job.job_id, owner_scope="alice", reason="too late", now=T0)
 
     assert raised.value.reason == "JOB_ALREADY_FINISHED"
     assert await jobs.get(job.job_id, owner_scope=None) == before
@@ -405,15 +419,15 @@ async def test_cancel_a_finished_job_fails(
 async def test_cancel_missing_or_foreign_job_is_not_found(jobs: JobRepository) -> None:
     job = await create(jobs, owner_id="alice")
     with pytest.raises(NotFound):
-        await jobs.cancel(job.job_id, owner_scope="mallory", reason="x", now=T0)
+        await cancel_job(jobs, job.job_id, owner_scope="mallory", reason="x", now=T0)
     with pytest.raises(NotFound):
-        await jobs.cancel("00000000-0000-0000-0000-000000000000", owner_scope=None, reason="x", now=T0)
+        await cancel_job(jobs, "00000000-0000-0000-0000-000000000000", owner_scope=None, reason="x", now=T0)
     assert await jobs.get(job.job_id, owner_scope=None) == job
 
 
 async def test_operator_can_cancel_any_job(jobs: JobRepository) -> None:
     job = await create(jobs, owner_id="alice")
-    cancelled, changed = await jobs.cancel(job.job_id, owner_scope=None, reason="ops", now=T0)
+    cancelled, changed = await cancel_job(jobs, job.job_id, owner_scope=None, reason="ops", now=T0)
     assert changed
     assert cancelled.status is JobStatus.CANCELLED
 
@@ -421,9 +435,9 @@ async def test_operator_can_cancel_any_job(jobs: JobRepository) -> None:
 async def test_concurrent_cancels_change_the_job_once(jobs: JobRepository) -> None:
     job = await create(jobs)
     results = await asyncio.gather(
-        *(jobs.cancel(job.job_id, owner_scope="alice", reason=f"r{n}", now=T0) for n in range(6))
+        *(cancel_job(jobs, job.job_id, owner_scope="alice", reason=f"r{n}", now=T0) for n in range(6))
     )
-    assert sorted(changed for _, changed in results) == [False] * 5 + [True]
+    assert sorted(bool(changed) for _, changed in results) == [False] * 5 + [True]
     final = await jobs.get(job.job_id, owner_scope=None)
     assert final is not None
     assert final.version == 2
@@ -439,7 +453,7 @@ async def test_cancel_waiting_on_a_concurrent_finish_does_not_overwrite_it(
             .where(JobRow.job_id == job.job_id)
             .values(status=JobStatus.READY.value, outcome=JobOutcome.COMPLETED.value, version=2)
         )
-        cancel = asyncio.create_task(jobs.cancel(job.job_id, owner_scope="alice", reason="late", now=T0))
+        cancel = asyncio.create_task(cancel_job(jobs, job.job_id, owner_scope="alice", reason="late", now=T0))
         await wait_until_blocked(database, cancel)
 
     with pytest.raises(FailedPrecondition):
@@ -449,43 +463,21 @@ async def test_cancel_waiting_on_a_concurrent_finish_does_not_overwrite_it(
     assert (final.status, final.outcome, final.version) == (JobStatus.READY, JobOutcome.COMPLETED, 2)
 
 
-# --- live state -------------------------------------------------------------------------------
-
-
-async def test_update_live_state_sets_state_and_wake_time_and_bumps_version(jobs: JobRepository) -> None:
+async def test_every_change_increments_version_by_one(jobs: JobRepository, database: Database) -> None:
     job = await create(jobs)
-    wake = datetime(2026, 3, 2, tzinfo=UTC)
-
-    sleeping = await jobs.update_live_state(
-        job.job_id, agent_state=AgentState.SLEEPING, wake_at=wake, now=T0 + timedelta(seconds=5)
-    )
-    assert (sleeping.agent_state, sleeping.wake_at, sleeping.version) == (AgentState.SLEEPING, wake, 2)
-    assert sleeping.update_time == T0 + timedelta(seconds=5)
-    assert sleeping.status is JobStatus.QUEUED
-    assert await jobs.get(job.job_id, owner_scope=None) == sleeping
-
-    working = await jobs.update_live_state(
-        job.job_id, agent_state=AgentState.WORKING, wake_at=None, now=T0 + timedelta(seconds=6)
-    )
-    assert (working.agent_state, working.wake_at, working.version) == (AgentState.WORKING, None, 3)
-
-
-async def test_update_live_state_of_missing_job_is_not_found(jobs: JobRepository) -> None:
-    with pytest.raises(NotFound):
-        await jobs.update_live_state(
-            "00000000-0000-0000-0000-000000000000", agent_state=None, wake_at=None, now=T0
+    runs = RunRepository(database, EventLogRepository(database, retention_events=1000))
+    claimed = await runs.claim(job.job_id, "runner", now=T0, lease_until=T0 + timedelta(minutes=1))
+    assert claimed is not None
+    assert claimed.job is not None
+    versions = [job.version, claimed.job.version]
+    for n, state in enumerate((AgentState.SLEEPING, AgentState.WORKING)):
+        changed = await runs.set_agent_state(
+            job.job_id, state=state, wake_at=None, events=(), now=T0 + timedelta(seconds=n)
         )
-
-
-async def test_every_change_increments_version_by_one(jobs: JobRepository) -> None:
-    job = await create(jobs)
-    versions = [job.version]
-    for n in range(3):
-        updated = await jobs.update_live_state(
-            job.job_id, agent_state=AgentState.WORKING, wake_at=None, now=T0 + timedelta(seconds=n)
-        )
-        versions.append(updated.version)
-    cancelled, _ = await jobs.cancel(job.job_id, owner_scope=None, reason="done", now=T0)
+        assert changed is not None
+        assert changed.job is not None
+        versions.append(changed.job.version)
+    cancelled, _ = await cancel_job(jobs, job.job_id, owner_scope=None, reason="done", now=T0)
     versions.append(cancelled.version)
     assert versions == [1, 2, 3, 4, 5]
 

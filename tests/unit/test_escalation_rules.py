@@ -19,7 +19,7 @@ from cofounder_server.domain.escalations import (
     error_signature,
     parse_question,
 )
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     DecisionSource,
     Escalation,
     EscalationOption,

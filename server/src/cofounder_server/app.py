@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,33 +30,50 @@ from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
 from cofounder_server.datadir import DataDirError, DataDirLock
 from cofounder_server.domain.errors import Unavailable
-from cofounder_server.domain.jobs import JobService
-from cofounder_server.domain.status import LiveStatus
 from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
-from cofounder_server.events.job_events import JobEventFeed, JobEvents
-from cofounder_server.executor.budget import PriceTable, window_start
-from cofounder_server.executor.loop import Services
+from cofounder_server.executor.loop import AgentRun, LoopLimits
+from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
-from cofounder_server.executor.service import ControlBroadcaster, Executor, runner_id_for
+from cofounder_server.executor.service import Executor, runner_id_for
 from cofounder_server.executor.writer import IterationWriter
 from cofounder_server.listen import ListenError, check_can_listen
 from cofounder_server.live import keys
 from cofounder_server.live.connect import create_client
 from cofounder_server.live.engine import EmbeddedRedis
-from cofounder_server.live.keys import AgentKeys
 from cofounder_server.live.tracked_cache import TrackedCache
+from cofounder_server.observability.prometheus import ExecutorGauges
+from cofounder_server.observability.tracing import Tracer
+from cofounder_server.observability.wiring import Observability
+from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.escalations import DeadlineTimer, EscalationService
+from cofounder_server.services.job_feed import JobEventFeed
+from cofounder_server.services.jobs import JobService
+from cofounder_server.services.status import LiveStatus
+from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.database import Database, async_url, open_database
+from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
-from cofounder_server.store.executor import ExecutorStore
+from cofounder_server.store.job_counts import count_jobs
 from cofounder_server.store.jobs import JobRepository
+from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.migrate import upgrade_to_head
+from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
 
 AGENT_CONTROL = agent_control_service_pb2.DESCRIPTOR.services_by_name["AgentControlService"]
 ESCALATIONS = escalation_service_pb2.DESCRIPTOR.services_by_name["EscalationService"]
 SERVICE_NAMES = (AGENT_CONTROL.full_name, ESCALATIONS.full_name)
+SERVED_METHODS = (
+    *(
+        f"/{service.full_name}/{method.name}"
+        for service in (AGENT_CONTROL, ESCALATIONS, health_pb2.DESCRIPTOR.services_by_name["Health"])
+        for method in service.methods
+    ),
+    *reflection.METHODS,
+)
+"""Every method this server serves: the values of the RPC metrics' ``method`` label."""
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -132,37 +150,58 @@ async def _start_executor(
     clock: Clock,
     stack: contextlib.AsyncExitStack,
     *,
-    store: ExecutorStore,
-    job_events: JobEvents,
-    status: LiveStatus,
-    agent_keys: AgentKeys,
+    database: Database,
+    event_log: EventLogRepository,
+    ledger: LedgerRepository,
+    changes: ChangePipeline,
     redis: Redis,
     prices: PriceTable,
     registry: PluginRegistry,
+    escalations: EscalationRepository,
+    deadlines: DeadlineTimer,
 ) -> Executor:
     runner_id = runner_id_for(settings.runner_id, settings.data_dir)
-    services = Services(
-        store=store,
-        writer=IterationWriter(store, job_events, clock, runner_id),
-        job_events=job_events,
-        status=status,
-        keys=agent_keys,
+    runs = RunRepository(database, event_log)
+    checkpoints = CheckpointStore(database, event_log)
+    writer = IterationWriter(checkpoints, changes, clock, runner_id)
+    new_run = functools.partial(
+        AgentRun,
+        runs=runs,
+        checkpoints=checkpoints,
+        ledger=ledger,
+        event_log=event_log,
+        escalations=escalations,
+        writer=writer,
+        changes=changes,
         plugins=registry,
         prices=prices,
         clock=clock,
         runner_id=runner_id,
-        max_tool_calls=settings.max_tool_calls,
-        result_limit=settings.tool_result_limit_chars,
-        brain_retries=settings.brain_retries,
-        brain_retry_delay=settings.brain_retry_delay_seconds,
+        limits=LoopLimits(
+            max_tool_calls=settings.max_tool_calls,
+            result_limit=settings.tool_result_limit_chars,
+            brain_retries=settings.brain_retries,
+            brain_retry_delay=settings.brain_retry_delay_seconds,
+            tool_attempts=settings.tool_error_attempts,
+            tool_retry_delay=settings.tool_retry_delay_seconds,
+            max_escalations=settings.max_escalations_per_job,
+        ),
+        deadline_raised=deadlines.raised,
     )
     executor = Executor(
-        services,
-        redis,
+        runs=runs,
+        checkpoints=checkpoints,
+        writer=writer,
+        changes=changes,
+        redis=redis,
+        clock=clock,
+        runner_id=runner_id,
+        new_run=new_run,
         max_running_jobs=settings.max_running_jobs,
         lease_seconds=settings.lease_seconds,
         claim_interval_seconds=settings.claim_interval_seconds,
     )
+    changes.attach_runner(executor)
     await executor.start()
     # Stops before Redis and SQL close (the stack unwinds in reverse).
     stack.push_async_callback(executor.stop, settings.shutdown_grace_seconds)
@@ -175,6 +214,7 @@ class Application:
     """A running server and everything it owns. Build it with :meth:`start`."""
 
     settings: Settings
+    clock: Clock
     port: int
     redis_url: str
     database_url: str
@@ -185,13 +225,17 @@ class Application:
     _server: grpc.aio.Server
     _cleanup: contextlib.AsyncExitStack
     stopping: asyncio.Event
-    job_events: JobEvents
-    """Publishes job events (what the executor calls)."""
+    event_log: EventLogRepository
+    """Every job's event log in SQL."""
+    changes: ChangePipeline
+    """Takes every committed change downstream (live keys, fan-out, runner)."""
     escalation_feed: EscalationFeed
     """Appends to the escalation feed (what escalation handling calls)."""
     event_hub: EventHub
     executor: Executor | None
     """The agent executor (``None`` with ``executor_enabled`` false)."""
+    metrics_port: int | None = None
+    """The port ``/metrics`` is served on (``None``: metrics off)."""
 
     @classmethod
     async def start(
@@ -201,11 +245,13 @@ class Application:
         *,
         monotonic: Monotonic | None = None,
         plugins: PluginRegistry | None = None,
+        tracer: Tracer | None = None,
     ) -> Application:
         """Start Redis (embedded unless a URL is set), migrate SQL, serve gRPC, then run agents.
 
         ``monotonic`` times the per-principal rate limits (``time.monotonic`` by default);
-        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding).
+        ``plugins`` replaces ``PluginRegistry.default(settings)`` (tests, embedding);
+        ``tracer`` replaces the one ``--otlp-endpoint`` configures (tests, embedding).
         """
         clock = clock or SystemClock()
         # Security settings are checked before anything starts: a refusal has no side effects.
@@ -229,7 +275,9 @@ class Application:
         stack.callback(data_dir_lock.release)
         try:
             await asyncio.to_thread(check_can_listen, settings.listen)
-            return await cls._build(settings, clock, security, stack, prices=prices, registry=plugins)
+            return await cls._build(
+                settings, clock, security, stack, prices=prices, registry=plugins, tracer=tracer
+            )
         except ListenError as error:
             await stack.aclose()
             raise SystemExit(str(error)) from error
@@ -247,7 +295,15 @@ class Application:
         *,
         prices: PriceTable,
         registry: PluginRegistry | None,
+        tracer: Tracer | None = None,
     ) -> Application:
+        observed = Observability.build(
+            stack,
+            metrics=bool(settings.metrics_listen),
+            otlp_endpoint=settings.otlp_endpoint,
+            methods=SERVED_METHODS,
+            tracer=tracer,
+        )
         if registry is None:
             registry = PluginRegistry.default(settings)
             stack.push_async_callback(registry.aclose)
@@ -262,17 +318,28 @@ class Application:
 
         event_log = EventLogRepository(database, retention_events=settings.event_retention_events)
         jobs = JobRepository(database, event_log)
-        executor_store = ExecutorStore(database, event_log)
-
-        status = LiveStatus(
+        ledger = LedgerRepository(database)
+        changes = ChangePipeline(
             redis,
             cache,
-            jobs,
             clock,
-            event_log,
-            spend=lambda job_id: executor_store.budget_of(job_id, window_start(clock.now())),
+            convert.encode_job_event,
+            encode_escalation=convert.encode_escalation_event,
+            jobs=jobs,
+            ledger=ledger,
+            event_log=event_log,
         )
-        agent_keys = AgentKeys(redis, clock)
+        stack.push_async_callback(changes.stop)
+        escalations = EscalationRepository(database, event_log)
+        status = LiveStatus(
+            redis=redis,
+            cache=cache,
+            changes=changes,
+            jobs=jobs,
+            ledger=ledger,
+            event_log=event_log,
+            clock=clock,
+        )
         stopping = asyncio.Event()
         hub = EventHub(
             redis_url,
@@ -283,28 +350,22 @@ class Application:
         )
         await hub.start()
         stack.push_async_callback(hub.stop)
-        job_events = JobEvents(event_log, redis, cache, clock, convert.encode_job_event)
         job_feed = JobEventFeed(event_log, status, hub, clock, convert.encode_job_event)
         escalation_feed = EscalationFeed(
             event_log, jobs, redis, hub, clock, encode=convert.encode_escalation_event
         )
-        job_service = JobService(
-            jobs,
-            status,
-            clock,
-            job_events,
-            runner=ControlBroadcaster(redis, agent_keys),
-            agents=executor_store,
-            live_keys=agent_keys,
-        )
+        job_service = JobService(jobs, RunRepository(database, event_log), changes, clock)
+        escalation_service = EscalationService(escalations, changes, clock)
 
-        server = grpc.aio.server(options=_server_options(settings))
+        server = grpc.aio.server(options=_server_options(settings), interceptors=[observed.observer])
         server.add_generic_rpc_handlers(
             (
                 service_handler(
                     AGENT_CONTROL, AgentControlApi(job_service, status, job_feed, registry), security.gate
                 ),
-                service_handler(ESCALATIONS, EscalationApi(escalation_feed), security.gate),
+                service_handler(
+                    ESCALATIONS, EscalationApi(escalation_service, escalation_feed), security.gate
+                ),
             )
         )
         health_servicer = HealthServicer()
@@ -329,6 +390,11 @@ class Application:
         await server.start()
         stack.push_async_callback(server.stop, None)
         monitor.start()
+        # Every process fires escalation deadlines (the earliest one, on a timer); a deadline
+        # fires once whichever process gets there first.
+        deadlines = DeadlineTimer(escalations, changes, clock)
+        deadlines.start()
+        stack.push_async_callback(deadlines.stop)
 
         executor: Executor | None = None
         if settings.executor_enabled:
@@ -336,15 +402,22 @@ class Application:
                 settings,
                 clock,
                 stack,
-                store=executor_store,
-                job_events=job_events,
-                status=status,
-                agent_keys=agent_keys,
+                database=database,
+                event_log=event_log,
+                ledger=ledger,
+                changes=changes,
                 redis=redis,
                 prices=prices,
                 registry=registry,
+                escalations=escalations,
+                deadlines=deadlines,
             )
-            job_service.runner = executor
+        await observed.serve_metrics(
+            settings.metrics_listen,
+            stack,
+            count_jobs=lambda: count_jobs(database, clock.now()),
+            executor=lambda: None if executor is None else ExecutorGauges(executor.awake, executor.parked),
+        )
         log.info(
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
             settings.listen,
@@ -355,6 +428,7 @@ class Application:
         security.log_start(settings)
         return cls(
             settings=settings,
+            clock=clock,
             port=port,
             redis_url=redis_url,
             database_url=database_url,
@@ -364,10 +438,12 @@ class Application:
             _server=server,
             _cleanup=stack,
             stopping=stopping,
-            job_events=job_events,
+            event_log=event_log,
+            changes=changes,
             escalation_feed=escalation_feed,
             event_hub=hub,
             executor=executor,
+            metrics_port=observed.metrics_port,
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:

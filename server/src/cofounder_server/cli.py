@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 import traceback
@@ -13,6 +12,7 @@ from typing import TextIO
 from cofounder_server.app import Application
 from cofounder_server.auth.tokens import hash_token
 from cofounder_server.config import Settings, load_settings
+from cofounder_server.observability import logs
 
 HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
 
@@ -54,12 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["hash-token"]:
         return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
     settings = load_settings(args)
-    level = settings.log_level.upper()
-    if level not in logging.getLevelNamesMapping():
-        raise SystemExit(f"invalid --log-level {settings.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    if settings.log_format not in logs.FORMATS:
+        raise SystemExit(
+            f"invalid --log-format {settings.log_format!r}: expected one of {', '.join(logs.FORMATS)}"
+        )
+    try:
+        logs.configure(settings.log_level, settings.log_format, sys.stderr)
+    except ValueError as error:
+        raise SystemExit(f"invalid --log-level {error}") from error
     try:
         import uvloop
     except ImportError:

@@ -32,7 +32,27 @@ class Settings:
         default="",
         metadata={"help": "SQLAlchemy URL (sqlite / postgresql); empty uses DATA_DIR/cofounder.db"},
     )
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_level: str = field(
+        default="INFO",
+        metadata={
+            "help": "DEBUG, INFO, WARNING or ERROR, or per logger: cofounder_server.executor=debug,root=info"
+        },
+    )
+    log_format: str = field(
+        default="auto",
+        metadata={"help": "auto (JSON lines unless stderr is a terminal), json or text"},
+    )
+    metrics_listen: str = field(
+        default="",
+        metadata={"help": "HOST:PORT to serve Prometheus metrics on (/metrics); empty: metrics off"},
+    )
+    otlp_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317; needs the "
+            "otel extra); empty: tracing off"
+        },
+    )
     debug: bool = field(
         default=False,
         metadata={

@@ -20,12 +20,12 @@ from cofounder_server.api.validation import (
     PROJECT_ID_RE,
     Validator,
 )
-from cofounder_server.domain.jobs import JobService
 from cofounder_server.domain.model import AgentSpec, JobFilter, NewJob
-from cofounder_server.domain.status import LiveStatus
-from cofounder_server.events.job_events import JobEventFeed
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.registry import PluginRegistry
+from cofounder_server.services.job_feed import JobEventFeed
+from cofounder_server.services.jobs import JobService
+from cofounder_server.services.status import LiveStatus
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _PROJECT_ID_RULE = "must be 1 to 128 characters of [A-Za-z0-9._-]"
@@ -35,11 +35,11 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     """The AgentControlService RPCs."""
 
     def __init__(
-        self, jobs: JobService, status: LiveStatus, events: JobEventFeed, plugins: PluginRegistry
+        self, jobs: JobService, status: LiveStatus, feed: JobEventFeed, plugins: PluginRegistry
     ) -> None:
         self._jobs = jobs
         self._status = status
-        self._events = events
+        self._feed = feed
         self._plugins = plugins
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
@@ -131,6 +131,7 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
             check.int_range("top_up_microdollars", request.top_up_microdollars, 0, MAX_BUDGET_MICRODOLLARS)
         principal = principal_of(context)
         await self._jobs.wake(principal, request.job_id, request.request_id, request.top_up_microdollars)
+        # The wake is committed: a Redis outage must not turn it into an error.
         snapshot = await self._status.snapshot(principal, request.job_id)
         return pb.WakeAgentResponse(status=convert.snapshot_to_proto(snapshot))
 
@@ -144,5 +145,5 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
             if request.HasField("after_sequence") and request.after_sequence < 0:
                 check.fail("after_sequence", "must not be negative")
         after = request.after_sequence if request.HasField("after_sequence") else None
-        async for item in self._events.watch(principal_of(context), request.job_id, after):
+        async for item in self._feed.watch(principal_of(context), request.job_id, after):
             yield convert.watch_job_item_to_proto(item)

@@ -14,19 +14,7 @@ from cofounder.agent.v1 import (
     event_pb2,
     job_pb2,
 )
-from cofounder_server.domain.model import (
-    AgentSpec,
-    AgentState,
-    Job,
-    JobOutcome,
-    JobStatus,
-    JobStatusSnapshot,
-)
-from cofounder_server.events.escalation_feed import EscalationWatchItem
-from cofounder_server.events.feed import Heartbeat
-from cofounder_server.events.hub import EventBatch
-from cofounder_server.events.job_events import JobWatchItem
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     AgentBudgetExceeded,
     AgentBudgetUpdated,
     AgentBuildPaused,
@@ -53,6 +41,18 @@ from cofounder_server.events.model import (
     SleepReason,
     WakeReason,
 )
+from cofounder_server.domain.model import (
+    AgentSpec,
+    AgentState,
+    Job,
+    JobOutcome,
+    JobStatus,
+    JobStatusSnapshot,
+)
+from cofounder_server.events.escalation_feed import EscalationWatchItem
+from cofounder_server.events.feed import Heartbeat
+from cofounder_server.events.hub import EventBatch
+from cofounder_server.services.job_feed import JobWatchItem
 
 JOB_STATUS_TO_PROTO: dict[JobStatus, job_pb2.JobStatus.ValueType] = {
     JobStatus.QUEUED: job_pb2.JOB_STATUS_QUEUED,

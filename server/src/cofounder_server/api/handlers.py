@@ -26,6 +26,7 @@ from cofounder_server.api.errors import to_status
 from cofounder_server.auth.gate import CallGate
 from cofounder_server.domain.errors import DomainError
 from cofounder_server.domain.principal import Principal
+from cofounder_server.observability import logs
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ async def _admit(
         await _fail(context, method.full_name, error)
         raise  # unreachable: _fail aborts
     bind_principal(principal)
+    logs.principal.set(principal.principal_id)
     return principal
 
 
@@ -96,10 +98,12 @@ def _unary(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
+    ids = logs.id_fields(method.input_type)
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> message.Message:
         await _admit(gate, method, context)
         request = await _parse(raw, request_class, method, context)
+        logs.bind_ids(request, ids)
         try:
             return await impl(request, context)
         except grpc.aio.AbortError:
@@ -115,12 +119,14 @@ def _stream(
     method: MethodDescriptor, impl: StreamImpl, gate: CallGate | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
     request_class = message_factory.GetMessageClass(method.input_type)
+    ids = logs.id_fields(method.input_type)
 
     async def handle(
         raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[message.Message | bytes]:
         principal = await _admit(gate, method, context)
         request = await _parse(raw, request_class, method, context)
+        logs.bind_ids(request, ids)
         await _open_stream(gate, principal, context)
         try:
             async for response in impl(request, context):

@@ -30,6 +30,8 @@ ERROR_DETAILS_FILE_NAME: str = error_details_pb2.DESCRIPTOR.name
 """``google/rpc/error_details.proto``: BadRequest, ErrorInfo, RetryInfo, ResourceInfo, QuotaFailure, ..."""
 
 _METHOD = "ServerReflectionInfo"
+METHODS = (f"/{V1_SERVICE_NAME}/{_METHOD}", f"/{V1ALPHA_SERVICE_NAME}/{_METHOD}")
+"""The reflection methods served, as gRPC method paths."""
 
 
 def _v1_file_descriptor() -> descriptor_pb2.FileDescriptorProto:

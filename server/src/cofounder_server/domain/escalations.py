@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from cofounder_server.domain.errors import FieldViolation, InvalidArgument
-from cofounder_server.events.model import DecisionSource, Escalation, EscalationOption, EscalationStatus
+from cofounder_server.domain.events import DecisionSource, Escalation, EscalationOption, EscalationStatus
 
 DEFAULT_MAX_ATTEMPTS = 3
 """Attempts a retryable error signature gets before it escalates."""

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import FieldViolation, InvalidArgument, OutOfRange, Unavailable
 from cofounder_server.events.hub import EventBatch, Watcher, WireEvent
@@ -113,6 +114,7 @@ async def follow(
             batch = topic.batch_after(cursor, MAX_BATCH_EVENTS, MAX_BATCH_BYTES)
             if batch is None:
                 if live:
+                    observability.metrics.watchers_too_slow.inc()
                     raise interrupted("WATCHER_TOO_SLOW", "the watcher fell too far behind", cursor)
                 page = await read_page(cursor, MAX_BATCH_EVENTS)
                 if cursor < page.pruned_through:
@@ -131,6 +133,7 @@ async def follow(
                     batch = EventBatch.of(events) if events else None
             if batch is not None:
                 yield batch
+                observability.metrics.events_delivered.inc(len(batch.events))
                 watcher.sent(batch.made_at or clock.now())
                 if end_on_terminal and batch.terminal:
                     return

@@ -73,9 +73,7 @@ def pack(events: Sequence[WireEvent]) -> bytes:
 
 
 def unpack(message: bytes) -> list[WireEvent]:
-    """The events in a pub/sub message; empty when it is malformed. Also reads the one-event
-    form (``[sequence, terminal, owner_id, job_id]``, the rest of the message its data) that
-    replicas of earlier versions publish."""
+    """The events in a pub/sub message; empty when it is malformed."""
     header, separator, data = message.partition(b"\n")
     if not separator:
         return []
@@ -83,9 +81,6 @@ def unpack(message: bytes) -> list[WireEvent]:
         entries = json.loads(header)
         if not isinstance(entries, list):
             return []
-        if entries and not isinstance(entries[0], list):
-            sequence, terminal, owner_id, job_id = entries
-            return [WireEvent(int(sequence), data, bool(terminal), str(owner_id), str(job_id))]
         events: list[WireEvent] = []
         offset = 0
         for sequence, terminal, owner_id, job_id, length in entries:

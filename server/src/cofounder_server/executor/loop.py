@@ -6,64 +6,102 @@ long), and commits ledger row, new conversation messages, checkpoint and events 
 through the group-commit writer before the next iteration starts. A run resumed after a
 restart starts from the last committed iteration, so nothing committed is done twice.
 
+A tool call that fails with a typed error is run again (each retry announced with
+``agent.retrying``) until its error signature has used its attempts, then escalated to a
+person; an error retrying cannot fix escalates at once, and ``ask_human`` asks directly.
+The escalations of a turn are raised after its iteration is committed; the agent then waits
+for every answer, parked (no connection, thread or awake slot held) until the resolution or
+a deadline wakes it, and each answer becomes the result of its own tool call. The answers
+are delivered in one transaction that marks them delivered, so a restart never delivers
+one twice; the conversation gets them from the escalations in SQL.
+
 Outcomes: COMPLETED (the brain ends its turn without tool calls; job READY), and FAILED with
-ITERATION_LIMIT, REPETITION, MODEL_ERROR or BUDGET_EXCEEDED. CANCELLED is recorded by
-CancelJob itself; the loop only stops.
+ITERATION_LIMIT, REPETITION, MODEL_ERROR, BUDGET_EXCEEDED or ESCALATION_LIMIT. CANCELLED is
+recorded by CancelJob itself; the loop only stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cofounder_server import jsontext
+from cofounder_server import jsontext, observability
 from cofounder_server.clock import Clock, next_utc_midnight
+from cofounder_server.domain import budget
+from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import Unavailable
-from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
-from cofounder_server.domain.status import LiveStatus
-from cofounder_server.events.job_events import JobEvents
-from cofounder_server.events.model import (
+from cofounder_server.domain.escalations import (
+    ErrorClass,
+    Question,
+    RetryCounts,
+    attempts_text,
+    classify_error,
+    delivered_text,
+    error_signature,
+)
+from cofounder_server.domain.events import (
     AgentBudgetExceeded,
     AgentBudgetUpdated,
     AgentRetrying,
     AgentSleeping,
     AgentThinking,
     AgentToolCalled,
+    AgentWaitingForInput,
     AgentWaking,
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
     EventPayload,
     PhaseCompleted,
     PhaseStarted,
     SleepReason,
     WakeReason,
+    escalation_from_json,
+    to_json,
 )
-from cofounder_server.executor import budget
-from cofounder_server.executor.budget import PriceTable
+from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.executor.plugins import (
     Brain,
     BrainError,
     Message,
     StopReason,
     Tool,
+    ToolCall,
     ToolContext,
     ToolResult,
     ToolSpec,
     Turn,
 )
+from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
-from cofounder_server.live import keys
-from cofounder_server.live.keys import AgentKeys
-from cofounder_server.live.versioned import LiveWrites
-from cofounder_server.store.executor import Changed, ExecutorStore
-from cofounder_server.store.iterations import IterationRecord
+from cofounder_server.observability import logs
+from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.escalations import change_of
+from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.escalations import EscalationRepository
+from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.iterations import IterationRecord, ModelCall
+from cofounder_server.store.ledger import LedgerRepository
+from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
+
+ERROR_OPTIONS = (
+    EscalationOption("retry", "Retry", "The cause is fixed: run the call again."),
+    EscalationOption("skip", "Skip", "Go on without this call's result."),
+    EscalationOption("stop", "Stop", "End the turn; the agent reports what it has."),
+)
+"""What a person may decide about a failing tool call."""
 
 REPETITION_WINDOW = 10
 """How many of the newest tool calls repetition detection looks at."""
@@ -79,23 +117,22 @@ STEERING = (
 )
 
 
-@dataclass
-class Services:
-    """What every run of this process shares."""
+@dataclass(frozen=True)
+class LoopLimits:
+    """The guards every run of this process applies."""
 
-    store: ExecutorStore
-    writer: IterationWriter
-    job_events: JobEvents
-    status: LiveStatus
-    keys: AgentKeys
-    plugins: PluginRegistry
-    prices: PriceTable
-    clock: Clock
-    runner_id: str
     max_tool_calls: int
     result_limit: int
+    """Longest tool result or event text kept, in characters (cut in the middle)."""
     brain_retries: int
     brain_retry_delay: float
+    """Seconds before the first retry of a retryable brain error (then linear backoff)."""
+    tool_attempts: int = 3
+    """Attempts of a retryable tool error signature before it escalates."""
+    tool_retry_delay: float = 0.0
+    """Seconds before the first retry of a failed tool call (then linear backoff)."""
+    max_escalations: int = 5
+    """Escalations a job may raise; the next one ends the job (ESCALATION_LIMIT)."""
 
 
 @dataclass
@@ -107,6 +144,12 @@ class LoopState:
     recent: list[str] = field(default_factory=list)
     steered: bool = False
     phase: str = ""
+    retries: RetryCounts = field(default_factory=RetryCounts)
+    escalations: int = 0
+    """Escalations raised so far."""
+    awaiting: list[dict[str, Any]] = field(default_factory=list)
+    """The escalated tool calls of the last committed turn, whose answers the agent waits
+    for: ``call_id``, ``tool_name`` and the ``escalation`` (JSON) each raised."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +158,9 @@ class LoopState:
             "recent": list(self.recent),
             "steered": self.steered,
             "phase": self.phase,
+            "retries": self.retries.to_json(),
+            "escalations": self.escalations,
+            "awaiting": [dict(entry) for entry in self.awaiting],
         }
 
     @classmethod
@@ -125,7 +171,18 @@ class LoopState:
             recent=[str(v) for v in value.get("recent", [])],
             steered=bool(value.get("steered", False)),
             phase=str(value.get("phase", "")),
+            retries=RetryCounts.from_json(value.get("retries")),
+            escalations=int(value.get("escalations", 0)),
+            awaiting=[dict(entry) for entry in value.get("awaiting", [])],
         )
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A tool call of the current turn that needs a person: the escalation it raises."""
+
+    call: ToolCall
+    escalation: Escalation
 
 
 class Stopped(Exception):
@@ -135,14 +192,48 @@ class Stopped(Exception):
 class AgentRun:
     """Runs one job's agent until it ends, is cancelled, or the process stops."""
 
-    def __init__(self, services: Services, job: Job) -> None:
-        self._s = services
+    def __init__(
+        self,
+        job: Job,
+        *,
+        runs: RunRepository,
+        checkpoints: CheckpointStore,
+        ledger: LedgerRepository,
+        event_log: EventLogRepository,
+        escalations: EscalationRepository,
+        writer: IterationWriter,
+        changes: ChangePipeline,
+        plugins: PluginRegistry,
+        prices: PriceTable,
+        clock: Clock,
+        runner_id: str,
+        limits: LoopLimits,
+        deadline_raised: Callable[[datetime | None], None] = lambda _: None,
+    ) -> None:
+        """``deadline_raised`` tells the process's deadline timer of a new escalation's
+        deadline."""
+        self._runs = runs
+        self._escalations = escalations
+        self._deadline_raised = deadline_raised
+        self._checkpoints = checkpoints
+        self._ledger = ledger
+        self._event_log = event_log
+        self._writer = writer
+        self._changes = changes
+        self._plugins = plugins
+        self._prices = prices
+        self._clock = clock
+        self._runner_id = runner_id
+        self._limits = limits
         self.job = job
         self.job_id = job.job_id
-        self.sleeping = job.agent_state is AgentState.SLEEPING
+        self.sleeping = job.agent_state in (AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT)
+        """Parked: asleep on its budget or waiting for a person (not an awake agent)."""
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self.iteration = 0
+        self._spend: tuple[datetime, Spend] | None = None
+        """Today's spend as this run last knew it, with its budget window."""
 
     # --- control (from the executor) ----------------------------------------------------
 
@@ -152,14 +243,15 @@ class AgentRun:
         self._wake.set()
 
     def wake(self) -> None:
-        """A wake was requested (WakeAgent on some replica, or the wake_signal key)."""
+        """A wake was requested (WakeAgent on some replica, or the wake_signal key), or one
+        of the escalations the agent waits on was decided."""
         self._wake.set()
 
     # --- the run ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        s = self._s
-        checkpoint = await s.store.checkpoint(self.job_id)
+        logs.job_id.set(self.job_id)
+        checkpoint = await self._checkpoints.checkpoint(self.job_id)
         if checkpoint is None:
             messages = [Message(role="user", text=self.job.goal)]
             saved = 0
@@ -170,17 +262,19 @@ class AgentRun:
             state = LoopState.from_json(checkpoint.state)
         self.iteration = state.iteration
         try:
-            brain = s.plugins.brain_for(self.job.agent)
+            brain = self._plugins.brain_for(self.job.agent)
         except Exception as error:  # unknown brain, bad config: the job cannot run
             await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
             return
-        tools = {tool.spec.name: tool for tool in s.plugins.tools()}
+        tools = {tool.spec.name: tool for tool in self._plugins.tools()}
         specs = [tool.spec for tool in tools.values()]
         try:
             if self.job.agent_state is AgentState.SLEEPING and self.job.wake_at is not None:
                 await self._sleep(self.job.wake_at, None)
-            else:
-                await self._live(s.keys.set_state(self.job_id, AgentState.WORKING))
+            if state.awaiting:
+                # Raised before a restart, or (if the process stopped in between) not yet.
+                await self._raise([escalation_from_json(e["escalation"]) for e in state.awaiting])
+                await self._await_answers(state, messages)
             await self._loop(
                 brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
             )
@@ -197,30 +291,38 @@ class AgentRun:
         saved: int,
         state: LoopState,
     ) -> None:
-        s = self._s
-        window = budget.window_start(s.clock.now())
+        window = budget.window_start(self._clock.now())
         spent, limit = await self._budget(window)
         while True:
             if self._stop.is_set():
                 raise Stopped
-            if state.tool_calls >= s.max_tool_calls:
+            if state.tool_calls >= self._limits.max_tool_calls:
                 await self._finish(
-                    JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls", []
+                    JobOutcome.ITERATION_LIMIT,
+                    f"reached the limit of {self._limits.max_tool_calls} tool calls",
+                    [],
                 )
                 return
+            span = observability.tracing.iteration(self.job_id, state.iteration + 1)
             turn = await self._think(brain, messages, specs, state)
             if turn is None:
+                span.end()
                 return
-            now = s.clock.now()
+            now = self._clock.now()
             if budget.window_start(now) != window:  # midnight passed while thinking
                 window = budget.window_start(now)
                 spent, limit = await self._budget(window)
-            cost = s.prices.cost(turn.usage)
+            cost = self._prices.cost(turn.usage)
+            observability.metrics.model_call(
+                turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens, cost
+            )
             spent += cost
             state.iteration += 1
             pct = budget.percent(spent, limit)
             events: list[EventPayload] = [
-                AgentThinking(iteration=state.iteration, text=truncate_middle(turn.text, s.result_limit)),
+                AgentThinking(
+                    iteration=state.iteration, text=truncate_middle(turn.text, self._limits.result_limit)
+                ),
                 AgentBudgetUpdated(
                     budget_percent=min(100, pct),
                     spent_today_microdollars=spent,
@@ -230,6 +332,7 @@ class AgentRun:
             ]
             new = [Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls)]
             outcome: tuple[JobOutcome, str] | None = None
+            asks: list[Ask] = []
             if budget.exceeded(spent, limit):
                 outcome = (
                     JobOutcome.BUDGET_EXCEEDED,
@@ -239,70 +342,80 @@ class AgentRun:
             elif turn.stop_reason is StopReason.REFUSAL:
                 outcome = (JobOutcome.MODEL_ERROR, "the model refused to continue")
             else:
-                outcome = await self._act(turn, tools, state, new, events)
+                outcome = await self._act(turn, tools, state, new=new, events=events, asks=asks)
+                outcome = outcome or self._await_later(asks, state)
                 if outcome is None and not turn.tool_calls and turn.stop_reason is StopReason.END_TURN:
                     outcome = (JobOutcome.COMPLETED, "")
             messages.extend(new)
-            ledger = {
-                "job_id": self.job_id,
-                "iteration": state.iteration,
-                "window_start": window,
-                "model": turn.usage.model,
-                "input_tokens": turn.usage.input_tokens,
-                "output_tokens": turn.usage.output_tokens,
-                "cost_microdollars": cost,
-                "time": now,
-            }
+            call = ModelCall(
+                window_start=window,
+                model=turn.usage.model,
+                input_tokens=turn.usage.input_tokens,
+                output_tokens=turn.usage.output_tokens,
+                cost_microdollars=cost,
+            )
             await self._commit(
-                ledger=ledger,
+                call=call,
                 messages=messages,
                 saved=saved,
                 state=state,
                 events=events,
-                pct=pct,
-                spent=spent,
-                limit=limit,
+                spend=Spend(spent, limit),
                 now=now,
             )
+            span.end()
             saved = len(messages)
             self.iteration = state.iteration
             if outcome is not None:
-                final: list[EventPayload] = []
-                if outcome[0] is JobOutcome.BUDGET_EXCEEDED:
-                    final.append(
-                        AgentBudgetExceeded(
-                            budget_percent=pct,
-                            spent_today_microdollars=spent,
-                            daily_budget_microdollars=limit,
-                        )
-                    )
-                elif outcome[0] is JobOutcome.COMPLETED and state.phase:
-                    final.append(PhaseCompleted(phase=state.phase))
-                await self._finish(outcome[0], outcome[1], final)
+                await self._end(outcome, state, pct=pct, spent=spent, limit=limit)
                 return
-            if budget.should_sleep(spent, limit):
-                while budget.should_sleep(spent, limit):
-                    await self._sleep(next_utc_midnight(s.clock.now()), SleepReason.BUDGET_THRESHOLD)
-                    window = budget.window_start(s.clock.now())
-                    spent, limit = await self._budget(window)
+            if asks:
+                await self._raise([ask.escalation for ask in asks])
+            # Asleep on its budget, the agent also waits for its answers: a person may
+            # decide meanwhile, and it acts on the decision when it wakes.
+            while budget.should_sleep(spent, limit):
+                await self._sleep(next_utc_midnight(self._clock.now()), SleepReason.BUDGET_THRESHOLD)
+                window = budget.window_start(self._clock.now())
+                spent, limit = await self._budget(window)
+            if state.awaiting:
+                await self._await_answers(state, messages)
+
+    async def _end(
+        self, outcome: tuple[JobOutcome, str], state: LoopState, *, pct: int, spent: int, limit: int
+    ) -> None:
+        final: list[EventPayload] = []
+        if outcome[0] is JobOutcome.BUDGET_EXCEEDED:
+            final.append(
+                AgentBudgetExceeded(
+                    budget_percent=pct, spent_today_microdollars=spent, daily_budget_microdollars=limit
+                )
+            )
+        elif outcome[0] is JobOutcome.COMPLETED and state.phase:
+            final.append(PhaseCompleted(phase=state.phase))
+        await self._finish(outcome[0], outcome[1], final)
+
+    def _tool_call_limit_detail(self) -> str:
+        return f"reached the limit of {self._limits.max_tool_calls} tool calls"
 
     async def _budget(self, window: datetime) -> tuple[int, int]:
-        spent, top_ups = await self._s.store.budget_of(self.job_id, window)
-        return spent, self.job.daily_budget_microdollars + top_ups
+        spent, top_ups = await self._ledger.budget_of(self.job_id, window)
+        limit = self.job.daily_budget_microdollars + top_ups
+        self._spend = (window, Spend(spent, limit))
+        return spent, limit
 
     # --- think --------------------------------------------------------------------------
 
     async def _think(
         self, brain: Brain, messages: list[Message], specs: Sequence[ToolSpec], state: LoopState
     ) -> Turn | None:
-        s = self._s
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await brain.think(messages, specs)
+                with observability.tracing.model_call(self.job_id):
+                    return await brain.think(messages, specs)
             except BrainError as error:
-                if not error.retryable or attempt >= s.brain_retries:
+                if not error.retryable or attempt >= self._limits.brain_retries:
                     detail = f"the brain failed ({error.signature}): {error}"
                     if error.retryable:
                         detail = f"the brain failed {attempt} times ({error.signature}): {error}"
@@ -311,11 +424,11 @@ class AgentRun:
                 event = AgentRetrying(
                     error_signature=error.signature,
                     attempt=attempt,
-                    max_attempts=s.brain_retries,
+                    max_attempts=self._limits.brain_retries,
                     error_message=truncate_middle(str(error), 1000),
                 )
                 await self._publish([event])
-                await self._pause(s.brain_retry_delay * attempt)
+                await self._pause(self._limits.brain_retry_delay * attempt)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a brain bug: not retried
@@ -338,10 +451,11 @@ class AgentRun:
         turn: Turn,
         tools: dict[str, Tool],
         state: LoopState,
+        *,
         new: list[Message],
         events: list[EventPayload],
+        asks: list[Ask],
     ) -> tuple[JobOutcome, str] | None:
-        s = self._s
 
         async def open_phase(name: str) -> None:
             if state.phase:
@@ -358,8 +472,11 @@ class AgentRun:
             job_id=self.job_id, iteration=state.iteration, open_phase=open_phase, close_phase=close_phase
         )
         for call in turn.tool_calls:
-            if state.tool_calls >= s.max_tool_calls:
-                return JobOutcome.ITERATION_LIMIT, f"reached the limit of {s.max_tool_calls} tool calls"
+            if state.tool_calls >= self._limits.max_tool_calls:
+                return (
+                    JobOutcome.ITERATION_LIMIT,
+                    f"reached the limit of {self._limits.max_tool_calls} tool calls",
+                )
             input_json = jsontext.dumps(call.input, sort_keys=True, default=str)
             signature = f"{call.name}\n{input_json}"
             state.recent = [*state.recent, signature][-REPETITION_WINDOW:]
@@ -376,8 +493,13 @@ class AgentRun:
                 )
             else:
                 state.tool_calls += 1
-                result = await self._run_tool(tools.get(call.name), call.name, call.input, context)
-            content = truncate_middle(result.content, s.result_limit)
+                attempted = await self._attempt(tools.get(call.name), call, context, state, events)
+                if isinstance(attempted, Escalation):
+                    # The answer becomes this call's result once a person (or the deadline) gives it.
+                    asks.append(Ask(call, attempted))
+                    continue
+                result = attempted
+            content = truncate_middle(result.content, self._limits.result_limit)
             new.append(
                 Message(
                     role="tool",
@@ -391,12 +513,101 @@ class AgentRun:
                 AgentToolCalled(
                     iteration=state.iteration,
                     tool_name=call.name,
-                    input_json=truncate_middle(input_json, s.result_limit),
+                    input_json=truncate_middle(input_json, self._limits.result_limit),
                     result=content,
                     is_error=result.is_error,
                 )
             )
         return None
+
+    async def _attempt(
+        self,
+        tool: Tool | None,
+        call: ToolCall,
+        context: ToolContext,
+        state: LoopState,
+        events: list[EventPayload],
+    ) -> ToolResult | Escalation:
+        """Run the call, again while its failure may pass (announcing each retry); the
+        result, or the escalation the call needs."""
+        failures: list[str] = []
+        while True:
+            result = await self._run_tool(tool, call.name, call.input, context)
+            if result.question is not None:
+                return self._question(call, result.question, state.iteration)
+            if not (result.is_error and result.error_type):
+                return result
+            signature = error_signature(call.name, result.error_type, result.content)
+            message = truncate_middle(result.content, 1000)
+            failures.append(f"{result.error_type}: {message}")
+            if classify_error(result.error_type, result.content, retryable=result.retryable) is (
+                ErrorClass.NEVER_RETRY
+            ):
+                return self._error_escalation(
+                    call, EscalationTrigger.UNRETRYABLE_ERROR, signature, failures, state.iteration
+                )
+            attempt = state.retries.failed(signature)
+            if attempt >= self._limits.tool_attempts:
+                return self._error_escalation(
+                    call, EscalationTrigger.REPEATED_ERROR, signature, failures, state.iteration
+                )
+            events.append(
+                AgentRetrying(
+                    error_signature=signature,
+                    attempt=attempt,
+                    max_attempts=self._limits.tool_attempts,
+                    error_message=message,
+                )
+            )
+            await self._pause(self._limits.tool_retry_delay * attempt)
+
+    def _escalation_id(self, call: ToolCall, iteration: int) -> str:
+        # Derived from the job, the turn and the call: raising it again after a restart
+        # finds the stored one instead of asking twice.
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cofounder:{self.job_id}:{iteration}:{call.call_id}"))
+
+    def _question(self, call: ToolCall, question: Question, iteration: int) -> Escalation:
+        now = self._clock.now()
+        return Escalation(
+            escalation_id=self._escalation_id(call, iteration),
+            job_id=self.job_id,
+            owner_id=self.job.owner_id,
+            status=EscalationStatus.PENDING,
+            trigger=EscalationTrigger.AGENT_QUESTION,
+            problem=question.question,
+            create_time=now,
+            recommended_action=question.recommended,
+            options=question.options,
+            tool_call_id=call.call_id,
+            tool_name=call.name,
+            deadline=question.deadline(now),
+            default_option=question.default,
+        )
+
+    def _error_escalation(
+        self, call: ToolCall, trigger: EscalationTrigger, signature: str, failures: list[str], iteration: int
+    ) -> Escalation:
+        if trigger is EscalationTrigger.UNRETRYABLE_ERROR:
+            problem = f"The tool {call.name} failed in a way retrying cannot fix: {failures[-1]}"
+        else:
+            problem = (
+                f"The tool {call.name} kept failing ({self._limits.tool_attempts} attempts): {failures[-1]}"
+            )
+        return Escalation(
+            escalation_id=self._escalation_id(call, iteration),
+            job_id=self.job_id,
+            owner_id=self.job.owner_id,
+            status=EscalationStatus.PENDING,
+            trigger=trigger,
+            problem=problem,
+            create_time=self._clock.now(),
+            attempts=attempts_text(failures),
+            recommended_action="retry" if trigger is EscalationTrigger.REPEATED_ERROR else "skip",
+            options=ERROR_OPTIONS,
+            error_signature=signature,
+            tool_call_id=call.call_id,
+            tool_name=call.name,
+        )
 
     async def _run_tool(
         self, tool: Tool | None, name: str, tool_input: Any, context: ToolContext
@@ -416,47 +627,30 @@ class AgentRun:
     async def _commit(
         self,
         *,
-        ledger: dict[str, Any],
+        call: ModelCall,
         messages: list[Message],
         saved: int,
         state: LoopState,
         events: list[EventPayload],
-        pct: int,
-        spent: int,
-        limit: int,
+        spend: Spend,
         now: datetime,
     ) -> None:
-        s = self._s
-        job = self.job
-        progress = state.iteration
-
-        def live(writes: LiveWrites) -> None:
-            writes.set(
-                keys.budget_pct_key(job.job_id), str(min(100, max(0, pct))), keys.BUDGET_PCT_TTL_SECONDS
-            )
-            s.status.queue_summary(writes, job, spent_today=spent, budget_today=limit, progress=progress)
-
+        self._spend = (call.window_start, spend)
         record = IterationRecord(
             job_id=self.job_id,
-            ledger=ledger,
-            messages=[
-                {"job_id": self.job_id, "position": position, "message": messages[position].to_json()}
-                for position in range(saved, len(messages))
-            ],
-            head={
-                "job_id": self.job_id,
-                "iteration": state.iteration,
-                "message_count": len(messages),
-                "state": state.to_json(),
-                "update_time": now,
-            },
+            iteration=state.iteration,
+            call=call,
+            new_messages=[message.to_json() for message in messages[saved:]],
+            first_position=saved,
+            loop_state=state.to_json(),
+            time=now,
             events=events,
         )
-        write = IterationWrite(record, live=live)
+        write = IterationWrite(record, self.job, spend)
         delay = 0.1
         while True:
             try:
-                accepted = await s.writer.write(write)
+                accepted = await self._writer.write(write)
                 break
             except Unavailable as error:
                 # SQL is down: the iteration is not durable yet; keep it and try again.
@@ -467,38 +661,127 @@ class AgentRun:
         if not accepted:
             raise Stopped
 
+    # --- escalations --------------------------------------------------------------------
+
+    def _await_later(self, asks: list[Ask], state: LoopState) -> tuple[JobOutcome, str] | None:
+        """Note the turn's escalated calls in the state committed with the turn (so a restart
+        waits for them too), or end the job if they pass the cap on escalations."""
+        if not asks:
+            return None
+        if state.escalations + len(asks) > self._limits.max_escalations:
+            return (
+                JobOutcome.ESCALATION_LIMIT,
+                f"the agent needed a person more than {self._limits.max_escalations} times "
+                f"({asks[-1].escalation.problem[:200]})",
+            )
+        state.escalations += len(asks)
+        state.awaiting = [
+            {"call_id": ask.call.call_id, "tool_name": ask.call.name, "escalation": to_json(ask.escalation)}
+            for ask in asks
+        ]
+        return None
+
+    async def _raise(self, escalations: list[Escalation]) -> None:
+        """Record the turn's escalations (those not stored yet) and set the agent waiting."""
+        change = await self._escalations.raise_for(
+            self.job_id, self._runner_id, escalations, now=self._clock.now()
+        )
+        if change is None:
+            raise Stopped
+        await self._applied(change_of(change))
+        for escalation in escalations:
+            self._deadline_raised(escalation.deadline)
+
+    async def _await_answers(self, state: LoopState, messages: list[Message]) -> None:
+        """Wait, parked, until every escalation of the last turn is decided; then add each
+        answer to the conversation as the result of its tool call (delivered once)."""
+        ids = [entry["escalation"]["escalation_id"] for entry in state.awaiting]
+        self.sleeping = True
+        try:
+            while True:
+                if self._stop.is_set():
+                    raise Stopped
+                self._wake.clear()  # a decision from now on wakes the wait below
+                decided, change = await self._escalations.deliver(
+                    self.job_id, self._runner_id, ids, now=self._clock.now()
+                )
+                if change is not None:
+                    await self._applied(change_of(change))
+                    break
+                if not any(e.is_pending for e in decided):
+                    await self._still_ours()  # delivered before a restart
+                    break
+                if self.job.agent_state is not AgentState.WAITING_FOR_INPUT:  # woke from a budget sleep
+                    await self._waiting_again([e.escalation_id for e in decided if e.is_pending])
+                await self._parked()
+        finally:
+            self.sleeping = False
+        by_id = {e.escalation_id: e for e in decided}
+        for entry in state.awaiting:
+            escalation = by_id[entry["escalation"]["escalation_id"]]
+            messages.append(
+                Message(
+                    role="tool",
+                    text=delivered_text(escalation),
+                    call_id=entry["call_id"],
+                    tool_name=entry["tool_name"],
+                    is_error=escalation.status is EscalationStatus.EXPIRED,
+                )
+            )
+            if escalation.error_signature:
+                state.retries.reset(escalation.error_signature)
+        state.awaiting = []
+
+    async def _waiting_again(self, pending: list[str]) -> None:
+        change = await self._runs.set_agent_state(
+            self.job_id,
+            state=AgentState.WAITING_FOR_INPUT,
+            wake_at=None,
+            events=[AgentWaitingForInput(escalation_id) for escalation_id in pending],
+            now=self._clock.now(),
+        )
+        await self._applied(change)
+
+    async def _parked(self) -> None:
+        """Wait for a notification (a decision, a cancel), re-reading SQL every few seconds
+        in case one was lost."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=WAKE_SIGNAL_POLL_SECONDS)
+        finally:
+            waiter.cancel()
+
+    async def _still_ours(self) -> None:
+        job = await self._runs.get(self.job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            raise Stopped
+        self.job = job
+
     # --- sleep and wake -----------------------------------------------------------------
 
     async def _sleep(self, wake_at: datetime, reason: SleepReason | None) -> None:
         """Sleep until ``wake_at`` or a wake request. ``reason`` None: resume a sleep that is
         already recorded (after a restart)."""
-        s = self._s
         if reason is not None:
-            change = await s.store.set_agent_state(
+            change = await self._runs.set_agent_state(
                 self.job_id,
                 state=AgentState.SLEEPING,
                 wake_at=wake_at,
                 events=[AgentSleeping(wake_time=wake_at, reason=reason)],
-                now=s.clock.now(),
+                now=self._clock.now(),
             )
             await self._applied(change)
         self.sleeping = True
         try:
-            await self._live(s.keys.set_state(self.job_id, AgentState.SLEEPING))
-            if wake_at > s.clock.now():
-                await self._live(s.keys.set_wake_at(self.job_id, wake_at))
             await self._wait_for_wake(wake_at)
         finally:
             self.sleeping = False
-        await self._live(s.keys.clear_wake_at(self.job_id))
-        await self._live(s.keys.set_state(self.job_id, AgentState.WORKING))
 
     async def _wait_for_wake(self, wake_at: datetime) -> None:
         """Return once the agent is awake in SQL: at ``wake_at`` (woken here), by WakeAgent
         (woken by the RPC, noticed through the control channel or by polling SQL), or by a
         ``wake_signal`` key some other writer set (woken here)."""
-        s = self._s
-        timer = asyncio.ensure_future(s.clock.sleep_until(wake_at))
+        timer = asyncio.ensure_future(self._clock.sleep_until(wake_at))
         try:
             while True:
                 if self._stop.is_set():
@@ -507,7 +790,9 @@ class AgentRun:
                     if await self._woken(WakeReason.SCHEDULED):
                         return
                     continue
-                if await self._take_wake_signal() and await self._woken(WakeReason.REQUESTED):
+                if await self._changes.take_wake_signal(self.job_id) and await self._woken(
+                    WakeReason.REQUESTED
+                ):
                     return
                 waiter = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait(
@@ -522,13 +807,12 @@ class AgentRun:
 
     async def _woken(self, reason: WakeReason) -> bool:
         """Wake the agent in SQL (unless WakeAgent did already); False if it sleeps on."""
-        s = self._s
-        change = await s.store.set_agent_state(
+        change = await self._runs.set_agent_state(
             self.job_id,
             state=AgentState.WORKING,
             wake_at=None,
             events=[AgentWaking(reason=reason)],
-            now=s.clock.now(),
+            now=self._clock.now(),
             only_from=AgentState.SLEEPING,
         )
         if change is not None:
@@ -538,7 +822,7 @@ class AgentRun:
 
     async def _awake_in_sql(self) -> bool:
         """Whether SQL says the agent is awake (WakeAgent woke it); ``Stopped`` if the job ended."""
-        job = await self._s.store.get(self.job_id)
+        job = await self._runs.get(self.job_id)
         if job is None or job.status is not JobStatus.RUNNING:
             raise Stopped
         if job.agent_state is AgentState.SLEEPING:
@@ -546,54 +830,40 @@ class AgentRun:
         self.job = job
         return True
 
-    async def _take_wake_signal(self) -> bool:
-        try:
-            return await self._s.keys.take_wake_signal(self.job_id)
-        except Unavailable:
-            return False
-
     # --- endings and helpers ------------------------------------------------------------
 
     async def _finish(self, outcome: JobOutcome, detail: str, events: list[EventPayload]) -> None:
-        s = self._s
         status = JobStatus.READY if outcome is JobOutcome.COMPLETED else JobStatus.FAILED
         agent_state = {
             JobOutcome.COMPLETED: AgentState.COMPLETED,
             JobOutcome.BUDGET_EXCEEDED: AgentState.BUDGET_EXCEEDED,
         }.get(outcome, AgentState.ERROR)
-        change = await s.store.finish(
+        change = await self._runs.finish(
             self.job_id,
-            s.runner_id,
+            self._runner_id,
             status=status,
             outcome=outcome,
             detail=detail,
             agent_state=agent_state,
             events=events,
-            now=s.clock.now(),
+            now=self._clock.now(),
         )
         if change is None:
             raise Stopped
         await self._applied(change)
-        await self._live(s.keys.set_state(self.job_id, agent_state))
-        await self._live(s.keys.clear_wake_at(self.job_id))
         log.info("job %s ended: %s %s", self.job_id, outcome, detail)
 
-    async def _applied(self, change: Changed | None) -> None:
-        """Adopt a committed change: fan out its events and refresh the summary."""
+    async def _applied(self, change: Change | None) -> None:
+        """Adopt a committed change and send it down the change pipeline."""
         if change is None:
             raise Stopped
-        self.job = change.job
-        with contextlib.suppress(Unavailable):
-            await self._s.status.job_changed(change.job, progress=self.iteration)
-        await self._s.job_events.announce(change.events)
+        self.job = change.job or self.job
+        # The spend this run knows rides along: the change's keys are newer than those of the
+        # iteration before it, whose fan-out may still be on its way.
+        known = self._spend
+        spend = known[1] if known and known[0] == budget.window_start(self._clock.now()) else None
+        await self._changes.committed(dataclasses.replace(change, progress=self.iteration, spend=spend))
 
     async def _publish(self, events: list[EventPayload]) -> None:
-        stored = await self._s.store.event_log.append_job_events(self.job_id, events, now=self._s.clock.now())
-        await self._s.job_events.announce(stored)
-
-    async def _live(self, write: Awaitable[None]) -> None:
-        """Live keys are best effort: SQL is the record, and readers fall back to it."""
-        try:
-            await write
-        except Unavailable as error:
-            log.warning("job %s: live key not written: %s", self.job_id, error)
+        stored = await self._event_log.append_job_events(self.job_id, events, now=self._clock.now())
+        await self._changes.committed(Change.appended(stored))

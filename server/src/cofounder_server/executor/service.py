@@ -3,14 +3,17 @@
 * **Claiming.** Queued jobs, and running jobs that are unowned, this process's own (after a
   restart: the runner id is kept in the data directory) or whose lease expired (a crashed
   replica's), are claimed oldest first with a conditional UPDATE, so each runs on exactly
-  one replica. Sleeping agents are always claimed (they only wait); awake ones only while
-  fewer than ``max_running_jobs`` are awake here. Leases are renewed every claim interval.
-* **Control.** CancelJob and WakeAgent record their change in SQL first, then reach the
-  replica that runs the job through one Redis pub/sub channel (``cofounder:executor:control``).
+  one replica. Parked agents (asleep, or waiting for a person) are always claimed (they
+  only wait); awake ones only while fewer than ``max_running_jobs`` are awake here. Leases
+  are renewed every claim interval.
+* **Control.** CancelJob, WakeAgent and the decision of an escalation (ResolveEscalation or
+  its deadline) record their change in SQL first; the change pipeline
+  then tells this process's executor in process and every replica through one Redis pub/sub
+  channel (``cofounder:executor:control``).
   A lost message only delays: the writer re-reads the job in every iteration's transaction,
-  the lease renewal re-reads held jobs, and a sleeping agent re-reads SQL every few seconds.
+  the lease renewal re-reads held jobs, and a parked agent re-reads SQL every few seconds.
   A sleeping agent also takes its ``wake_signal`` key, for writers outside this server.
-* **Shutdown.** :meth:`stop` ends every run at its next iteration boundary (a sleeping one
+* **Shutdown.** :meth:`stop` ends every run at its next iteration boundary (a parked one
   at once), waits for them, and releases the leases so another replica can continue.
 """
 
@@ -20,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,15 +31,19 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from cofounder_server import observability
+from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import DomainError
 from cofounder_server.domain.model import Job
-from cofounder_server.executor.loop import AgentRun, Services
-from cofounder_server.live.keys import AgentKeys
+from cofounder_server.executor.loop import AgentRun
+from cofounder_server.executor.writer import IterationWriter
+from cofounder_server.live import keys
+from cofounder_server.observability import logs
+from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
-
-CONTROL_CHANNEL = "cofounder:executor:control"
-"""Pub/sub channel of cancel and wake requests: ``cancel {job_id}`` / ``wake {job_id}``."""
 
 RETRY_AFTER_CRASH_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 5.0
@@ -60,48 +67,34 @@ def runner_id_for(configured: str, data_dir: Path) -> str:
     return new
 
 
-class ControlBroadcaster:
-    """Tells whichever replica runs a job about a cancel or a wake (for processes that run
-    no agents themselves; :class:`Executor` does the same and acts locally too)."""
-
-    def __init__(self, redis: Redis, keys: AgentKeys) -> None:
-        self._redis = redis
-        self._keys = keys
-
-    def job_submitted(self, job: Job) -> None:
-        """Nothing to do here: an executor polls for queued jobs."""
-
-    async def job_cancelled(self, job: Job) -> None:
-        await broadcast(self._redis, "cancel", job.job_id)
-
-    async def job_woken(self, job: Job) -> None:
-        await broadcast(self._redis, "wake", job.job_id)
-
-
-async def broadcast(redis: Redis, verb: str, job_id: str) -> None:
-    """Publish ``{verb} {job_id}`` on the control channel; a failure is logged (the lease
-    renewal's re-read of the job catches a lost cancel, a sleeping agent polls its
-    ``wake_signal`` key)."""
-    try:
-        await redis.publish(CONTROL_CHANNEL, f"{verb} {job_id}")
-    except (RedisError, OSError) as error:
-        log.warning("could not broadcast %s of job %s: %s", verb, job_id, error)
-
-
 class Executor:
     """Runs this process's share of jobs."""
 
     def __init__(
         self,
-        services: Services,
-        redis: Redis,
         *,
+        runs: RunRepository,
+        checkpoints: CheckpointStore,
+        writer: IterationWriter,
+        changes: ChangePipeline,
+        redis: Redis,
+        clock: Clock,
+        runner_id: str,
+        new_run: Callable[[Job], AgentRun],
         max_running_jobs: int,
         lease_seconds: float,
         claim_interval_seconds: float,
     ) -> None:
-        self._s = services
+        """``new_run`` builds the run of a claimed job; ``redis`` carries the control channel."""
+        self._runs = runs
+        self._checkpoints = checkpoints
+        self.writer = writer
+        """The group-commit writer (its counters serve benchmarks)."""
+        self._changes = changes
         self._redis = redis
+        self._clock = clock
+        self.runner_id = runner_id
+        self._new_run = new_run
         self._max_running = max_running_jobs
         self._lease = timedelta(seconds=lease_seconds)
         self._interval = claim_interval_seconds
@@ -112,16 +105,13 @@ class Executor:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
 
-    @property
-    def runner_id(self) -> str:
-        return self._s.runner_id
-
     async def start(self) -> None:
         """Start the writer, the control subscription and the claim loop (which resumes this
         process's running and sleeping jobs at once)."""
-        self._s.writer.start()
+        logs.runner_id.set(self.runner_id)
+        self.writer.start()
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(CONTROL_CHANNEL)
+        await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="executor-claims"),
             asyncio.create_task(self._control_loop(pubsub), name="executor-control"),
@@ -142,29 +132,28 @@ class Executor:
             await _cancel_and_wait(pending, "agent run")
         held = list(self.runs)
         with contextlib.suppress(DomainError):
-            await self._s.store.release(self.runner_id, held)
-        await self._s.writer.stop()
-        await self._s.store.close()
+            await self._runs.release(self.runner_id, held)
+        await self.writer.stop()
+        await self._checkpoints.close()
 
-    # --- requests from the API (any replica) --------------------------------------------
+    # --- changes committed in this process (the change pipeline tells other replicas) ----
 
     def job_submitted(self, job: Job) -> None:
         """A job was queued: look for work now."""
         self._claim_now.set()
 
-    async def job_cancelled(self, job: Job) -> None:
-        """The job was cancelled (already recorded): stop its run wherever it is."""
+    def job_cancelled(self, job: Job) -> None:
+        """The job was cancelled (already recorded): stop its run if it is here."""
         self._control("cancel", job.job_id)
-        await self._broadcast("cancel", job.job_id)
 
-    async def job_woken(self, job: Job) -> None:
-        """WakeAgent recorded the wake: resume the agent wherever it sleeps."""
+    def job_woken(self, job: Job) -> None:
+        """WakeAgent recorded the wake: resume the agent if it sleeps here."""
         self._control("wake", job.job_id)
-        await self._broadcast("wake", job.job_id)
         self._claim_now.set()  # an unowned sleeping job is claimed as an awake one
 
-    async def _broadcast(self, verb: str, job_id: str) -> None:
-        await broadcast(self._redis, verb, job_id)
+    def job_answered(self, job_id: str) -> None:
+        """An escalation the job's agent waits on was decided: hand it over if it waits here."""
+        self._control("answer", job_id)
 
     def _control(self, verb: str, job_id: str) -> None:
         run = self.runs.get(job_id)
@@ -172,7 +161,7 @@ class Executor:
             return
         if verb == "cancel":
             run.stop()
-        elif verb == "wake":
+        elif verb in ("wake", "answer"):
             run.wake()
 
     async def _control_loop(self, pubsub: PubSub) -> None:
@@ -184,7 +173,7 @@ class Executor:
                     log.warning("executor control channel: %s; resubscribing", error)
                     await asyncio.sleep(1.0)
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.subscribe(CONTROL_CHANNEL)
+                        await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
                     continue
                 if message is None:
                     continue
@@ -200,8 +189,14 @@ class Executor:
 
     @property
     def awake(self) -> int:
-        """Runs that are not sleeping (what ``max_running_jobs`` caps)."""
+        """Runs that are not parked (what ``max_running_jobs`` caps)."""
         return sum(1 for run in self.runs.values() if not run.sleeping)
+
+    @property
+    def parked(self) -> int:
+        """Runs that are parked (asleep, or waiting for a person): they wait for a wake or an
+        answer and cost nothing meanwhile."""
+        return len(self.runs) - self.awake
 
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -223,43 +218,44 @@ class Executor:
                 log.exception("executor claim loop failed; trying again")
 
     async def _renew(self) -> None:
-        s = self._s
-        now = s.clock.now()
-        lost = await s.store.renew(self.runner_id, list(self.runs), now=now, lease_until=now + self._lease)
+        now = self._clock.now()
+        lost = await self._runs.renew(self.runner_id, list(self.runs), now=now, lease_until=now + self._lease)
         for job_id in lost:
             run = self.runs.get(job_id)
             if run is not None:
+                observability.metrics.leases_lost.inc()
                 log.info("job %s is no longer ours (cancelled, finished or taken over): stopping", job_id)
                 run.stop()
 
     async def _claim(self) -> None:
-        s = self._s
         loop = asyncio.get_running_loop()
         self._backoff = {k: t for k, t in self._backoff.items() if t > loop.time()}
         exclude = [*self.runs, *self._backoff]
-        now = s.clock.now()
-        sleeping = await s.store.claimable(
+        now = self._clock.now()
+        sleeping = await self._runs.claimable(
             self.runner_id, now=now, sleeping=True, exclude=exclude, limit=1000
         )
         free = self._max_running - self.awake
-        awake = await s.store.claimable(self.runner_id, now=now, sleeping=False, exclude=exclude, limit=free)
+        awake = await self._runs.claimable(
+            self.runner_id, now=now, sleeping=False, exclude=exclude, limit=free
+        )
         for job_id in [*sleeping, *awake]:
             if self._stopping:
                 return
             if job_id not in sleeping and self.awake >= self._max_running:
                 break
-            now = s.clock.now()
-            change = await s.store.claim(job_id, self.runner_id, now=now, lease_until=now + self._lease)
-            if change is None:
+            now = self._clock.now()
+            change = await self._runs.claim(job_id, self.runner_id, now=now, lease_until=now + self._lease)
+            if change is None or change.job is None:
                 continue
-            if change.events:
-                with contextlib.suppress(DomainError):
-                    await s.status.job_changed(change.job)
-                await s.job_events.announce(change.events)
+            instruments = observability.metrics
+            (instruments.lease_claims_queued if change.events else instruments.lease_claims_running).inc()
+            # Also a claim without a change of the job (resumed here) rewrites its live keys.
+            await self._changes.committed(change)
             self._start_run(change.job)
 
     def _start_run(self, job: Job) -> None:
-        run = AgentRun(self._s, job)
+        run = self._new_run(job)
         self.runs[job.job_id] = run
         task = asyncio.create_task(self._guarded(run), name=f"agent-{job.job_id}")
         self._tasks[job.job_id] = task

@@ -3,9 +3,10 @@
 A job hands its iteration (ledger row, new conversation messages, checkpoint head, events)
 to :meth:`IterationWriter.write` and waits until it is committed. The writer takes whatever
 has queued meanwhile (up to ``max_batch``) and commits it in one transaction with a constant
-number of statements, then fans the events out and writes the live keys in one Redis
-pipeline. Every iteration is still durable before its job continues; only the commit is
-shared (see ANCHORS.md: ~680 iterations/s with a transaction each, ~25,000/s grouped).
+number of statements, then hands the committed iterations to the change pipeline, which
+writes their live keys and announces their events in one Redis round trip. Every iteration
+is still durable before its job continues; only the commit is shared (measured on SQLite:
+~680 iterations/s with a transaction each, ~25,000/s grouped; see bench/README.md).
 
 In the same transaction the writer re-reads the jobs' status and runner: an iteration of a
 job that was cancelled (or taken over by another replica) meanwhile is refused, so nothing
@@ -20,31 +21,34 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
-
+from cofounder_server import observability
 from cofounder_server.clock import Clock
-from cofounder_server.events.job_events import JobEvents
-from cofounder_server.events.model import JobEvent
-from cofounder_server.live import keys
-from cofounder_server.live.versioned import LiveWrites
-from cofounder_server.store.executor import ExecutorStore
-from cofounder_server.store.iterations import IterationRecord
+from cofounder_server.domain.changes import Change, Spend
+from cofounder_server.domain.events import JobEvent
+from cofounder_server.domain.model import Job
+from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.iterations import IterationConflict, IterationRecord
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class IterationWrite:
-    """Everything one iteration makes durable, and what to do once it is."""
+    """Everything one iteration makes durable, and what its change is once it is."""
 
     record: IterationRecord
-    live: Callable[[LiveWrites], None] | None = None
-    """Live-key writes added to the fan-out's batched writes after the commit."""
+    job: Job
+    """The job as its run knows it."""
+    spend: Spend
+    """Today's spend after the iteration's model call."""
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def change(self, events: list[JobEvent]) -> Change:
+        """The committed iteration as a change (with the events it appended)."""
+        return Change.of(self.job, events, spend=self.spend, progress=self.record.iteration, iteration=True)
 
     @property
     def job_id(self) -> str:
@@ -57,15 +61,15 @@ class IterationWriter:
 
     def __init__(
         self,
-        store: ExecutorStore,
-        job_events: JobEvents,
+        checkpoints: CheckpointStore,
+        changes: ChangePipeline,
         clock: Clock,
         runner_id: str,
         *,
         max_batch: int = 500,
     ) -> None:
-        self._store = store
-        self._job_events = job_events
+        self._checkpoints = checkpoints
+        self._changes = changes
         self._clock = clock
         self._runner_id = runner_id
         self._max_batch = max_batch
@@ -73,9 +77,7 @@ class IterationWriter:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Fan-out runs in its own task, in commit order, while the next batch commits.
-        self._fan_out: asyncio.Queue[tuple[list[JobEvent], list[Callable[[LiveWrites], None]], list[str]]] = (
-            asyncio.Queue()
-        )
+        self._fan_out: asyncio.Queue[list[Change]] = asyncio.Queue()
         self._fan_out_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.iterations = 0
@@ -127,8 +129,10 @@ class IterationWriter:
     async def _commit_batch(self, batch: list[IterationWrite]) -> None:
         started = time.perf_counter()
         try:
-            accepted, stored = await self._commit_retrying(batch)
-        except IntegrityError:
+            committed = await self._checkpoints.commit_iterations(
+                [write.record for write in batch], runner_id=self._runner_id, now=self._clock.now()
+            )
+        except IterationConflict:
             if len(batch) == 1:
                 # The iteration was recorded before (another runner): this one is stale.
                 log.warning("iteration of job %s conflicts with a recorded one: refused", batch[0].job_id)
@@ -145,51 +149,29 @@ class IterationWriter:
         self.sql_seconds += time.perf_counter() - started
         self.batches += 1
         self.iterations += len(batch)
-        live = [write.live for write in batch if write.live is not None and write.job_id in accepted]
-        summary_keys = [keys.summary_key(write.job_id) for write in batch if write.job_id in accepted]
-
+        observability.metrics.iterations.inc(len(batch))
+        observability.metrics.group_commit_size.observe(len(batch))
+        observability.metrics.group_commit_seconds.observe(time.perf_counter() - started)
+        by_job: dict[str, list[JobEvent]] = {}
+        accepted = committed.accepted
+        for event in committed.events:
+            by_job.setdefault(event.job_id, []).append(event)
+        changes = [write.change(by_job.get(write.job_id, [])) for write in batch if write.job_id in accepted]
         for write in batch:
             _resolve(write, write.job_id in accepted)
-        self._fan_out.put_nowait((stored, live, summary_keys))
+        self._fan_out.put_nowait(changes)
 
     async def _run_fan_out(self) -> None:
         while True:
-            stored, live, summary_keys = await self._fan_out.get()
+            changes = await self._fan_out.get()
             started = time.perf_counter()
-
-            def queue_live(writes: LiveWrites, live: list[Callable[[LiveWrites], None]] = live) -> None:
-                for add in live:
-                    add(writes)
-
             try:
-                await self._job_events.announce(stored, also=queue_live, invalidate=summary_keys)
+                await self._changes.committed_many(changes)
             except Exception:
-                log.exception("fan-out of %d committed events failed", len(stored))
+                log.exception("fan-out of %d committed iterations failed", len(changes))
             finally:
                 self.fan_out_seconds += time.perf_counter() - started
                 self._fan_out.task_done()
-
-    async def _commit_retrying(self, batch: list[IterationWrite]) -> tuple[set[str], list[JobEvent]]:
-        """:meth:`_commit`, tried again after a transient failure (a deadlock or serialization
-        failure PostgreSQL resolved by aborting us)."""
-        for attempt in range(3):
-            try:
-                return await self._commit(batch, self._clock.now())
-            except DBAPIError as error:
-                if isinstance(error, IntegrityError) or attempt == 2 or not _transient(error):
-                    raise
-                log.info("iteration batch of %d aborted (%s); retrying", len(batch), error.orig)
-        raise AssertionError("unreachable")
-
-    async def _commit(self, batch: list[IterationWrite], now: datetime) -> tuple[set[str], list[JobEvent]]:
-        records = [write.record for write in batch]
-        committed = await self._store.commit_iterations(records, runner_id=self._runner_id, now=now)
-        return committed.accepted, committed.events
-
-
-def _transient(error: DBAPIError) -> bool:
-    """Deadlock detected, serialization failure (PostgreSQL SQLSTATE 40P01, 40001)."""
-    return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")
 
 
 def _resolve(write: IterationWrite, accepted: bool) -> None:

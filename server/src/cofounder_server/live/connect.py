@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cofounder_server import observability
 from cofounder_server.domain.errors import Unavailable
 
 
@@ -43,7 +45,10 @@ def create_client(
 @contextmanager
 def unavailable_on_error(operation: str) -> Iterator[None]:
     """Re-raise Redis connection failures and timeouts inside the block as ``Unavailable``."""
+    started = time.perf_counter()
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
+        observability.metrics.redis_errors.inc()
         raise Unavailable(f"Redis is unavailable ({operation}): {exc}") from exc
+    observability.metrics.redis_seconds(operation).observe(time.perf_counter() - started)

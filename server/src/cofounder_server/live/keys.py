@@ -14,7 +14,11 @@ key                                   value                                     
 ====================================  ===========================================  ==================
 
 Pub/sub channels (not keys): ``cofounder:job:{id}:events`` carries each event of a job once
-it is committed, ``cofounder:escalations:events`` each entry of the escalation feed.
+it is committed, ``cofounder:escalations:events`` each entry of the escalation feed, and
+``cofounder:executor:control`` the cancel and wake requests for the replica running a job.
+
+Every write of the agent's keys is queued by this module's functions, and only the change
+pipeline (:mod:`cofounder_server.services.changes`) runs them, after the SQL commit.
 
 ``wake_at`` is written the way Python's ``datetime.isoformat()`` renders a UTC time (offset
 ``+00:00``, fractional seconds only when present), which is what the predecessor wrote; the
@@ -32,9 +36,9 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from cofounder_server.clock import Clock
 from cofounder_server.domain.model import AgentState
 from cofounder_server.live.connect import unavailable_on_error
+from cofounder_server.live.versioned import LiveWrites
 
 KEY_PREFIX = "cofounder:"
 """Every key of this project starts with this."""
@@ -99,6 +103,10 @@ def job_events_channel(job_id: str) -> str:
 ESCALATION_EVENTS_CHANNEL = "cofounder:escalations:events"
 """The pub/sub channel of the escalation feed (every owner's entries)."""
 
+EXECUTOR_CONTROL_CHANNEL = "cofounder:executor:control"
+"""The pub/sub channel of cancel and wake requests to whichever replica runs a job:
+``cancel {job_id}`` / ``wake {job_id}``."""
+
 
 def format_wake_at(when: datetime) -> str:
     """The ``wake_at`` value for an aware datetime: ISO-8601 in UTC with offset ``+00:00``."""
@@ -161,48 +169,39 @@ def parse_wake_at(raw: bytes | str | None) -> datetime | None:
     return when.astimezone(UTC)
 
 
-class AgentKeys:
-    """Writes an agent's live keys with the contract's value formats and TTLs.
+def wake_at_ttl(when: datetime, now: datetime) -> int:
+    """The TTL of a ``wake_at`` key: the seconds until ``when``, rounded up so the key never
+    disappears before the agent is due to wake, and at least 1."""
+    return max(1, math.ceil((when - now).total_seconds()))
 
-    Redis connection failures surface as :class:`~cofounder_server.domain.errors.Unavailable`.
-    """
 
-    def __init__(self, redis: Redis, clock: Clock) -> None:
-        self._redis = redis
-        self._clock = clock
+def queue_agent_state(
+    writes: LiveWrites, job_id: str, state: AgentState | None, wake_at: datetime | None, now: datetime
+) -> None:
+    """Queue the agent's ``state`` and ``wake_at`` keys as ``state`` and ``wake_at`` say
+    (``state`` None: the agent is off the job, both keys go). Each write happens only if the
+    versioned write queued before it (the job's summary) is current, so a slower writer
+    of an older change never overwrites a newer one's keys."""
+    if state is None:
+        writes.delete_if_current(state_key(job_id))
+        writes.delete_if_current(wake_at_key(job_id))
+        return
+    writes.set_if_current(state_key(job_id), state.value, STATE_TTL_SECONDS)
+    if state is AgentState.SLEEPING and wake_at is not None and wake_at > now:
+        writes.set_if_current(wake_at_key(job_id), format_wake_at(wake_at), wake_at_ttl(wake_at, now))
+    else:
+        writes.delete_if_current(wake_at_key(job_id))
 
-    async def set_state(self, job_id: str, state: AgentState) -> None:
-        """Set ``state`` (TTL 90 000 s)."""
-        with unavailable_on_error("set agent state"):
-            await self._redis.set(state_key(job_id), state.value, ex=STATE_TTL_SECONDS)
 
-    async def set_budget_pct(self, job_id: str, pct: int) -> None:
-        """Set ``budget_pct`` to ``pct`` clamped to 0..100 (TTL 90 s)."""
-        value = min(100, max(0, pct))
-        with unavailable_on_error("set budget percentage"):
-            await self._redis.set(budget_pct_key(job_id), str(value), ex=BUDGET_PCT_TTL_SECONDS)
+def queue_budget_pct(writes: LiveWrites, job_id: str, pct: int) -> None:
+    """Queue ``budget_pct`` = ``pct`` clamped to 0..100 (TTL 90 s), under the same condition
+    as :func:`queue_agent_state`."""
+    writes.set_if_current(budget_pct_key(job_id), str(min(100, max(0, pct))), BUDGET_PCT_TTL_SECONDS)
 
-    async def set_wake_at(self, job_id: str, when: datetime) -> None:
-        """Set ``wake_at`` to ``when``; the key expires at that time by the injected clock (>= 1 s)."""
-        value = format_wake_at(when)
-        remaining = (when - self._clock.now()).total_seconds()
-        # Rounded up so the key never disappears before the agent is due to wake.
-        ttl = max(1, math.ceil(remaining))
-        with unavailable_on_error("set wake time"):
-            await self._redis.set(wake_at_key(job_id), value, ex=ttl)
 
-    async def clear_wake_at(self, job_id: str) -> None:
-        """Delete ``wake_at`` (the agent is no longer sleeping)."""
-        with unavailable_on_error("clear wake time"):
-            await self._redis.delete(wake_at_key(job_id))
-
-    async def signal_wake(self, job_id: str) -> None:
-        """Ask whichever replica runs the job to wake its agent now (TTL 300 s)."""
-        with unavailable_on_error("signal wake"):
-            await self._redis.set(wake_signal_key(job_id), "1", ex=WAKE_SIGNAL_TTL_SECONDS)
-
-    async def take_wake_signal(self, job_id: str) -> bool:
-        """Consume a pending wake signal atomically; True if there was one."""
-        with unavailable_on_error("take wake signal"):
-            taken = await self._redis.getdel(wake_signal_key(job_id))
-        return taken is not None
+async def take_wake_signal(redis: Redis, job_id: str) -> bool:
+    """Consume a pending ``wake_signal`` atomically; True if there was one. Raises
+    :class:`~cofounder_server.domain.errors.Unavailable` when Redis cannot be reached."""
+    with unavailable_on_error("take wake signal"):
+        taken = await redis.getdel(wake_signal_key(job_id))
+    return taken is not None

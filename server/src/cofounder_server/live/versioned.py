@@ -34,30 +34,44 @@ return 1
 """
 
 
-# Many writes in one EVALSHA: for each key, ARGV holds (version, payload, ttl). A version
-# "-" is a plain SET of the payload; any other version is compared as in _PUT_IF_NEWER.
+# Many writes in one EVALSHA: for each key, ARGV holds (op, payload, ttl). An op "+" is a
+# SET and "x" a DEL that run only if the newest versioned write before them found its key
+# at the same or an older version (the facts they derive from are current); any other op is
+# a version, compared as in _PUT_IF_NEWER.
 _WRITE_MANY = b"""
 local stored = 0
+local current_facts = true
 for i, key in ipairs(KEYS) do
-  local version = ARGV[3 * i - 2]
+  local op = ARGV[3 * i - 2]
   local payload = ARGV[3 * i - 1]
   local ttl = ARGV[3 * i]
-  if version == '-' then
-    redis.call('SET', key, payload, 'EX', ttl)
-    stored = stored + 1
-  else
-    local newer = true
-    local current = redis.call('GET', key)
-    if current then
-      local held = string.match(current, '^0*(%d+):')
-      if held and (#version < #held or (#version == #held and version <= held)) then
-        newer = false
-      end
-    end
-    if newer then
-      redis.call('SET', key, version .. ':' .. payload, 'EX', ttl)
+  if op == '+' then
+    if current_facts then
+      redis.call('SET', key, payload, 'EX', ttl)
       stored = stored + 1
     end
+  elseif op == 'x' then
+    if current_facts then
+      redis.call('DEL', key)
+    end
+  else
+    local order = 1
+    local held_value = redis.call('GET', key)
+    if held_value then
+      local held = string.match(held_value, '^0*(%d+):')
+      if held then
+        if #op < #held or (#op == #held and op < held) then
+          order = -1
+        elseif op == held then
+          order = 0
+        end
+      end
+    end
+    if order > 0 then
+      redis.call('SET', key, op .. ':' .. payload, 'EX', ttl)
+      stored = stored + 1
+    end
+    current_facts = order >= 0
   end
 end
 return stored
@@ -65,9 +79,9 @@ return stored
 
 
 class LiveWrites:
-    """Live-key writes collected to run as one EVALSHA on a pipeline (a group commit's
-    fan-out): versioned writes as :func:`put_if_newer`, and plain ``SET key value EX ttl``,
-    applied in the order they were added."""
+    """Live-key writes collected to run as one EVALSHA on a pipeline (a commit's fan-out):
+    versioned writes as :func:`put_if_newer`, and writes that depend on the versioned write
+    before them, applied in the order they were added."""
 
     def __init__(self) -> None:
         self._keys: list[str] = []
@@ -83,12 +97,19 @@ class LiveWrites:
         self._keys.append(key)
         self._args += (str(version), payload, ttl_seconds)
 
-    def set(self, key: str, value: str, ttl_seconds: int) -> None:
-        """``SET key value EX ttl_seconds``, when the pipeline these writes are queued on runs."""
+    def set_if_current(self, key: str, value: str, ttl_seconds: int) -> None:
+        """``SET key value EX ttl_seconds``, only if the last versioned write added before it
+        found its key at the same or an older version: values derived from a job's facts are
+        never written over those of a newer version."""
         if ttl_seconds < 1:
             raise ValueError("ttl_seconds must be at least 1")
         self._keys.append(key)
-        self._args += ("-", value, ttl_seconds)
+        self._args += ("+", value, ttl_seconds)
+
+    def delete_if_current(self, key: str) -> None:
+        """``DEL key``, under the same condition as :meth:`set_if_current`."""
+        self._keys.append(key)
+        self._args += ("x", "", 1)
 
     def queue(self, pipe: Pipeline) -> None:
         """Queue the writes on ``pipe`` as one command (nothing if there are none)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from cofounder_server import jsontext
+from cofounder_server import jsontext, observability
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.store.write_health import WriteHealth
 
@@ -96,6 +97,7 @@ async def unavailable_on_connection_error() -> AsyncIterator[None]:
             # or a loop that rides out database outages would swallow it and never stop.
             raise asyncio.CancelledError from error
         if is_unavailable_error(error):
+            observability.metrics.sql_errors.inc()
             # The message may reach API clients: the details (hosts, SQL) stay in __cause__.
             raise Unavailable(f"the database is unavailable ({type(error).__name__})") from error
         raise
@@ -121,8 +123,10 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction for reads; committed on success, rolled back on error."""
+        started = time.perf_counter()
         async with unavailable_on_connection_error(), self._reader.begin() as session:
             yield session
+        observability.metrics.sql_read_seconds.observe(time.perf_counter() - started)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -133,8 +137,10 @@ class Database:
         of failing when another writer commits in between. The outcome goes to
         :attr:`writes`.
         """
+        started = time.perf_counter()
         async with unavailable_on_connection_error(), self.observe_writes(), self._writer.begin() as session:
             yield session
+        observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
 
     @asynccontextmanager
     async def observe_writes(self) -> AsyncIterator[None]:

@@ -11,7 +11,6 @@ serialises writers.
 from __future__ import annotations
 
 import builtins
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,23 +27,21 @@ from cofounder_server.domain.escalations import (
     deadline_outcome,
     delivered_text,
 )
-from cofounder_server.domain.model import AgentState, Job, JobStatus
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     AgentEscalationRaised,
     AgentEscalationResolved,
-    AgentEscalationWithdrawn,
     AgentWaitingForInput,
     DecisionSource,
     Escalation,
     EscalationEvent,
     EscalationEventKind,
-    EscalationOption,
     EscalationStatus,
-    EscalationTrigger,
     EventPayload,
     JobEvent,
 )
+from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.store.database import Database
+from cofounder_server.store.escalation_rows import new_row, to_escalation
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
 from cofounder_server.store.jobs import _to_job, _update_returning
@@ -117,7 +114,8 @@ class EscalationRepository:
         ``agent.waiting_for_input`` per escalation, in one transaction.
 
         Raising again after a restart is harmless: escalations already stored (by id) are
-        neither stored nor announced twice. ``None`` when the job is not running here.
+        neither stored nor announced twice, and when all of them are decided nothing changes.
+        ``None`` when the job is not running here.
         """
         now = _utc(now)
         async with self._database.write() as session:
@@ -126,12 +124,15 @@ class EscalationRepository:
             if pending is None:
                 return None
             ids = [e.escalation_id for e in escalations]
-            known = set(
-                await session.scalars(
-                    select(EscalationRow.escalation_id).where(EscalationRow.escalation_id.in_(ids))
+            rows = await session.execute(
+                select(EscalationRow.escalation_id, EscalationRow.state).where(
+                    EscalationRow.escalation_id.in_(ids)
                 )
             )
+            known = {str(escalation_id): str(state) for escalation_id, state in rows.all()}
             fresh = [e for e in escalations if e.escalation_id not in known]
+            if not fresh and _PENDING not in known.values():
+                return EscalationChange(job_id)  # all decided already: the agent need not wait
             statement = (
                 update(JobRow)
                 .where(*held)
@@ -147,7 +148,7 @@ class EscalationRepository:
             change = EscalationChange(job_id, job=_to_job(job_row))
             payloads: list[EventPayload] = list(before)
             for escalation in fresh:
-                session.add(_new_row(escalation))
+                session.add(new_row(escalation))
                 change.escalations.append(escalation)
                 change.feed.append(
                     await self._event_log.append_escalation_event_in(
@@ -203,8 +204,9 @@ class EscalationRepository:
                         fingerprint=fingerprint,
                     )
                     if replayed is not None:
-                        return Resolved(_to_escalation(row), None, await _job(session, row.job_id))
-                check_decision(_to_escalation(row), decision.decision)
+                        return Resolved(to_escalation(row), None, await _job(session, row.job_id))
+                check_decision(to_escalation(row), decision.decision)
+                pending = await _lock_job(session, row.job_id)
                 statement = _decide(
                     escalation_id,
                     state=EscalationStatus.RESOLVED,
@@ -218,8 +220,8 @@ class EscalationRepository:
                 updated = await _update_escalation(session, statement)
                 if updated is None:
                     await session.refresh(row)
-                    raise already_decided(_to_escalation(row))
-                escalation = _to_escalation(updated)
+                    raise already_decided(to_escalation(row))
+                escalation = to_escalation(updated)
                 if request_id:
                     record_key(
                         session,
@@ -230,7 +232,7 @@ class EscalationRepository:
                         resource_id=escalation_id,
                         now=now,
                     )
-                change = await self._decided(session, escalation, now)
+                change = await self._decided(session, escalation, pending, now)
                 return Resolved(escalation, change, change.job)
         except IntegrityError:
             if not request_id:
@@ -270,7 +272,7 @@ class EscalationRepository:
             )
         changes = []
         for row in due:
-            state, decision = deadline_outcome(_to_escalation(row))
+            state, decision = deadline_outcome(to_escalation(row))
             statement = _decide(
                 row.escalation_id,
                 state=state,
@@ -282,62 +284,29 @@ class EscalationRepository:
                 now=now,
             )
             async with self._database.write() as session:
+                pending = await _lock_job(session, row.job_id)
                 updated = await _update_escalation(session, statement)
                 if updated is None:  # answered, or fired by another replica, meanwhile
                     continue
-                changes.append(await self._decided(session, _to_escalation(updated), now))
+                changes.append(await self._decided(session, to_escalation(updated), pending, now))
         return changes
 
     async def _decided(
-        self, session: AsyncSession, escalation: Escalation, now: datetime
+        self, session: AsyncSession, escalation: Escalation, pending: Sequence[str], now: datetime
     ) -> EscalationChange:
         """The rest of a decision's transaction: its feed entry, and the job no longer
         listing it as pending (a change of the job, so its summary follows)."""
         feed = await self._event_log.append_escalation_event_in(
             session, EscalationEventKind.RESOLVED, escalation, now=now
         )
-        pending = await session.scalar(
-            select(JobRow.pending_escalations).where(JobRow.job_id == escalation.job_id).with_for_update()
-        )
         statement = (
             update(JobRow)
             .where(JobRow.job_id == escalation.job_id)
-            .values(pending_escalations=[i for i in pending or () if i != escalation.escalation_id])
+            .values(pending_escalations=[i for i in pending if i != escalation.escalation_id])
         )
         job_row = await _update_returning(session, statement, now)
         job = None if job_row is None else _to_job(job_row)
         return EscalationChange(escalation.job_id, [escalation], [feed], job=job)
-
-    async def withdraw_in(
-        self, session: AsyncSession, job_id: str, *, reason: str, now: datetime
-    ) -> tuple[builtins.list[EventPayload], builtins.list[EscalationEvent]]:
-        """Withdraw the job's pending escalations inside the caller's transaction (its job is
-        ending); the ``agent.escalation_withdrawn`` payloads for its events, and the feed
-        entries. Call it before the job's own UPDATE, which then returns the job with no
-        pending escalations."""
-        now = _utc(now)
-        await session.execute(
-            update(JobRow).where(JobRow.job_id == job_id).values(pending_escalations=[]),
-            execution_options={"synchronize_session": False},
-        )
-        statement = (
-            update(EscalationRow)
-            .where(EscalationRow.job_id == job_id, EscalationRow.state == _PENDING)
-            .values(state=EscalationStatus.WITHDRAWN.value, resolve_time=now)
-            .returning(EscalationRow)
-        )
-        rows = (await session.scalars(statement, execution_options={"synchronize_session": False})).all()
-        payloads: list[EventPayload] = []
-        feed = []
-        for row in sorted(rows, key=lambda r: (r.create_time, r.escalation_id)):
-            escalation = _to_escalation(row)
-            payloads.append(AgentEscalationWithdrawn(escalation.escalation_id, reason))
-            feed.append(
-                await self._event_log.append_escalation_event_in(
-                    session, EscalationEventKind.WITHDRAWN, escalation, now=now
-                )
-            )
-        return payloads, feed
 
     # --- delivering -----------------------------------------------------------------------
 
@@ -354,6 +323,7 @@ class EscalationRepository:
         """
         now = _utc(now)
         async with self._database.write() as session:
+            await _lock_job(session, job_id)
             rows = builtins.list(
                 await session.scalars(
                     select(EscalationRow)
@@ -362,7 +332,7 @@ class EscalationRepository:
                 )
             )
             escalations = sorted(
-                (_to_escalation(row) for row in rows), key=lambda e: escalation_ids.index(e.escalation_id)
+                (to_escalation(row) for row in rows), key=lambda e: escalation_ids.index(e.escalation_id)
             )
             undelivered = {row.escalation_id for row in rows if row.delivered_time is None}
             if any(e.is_pending for e in escalations) or not undelivered:
@@ -411,7 +381,7 @@ class EscalationRepository:
         """The escalation, or ``None`` if it does not exist or is outside ``owner_scope``."""
         async with self._database.read() as session:
             row = await session.scalar(_select(escalation_id, owner_scope))
-            return None if row is None else _to_escalation(row)
+            return None if row is None else to_escalation(row)
 
     async def list(
         self,
@@ -440,7 +410,7 @@ class EscalationRepository:
             page_size + 1
         )
         async with self._database.read() as session:
-            found = [_to_escalation(row) for row in await session.scalars(query)]
+            found = [to_escalation(row) for row in await session.scalars(query)]
         if len(found) <= page_size:
             return found, None
         page = found[:page_size]
@@ -456,6 +426,16 @@ class EscalationRepository:
                     .order_by(EscalationRow.create_time, EscalationRow.escalation_id)
                 )
             )
+
+
+async def _lock_job(session: AsyncSession, job_id: str) -> list[str]:
+    """Lock the job's row, first of all (so transactions never wait on each other in a
+    circle: every one takes the job, then escalation rows, then the feed's counter), and
+    return its pending escalations."""
+    pending = await session.scalar(
+        select(JobRow.pending_escalations).where(JobRow.job_id == job_id).with_for_update()
+    )
+    return list(pending or ())
 
 
 def already_decided(escalation: Escalation) -> FailedPrecondition:
@@ -516,59 +496,6 @@ async def _update_escalation(session: AsyncSession, statement: Update) -> Escala
 async def _job(session: AsyncSession, job_id: str) -> Job | None:
     row = await session.get(JobRow, job_id, populate_existing=True)
     return None if row is None else _to_job(row)
-
-
-def _new_row(escalation: Escalation) -> EscalationRow:
-    return EscalationRow(
-        escalation_id=escalation.escalation_id,
-        job_id=escalation.job_id,
-        owner_id=escalation.owner_id,
-        state=escalation.status.value,
-        trigger=escalation.trigger.value,
-        problem=escalation.problem,
-        attempts=list(escalation.attempts),
-        recommended_action=escalation.recommended_action,
-        options=[dataclasses.asdict(option) for option in escalation.options],
-        error_signature=escalation.error_signature,
-        tool_call_id=escalation.tool_call_id,
-        tool_name=escalation.tool_name,
-        deadline=escalation.deadline,
-        default_option=escalation.default_option,
-        create_time=_utc(escalation.create_time),
-        resolve_time=None,
-        decision="",
-        guidance="",
-        resolved_by="",
-        decision_source=None,
-        resolved_via_service="",
-        delivered_time=None,
-    )
-
-
-def _to_escalation(row: EscalationRow) -> Escalation:
-    return Escalation(
-        escalation_id=row.escalation_id,
-        job_id=row.job_id,
-        owner_id=row.owner_id,
-        status=EscalationStatus(row.state),
-        trigger=EscalationTrigger(row.trigger),
-        problem=row.problem,
-        create_time=row.create_time,
-        attempts=tuple(row.attempts),
-        recommended_action=row.recommended_action,
-        options=tuple(EscalationOption(**option) for option in row.options),
-        error_signature=row.error_signature,
-        resolve_time=row.resolve_time,
-        decision=row.decision,
-        guidance=row.guidance,
-        resolved_by=row.resolved_by,
-        decision_source=None if row.decision_source is None else DecisionSource(row.decision_source),
-        resolved_via_service=row.resolved_via_service,
-        tool_call_id=row.tool_call_id,
-        tool_name=row.tool_name,
-        deadline=row.deadline,
-        default_option=row.default_option,
-    )
 
 
 def _utc(moment: datetime) -> datetime:

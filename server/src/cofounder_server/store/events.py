@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from cofounder_server.domain.errors import NotFound
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     Escalation,
     EscalationEvent,
     EscalationEventKind,
@@ -110,7 +110,7 @@ class EventLogRepository:
         """As :meth:`append_job_events`, inside the caller's write transaction ``session``.
 
         The events commit (and their sequences count) only if the caller's transaction does;
-        the caller fans them out after commit (``JobEvents.announce``). A missing job makes
+        the caller hands them to the change pipeline after commit. A missing job makes
         the statement or the commit fail with ``IntegrityError``.
         """
         if not payloads:

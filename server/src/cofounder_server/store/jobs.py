@@ -16,7 +16,9 @@ from sqlalchemy import ColumnElement, Select, Update, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cofounder_server.domain.changes import Change
 from cofounder_server.domain.errors import FailedPrecondition, NotFound
+from cofounder_server.domain.events import EscalationEvent, EventPayload, JobEvent, JobStatusChanged
 from cofounder_server.domain.model import (
     AgentSpec,
     AgentState,
@@ -26,8 +28,8 @@ from cofounder_server.domain.model import (
     JobStatus,
     NewJob,
 )
-from cofounder_server.events.model import JobEvent, JobStatusChanged
 from cofounder_server.store.database import Database
+from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
 from cofounder_server.store.models import JobRow
@@ -44,31 +46,14 @@ JobCursor = tuple[datetime, str]
 class JobRepository:
     """Create, read, list and change jobs. Raises domain errors only (``Unavailable`` included)."""
 
-    def __init__(self, database: Database, event_log: EventLogRepository | None = None) -> None:
-        """``event_log`` lets changes append their ``job.status_changed`` event in their own
-        transaction (the ``events_out`` argument of :meth:`create` and :meth:`cancel`)."""
+    def __init__(self, database: Database, event_log: EventLogRepository) -> None:
+        """``event_log`` takes each change's ``job.status_changed`` event in the change's own
+        transaction."""
         self._database = database
         self._event_log = event_log
 
-    @property
-    def database(self) -> Database:
-        """The database the jobs live in."""
-        return self._database
-
-    async def _announce(
-        self,
-        session: AsyncSession,
-        job: Job,
-        event: JobStatusChanged,
-        events_out: builtins.list[JobEvent] | None,
-    ) -> None:
-        if events_out is None:
-            return
-        if self._event_log is None:
-            raise ValueError("events_out needs a JobRepository built with an event_log")
-        events_out.extend(
-            await self._event_log.append_job_events_in(session, job.job_id, (event,), now=job.update_time)
-        )
+    async def _append(self, session: AsyncSession, job: Job, event: JobStatusChanged) -> list[JobEvent]:
+        return await self._event_log.append_job_events_in(session, job.job_id, (event,), now=job.update_time)
 
     async def create(
         self,
@@ -77,15 +62,12 @@ class JobRepository:
         request_id: str | None,
         fingerprint: str,
         now: datetime,
-        events_out: builtins.list[JobEvent] | None = None,
-    ) -> tuple[Job, bool]:
-        """Store ``new`` as a QUEUED job at version 1; return it and whether it was created.
-
-        With ``events_out``, a created job's ``job.status_changed`` (QUEUED) event is appended
-        in the same transaction and the stored event added to ``events_out`` for fan-out.
+    ) -> tuple[Job, builtins.list[JobEvent]]:
+        """Store ``new`` as a QUEUED job at version 1 with its ``job.status_changed`` event;
+        return the job and the events appended (none when nothing was created).
 
         With a ``request_id``, a retry of the same request (same ``fingerprint``) returns the
-        job the first attempt created and ``False``, even when both attempts race; reusing
+        job the first attempt created and no events, even when both attempts race; reusing
         the ``request_id`` for a different request raises ``AlreadyExists``.
         """
         now = _utc(now)
@@ -94,7 +76,7 @@ class JobRepository:
                 if request_id is not None:
                     replayed = await self._replay(session, new.owner_id, request_id, fingerprint)
                     if replayed is not None:
-                        return replayed, False
+                        return replayed, []
                 row = _new_row(new, now)
                 session.add(row)
                 if request_id is not None:
@@ -109,8 +91,7 @@ class JobRepository:
                     )
                 await session.flush()
                 job = _to_job(row)
-                await self._announce(session, job, JobStatusChanged(status=job.status), events_out)
-                return job, True
+                return job, await self._append(session, job, JobStatusChanged(status=job.status))
         except IntegrityError:
             # On PostgreSQL a concurrent create with the same key can commit between our
             # lookup and our insert; its key row wins, and this attempt becomes a replay.
@@ -120,7 +101,7 @@ class JobRepository:
                 replayed = await self._replay(session, new.owner_id, request_id, fingerprint)
             if replayed is None:
                 raise
-            return replayed, False
+            return replayed, []
 
     async def get(self, job_id: str, *, owner_scope: str | None) -> Job | None:
         """The job, or ``None`` if it does not exist or is outside ``owner_scope``."""
@@ -166,15 +147,15 @@ class JobRepository:
         owner_scope: str | None,
         reason: str,
         now: datetime,
-        events_out: builtins.list[JobEvent] | None = None,
-    ) -> tuple[Job, bool]:
-        """Cancel a QUEUED or RUNNING job; return it and whether this call changed it.
+    ) -> Change:
+        """Cancel a QUEUED or RUNNING job with its ``job.status_changed`` event, withdrawing
+        its pending escalations (their ``agent.escalation_withdrawn`` events come first);
+        return the change (no events when this call changed nothing).
 
         Cancelling a cancelled job changes nothing. Raises ``NotFound`` for a missing job
         or one outside ``owner_scope`` and ``FailedPrecondition("JOB_ALREADY_FINISHED")``
         for a READY or FAILED one. The status check is in the UPDATE itself, so a
-        concurrent finish or cancel cannot be overwritten. With ``events_out``, the change's
-        ``job.status_changed`` event commits with it (see :meth:`create`).
+        concurrent finish or cancel cannot be overwritten.
         """
         now = _utc(now)
         statement = (
@@ -193,6 +174,12 @@ class JobRepository:
                 .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
                 .with_for_update()
             )
+            withdrawn: builtins.list[EventPayload] = []
+            feed: builtins.list[EscalationEvent] = []
+            if previous in _CANCELLABLE:
+                withdrawn, feed = await withdraw_pending_in(
+                    session, self._event_log, job_id, reason=f"the job was cancelled: {reason}", now=now
+                )
             row = await _update_returning(session, statement, now)
             if row is not None:
                 job = _to_job(row)
@@ -202,33 +189,17 @@ class JobRepository:
                     outcome=job.outcome,
                     detail=job.outcome_detail,
                 )
-                await self._announce(session, job, event, events_out)
-                return job, True
+                events = await self._event_log.append_job_events_in(
+                    session, job.job_id, (*withdrawn, event), now=job.update_time
+                )
+                return Change.of(job, events, feed=feed)
             current = await session.scalar(_select_job(job_id, owner_scope))
             if current is None:
                 raise NotFound("job", job_id)
             job = _to_job(current)
         if job.status is JobStatus.CANCELLED:
-            return job, False
+            return Change.of(job)
         raise FailedPrecondition("JOB_ALREADY_FINISHED", f"job {job_id!r} already finished as {job.status}")
-
-    async def update_live_state(
-        self, job_id: str, *, agent_state: AgentState | None, wake_at: datetime | None, now: datetime
-    ) -> Job:
-        """Record the running agent's state and wake time (the executor's view; unscoped)."""
-        statement = (
-            update(JobRow)
-            .where(JobRow.job_id == job_id)
-            .values(
-                agent_state=None if agent_state is None else agent_state.value,
-                wake_at=None if wake_at is None else _utc(wake_at),
-            )
-        )
-        async with self._database.write() as session:
-            row = await _update_returning(session, statement, _utc(now))
-            if row is None:
-                raise NotFound("job", job_id)
-            return _to_job(row)
 
     @staticmethod
     async def _replay(session: AsyncSession, owner_id: str, request_id: str, fingerprint: str) -> Job | None:

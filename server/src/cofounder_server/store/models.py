@@ -27,13 +27,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
-from cofounder_server.events.model import (
+from cofounder_server.domain.events import (
     DecisionSource,
     EscalationEventKind,
     EscalationStatus,
     EscalationTrigger,
 )
+from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
 
 # Deterministic constraint names: Alembic needs names to drop or alter constraints later,
 # and SQLite batch migrations rebuild tables by them.

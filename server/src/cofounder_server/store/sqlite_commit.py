@@ -8,10 +8,10 @@ the time, ~3,000 iterations/s at 200 jobs). Here the whole transaction is one fu
 in a worker thread on a connection of its own, while the loop keeps running agents:
 SQLite releases the GIL while it works.
 
-The rows are the same as on the SQLAlchemy path (``ExecutorStore.commit_iterations`` on
-PostgreSQL): every value passes through its column type's own bind processor, so what is
-stored is byte for byte what SQLAlchemy stores, and sequences and retention follow the
-event log's rules (``EventLogRepository``).
+The rows are the same as on the SQLAlchemy path (``CheckpointStore.commit_iterations`` on
+PostgreSQL), built by the same :func:`~.iterations.rows_of`: every value passes through its
+column type's own bind processor, so what is stored is byte for byte what SQLAlchemy
+stores, and sequences and retention follow the event log's rules (``EventLogRepository``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from typing import Any
 from sqlalchemy import Table, exc
 from sqlalchemy.engine import Dialect
 
-from cofounder_server.events.model import JobEvent, to_json
+from cofounder_server.domain.events import JobEvent, to_json
 from cofounder_server.store.database import (
     Database,
     configure_sqlite_connection,
     unavailable_on_connection_error,
 )
 from cofounder_server.store.events import job_stream
-from cofounder_server.store.iterations import CommittedBatch, IterationRecord
+from cofounder_server.store.iterations import CommittedBatch, IterationRecord, rows_of
 from cofounder_server.store.models import (
     CheckpointMessageRow,
     CheckpointRow,
@@ -79,7 +79,7 @@ Statement = tuple[str, tuple[Any, ...]]
 @dataclass
 class _Prepared:
     job_id: str
-    ledger: Statement | None
+    ledger: Statement
     messages: list[Statement]
     head: Statement
     events: list[tuple[Any, ...]]
@@ -87,7 +87,7 @@ class _Prepared:
 
 
 class SqliteGroupCommit:
-    """The SQLite half of ``ExecutorStore.commit_iterations``. One per store; calls must not
+    """The SQLite half of ``CheckpointStore.commit_iterations``. One per store; calls must not
     overlap (the iteration writer makes one at a time)."""
 
     def __init__(self, database: Database, horizon: Horizon) -> None:
@@ -101,7 +101,7 @@ class SqliteGroupCommit:
     async def commit(
         self, records: Sequence[IterationRecord], *, runner_id: str, now: datetime
     ) -> CommittedBatch:
-        """See ``ExecutorStore.commit_iterations``."""
+        """See ``CheckpointStore.commit_iterations``."""
         prepared = [self._prepare(record, now) for record in records]
         async with unavailable_on_connection_error(), self._database.observe_writes():
             accepted, firsts = await asyncio.to_thread(self._commit, prepared, runner_id)
@@ -132,15 +132,12 @@ class SqliteGroupCommit:
 
     def _prepare(self, record: IterationRecord, now: datetime) -> _Prepared:
         events = self._plan(table_of(JobEventRow), ("type", "time", "payload"))
+        rows = rows_of(record)
         return _Prepared(
             job_id=record.job_id,
-            ledger=None
-            if record.ledger is None
-            else self._statement(table_of(UsageLedgerRow), record.ledger),
-            messages=[
-                self._statement(table_of(CheckpointMessageRow), message) for message in record.messages
-            ],
-            head=self._statement(table_of(CheckpointRow), record.head, "job_id"),
+            ledger=self._statement(table_of(UsageLedgerRow), rows.ledger),
+            messages=[self._statement(table_of(CheckpointMessageRow), message) for message in rows.messages],
+            head=self._statement(table_of(CheckpointRow), rows.head, "job_id"),
             events=[
                 events.parameters({"type": payload.TYPE, "time": now, "payload": to_json(payload)})
                 for payload in record.events
@@ -187,7 +184,7 @@ class SqliteGroupCommit:
         _execute_grouped(
             connection,
             [
-                *(item.ledger for item in batch if item.ledger is not None and item.job_id in ours),
+                *(item.ledger for item in batch if item.job_id in ours),
                 *(message for item in mine for message in item.messages),
                 *(item.head for item in mine),
             ],

@@ -46,9 +46,49 @@ class AgentControlServiceStub:
     WatchJobEvents: _aio.UnaryStreamMultiCallable[_agent_control_service_pb2.WatchJobEventsRequest, _agent_control_service_pb2.WatchJobEventsResponse]
     """Stream a job's events: a snapshot first, then every event after the
     cursor in order, exactly once, then the live tail; heartbeats when idle.
-    Ends with OK after the job's terminal event. A cursor older than the
-    retained history ends with OUT_OF_RANGE (ErrorInfo metadata
-    `oldest_sequence`); a cursor beyond the newest event is INVALID_ARGUMENT.
+
+    Heartbeats: a stream that sent nothing for the server's heartbeat
+    interval (15 s by default, `--heartbeat-interval-seconds`) sends a
+    Heartbeat whose `latest_sequence` says every event up to it was
+    delivered. A client may treat about three intervals of silence as a dead
+    connection and resume as below.
+
+    Keepalive: the server pings an idle connection every 60 s (and drops it
+    if the ping is not answered within 20 s); it accepts client pings, also
+    without calls in flight, no more often than every 20 s. A client that
+    pings more often is sent GOAWAY `too_many_pings`: set the client's
+    keepalive time to 30 s or more.
+
+    How the stream ends, and what the client does then. Resuming means a new
+    WatchJobEvents with `after_sequence` set to the last sequence received
+    (from an event or a heartbeat), on any replica; nothing is missed or
+    repeated.
+
+    * OK: right after the job's terminal event (a `job.status_changed` to
+      READY, FAILED or CANCELLED). Nothing more will come; do not resume. A
+      watch that starts at or after the terminal event gets the snapshot (and
+      the events it asked for), then OK.
+    * UNAVAILABLE, ErrorInfo reason `WATCHER_TOO_SLOW`, metadata
+      `last_sequence`: the client read so slowly that it fell further behind
+      the live tail than the server buffers. Resume after `last_sequence`
+      (the backlog then comes in large batches).
+    * UNAVAILABLE, ErrorInfo reason `SERVER_SHUTTING_DOWN`, metadata
+      `last_sequence`: the server is draining. Resume after `last_sequence`,
+      at once, on any replica.
+    * UNAVAILABLE without those reasons (RetryInfo says when): Redis or SQL
+      could not be reached, or the connection broke. Resume after the last
+      sequence received, with backoff.
+    * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+      `oldest_sequence`: `after_sequence` is older than the retained history.
+      The events before `oldest_sequence` are gone: reload the job's state
+      (GetJobStatus) and watch again from `oldest_sequence - 1`, or without a
+      cursor.
+    * INVALID_ARGUMENT (BadRequest field violations): a malformed job id, a
+      negative `after_sequence`, or one beyond the newest event. Do not retry
+      unchanged.
+    * NOT_FOUND: no such job, or another tenant's. RESOURCE_EXHAUSTED
+      (reason `TOO_MANY_STREAMS`, RetryInfo): the caller has too many open
+      streams; retry after the delay. UNAUTHENTICATED: fix the credentials.
     """
 
 class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,9 +165,49 @@ class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.AsyncIterator[_agent_control_service_pb2.WatchJobEventsResponse]:
         """Stream a job's events: a snapshot first, then every event after the
         cursor in order, exactly once, then the live tail; heartbeats when idle.
-        Ends with OK after the job's terminal event. A cursor older than the
-        retained history ends with OUT_OF_RANGE (ErrorInfo metadata
-        `oldest_sequence`); a cursor beyond the newest event is INVALID_ARGUMENT.
+
+        Heartbeats: a stream that sent nothing for the server's heartbeat
+        interval (15 s by default, `--heartbeat-interval-seconds`) sends a
+        Heartbeat whose `latest_sequence` says every event up to it was
+        delivered. A client may treat about three intervals of silence as a dead
+        connection and resume as below.
+
+        Keepalive: the server pings an idle connection every 60 s (and drops it
+        if the ping is not answered within 20 s); it accepts client pings, also
+        without calls in flight, no more often than every 20 s. A client that
+        pings more often is sent GOAWAY `too_many_pings`: set the client's
+        keepalive time to 30 s or more.
+
+        How the stream ends, and what the client does then. Resuming means a new
+        WatchJobEvents with `after_sequence` set to the last sequence received
+        (from an event or a heartbeat), on any replica; nothing is missed or
+        repeated.
+
+        * OK: right after the job's terminal event (a `job.status_changed` to
+          READY, FAILED or CANCELLED). Nothing more will come; do not resume. A
+          watch that starts at or after the terminal event gets the snapshot (and
+          the events it asked for), then OK.
+        * UNAVAILABLE, ErrorInfo reason `WATCHER_TOO_SLOW`, metadata
+          `last_sequence`: the client read so slowly that it fell further behind
+          the live tail than the server buffers. Resume after `last_sequence`
+          (the backlog then comes in large batches).
+        * UNAVAILABLE, ErrorInfo reason `SERVER_SHUTTING_DOWN`, metadata
+          `last_sequence`: the server is draining. Resume after `last_sequence`,
+          at once, on any replica.
+        * UNAVAILABLE without those reasons (RetryInfo says when): Redis or SQL
+          could not be reached, or the connection broke. Resume after the last
+          sequence received, with backoff.
+        * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+          `oldest_sequence`: `after_sequence` is older than the retained history.
+          The events before `oldest_sequence` are gone: reload the job's state
+          (GetJobStatus) and watch again from `oldest_sequence - 1`, or without a
+          cursor.
+        * INVALID_ARGUMENT (BadRequest field violations): a malformed job id, a
+          negative `after_sequence`, or one beyond the newest event. Do not retry
+          unchanged.
+        * NOT_FOUND: no such job, or another tenant's. RESOURCE_EXHAUSTED
+          (reason `TOO_MANY_STREAMS`, RetryInfo): the caller has too many open
+          streams; retry after the delay. UNAUTHENTICATED: fix the credentials.
         """
 
 def add_AgentControlServiceServicer_to_server(servicer: AgentControlServiceServicer, server: _aio.Server) -> None: ...

@@ -31,7 +31,9 @@ class _EscalationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Esca
     ESCALATION_STATUS_PENDING: _EscalationStatus.ValueType  # 1
     """Waiting for a human decision; the agent is blocked on it."""
     ESCALATION_STATUS_RESOLVED: _EscalationStatus.ValueType  # 2
-    """A human picked an option; the decision was delivered to the agent."""
+    """Decided: a person or a service picked an option, or the deadline applied
+    the default option (see `decision_source`).
+    """
     ESCALATION_STATUS_WITHDRAWN: _EscalationStatus.ValueType  # 3
     """The job ended (or was cancelled) before anyone resolved it."""
     ESCALATION_STATUS_EXPIRED: _EscalationStatus.ValueType  # 4
@@ -47,7 +49,9 @@ ESCALATION_STATUS_UNSPECIFIED: EscalationStatus.ValueType  # 0
 ESCALATION_STATUS_PENDING: EscalationStatus.ValueType  # 1
 """Waiting for a human decision; the agent is blocked on it."""
 ESCALATION_STATUS_RESOLVED: EscalationStatus.ValueType  # 2
-"""A human picked an option; the decision was delivered to the agent."""
+"""Decided: a person or a service picked an option, or the deadline applied
+the default option (see `decision_source`).
+"""
 ESCALATION_STATUS_WITHDRAWN: EscalationStatus.ValueType  # 3
 """The job ended (or was cancelled) before anyone resolved it."""
 ESCALATION_STATUS_EXPIRED: EscalationStatus.ValueType  # 4

@@ -44,8 +44,30 @@ class EscalationServiceStub:
     WatchEscalations: _aio.UnaryStreamMultiCallable[_escalation_service_pb2.WatchEscalationsRequest, _escalation_service_pb2.WatchEscalationsResponse]
     """Stream escalation events visible to the caller: a snapshot of pending
     escalations first, then raised/resolved/withdrawn events after the
-    cursor, then the live tail; heartbeats when idle. Cursor rules are those
-    of WatchJobEvents, on the escalation feed's own sequence.
+    cursor, then the live tail; heartbeats when idle. Cursor rules,
+    heartbeats and keepalive are those of WatchJobEvents, on the escalation
+    feed's own sequence (one feed for all jobs; a heartbeat's
+    `latest_sequence` may move past events the caller may not see).
+
+    How the stream ends, and what the client does then (resuming means a new
+    WatchEscalations with `after_sequence` set to the last sequence received
+    from an event or a heartbeat):
+
+    * The feed has no terminal event: a healthy stream does not end with OK.
+    * UNAVAILABLE, ErrorInfo reason `WATCHER_TOO_SLOW` or
+      `SERVER_SHUTTING_DOWN`, metadata `last_sequence`: resume after
+      `last_sequence` (at once when the server is draining).
+    * UNAVAILABLE otherwise (RetryInfo): Redis or SQL could not be reached,
+      or the connection broke; resume after the last sequence received, with
+      backoff.
+    * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+      `oldest_sequence`: the cursor is older than the retained feed. Watch
+      again without a cursor: the snapshot lists every pending escalation.
+    * INVALID_ARGUMENT: a malformed job id, a negative `after_sequence`, or
+      one beyond the newest feed event. Do not retry unchanged.
+    * NOT_FOUND (a `job_id` that is missing or another tenant's),
+      RESOURCE_EXHAUSTED (`TOO_MANY_STREAMS`, RetryInfo) and UNAUTHENTICATED
+      as for WatchJobEvents.
     """
 
 class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -102,8 +124,30 @@ class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.AsyncIterator[_escalation_service_pb2.WatchEscalationsResponse]:
         """Stream escalation events visible to the caller: a snapshot of pending
         escalations first, then raised/resolved/withdrawn events after the
-        cursor, then the live tail; heartbeats when idle. Cursor rules are those
-        of WatchJobEvents, on the escalation feed's own sequence.
+        cursor, then the live tail; heartbeats when idle. Cursor rules,
+        heartbeats and keepalive are those of WatchJobEvents, on the escalation
+        feed's own sequence (one feed for all jobs; a heartbeat's
+        `latest_sequence` may move past events the caller may not see).
+
+        How the stream ends, and what the client does then (resuming means a new
+        WatchEscalations with `after_sequence` set to the last sequence received
+        from an event or a heartbeat):
+
+        * The feed has no terminal event: a healthy stream does not end with OK.
+        * UNAVAILABLE, ErrorInfo reason `WATCHER_TOO_SLOW` or
+          `SERVER_SHUTTING_DOWN`, metadata `last_sequence`: resume after
+          `last_sequence` (at once when the server is draining).
+        * UNAVAILABLE otherwise (RetryInfo): Redis or SQL could not be reached,
+          or the connection broke; resume after the last sequence received, with
+          backoff.
+        * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+          `oldest_sequence`: the cursor is older than the retained feed. Watch
+          again without a cursor: the snapshot lists every pending escalation.
+        * INVALID_ARGUMENT: a malformed job id, a negative `after_sequence`, or
+          one beyond the newest feed event. Do not retry unchanged.
+        * NOT_FOUND (a `job_id` that is missing or another tenant's),
+          RESOURCE_EXHAUSTED (`TOO_MANY_STREAMS`, RetryInfo) and UNAUTHENTICATED
+          as for WatchJobEvents.
         """
 
 def add_EscalationServiceServicer_to_server(servicer: EscalationServiceServicer, server: _aio.Server) -> None: ...

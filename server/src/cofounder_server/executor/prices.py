@@ -1,9 +1,7 @@
-"""Budget arithmetic: prices, the UTC-day budget window, and the sleep/stop thresholds.
+"""Model prices: what a model call costs.
 
 Cost of a model call = input tokens x input price + output tokens x output price, with
-prices in microdollars per million tokens, rounded up to whole microdollars. The window is
-the UTC day by the injected clock; spend in a window is the sum of its ledger rows, and the
-budget of a window is the job's daily budget plus the window's top-ups.
+prices in microdollars per million tokens, rounded up to whole microdollars.
 """
 
 from __future__ import annotations
@@ -12,16 +10,10 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cofounder_server.executor.plugins import Usage
-
-SLEEP_AT_PERCENT = 90
-"""At this share of the window's budget the agent finishes its turn and sleeps."""
-STOP_ABOVE_PERCENT = 110
-"""Past this share (a runaway call) the agent stops at once: the job fails BUDGET_EXCEEDED."""
 
 DEFAULT_PRICES: dict[str, dict[str, int]] = {
     "default": {"input": 3_000_000, "output": 15_000_000},
@@ -80,24 +72,3 @@ class PriceTable:
         price = self.price_of(usage.model)
         tokens = max(0, usage.input_tokens) * price.input + max(0, usage.output_tokens) * price.output
         return math.ceil(tokens / 1_000_000)
-
-
-def window_start(now: datetime) -> datetime:
-    """The UTC midnight that opened the budget window ``now`` is in."""
-    day = now.astimezone(UTC).date()
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def percent(spent: int, budget: int) -> int:
-    """``spent`` as a whole percentage of ``budget`` (not clamped)."""
-    return spent * 100 // max(1, budget)
-
-
-def should_sleep(spent: int, budget: int) -> bool:
-    """At or past 90 %."""
-    return spent * 100 >= SLEEP_AT_PERCENT * max(1, budget)
-
-
-def exceeded(spent: int, budget: int) -> bool:
-    """Past 110 %."""
-    return spent * 100 > STOP_ABOVE_PERCENT * max(1, budget)

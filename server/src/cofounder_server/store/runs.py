@@ -1,5 +1,5 @@
-"""What the executor keeps in SQL: leases, checkpoints, the usage ledger and budget top-ups,
-and the job transitions it makes (each committed together with its events).
+"""Runs of jobs in SQL: claims and leases, and the job transitions the executor and WakeAgent
+make, each committed together with its events and returned as a :class:`Change`.
 
 Every transition is a conditional UPDATE on the job row, so a cancel, a WakeAgent or another
 replica that got there first is never overwritten: the loser sees ``None`` and re-reads.
@@ -7,69 +7,38 @@ replica that got there first is never overwritten: the loser sees ``None`` and r
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from cofounder_server import observability
+from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from cofounder_server.domain.events import AgentWaking, EventPayload, JobStatusChanged, WakeReason
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
-from cofounder_server.events.model import (
-    AgentWaking,
-    EventPayload,
-    JobEvent,
-    JobStatusChanged,
-    WakeReason,
-)
 from cofounder_server.store.database import Database
+from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.events import EventLogRepository
-from cofounder_server.store.iterations import CommittedBatch, IterationRecord
 from cofounder_server.store.jobs import _select_job, _to_job, _update_returning
-from cofounder_server.store.models import (
-    BudgetAdjustmentRow,
-    CheckpointMessageRow,
-    CheckpointRow,
-    JobRow,
-    UsageLedgerRow,
-    table_of,
-)
-from cofounder_server.store.sqlite_commit import SqliteGroupCommit
+from cofounder_server.store.ledger import budget_in
+from cofounder_server.store.models import BudgetAdjustmentRow, JobRow
 
 _RUNNING = JobStatus.RUNNING.value
 _SLEEPING = AgentState.SLEEPING.value
+_PARKED = (_SLEEPING, AgentState.WAITING_FOR_INPUT.value)
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A job's loop after its last completed iteration."""
-
-    iteration: int
-    messages: list[dict[str, Any]]
-    state: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Changed:
-    """A committed job change and the events committed with it (to fan out)."""
-
-    job: Job
-    events: list[JobEvent]
-
-
-class ExecutorStore:
-    """The executor's SQL. Raises domain errors only (``Unavailable`` included)."""
+class RunRepository:
+    """Claims, leases and transitions of running jobs. Raises domain errors only
+    (``Unavailable`` included)."""
 
     def __init__(self, database: Database, event_log: EventLogRepository) -> None:
-        self.database = database
-        self.event_log = event_log
-        self._sqlite: SqliteGroupCommit | None = None
+        self._database = database
+        self._event_log = event_log
 
     # --- leases -------------------------------------------------------------------------
 
@@ -78,13 +47,14 @@ class ExecutorStore:
     ) -> list[str]:
         """Ids of jobs this runner may claim, oldest first: queued jobs (unless ``sleeping``),
         and running jobs that are this runner's, unowned, or whose lease expired; only
-        sleeping agents when ``sleeping``, else only awake ones."""
+        parked agents (asleep, or waiting for a person) when ``sleeping``, else only awake
+        ones."""
         if limit < 1:
             return []
         free = or_(
             JobRow.runner_id.is_(None), JobRow.runner_id == runner_id, JobRow.lease_expires_at < _utc(now)
         )
-        agent_sleeping = JobRow.agent_state == _SLEEPING
+        agent_sleeping = JobRow.agent_state.in_(_PARKED)
         if sleeping:
             condition = and_(JobRow.status == _RUNNING, agent_sleeping, free)
         else:
@@ -96,18 +66,21 @@ class ExecutorStore:
         if exclude:
             query = query.where(JobRow.job_id.not_in(list(exclude)))
         query = query.order_by(JobRow.create_time, JobRow.job_id).limit(limit)
-        async with self.database.read() as session:
+        async with self._database.read() as session:
             return [str(job_id) for job_id in await session.scalars(query)]
 
     async def claim(
         self, job_id: str, runner_id: str, *, now: datetime, lease_until: datetime
-    ) -> Changed | None:
+    ) -> Change | None:
         """Take the job if it is still claimable; a queued job becomes RUNNING (with its event)."""
         now = _utc(now)
-        async with self.database.write() as session:
-            current = await session.scalar(
-                select(JobRow.status).where(JobRow.job_id == job_id).with_for_update()
-            )
+        async with self._database.write() as session:
+            found = (
+                await session.execute(
+                    select(JobRow.status, JobRow.runner_id).where(JobRow.job_id == job_id).with_for_update()
+                )
+            ).one_or_none()
+            current, previous_runner = found if found is not None else (None, None)
             if current not in (JobStatus.QUEUED.value, _RUNNING):
                 return None
             values: dict[str, Any] = {"runner_id": runner_id, "lease_expires_at": _utc(lease_until)}
@@ -125,15 +98,17 @@ class ExecutorStore:
                     update(JobRow).where(*condition).values(**values).returning(JobRow),
                     execution_options={"synchronize_session": False},
                 )
-                return None if row is None else Changed(_to_job(row), [])
+                if row is not None and previous_runner not in (None, runner_id):
+                    observability.metrics.lease_takeovers.inc()
+                return None if row is None else Change.of(_to_job(row))
             values.update(status=_RUNNING, agent_state=AgentState.WORKING.value)
             row = await _update_returning(session, update(JobRow).where(*condition).values(**values), now)
             if row is None:
                 return None
             job = _to_job(row)
             event = JobStatusChanged(status=JobStatus.RUNNING, previous_status=JobStatus.QUEUED)
-            events = await self.event_log.append_job_events_in(session, job_id, (event,), now=now)
-            return Changed(job, events)
+            events = await self._event_log.append_job_events_in(session, job_id, (event,), now=now)
+            return Change.of(job, events)
 
     async def renew(
         self, runner_id: str, job_ids: Sequence[str], *, now: datetime, lease_until: datetime
@@ -142,9 +117,9 @@ class ExecutorStore:
         (cancelled, finished, or taken over)."""
         if not job_ids:
             return set()
-        async with self.database.write() as session:
+        async with self._database.write() as session:
             mine = select(JobRow.job_id).where(JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
-            if self.database.dialect_name == "postgresql":
+            if self._database.dialect_name == "postgresql":
                 # Row locks in job_id order, as the iteration writer takes them: no deadlock.
                 ids = list(await session.scalars(mine.order_by(JobRow.job_id).with_for_update()))
                 condition: ColumnElement[bool] = JobRow.job_id.in_(ids)
@@ -165,8 +140,8 @@ class ExecutorStore:
         """Give up leases, so any replica may claim the jobs at once."""
         if not job_ids:
             return
-        async with self.database.write() as session:
-            if self.database.dialect_name == "postgresql":
+        async with self._database.write() as session:
+            if self._database.dialect_name == "postgresql":
                 await session.execute(
                     select(JobRow.job_id)
                     .where(JobRow.job_id.in_(sorted(job_ids)))
@@ -180,43 +155,11 @@ class ExecutorStore:
                 execution_options={"synchronize_session": False},
             )
 
-    # --- reading a job's loop -----------------------------------------------------------
-
     async def get(self, job_id: str) -> Job | None:
         """The job (unscoped)."""
-        async with self.database.read() as session:
+        async with self._database.read() as session:
             row = await session.scalar(_select_job(job_id, None))
             return None if row is None else _to_job(row)
-
-    async def checkpoint(self, job_id: str) -> Checkpoint | None:
-        """The last checkpoint, or ``None`` before the first iteration completed."""
-        async with self.database.read() as session:
-            head = await session.get(CheckpointRow, job_id)
-            if head is None:
-                return None
-            rows = await session.scalars(
-                select(CheckpointMessageRow.message)
-                .where(
-                    CheckpointMessageRow.job_id == job_id, CheckpointMessageRow.position < head.message_count
-                )
-                .order_by(CheckpointMessageRow.position)
-            )
-            return Checkpoint(int(head.iteration), [dict(m) for m in rows], dict(head.state))
-
-    async def budget_of(self, job_id: str, window: datetime) -> tuple[int, int]:
-        """``(spent, top_ups)`` of ``window``."""
-        async with self.database.read() as session:
-            spent = await session.scalar(
-                select(func.coalesce(func.sum(UsageLedgerRow.cost_microdollars), 0)).where(
-                    UsageLedgerRow.job_id == job_id, UsageLedgerRow.window_start == _utc(window)
-                )
-            )
-            top_ups = await session.scalar(
-                select(func.coalesce(func.sum(BudgetAdjustmentRow.amount_microdollars), 0)).where(
-                    BudgetAdjustmentRow.job_id == job_id, BudgetAdjustmentRow.window_start == _utc(window)
-                )
-            )
-            return int(spent or 0), int(top_ups or 0)
 
     # --- transitions --------------------------------------------------------------------
 
@@ -231,8 +174,10 @@ class ExecutorStore:
         agent_state: AgentState,
         events: Sequence[EventPayload],
         now: datetime,
-    ) -> Changed | None:
-        """End a running job this runner holds; ``None`` if it is not (cancelled meanwhile)."""
+    ) -> Change | None:
+        """End a running job this runner holds, withdrawing its pending escalations (their
+        ``agent.escalation_withdrawn`` events come first); ``None`` if it is not (cancelled
+        meanwhile)."""
         now = _utc(now)
         statement = (
             update(JobRow)
@@ -251,7 +196,24 @@ class ExecutorStore:
         change = JobStatusChanged(
             status=status, previous_status=JobStatus.RUNNING, outcome=outcome, detail=detail
         )
-        return await self._transition(statement, job_id, [*events, change], now)
+        async with self._database.write() as session:
+            held = await session.scalar(
+                select(JobRow.job_id)
+                .where(JobRow.job_id == job_id, JobRow.status == _RUNNING, JobRow.runner_id == runner_id)
+                .with_for_update()
+            )
+            if held is None:
+                return None
+            withdrawn, feed = await withdraw_pending_in(
+                session, self._event_log, job_id, reason=f"the job ended ({outcome.value})", now=now
+            )
+            row = await _update_returning(session, statement, now)
+            if row is None:
+                return None
+            stored = await self._event_log.append_job_events_in(
+                session, job_id, [*withdrawn, *events, change], now=now
+            )
+            return Change.of(_to_job(row), stored, feed=feed)
 
     async def set_agent_state(
         self,
@@ -262,7 +224,7 @@ class ExecutorStore:
         events: Sequence[EventPayload],
         now: datetime,
         only_from: AgentState | None = None,
-    ) -> Changed | None:
+    ) -> Change | None:
         """Record the running agent's state and wake time with ``events``; ``None`` if the job
         is not running (or its agent is not in ``only_from``)."""
         condition = [JobRow.job_id == job_id, JobRow.status == _RUNNING]
@@ -284,17 +246,18 @@ class ExecutorStore:
         top_up: int,
         window: datetime,
         now: datetime,
-    ) -> tuple[Job, list[JobEvent]]:
+    ) -> Change:
         """WakeAgent: record the top-up for ``window`` and wake the sleeping agent, in one
-        transaction with its ``agent.waking`` event.
+        transaction with its ``agent.waking`` event; with a top-up, the change carries the
+        window's spend and raised budget.
 
-        A retried ``request_id`` (same top-up) returns the job and no events, whatever its
+        A retried ``request_id`` (same top-up) changes nothing (no events), whatever its
         agent does now; the same id with another top-up is ``AlreadyExists``. Raises
         ``NotFound`` and ``FailedPrecondition("AGENT_NOT_SLEEPING")``.
         """
         now = _utc(now)
         try:
-            async with self.database.write() as session:
+            async with self._database.write() as session:
                 row = await session.scalar(_select_job(job_id, owner_scope).with_for_update())
                 if row is None:
                     raise NotFound("job", job_id)
@@ -306,7 +269,7 @@ class ExecutorStore:
                                 "REQUEST_ID_REUSED",
                                 f"request_id {request_id!r} was already used with another top-up",
                             )
-                        return _to_job(row), []
+                        return Change.of(_to_job(row))
                 if row.status != _RUNNING or row.agent_state != _SLEEPING:
                     raise FailedPrecondition(
                         "AGENT_NOT_SLEEPING", f"the agent of job {job_id!r} is not sleeping"
@@ -332,8 +295,12 @@ class ExecutorStore:
                 assert updated is not None  # the row is locked and was checked above
                 job = _to_job(updated)
                 event = AgentWaking(reason=WakeReason.REQUESTED, top_up_microdollars=top_up)
-                events = await self.event_log.append_job_events_in(session, job_id, (event,), now=now)
-                return job, events
+                events = await self._event_log.append_job_events_in(session, job_id, (event,), now=now)
+                spend = None
+                if top_up:
+                    spent, top_ups = await budget_in(session, job_id, window)
+                    spend = Spend(spent, job.daily_budget_microdollars + top_ups)
+                return Change.of(job, events, spend=spend)
         except IntegrityError:
             # A concurrent retry of the same request_id committed first: replay it.
             if not request_id:
@@ -344,87 +311,15 @@ class ExecutorStore:
 
     async def _transition(
         self, statement: Any, job_id: str, events: Sequence[EventPayload], now: datetime
-    ) -> Changed | None:
-        async with self.database.write() as session:
+    ) -> Change | None:
+        async with self._database.write() as session:
             row = await _update_returning(session, statement, now)
             if row is None:
                 return None
             stored = (
-                await self.event_log.append_job_events_in(session, job_id, events, now=now) if events else []
+                await self._event_log.append_job_events_in(session, job_id, events, now=now) if events else []
             )
-            return Changed(_to_job(row), stored)
-
-    # --- the iteration write path (group commit) ----------------------------------------
-
-    async def commit_iterations(
-        self, records: Sequence[IterationRecord], *, runner_id: str, now: datetime
-    ) -> CommittedBatch:
-        """Make a batch of iterations durable in one transaction (the group commit).
-
-        The jobs are re-read in the transaction: an iteration's ledger row is recorded while
-        its job is still ``runner_id``'s (the model call was paid for), the rest (messages,
-        checkpoint, events) only while the job is also still RUNNING; those jobs come back
-        as ``accepted``, with the stored events. Raises ``Unavailable`` when SQL cannot be
-        reached, and SQLAlchemy's ``IntegrityError`` when an iteration was recorded before
-        (by another runner): then nothing of the batch is stored.
-        """
-        if self.database.dialect_name == "sqlite":
-            if self._sqlite is None:
-                self._sqlite = SqliteGroupCommit(self.database, self.event_log.prune_horizon)
-            return await self._sqlite.commit(records, runner_id=runner_id, now=now)
-        async with self.database.write() as session:
-            jobs = await self._lock_jobs(session, [record.job_id for record in records])
-            ours = {job_id for job_id, (_, runner) in jobs.items() if runner == runner_id}
-            accepted = {job_id for job_id in ours if jobs[job_id][0] == _RUNNING}
-            ledger = [r.ledger for r in records if r.ledger is not None and r.job_id in ours]
-            if ledger:
-                await session.execute(table_of(UsageLedgerRow).insert(), ledger)
-            mine = [record for record in records if record.job_id in accepted]
-            messages = [message for record in mine for message in record.messages]
-            if messages:
-                await session.execute(table_of(CheckpointMessageRow).insert(), messages)
-            if mine:
-                await session.execute(_upsert_checkpoint(), [record.head for record in mine])
-            with_events = [(record.job_id, record.events) for record in mine if record.events]
-            stored = await self.event_log.append_many_in(session, with_events, now=now) if with_events else []
-        return CommittedBatch(accepted, [event for events in stored for event in events])
-
-    async def close(self) -> None:
-        """Release what the group commit holds (SQLite: its connection)."""
-        if self._sqlite is not None:
-            await self._sqlite.close()
-
-    async def _lock_jobs(
-        self, session: AsyncSession, job_ids: Sequence[str]
-    ) -> dict[str, tuple[str, str | None]]:
-        """``{job_id: (status, runner_id)}``, locking the rows until commit, in job_id order
-        (as lease renewal takes them: no deadlock). PostgreSQL only: SQLite's group commit
-        holds the database's write lock instead."""
-        query = (
-            select(JobRow.job_id, JobRow.status, JobRow.runner_id)
-            .where(JobRow.job_id.in_(sorted(job_ids)))
-            .order_by(JobRow.job_id)
-            .with_for_update()
-        )
-        result = await session.execute(query)
-        return {str(job_id): (str(status), runner) for job_id, status, runner in result.all()}
-
-
-_CHECKPOINT_HEAD = ("iteration", "message_count", "state", "update_time")
-
-
-@functools.cache
-def _upsert_checkpoint() -> Insert:
-    """The checkpoint head upsert (PostgreSQL), built once."""
-    table = table_of(CheckpointRow)
-    statement = postgresql.insert(table)
-    upsert: Insert = statement.on_conflict_do_update(
-        index_elements=[table.c.job_id],
-        set_={
-            name: statement.excluded[name] for name in ("iteration", "message_count", "state", "update_time")
-        },
-    )
-    return upsert
+            return Change.of(_to_job(row), stored)
 
 
 def _utc(moment: datetime) -> datetime:

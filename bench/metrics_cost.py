@@ -1,0 +1,281 @@
+"""What metrics cost: GetJobStatus throughput and executor iterations/s, metrics off and on.
+
+    .venv/bin/python bench/metrics_cost.py                        # 5 rounds x 10 s per setting
+    .venv/bin/python bench/metrics_cost.py --rounds 2 --duration 2 --jobs 20   # a quick look
+
+Both halves compare the server with ``--metrics-listen`` unset (off) and set (on) in the same
+run, interleaved round by round (the order alternates every round) so drift on a shared machine
+hits both alike; while a server with metrics on is measured, a thread scrapes its ``/metrics``
+every ``--scrape-interval`` seconds, as Prometheus would (each scrape includes the SQL read of
+the job gauges when its 5 s cache has expired).
+
+* **GetJobStatus.** Two ``cofounder-server`` processes (API only, one embedded Redis engine
+  and SQLite file each, a job each) run for the whole benchmark, pinned to core 0 when the
+  machine has two cores; this process drives ``--concurrency`` concurrent calls from core 1
+  on one channel for ``--duration`` seconds against one server at a time, and reads the
+  server's CPU time from ``/proc``. Figures: calls per second, and server CPU microseconds per
+  call (robust when the client, not the server, is the limit).
+* **Executor.** ``bench/executor.py``'s run (``--jobs`` scripted jobs whose brain answers at
+  once, in this process) on a fresh server per round: iterations committed per second.
+
+``cost`` is ``1 - median(on) / median(off)`` for throughput (and ``median(on) / median(off) - 1``
+for CPU per call); the target is at most 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+from cofounder.agent.v1 import job_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import executor as executor_bench
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TWO_CORES = (os.cpu_count() or 1) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (``/proc/PID/stat``)."""
+    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+class Scraper:
+    """Fetches ``/metrics`` every ``interval`` seconds in a thread while it runs."""
+
+    def __init__(self, port: int, interval: float) -> None:
+        self._url = f"http://127.0.0.1:{port}/metrics"
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.scrapes = 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with urllib.request.urlopen(self._url, timeout=10) as response:
+                response.read()
+            self.scrapes += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class ServerProcess:
+    """A ``cofounder-server`` child process serving the API only."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int | None
+    job_id: str = ""
+
+
+def start_server(name: str, workdir: Path, metrics: bool) -> ServerProcess:
+    port = free_port()
+    metrics_port = free_port() if metrics else None
+    argv = [
+        sys.executable,
+        "-m",
+        "cofounder_server",
+        *("--listen", f"127.0.0.1:{port}", "--data-dir", str(workdir / name)),
+        *("--executor-enabled", "false", "--rate-limit-per-second", "0", "--log-level", "WARNING"),
+    ]
+    if metrics_port is not None:
+        argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    if TWO_CORES:
+        argv = ["taskset", "-c", "0", *argv]
+    log = (workdir / f"{name}.log").open("wb")
+    process = subprocess.Popen(argv, stderr=log)
+    return ServerProcess(name, process, port, metrics_port)
+
+
+async def prepare(server: ServerProcess) -> None:
+    """Wait until the server answers, then submit the job every call reads."""
+    deadline = time.monotonic() + 60
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.AgentControlServiceStub(channel)
+        config = struct_pb2.Struct()
+        config.update({"turns": [{"text": "done"}]})
+        request = pb.SubmitJobRequest(
+            project_id="bench",
+            goal="metrics cost",
+            daily_budget_microdollars=10**9,
+            agent=job_pb2.AgentSpec(brain="scripted", model="bench-model", config=config),
+        )
+        while True:
+            try:
+                server.job_id = (await stub.SubmitJob(request, timeout=2)).job.job_id
+                return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline or server.process.poll() is not None:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+async def drive(server: ServerProcess, concurrency: int, seconds: float) -> tuple[int, float]:
+    """``concurrency`` callers in a loop for ``seconds``: (calls completed, server CPU seconds)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.AgentControlServiceStub(channel)
+        request = pb.GetJobStatusRequest(job_id=server.job_id)
+        for _ in range(200):  # warm-up
+            await stub.GetJobStatus(request, timeout=5)
+        stop = time.monotonic() + seconds
+        done = 0
+
+        async def caller() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                await stub.GetJobStatus(request, timeout=5)
+                done += 1
+
+        cpu0 = cpu_seconds(server.process.pid)
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return done, cpu_seconds(server.process.pid) - cpu0
+
+
+def summary(off: list[float], on: list[float], higher_is_better: bool = True) -> dict[str, Any]:
+    off_median, on_median = statistics.median(off), statistics.median(on)
+    cost = 1 - on_median / off_median if higher_is_better else on_median / off_median - 1
+    return {
+        "off": [round(v, 1) for v in off],
+        "on": [round(v, 1) for v in on],
+        "median_off": round(off_median, 1),
+        "median_on": round(on_median, 1),
+        "cost_percent": round(cost * 100, 2),
+    }
+
+
+async def get_job_status_rounds(args: Namespace, workdir: Path) -> dict[str, Any]:
+    servers = {"off": start_server("off", workdir, False), "on": start_server("on", workdir, True)}
+    try:
+        for server in servers.values():
+            await prepare(server)
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        for round_number in range(args.rounds):
+            order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
+            for name in order:
+                server = servers[name]
+                scraping = (
+                    Scraper(server.metrics_port, args.scrape_interval)
+                    if server.metrics_port is not None
+                    else contextlib.nullcontext()
+                )
+                with scraping:
+                    calls, seconds = await drive(server, args.concurrency, args.duration)
+                rates[name].append(calls / args.duration)
+                cpu[name].append(seconds / max(1, calls) * 1e6)
+                print(
+                    f"  GetJobStatus round {round_number + 1} {name}: {calls / args.duration:,.0f}/s",
+                    flush=True,
+                )
+        return {
+            "calls_per_second": summary(rates["off"], rates["on"]),
+            "server_cpu_us_per_call": summary(cpu["off"], cpu["on"], higher_is_better=False),
+        }
+    finally:
+        for server in servers.values():
+            server.process.send_signal(signal.SIGTERM)
+        for server in servers.values():
+            try:
+                server.process.wait(30)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+
+
+async def executor_rounds(args: Namespace) -> dict[str, Any]:
+    run_args = Namespace(
+        jobs=args.jobs, duration=args.duration, warmup=args.warmup, database="", redis_url=""
+    )
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for round_number in range(args.rounds):
+        order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
+        for name in order:
+            if name == "on":
+                result = await executor_bench.run(run_args, metrics_listen="127.0.0.1:0")
+            else:
+                result = await executor_bench.run(run_args)
+            rates[name].append(float(result["iterations_per_second"]))
+            print(
+                f"  executor round {round_number + 1} {name}: {result['iterations_per_second']:,}/s",
+                flush=True,
+            )
+    return {"iterations_per_second": summary(rates["off"], rates["on"])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per half; each measures off and on")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per setting and round")
+    parser.add_argument("--concurrency", type=int, default=64, help="GetJobStatus calls in flight")
+    parser.add_argument("--jobs", type=int, default=200, help="executor jobs")
+    parser.add_argument("--warmup", type=float, default=2.0, help="executor seconds before measuring")
+    parser.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes when on")
+    parser.add_argument("--skip", choices=("getjobstatus", "executor"), help="leave one half out")
+    parser.add_argument("--json-out", default="", help="also write the result here")
+    args = parser.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    if TWO_CORES:
+        os.sched_setaffinity(0, {1})  # the load (and the in-process executor server) on core 1
+    result: dict[str, Any] = {"rounds": args.rounds, "duration": args.duration}
+    with tempfile.TemporaryDirectory(prefix="cofounder-bench-metrics-") as workdir:
+        if args.skip != "getjobstatus":
+            result["get_job_status"] = asyncio.run(get_job_status_rounds(args, Path(workdir)))
+        if args.skip != "executor":
+            result["executor"] = asyncio.run(executor_rounds(args))
+    result["machine"] = {
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Authentication, per-principal limits and TLS of the gRPC server."""

@@ -1,0 +1,1 @@
+"""Use cases: the orchestration of storage, the live layer and fan-out behind each RPC."""

@@ -1,0 +1,312 @@
+"""The one road from a SQL commit to everything downstream of it.
+
+Every change to a job commits in SQL first (the record), together with its events. Then
+:class:`ChangePipeline` turns the committed :class:`~cofounder_server.domain.changes.Change`
+into, in this order:
+
+1. one Redis round trip: a pipeline holding one script that writes every live key the
+   change implies (the job's versioned summary and ``last_seq``, the agent's ``state``,
+   ``wake_at`` and ``budget_pct`` with the key contract's TTLs, derived from the committed
+   values and written only if no newer change got there first), then one PUBLISH per job
+   on its events channel and one for the escalation feed entries, then the cancel, wake or
+   answer request on the executor control channel for the replica that runs the job.
+   Keys are written before the announcement, so a watcher that has an event never reads
+   an older summary from Redis;
+2. the runner's notification, in process (the executor here claims a submitted job, stops
+   a cancelled one, wakes a woken one and hands an answered one its decision at once),
+   also when the round trip failed.
+
+A failure after the commit never turns the committed change into an error: the job
+service, the agent loop, the group-commit writer and the executor all call this and return
+success. What Redis missed is repaired: the job is remembered and its keys rebuilt from
+SQL once Redis answers again (the status view also rebuilds a missing summary on read), and
+watchers read the unannounced events from SQL, gap-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cofounder_server import observability
+from cofounder_server.clock import Clock
+from cofounder_server.domain.budget import window_start
+from cofounder_server.domain.changes import Change, RunnerNotice, Spend, visible_agent_state
+from cofounder_server.domain.errors import NotFound, Unavailable
+from cofounder_server.domain.model import Job
+from cofounder_server.events.escalation_feed import EscalationEventEncoder, wire_escalation_event
+from cofounder_server.events.hub import WireEvent, pack
+from cofounder_server.events.job_events import JobEventEncoder, wire_event
+from cofounder_server.live import keys
+from cofounder_server.live.connect import unavailable_on_error
+from cofounder_server.live.summary import JobSummary, summary_version
+from cofounder_server.live.tracked_cache import TrackedCache
+from cofounder_server.live.versioned import LiveWrites
+from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.jobs import JobRepository
+from cofounder_server.store.ledger import LedgerRepository
+
+log = logging.getLogger(__name__)
+
+REPAIR_INTERVAL_SECONDS = 1.0
+"""First retry of the live keys of changes Redis missed (doubling up to 5 s while it is down)."""
+
+_CONTROL_VERBS = {
+    RunnerNotice.CANCELLED: "cancel",
+    RunnerNotice.WOKEN: "wake",
+    RunnerNotice.ANSWERED: "answer",
+}
+
+
+class JobRunner(Protocol):
+    """The executor of this process, told about changes it must act on."""
+
+    def job_submitted(self, job: Job) -> None:
+        """A queued job may be claimed now."""
+        ...
+
+    def job_cancelled(self, job: Job) -> None:
+        """Stop the job's agent if it runs here."""
+        ...
+
+    def job_woken(self, job: Job) -> None:
+        """Resume the job's agent if it sleeps here (the wake is recorded already)."""
+        ...
+
+    def job_answered(self, job_id: str) -> None:
+        """Hand the job's agent the decision it waits for, if it runs here."""
+        ...
+
+
+class ChangePipeline:
+    """Turns committed changes into live keys, event fan-out and runner notifications."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        cache: TrackedCache,
+        clock: Clock,
+        encode: JobEventEncoder,
+        *,
+        encode_escalation: EscalationEventEncoder,
+        jobs: JobRepository,
+        ledger: LedgerRepository,
+        event_log: EventLogRepository,
+    ) -> None:
+        self._redis = redis
+        self._cache = cache
+        self._clock = clock
+        self._encode = encode
+        self._encode_escalation = encode_escalation
+        self._jobs = jobs
+        self._ledger = ledger
+        self._event_log = event_log
+        self._runner: JobRunner | None = None
+        self._stale: set[str] = set()
+        self._repair_task: asyncio.Task[None] | None = None
+        self.before_live: Callable[[Sequence[Change]], Awaitable[None]] | None = None
+        """Awaited after the commit, before the Redis round trip: lets tests hold that
+        window open (a Redis outage or a slow fan-out at exactly that moment)."""
+
+    def attach_runner(self, runner: JobRunner) -> None:
+        """Notify ``runner`` (this process's executor) of submitted, cancelled and woken jobs."""
+        self._runner = runner
+
+    async def committed(self, change: Change, notice: RunnerNotice | None = None) -> None:
+        """Everything downstream of one committed change; never raises for Redis trouble."""
+        controls = [(_CONTROL_VERBS[notice], change.job_id)] if notice in _CONTROL_VERBS else []
+        try:
+            await self._fan_out([change], controls)
+        finally:
+            # Whatever Redis did: the executor of this process acts on the change.
+            self._notify(change, notice)
+
+    async def committed_many(self, changes: Sequence[Change]) -> None:
+        """:meth:`committed` for a group commit's changes (no notices), in one round trip."""
+        if changes:
+            await self._fan_out(changes, [])
+
+    async def rebuild(self, job_id: str, job: Job | None = None) -> tuple[Job, JobSummary, int]:
+        """Rewrite the job's live keys from SQL (versioned: a newer change's keys stay);
+        return the job, its summary and its newest event sequence. ``job``: the job as just
+        read from SQL, if the caller has it. Raises ``NotFound`` and ``Unavailable`` (SQL or
+        Redis)."""
+        if job is None:
+            job = await self._jobs.get(job_id, owner_scope=None)
+        if job is None:
+            raise NotFound("job", job_id)
+        now = self._clock.now()
+        spend, progress = await self._ledger.spend_and_progress(job, window_start(now))
+        latest = (await self._event_log.job_bounds(job_id)).last_sequence
+        summary = JobSummary.of(job, spend)
+        writes = LiveWrites()
+        touched = self._queue_job(
+            writes,
+            job,
+            summary,
+            progress=progress,
+            spend=spend if spend.spent > 0 else None,
+            sequence=latest,
+            now=now,
+        )
+        try:
+            with unavailable_on_error("rebuild live keys"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    writes.queue(pipe)
+                    await pipe.execute()
+        finally:
+            self._cache.invalidate(touched)
+        return job, summary, latest
+
+    async def take_wake_signal(self, job_id: str) -> bool:
+        """Consume the job's ``wake_signal`` key (set by writers outside this server); False
+        also when Redis cannot be reached (the agent wakes on time or by WakeAgent)."""
+        try:
+            return await keys.take_wake_signal(self._redis, job_id)
+        except Unavailable:
+            return False
+
+    async def stop(self) -> None:
+        """Stop repairing (what is still stale is rebuilt from SQL on its next read)."""
+        if self._repair_task is not None:
+            self._repair_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._repair_task
+
+    # --- the downstream steps -------------------------------------------------------------
+
+    def _notify(self, change: Change, notice: RunnerNotice | None) -> None:
+        runner, job = self._runner, change.job
+        if notice is RunnerNotice.ANSWERED and runner is not None:
+            runner.job_answered(change.job_id)
+            return
+        if notice is None or runner is None or job is None:
+            return
+        if notice is RunnerNotice.SUBMITTED:
+            runner.job_submitted(job)
+        elif notice is RunnerNotice.CANCELLED:
+            runner.job_cancelled(job)
+        else:
+            runner.job_woken(job)
+
+    async def _fan_out(self, changes: Sequence[Change], controls: list[tuple[str, str]]) -> None:
+        observability.metrics.events_appended.inc(sum(len(change.events) for change in changes))
+        if self.before_live is not None:
+            await self.before_live(changes)
+        job_ids = {change.job_id for change in changes}
+        touched: list[str] = []
+        try:
+            now = self._clock.now()
+            writes = LiveWrites()
+            announcements: dict[str, list[WireEvent]] = {}
+            feed = [
+                wire_escalation_event(entry, self._encode_escalation)
+                for change in changes
+                for entry in change.feed
+            ]
+            for change in changes:
+                for event in change.events:
+                    announcements.setdefault(change.job_id, []).append(wire_event(event, self._encode))
+                job = change.job
+                if job is None:
+                    touched += self._queue_sequence(writes, change.job_id, change.last_sequence)
+                    continue
+                spend = change.spend or await self._ledger.spend_of(job, window_start(now))
+                touched += self._queue_job(
+                    writes,
+                    job,
+                    JobSummary.of(job, spend),
+                    progress=change.progress,
+                    spend=change.spend,
+                    sequence=change.last_sequence,
+                    now=now,
+                    agent_keys=not change.iteration,
+                )
+            with unavailable_on_error("fan out committed changes"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    writes.queue(pipe)
+                    for job_id, events in announcements.items():
+                        pipe.publish(keys.job_events_channel(job_id), pack(events))
+                    if feed:
+                        pipe.publish(keys.ESCALATION_EVENTS_CHANNEL, pack(feed))
+                    for verb, job_id in controls:
+                        pipe.publish(keys.EXECUTOR_CONTROL_CHANNEL, f"{verb} {job_id}")
+                    await pipe.execute()
+        except (Unavailable, RedisError) as error:
+            # Committed is committed: the events are in SQL for every watcher, and the keys
+            # are rebuilt from SQL once Redis is back.
+            log.warning("live keys and fan-out of %d committed changes deferred: %s", len(changes), error)
+            self._defer(job_ids)
+        except Exception:
+            # Not even a bug here may turn a committed change into an error for its caller.
+            log.exception("live keys and fan-out of %d committed changes failed", len(changes))
+            self._defer(job_ids)
+        finally:
+            self._cache.invalidate(touched)
+
+    def _queue_sequence(self, writes: LiveWrites, job_id: str, sequence: int) -> list[str]:
+        if sequence <= 0:
+            return []
+        key = keys.last_sequence_key(job_id)
+        writes.put_if_newer(key, sequence, "", keys.SUMMARY_TTL_SECONDS)
+        return [key]
+
+    def _queue_job(
+        self,
+        writes: LiveWrites,
+        job: Job,
+        summary: JobSummary,
+        *,
+        progress: int,
+        spend: Spend | None,
+        sequence: int,
+        now: datetime,
+        agent_keys: bool = True,
+    ) -> list[str]:
+        """Queue a job's keys: ``last_seq``, then the summary, then what is derived from the
+        same facts (written only if the summary is current)."""
+        job_id = job.job_id
+        touched = self._queue_sequence(writes, job_id, sequence)
+        summary_key = keys.summary_key(job_id)
+        writes.put_if_newer(
+            summary_key, summary_version(job, progress), summary.encode(), keys.SUMMARY_TTL_SECONDS
+        )
+        touched.append(summary_key)
+        if agent_keys and job.agent_state is not None:
+            keys.queue_agent_state(writes, job_id, visible_agent_state(job), job.wake_at, now)
+            touched += (keys.state_key(job_id), keys.wake_at_key(job_id))
+        if spend is not None:
+            keys.queue_budget_pct(writes, job_id, spend.percent)
+            touched.append(keys.budget_pct_key(job_id))
+        return touched
+
+    # --- repair ---------------------------------------------------------------------------
+
+    def _defer(self, job_ids: set[str]) -> None:
+        self._stale |= job_ids
+        if self._repair_task is None or self._repair_task.done():
+            self._repair_task = asyncio.create_task(self._repair(), name="live-key-repair")
+
+    async def _repair(self) -> None:
+        delay = REPAIR_INTERVAL_SECONDS
+        while self._stale:
+            await asyncio.sleep(delay)
+            for job_id in sorted(self._stale):
+                try:
+                    await self.rebuild(job_id)
+                except NotFound:
+                    self._stale.discard(job_id)
+                except Exception as error:  # Redis or SQL still down: try again later
+                    log.info("live keys of job %s not repaired yet: %s", job_id, error)
+                    delay = min(5.0, delay * 2)
+                    break
+                else:
+                    self._stale.discard(job_id)
+                    delay = REPAIR_INTERVAL_SECONDS

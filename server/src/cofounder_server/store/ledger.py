@@ -1,0 +1,59 @@
+"""The usage ledger and budget top-ups: what a job spent in a budget window, and on what budget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cofounder_server.domain.changes import Spend
+from cofounder_server.domain.model import Job
+from cofounder_server.store.database import Database
+from cofounder_server.store.models import BudgetAdjustmentRow, UsageLedgerRow
+
+
+class LedgerRepository:
+    """Reads the ledger (rows are written by the group commit, top-ups by WakeAgent).
+    Raises domain errors only (``Unavailable`` included)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def budget_of(self, job_id: str, window: datetime) -> tuple[int, int]:
+        """``(spent, top_ups)`` of ``window``."""
+        async with self._database.read() as session:
+            return await budget_in(session, job_id, window)
+
+    async def spend_of(self, job: Job, window: datetime) -> Spend:
+        """Today's spend of ``job`` and today's budget, for the budget window ``window``."""
+        spent, top_ups = await self.budget_of(job.job_id, window)
+        return Spend(spent, job.daily_budget_microdollars + top_ups)
+
+    async def spend_and_progress(self, job: Job, window: datetime) -> tuple[Spend, int]:
+        """As :meth:`spend_of`, with the newest recorded iteration (model call) of the job
+        (0 before the first), in one read."""
+        async with self._database.read() as session:
+            spent, top_ups = await budget_in(session, job.job_id, window)
+            newest = await session.scalar(
+                select(func.coalesce(func.max(UsageLedgerRow.iteration), 0)).where(
+                    UsageLedgerRow.job_id == job.job_id
+                )
+            )
+            return Spend(spent, job.daily_budget_microdollars + top_ups), int(newest or 0)
+
+
+async def budget_in(session: AsyncSession, job_id: str, window: datetime) -> tuple[int, int]:
+    """``(spent, top_ups)`` of ``window``, read in ``session``'s transaction."""
+    start = window.astimezone(UTC)
+    spent = await session.scalar(
+        select(func.coalesce(func.sum(UsageLedgerRow.cost_microdollars), 0)).where(
+            UsageLedgerRow.job_id == job_id, UsageLedgerRow.window_start == start
+        )
+    )
+    top_ups = await session.scalar(
+        select(func.coalesce(func.sum(BudgetAdjustmentRow.amount_microdollars), 0)).where(
+            BudgetAdjustmentRow.job_id == job_id, BudgetAdjustmentRow.window_start == start
+        )
+    )
+    return int(spent or 0), int(top_ups or 0)
