@@ -543,3 +543,28 @@ async def test_escalation_watchers_see_the_pending_ones_then_each_change(
             "pg",
         )
         watch.cancel()
+
+
+async def test_a_deadline_fires_once_across_replicas(
+    server: Application, start_server: Starter, stub, project_id, *, manual_clock: ManualClock, tmp_path: Path
+) -> None:
+    # Both processes run a deadline timer on the same clock, SQL and Redis.
+    await start_server(executor_enabled=False, data_dir=tmp_path / "other", database_url=server.database_url)
+    config = {"turns": [turn("asking", [ask("q1", deadline_seconds=60, default="sqlite")]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        escalations = escalations_stub(channel)
+        job = await submit(stub, project_id, config)
+        await pending_of(escalations, job.job_id)
+        await manual_clock.advance(timedelta(seconds=60))
+        assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
+        assert types_of(await events_of(stub, job.job_id)).count("agent.escalation_resolved") == 1
+        watch = escalations.WatchEscalations(
+            escalation_service_pb2.WatchEscalationsRequest(job_id=job.job_id, after_sequence=0),
+            timeout=RPC_TIMEOUT,
+        )
+        async for message in watch:
+            if message.HasField("events"):  # the backlog, in one batch
+                kinds = [event.type for event in message.events.events]
+                break
+        watch.cancel()
+        assert kinds == ["agent.escalation_raised", "agent.escalation_resolved"]
