@@ -27,7 +27,7 @@ from cofounder_server.store.models import CheckpointMessageRow
 from tests.support import RPC_TIMEOUT, eventually
 
 from .conftest import Starter, stub_for
-from .support import agent_state, events_of, finished, status_of, submit, turn, types_of
+from .support import agent_state, events_of, finished, narrate, status_of, submit, turn, types_of
 from .test_durability import _free_port, _ready, _spawn
 
 RAISED = ["agent.escalation_raised", "agent.waiting_for_input"]
@@ -568,3 +568,23 @@ async def test_a_deadline_fires_once_across_replicas(
                 break
         watch.cancel()
         assert kinds == ["agent.escalation_raised", "agent.escalation_resolved"]
+
+
+async def test_waiting_costs_neither_budget_nor_tool_calls(
+    start_server: Starter, project_id, manual_clock: ManualClock
+) -> None:
+    # The question and one narrate are two tool calls, however long the wait: below the cap of 3.
+    app = await start_server(max_tool_calls=3)
+    config = {"turns": [turn("asking", [ask("q1")]), turn("on it", [narrate("deploying")]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = stub_for(channel)
+        escalations = escalations_stub(channel)
+        job = await submit(stub, project_id, config)
+        (raised,) = await pending_of(escalations, job.job_id)
+        before = await agent_state(stub, job.job_id, job_pb2.AGENT_STATE_WAITING_FOR_INPUT)
+        await manual_clock.advance(timedelta(hours=3))  # a long wait, within the same budget day
+        during = await status_of(stub, job.job_id)
+        assert during.spent_today_microdollars == before.spent_today_microdollars
+        await resolve(escalations, raised.escalation_id, "pg")
+        done = await finished(stub, job.job_id)
+        assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_READY, job_pb2.JOB_OUTCOME_COMPLETED)
