@@ -161,16 +161,19 @@ class DeadlineTimer:
 
     async def _run(self) -> None:
         while True:
+            self._replan.clear()  # a deadline raised from now on plans the timer again
             try:
                 await self.fire_due()
                 earliest = await self._escalations.next_deadline()
-            except DomainError as error:
+            except DomainError as error:  # SQL down: try again at the next check
                 log.warning("escalation deadlines not checked now: %s", error)
+                earliest = None
+            except Exception:  # a bug must not stop every deadline of this process
+                log.exception("escalation deadline check failed; trying again")
                 earliest = None
             now = self._clock.now()
             recheck = now + timedelta(seconds=DEADLINE_RECHECK_SECONDS)
             wake_at = recheck if earliest is None else min(earliest, recheck)
-            self._replan.clear()
             timer = asyncio.ensure_future(self._clock.sleep_until(wake_at))
             replan = asyncio.ensure_future(self._replan.wait())
             try:
