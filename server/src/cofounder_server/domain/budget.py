@@ -25,6 +25,11 @@ def percent(spent: int, budget: int) -> int:
     return spent * 100 // max(1, budget)
 
 
+def shown_percent(spent: int, budget: int) -> int:
+    """``spent`` as dashboards show it (the ``budget_pct`` key, status calls): 0..100."""
+    return min(100, max(0, percent(spent, budget)))
+
+
 def should_sleep(spent: int, budget: int) -> bool:
     """At or past 90 %."""
     return spent * 100 >= SLEEP_AT_PERCENT * max(1, budget)

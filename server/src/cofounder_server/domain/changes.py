@@ -26,7 +26,7 @@ class Spend:
     @property
     def percent(self) -> int:
         """The ``budget_pct`` figure: spend as a whole percentage of the budget, 0..100."""
-        return min(100, max(0, budget.percent(self.spent, self.budget)))
+        return budget.shown_percent(self.spent, self.budget)
 
 
 class RunnerNotice(StrEnum):

@@ -14,7 +14,7 @@ import dataclasses
 from redis.asyncio import Redis
 
 from cofounder_server.clock import Clock
-from cofounder_server.domain.budget import window_start
+from cofounder_server.domain.budget import shown_percent, window_start
 from cofounder_server.domain.changes import LIVE_AGENT_STATES
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import AgentState, JobStatusSnapshot
@@ -146,8 +146,8 @@ class LiveStatus:
                 wake_at = None
         budget_percent = keys.parse_budget_pct(pct_raw)
         if budget_percent is None and summary.spent_today_microdollars > 0:
-            budget_percent = min(
-                100, summary.spent_today_microdollars * 100 // max(1, summary.daily_budget_microdollars)
+            budget_percent = shown_percent(
+                summary.spent_today_microdollars, summary.daily_budget_microdollars
             )
         return JobStatusSnapshot(
             job_id=job_id,
