@@ -351,9 +351,7 @@ class Application:
         await hub.start()
         stack.push_async_callback(hub.stop)
         job_feed = JobEventFeed(event_log, status, hub, clock, convert.encode_job_event)
-        escalation_feed = EscalationFeed(
-            event_log, jobs, redis, hub, clock, encode=convert.encode_escalation_event
-        )
+        escalation_feed = EscalationFeed(event_log, jobs, hub, clock, encode=convert.encode_escalation_event)
         job_service = JobService(jobs, RunRepository(database, event_log), changes, clock)
         escalation_service = EscalationService(escalations, changes, clock)
 
