@@ -588,3 +588,35 @@ async def test_waiting_costs_neither_budget_nor_tool_calls(
         await resolve(escalations, raised.escalation_id, "pg")
         done = await finished(stub, job.job_id)
         assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_READY, job_pb2.JOB_OUTCOME_COMPLETED)
+
+
+async def test_a_deadline_passed_while_no_server_ran_fires_at_start(
+    start_server: Starter, executor_settings, project_id, manual_clock: ManualClock
+) -> None:
+    settings = executor_settings()
+    first = await start_server(settings)
+    config = {"turns": [turn("asking", [ask("q1", deadline_seconds=60)]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        job = await submit(stub_for(channel), project_id, config)
+        (raised,) = await pending_of(escalations_stub(channel), job.job_id)
+    await first.stop(grace_seconds=0.5)
+    await manual_clock.advance(timedelta(minutes=5))
+    second = await start_server(settings)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        stub = stub_for(channel)
+        assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
+        got = await escalations_stub(channel).GetEscalation(
+            escalation_service_pb2.GetEscalationRequest(escalation_id=raised.escalation_id),
+            timeout=RPC_TIMEOUT,
+        )
+        assert got.escalation.status == escalation_pb2.ESCALATION_STATUS_EXPIRED
+        assert got.escalation.decision_source == escalation_pb2.DECISION_SOURCE_DEADLINE
+        events = await events_of(stub, job.job_id)
+        assert types_of(events) == [
+            *START,
+            *STEP,
+            *RAISED,
+            "agent.escalation_resolved",
+            *STEP,
+            "job.status_changed",
+        ]
