@@ -48,6 +48,16 @@ PYTHON = sys.executable
 SERVER_CORE, LOAD_CORE = "0", "1"
 
 
+def cpu_model() -> str:
+    """``lscpu``'s model name: every table says which CPU it was measured on."""
+    with contextlib.suppress(OSError):
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,6 +157,8 @@ class Design:
     name: str
     redis_port: int
     workdir: Path
+    streams_per_connection: int = 100
+    """gRPC watchers per HTTP/2 connection: a service's channel (100), or one each (1)."""
 
     @contextlib.asynccontextmanager
     async def server(self) -> AsyncIterator[tuple[int, str]]:
@@ -193,7 +205,8 @@ class Cofounder(Design):
             yield proc.pid, job.job.job_id
 
     def loadgen_args(self, job_id: str, n: int, events: int) -> list[str]:
-        return ["grpc", f"127.0.0.1:{self.port}", job_id, str(n), str(events)]
+        per_connection = str(self.streams_per_connection)
+        return ["grpc", f"127.0.0.1:{self.port}", job_id, str(n), str(events), per_connection]
 
     @contextlib.asynccontextmanager
     async def publisher(self, job_id: str) -> AsyncIterator[Any]:
@@ -371,7 +384,12 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=200, help="events published per measurement")
     parser.add_argument("--rate", type=float, default=50.0, help="events per second")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for late events")
-    parser.add_argument("--designs", default="cofounder,predecessor", help="which designs to measure")
+    parser.add_argument(
+        "--designs",
+        default="cofounder,cofounder-per-watcher,predecessor",
+        help="which designs to measure: cofounder (many streams per connection), cofounder-per-watcher "
+        "(one connection per watcher), predecessor",
+    )
     parser.add_argument(
         "--json-out", type=Path, help="results file (default bench/results/fanout-<time>.json)"
     )
@@ -384,7 +402,10 @@ async def main() -> None:
         workdir = Path(tmp)
         async with redis_server(workdir) as redis_port:
             designs = {
-                "cofounder": Cofounder("cofounder (gRPC)", redis_port, workdir),
+                "cofounder": Cofounder("cofounder (gRPC, 100 streams per connection)", redis_port, workdir),
+                "cofounder-per-watcher": Cofounder(
+                    "cofounder (gRPC, a connection per watcher)", redis_port, workdir, 1
+                ),
                 "predecessor": Predecessor("predecessor (SSE)", redis_port, workdir),
             }
             for n in (int(x) for x in args.watchers.split(",")):
@@ -393,12 +414,14 @@ async def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print()
+    print(f"CPU: {cpu_model()}")
     print(f"{args.events} events at {args.rate:g}/s per measurement; server on core {SERVER_CORE}, "
           f"load generator, publisher and Redis on core {LOAD_CORE}")  # fmt: skip
     print(table(rows))
     out = args.json_out or ROOT / "bench" / "results" / f"fanout-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "argv": sys.argv, "cpus": os.cpu_count()}, indent=2))
+    machine = {"cpus": os.cpu_count(), "cpu_model": cpu_model()}
+    out.write_text(json.dumps({"rows": rows, "argv": sys.argv, **machine}, indent=2))
     print(f"\nresults: {out}")
 
 

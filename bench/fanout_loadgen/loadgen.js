@@ -1,6 +1,8 @@
 // Load generator for bench/fanout.py: opens N watchers of one job and measures delivery.
 //
-//   node loadgen.js grpc HOST:PORT JOB_ID N EVENTS  -- N WatchJobEvents streams (live only)
+//   node loadgen.js grpc HOST:PORT JOB_ID N EVENTS [PER_CONNECTION]
+//                                                   -- N WatchJobEvents streams (live only),
+//                                                      PER_CONNECTION (100) per HTTP/2 connection
 //   node loadgen.js sse  URL           N EVENTS     -- N Server-Sent-Events connections
 //
 // Every event carries its publish time ("t=<epoch ms>") in its text. Prints one JSON line
@@ -17,7 +19,6 @@ const http = require('http');
 const readline = require('readline');
 const { performance } = require('perf_hooks');
 
-const STREAMS_PER_CONNECTION = 100;
 
 const [mode, target, ...rest] = process.argv.slice(2);
 const now = () => performance.timeOrigin + performance.now();
@@ -132,7 +133,7 @@ function onGrpcMessage(watcher, buf) {
   }
 }
 
-function runGrpc(address, jobId, n) {
+function runGrpc(address, jobId, n, perConnection) {
   // gRPC over Node's own HTTP/2 (nghttp2, in C++): a third of grpc-js's CPU per message,
   // so one core of load generator keeps up with thousands of streams.
   const http2 = require('http2');
@@ -144,7 +145,7 @@ function runGrpc(address, jobId, n) {
   const sessions = [];
   total = n;
   for (let i = 0; i < n; i++) {
-    const c = Math.floor(i / STREAMS_PER_CONNECTION);
+    const c = Math.floor(i / perConnection);
     if (!sessions[c]) {
       sessions[c] = http2.connect(`http://${address}`, { maxSessionMemory: 1024 });
       sessions[c].on('error', (e) => errors.push(String(e)));
@@ -223,7 +224,7 @@ function report() {
   };
 }
 
-if (mode === 'grpc') { allocate(Number(rest[1]), Number(rest[2])); runGrpc(target, rest[0], Number(rest[1])); }
+if (mode === 'grpc') { allocate(Number(rest[1]), Number(rest[2])); runGrpc(target, rest[0], Number(rest[1]), Number(rest[3] || 100)); }
 else if (mode === 'sse') { allocate(Number(rest[0]), Number(rest[1])); runSse(target, Number(rest[0])); }
 else { console.error('usage: loadgen.js grpc HOST:PORT JOB_ID N EVENTS | sse URL N EVENTS'); process.exit(2); }
 

@@ -81,7 +81,9 @@ async def test_a_restarted_server_keeps_sleeping_agents_asleep_until_their_wake_
     second = await start_server(settings)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
         stub = stub_for(channel)
-        await eventually(lambda: _value(second.executor.runs), lambda runs: job.job_id in runs)
+        # Parked again at once: in the lot, no run.
+        await eventually(lambda: _value(second.executor.lot), lambda lot: job.job_id in lot)
+        assert job.job_id not in second.executor.runs
         status = await status_of(stub, job.job_id)
         assert status.agent_state == job_pb2.AGENT_STATE_SLEEPING
         assert status.wake_time.ToDatetime() == midnight.replace(tzinfo=None)

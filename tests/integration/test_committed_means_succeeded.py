@@ -27,6 +27,7 @@ from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.summary import decode_summary
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.runners import RunnerLeases
 from cofounder_server.store.runs import RunRepository
 from tests.events.support import watch
 from tests.integration.test_jobs import submit_request
@@ -176,7 +177,8 @@ async def _put_to_sleep(app: Application, job_id: str, wake_at: datetime) -> Non
     try:
         runs = RunRepository(database, EventLogRepository(database, retention_events=1000))
         now = app.clock.now()
-        claimed = await runs.claim(job_id, "elsewhere", now=now, lease_until=now + timedelta(hours=1))
+        await RunnerLeases(database).renew("elsewhere", now=now, lease_until=now + timedelta(hours=1))
+        claimed = await runs.claim(job_id, "elsewhere", now=now)
         assert claimed is not None
         await app.changes.committed(claimed)
         asleep = await runs.set_agent_state(

@@ -17,7 +17,8 @@ from cofounder_server.domain.errors import Unavailable
 from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.observability.prometheus import PrometheusInstruments
 from cofounder_server.store.database import open_database, unavailable_on_connection_error
-from cofounder_server.store.models import JobRow
+from cofounder_server.store.models import JobRow, RunnerRow
+from cofounder_server.store.runners import RunnerLeases
 from tests.events.support import error_info, publish, thinking, watch
 from tests.executor.conftest import START
 from tests.executor.support import submit, turn
@@ -53,16 +54,15 @@ async def test_lease_takeovers_and_lost_leases_are_counted(start_server, project
     database = await open_database(api.database_url)
     try:
         # A replica that crashed while running the job: its lease has expired.
+        leases = RunnerLeases(database)
+        await leases.renew(
+            "runner-crashed", now=START - timedelta(minutes=10), lease_until=START - timedelta(minutes=5)
+        )
         async with database.write() as session:
             await session.execute(
                 update(JobRow)
                 .where(JobRow.job_id == job.job_id)
-                .values(
-                    status="running",
-                    agent_state="working",
-                    runner_id="runner-crashed",
-                    lease_expires_at=START - timedelta(minutes=5),
-                )
+                .values(status="running", agent_state="working", runner_id="runner-crashed")
             )
         runner = await start_server(
             metrics_listen="127.0.0.1:0",
@@ -82,12 +82,18 @@ async def test_lease_takeovers_and_lost_leases_are_counted(start_server, project
         assert value(samples, "cofounder_lease_claims_total", kind="queued") == 0
         assert value(samples, "cofounder_leases_lost_total") == 0
 
-        # Another replica took it over meanwhile: the renewal finds it gone and stops the run.
+        # The runner stalled past its lease and another replica took the job over meanwhile:
+        # the renewal finds the lease lapsed, and the job gone, and stops the run.
+        await leases.renew("runner-other", now=START, lease_until=START + timedelta(hours=1))
+        assert runner.executor is not None
         async with database.write() as session:
             await session.execute(
-                update(JobRow)
-                .where(JobRow.job_id == job.job_id)
-                .values(runner_id="runner-other", lease_expires_at=START + timedelta(hours=1))
+                update(RunnerRow)
+                .where(RunnerRow.runner_id == runner.executor.runner_id)
+                .values(lease_expires_at=START - timedelta(hours=1))
+            )
+            await session.execute(
+                update(JobRow).where(JobRow.job_id == job.job_id).values(runner_id="runner-other")
             )
         await eventually(lambda: scrape(port), lambda s: value(s, "cofounder_leases_lost_total") == 1)
     finally:

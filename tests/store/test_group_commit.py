@@ -48,7 +48,7 @@ async def _running_job(database: Database, store: _Stores, runner: str = RUNNER)
     job, _ = await JobRepository(database, store.event_log).create(
         new_job(), request_id=None, fingerprint="f", now=T0
     )
-    claimed = await store.runs.claim(job.job_id, runner, now=T0, lease_until=T0 + timedelta(minutes=5))
+    claimed = await store.runs.claim(job.job_id, runner, now=T0)
     assert claimed is not None
     return job.job_id
 

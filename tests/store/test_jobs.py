@@ -466,7 +466,7 @@ async def test_cancel_waiting_on_a_concurrent_finish_does_not_overwrite_it(
 async def test_every_change_increments_version_by_one(jobs: JobRepository, database: Database) -> None:
     job = await create(jobs)
     runs = RunRepository(database, EventLogRepository(database, retention_events=1000))
-    claimed = await runs.claim(job.job_id, "runner", now=T0, lease_until=T0 + timedelta(minutes=1))
+    claimed = await runs.claim(job.job_id, "runner", now=T0)
     assert claimed is not None
     assert claimed.job is not None
     versions = [job.version, claimed.job.version]

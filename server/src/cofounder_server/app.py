@@ -58,6 +58,7 @@ from cofounder_server.store.job_counts import count_jobs
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.migrate import upgrade_to_head
+from cofounder_server.store.runners import RunnerLeases
 from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ SERVED_METHODS = (
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
-        # A second server must not silently share the port (grpcio defaults this to 1).
-        ("grpc.so_reuseport", 0),
+        # A second server must not silently share the port (grpcio defaults this to 1)
+        # unless the operator asked for several processes on one port.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Long-lived watch streams: ping idle connections, and accept clients that ping us
         # every 30 s or more without answering them with GOAWAY too_many_pings.
@@ -190,6 +192,7 @@ async def _start_executor(
     )
     executor = Executor(
         runs=runs,
+        leases=RunnerLeases(database),
         checkpoints=checkpoints,
         writer=writer,
         changes=changes,
@@ -200,6 +203,8 @@ async def _start_executor(
         max_running_jobs=settings.max_running_jobs,
         lease_seconds=settings.lease_seconds,
         claim_interval_seconds=settings.claim_interval_seconds,
+        sweep_interval_seconds=settings.sweep_interval_seconds,
+        wake_jitter_seconds=settings.wake_jitter_seconds,
     )
     changes.attach_runner(executor)
     await executor.start()
@@ -264,6 +269,11 @@ class Application:
             async_url(settings.effective_database_url)
         except (ArgumentError, ValueError) as error:
             raise SystemExit(f"invalid --database-url: {error}") from error
+        if settings.reuse_port and not (settings.redis_url and settings.database_url):
+            # Processes sharing a port must share the record and the live layer; each one's
+            # embedded Redis and SQLite file would make callers see a different server per
+            # connection.
+            raise SystemExit("--reuse-port needs --redis-url and --database-url shared by every process")
         # Nothing touches the data directory (Redis socket, SQLite file, runner id) before
         # this process holds it.
         try:
@@ -274,7 +284,7 @@ class Application:
         await stack.__aenter__()
         stack.callback(data_dir_lock.release)
         try:
-            await asyncio.to_thread(check_can_listen, settings.listen)
+            await asyncio.to_thread(check_can_listen, settings.listen, reuse_port=settings.reuse_port)
             return await cls._build(
                 settings, clock, security, stack, prices=prices, registry=plugins, tracer=tracer
             )

@@ -20,6 +20,14 @@ class Settings:
     """
 
     listen: str = field(default="127.0.0.1:50051", metadata={"help": "HOST:PORT to serve gRPC on"})
+    reuse_port: bool = field(
+        default=False,
+        metadata={
+            "help": "let several server processes serve the same --listen port (SO_REUSEPORT: the kernel "
+            "spreads connections over them); each needs its own --data-dir, and all share --redis-url "
+            "and --database-url"
+        },
+    )
     data_dir: Path = field(
         default=Path("cofounder-data"),
         metadata={"help": "directory for the SQLite file and the embedded Redis socket"},
@@ -201,11 +209,28 @@ class Settings:
         },
     )
     lease_seconds: float = field(
-        default=30.0,
-        metadata={"help": "a job whose runner has not renewed its lease for this long is taken over"},
+        default=5.0,
+        metadata={
+            "help": "an executor that has not renewed its runner lease for this long is presumed dead and "
+            "its jobs are taken over (renewed every quarter of it, one UPDATE however many jobs it holds)"
+        },
     )
     claim_interval_seconds: float = field(
-        default=1.0, metadata={"help": "how often the executor looks for jobs to claim and renews leases"}
+        default=1.0, metadata={"help": "how often the executor looks for jobs to claim"}
+    )
+    sweep_interval_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "how often the executor sweeps for lost notifications (jobs changed in SQL, wake_signal "
+            "keys of its sleeping agents): one sweep per process, not per agent"
+        },
+    )
+    wake_jitter_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "spread each parked agent's wake time by a random delay up to this long (agents "
+            "sharing a time, e.g. midnight, then resume in a random but fair order)"
+        },
     )
     brain_retries: int = field(
         default=3, metadata={"help": "attempts of a retryable brain error before the job fails (MODEL_ERROR)"}

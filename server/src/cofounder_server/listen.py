@@ -14,11 +14,12 @@ class ListenError(Exception):
     """The address cannot be served on; the message is one line for the operator."""
 
 
-def check_can_listen(listen: str) -> None:
+def check_can_listen(listen: str, *, reuse_port: bool = False) -> None:
     """Raise :class:`ListenError` if a TCP ``HOST:PORT`` cannot be bound now.
 
-    Port 0 and unix sockets are left to gRPC. Blocking (name resolution): run it in a thread
-    from async code.
+    With ``reuse_port`` the probe binds as gRPC will (``SO_REUSEPORT``), so a port that other
+    servers of the same user share is free. Port 0 and unix sockets are left to gRPC.
+    Blocking (name resolution): run it in a thread from async code.
     """
     if listen.startswith(("unix:", "unix-abstract:")) or ":" not in listen:
         return
@@ -40,6 +41,8 @@ def check_can_listen(listen: str) -> None:
         with socket.socket(family, kind, protocol) as probe:
             # As gRPC does: a port whose old connections linger in TIME_WAIT is free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(address)
             except OSError as error:

@@ -9,15 +9,20 @@ restart starts from the last committed iteration, so nothing committed is done t
 A tool call that fails with a typed error is run again (each retry announced with
 ``agent.retrying``) until its error signature has used its attempts, then escalated to a
 person; an error retrying cannot fix escalates at once, and ``ask_human`` asks directly.
-The escalations of a turn are raised after its iteration is committed; the agent then waits
-for every answer, parked (no connection, thread or awake slot held) until the resolution or
-a deadline wakes it, and each answer becomes the result of its own tool call. The answers
-are delivered in one transaction that marks them delivered, so a restart never delivers
-one twice; the conversation gets them from the escalations in SQL.
+The escalations of a turn are raised after its iteration is committed; while any is pending
+the agent parks waiting for input (its run ends, like a sleeping agent's), and the decision
+of its last one sets it working, so its runner resumes it. It then takes every answer in one
+transaction that marks them delivered, each as the result of its own tool call: a restart
+never delivers one twice, and the conversation gets them from the escalations in SQL.
 
 Outcomes: COMPLETED (the brain ends its turn without tool calls; job READY), and FAILED with
-ITERATION_LIMIT, REPETITION, MODEL_ERROR, BUDGET_EXCEEDED or ESCALATION_LIMIT. CANCELLED is
-recorded by CancelJob itself; the loop only stops.
+ITERATION_LIMIT, REPETITION, MODEL_ERROR or BUDGET_EXCEEDED. CANCELLED is recorded by
+CancelJob itself; the loop only stops.
+
+At 90 % of the daily budget the agent finishes its turn and *parks*: the run records
+``sleeping`` (with the wake time and the ``agent.sleeping`` event) and ends, returning a
+:class:`~cofounder_server.executor.parking.Park`; the executor keeps the job in its parking
+lot until the window resets or a wake, then resumes it in a new run from its checkpoint.
 """
 
 from __future__ import annotations
@@ -54,7 +59,6 @@ from cofounder_server.domain.events import (
     AgentThinking,
     AgentToolCalled,
     AgentWaitingForInput,
-    AgentWaking,
     Escalation,
     EscalationOption,
     EscalationStatus,
@@ -63,11 +67,11 @@ from cofounder_server.domain.events import (
     PhaseCompleted,
     PhaseStarted,
     SleepReason,
-    WakeReason,
     escalation_from_json,
     to_json,
 )
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
+from cofounder_server.executor.parking import Park
 from cofounder_server.executor.plugins import (
     Brain,
     BrainError,
@@ -107,8 +111,6 @@ REPETITION_WINDOW = 10
 """How many of the newest tool calls repetition detection looks at."""
 REPETITION_LIMIT = 3
 """The same call (name and input) this many times within the window is a repetition."""
-WAKE_SIGNAL_POLL_SECONDS = 5.0
-"""A sleeping agent also checks its ``wake_signal`` key this often (set by other writers)."""
 
 STEERING = (
     "You have called {name} with the same input {count} times within your last {window} tool "
@@ -227,10 +229,7 @@ class AgentRun:
         self._limits = limits
         self.job = job
         self.job_id = job.job_id
-        self.sleeping = job.agent_state in (AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT)
-        """Parked: asleep on its budget or waiting for a person (not an awake agent)."""
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self.iteration = 0
         self._spend: tuple[datetime, Spend] | None = None
         """Today's spend as this run last knew it, with its budget window."""
@@ -238,18 +237,16 @@ class AgentRun:
     # --- control (from the executor) ----------------------------------------------------
 
     def stop(self) -> None:
-        """End the run at the next iteration boundary (or at once while sleeping)."""
+        """End the run at the next iteration boundary."""
         self._stop.set()
-        self._wake.set()
-
-    def wake(self) -> None:
-        """A wake was requested (WakeAgent on some replica, or the wake_signal key), or one
-        of the escalations the agent waits on was decided."""
-        self._wake.set()
 
     # --- the run ------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> Park | None:
+        """Run until the job ends (``None``) or the agent parks (the :class:`Park` it asks
+        for, already recorded in SQL); ``None`` too when stopped."""
+        if self.job.agent_state is AgentState.SLEEPING:
+            return Park(AgentState.SLEEPING, self.job.wake_at)
         logs.job_id.set(self.job_id)
         checkpoint = await self._checkpoints.checkpoint(self.job_id)
         if checkpoint is None:
@@ -265,21 +262,19 @@ class AgentRun:
             brain = self._plugins.brain_for(self.job.agent)
         except Exception as error:  # unknown brain, bad config: the job cannot run
             await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
-            return
+            return None
         tools = {tool.spec.name: tool for tool in self._plugins.tools()}
         specs = [tool.spec for tool in tools.values()]
         try:
-            if self.job.agent_state is AgentState.SLEEPING and self.job.wake_at is not None:
-                await self._sleep(self.job.wake_at, None)
-            if state.awaiting:
-                # Raised before a restart, or (if the process stopped in between) not yet.
-                await self._raise([escalation_from_json(e["escalation"]) for e in state.awaiting])
-                await self._await_answers(state, messages)
-            await self._loop(
+            if state.awaiting:  # the answers of the last turn, or a wait that goes on
+                park = await self._take_answers(state, messages)
+                if park is not None:
+                    return park
+            return await self._loop(
                 brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
             )
         except Stopped:
-            return
+            return None
 
     async def _loop(
         self,
@@ -290,9 +285,11 @@ class AgentRun:
         messages: list[Message],
         saved: int,
         state: LoopState,
-    ) -> None:
+    ) -> Park | None:
         window = budget.window_start(self._clock.now())
         spent, limit = await self._budget(window)
+        if budget.should_sleep(spent, limit):  # woken without a top-up before the window reset
+            return await self._park_until_midnight()
         while True:
             if self._stop.is_set():
                 raise Stopped
@@ -302,12 +299,12 @@ class AgentRun:
                     f"reached the limit of {self._limits.max_tool_calls} tool calls",
                     [],
                 )
-                return
+                return None
             span = observability.tracing.iteration(self.job_id, state.iteration + 1)
             turn = await self._think(brain, messages, specs, state)
             if turn is None:
                 span.end()
-                return
+                return None
             now = self._clock.now()
             if budget.window_start(now) != window:  # midnight passed while thinking
                 window = budget.window_start(now)
@@ -368,17 +365,17 @@ class AgentRun:
             self.iteration = state.iteration
             if outcome is not None:
                 await self._end(outcome, state, pct=pct, spent=spent, limit=limit)
-                return
+                return None
             if asks:
                 await self._raise([ask.escalation for ask in asks])
-            # Asleep on its budget, the agent also waits for its answers: a person may
-            # decide meanwhile, and it acts on the decision when it wakes.
-            while budget.should_sleep(spent, limit):
-                await self._sleep(next_utc_midnight(self._clock.now()), SleepReason.BUDGET_THRESHOLD)
-                window = budget.window_start(self._clock.now())
-                spent, limit = await self._budget(window)
+            # Asleep on its budget, the agent waits for its answers too: a person may decide
+            # meanwhile, and it takes the decision when it wakes.
+            if budget.should_sleep(spent, limit):
+                return await self._park_until_midnight()
             if state.awaiting:
-                await self._await_answers(state, messages)
+                park = await self._take_answers(state, messages)
+                if park is not None:
+                    return park
 
     async def _end(
         self, outcome: tuple[JobOutcome, str], state: LoopState, *, pct: int, spent: int, limit: int
@@ -692,33 +689,31 @@ class AgentRun:
         for escalation in escalations:
             self._deadline_raised(escalation.deadline)
 
-    async def _await_answers(self, state: LoopState, messages: list[Message]) -> None:
-        """Wait, parked, until every escalation of the last turn is decided; then add each
-        answer to the conversation as the result of its tool call (delivered once)."""
-        ids = [entry["escalation"]["escalation_id"] for entry in state.awaiting]
-        self.sleeping = True
-        try:
-            while True:
-                if self._stop.is_set():
-                    raise Stopped
-                self._wake.clear()  # a decision from now on wakes the wait below
-                decided, change = await self._escalations.deliver(
-                    self.job_id, self._runner_id, ids, now=self._clock.now()
-                )
-                if change is not None:
-                    await self._applied(change_of(change))
-                    break
-                if not any(e.is_pending for e in decided):
-                    await self._still_ours()  # delivered before a restart
-                    break
-                if self.job.agent_state is not AgentState.WAITING_FOR_INPUT:  # woke from a budget sleep
-                    await self._waiting_again([e.escalation_id for e in decided if e.is_pending])
-                await self._parked()
-        finally:
-            self.sleeping = False
-        by_id = {e.escalation_id: e for e in decided}
-        for entry in state.awaiting:
-            escalation = by_id[entry["escalation"]["escalation_id"]]
+    async def _take_answers(self, state: LoopState, messages: list[Message]) -> Park | None:
+        """Take the decisions of the last turn's escalations, once all are made: each becomes
+        the result of its tool call (delivered once, in one transaction). While some are
+        pending, the agent parks waiting for input (the decision's notification or the
+        process's sweep resumes it)."""
+        escalations = [escalation_from_json(entry["escalation"]) for entry in state.awaiting]
+        ids = [escalation.escalation_id for escalation in escalations]
+        decided, change = await self._escalations.deliver(
+            self.job_id, self._runner_id, ids, now=self._clock.now()
+        )
+        if change is not None:
+            await self._applied(change_of(change))
+        elif len(decided) < len(ids):  # the process stopped before raising them all
+            stored = {escalation.escalation_id for escalation in decided}
+            await self._raise([e for e in escalations if e.escalation_id not in stored])
+            return Park(AgentState.WAITING_FOR_INPUT, None)
+        elif any(escalation.is_pending for escalation in decided):
+            if self.job.agent_state is not AgentState.WAITING_FOR_INPUT:  # woke from a budget sleep
+                await self._waiting_again([e.escalation_id for e in decided if e.is_pending])
+            return Park(AgentState.WAITING_FOR_INPUT, None)
+        else:
+            await self._still_ours()  # delivered before a restart
+        by_id = {escalation.escalation_id: escalation for escalation in decided}
+        for entry, asked in zip(state.awaiting, escalations, strict=True):
+            escalation = by_id[asked.escalation_id]
             messages.append(
                 Message(
                     role="tool",
@@ -731,6 +726,7 @@ class AgentRun:
             if escalation.error_signature:
                 state.retries.reset(escalation.error_signature)
         state.awaiting = []
+        return None
 
     async def _waiting_again(self, pending: list[str]) -> None:
         change = await self._runs.set_agent_state(
@@ -742,93 +738,26 @@ class AgentRun:
         )
         await self._applied(change)
 
-    async def _parked(self) -> None:
-        """Wait for a notification (a decision, a cancel), re-reading SQL every few seconds
-        in case one was lost."""
-        waiter = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({waiter}, timeout=WAKE_SIGNAL_POLL_SECONDS)
-        finally:
-            waiter.cancel()
-
     async def _still_ours(self) -> None:
         job = await self._runs.get(self.job_id)
         if job is None or job.status is not JobStatus.RUNNING:
             raise Stopped
         self.job = job
 
-    # --- sleep and wake -----------------------------------------------------------------
+    # --- parking -----------------------------------------------------------------------
 
-    async def _sleep(self, wake_at: datetime, reason: SleepReason | None) -> None:
-        """Sleep until ``wake_at`` or a wake request. ``reason`` None: resume a sleep that is
-        already recorded (after a restart)."""
-        if reason is not None:
-            change = await self._runs.set_agent_state(
-                self.job_id,
-                state=AgentState.SLEEPING,
-                wake_at=wake_at,
-                events=[AgentSleeping(wake_time=wake_at, reason=reason)],
-                now=self._clock.now(),
-            )
-            await self._applied(change)
-        self.sleeping = True
-        try:
-            await self._wait_for_wake(wake_at)
-        finally:
-            self.sleeping = False
-
-    async def _wait_for_wake(self, wake_at: datetime) -> None:
-        """Return once the agent is awake in SQL: at ``wake_at`` (woken here), by WakeAgent
-        (woken by the RPC, noticed through the control channel or by polling SQL), or by a
-        ``wake_signal`` key some other writer set (woken here)."""
-        timer = asyncio.ensure_future(self._clock.sleep_until(wake_at))
-        try:
-            while True:
-                if self._stop.is_set():
-                    raise Stopped
-                if timer.done():
-                    if await self._woken(WakeReason.SCHEDULED):
-                        return
-                    continue
-                if await self._changes.take_wake_signal(self.job_id) and await self._woken(
-                    WakeReason.REQUESTED
-                ):
-                    return
-                waiter = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait(
-                    {timer, waiter}, timeout=WAKE_SIGNAL_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-                self._wake.clear()
-                if not timer.done() and await self._awake_in_sql():
-                    return
-        finally:
-            timer.cancel()
-
-    async def _woken(self, reason: WakeReason) -> bool:
-        """Wake the agent in SQL (unless WakeAgent did already); False if it sleeps on."""
+    async def _park_until_midnight(self) -> Park:
+        """Record the sleep until the budget window resets; the run then ends."""
+        wake_at = next_utc_midnight(self._clock.now())
         change = await self._runs.set_agent_state(
             self.job_id,
-            state=AgentState.WORKING,
-            wake_at=None,
-            events=[AgentWaking(reason=reason)],
+            state=AgentState.SLEEPING,
+            wake_at=wake_at,
+            events=[AgentSleeping(wake_time=wake_at, reason=SleepReason.BUDGET_THRESHOLD)],
             now=self._clock.now(),
-            only_from=AgentState.SLEEPING,
         )
-        if change is not None:
-            await self._applied(change)
-            return True
-        return await self._awake_in_sql()
-
-    async def _awake_in_sql(self) -> bool:
-        """Whether SQL says the agent is awake (WakeAgent woke it); ``Stopped`` if the job ended."""
-        job = await self._runs.get(self.job_id)
-        if job is None or job.status is not JobStatus.RUNNING:
-            raise Stopped
-        if job.agent_state is AgentState.SLEEPING:
-            return False
-        self.job = job
-        return True
+        await self._applied(change)
+        return Park(AgentState.SLEEPING, wake_at)
 
     # --- endings and helpers ------------------------------------------------------------
 

@@ -1,20 +1,33 @@
-"""The executor: claims jobs with SQL leases and runs one :class:`AgentRun` task per job.
+"""The executor: this process's share of jobs, held under one runner lease, with awake agents
+as tasks and parked agents as entries of a parking lot.
 
-* **Claiming.** Queued jobs, and running jobs that are unowned, this process's own (after a
-  restart: the runner id is kept in the data directory) or whose lease expired (a crashed
-  replica's), are claimed oldest first with a conditional UPDATE, so each runs on exactly
-  one replica. Parked agents (asleep, or waiting for a person) are always claimed (they
-  only wait); awake ones only while fewer than ``max_running_jobs`` are awake here. Leases
-  are renewed every claim interval.
-* **Control.** CancelJob, WakeAgent and the decision of an escalation (ResolveEscalation or
-  its deadline) record their change in SQL first; the change pipeline
-  then tells this process's executor in process and every replica through one Redis pub/sub
-  channel (``cofounder:executor:control``).
-  A lost message only delays: the writer re-reads the job in every iteration's transaction,
-  the lease renewal re-reads held jobs, and a parked agent re-reads SQL every few seconds.
-  A sleeping agent also takes its ``wake_signal`` key, for writers outside this server.
-* **Shutdown.** :meth:`stop` ends every run at its next iteration boundary (a parked one
-  at once), waits for them, and releases the leases so another replica can continue.
+* **The runner lease.** The process has one row in ``runners`` and renews it with one UPDATE
+  every quarter of ``lease_seconds``, however many jobs it holds; every job it runs names it
+  (``jobs.runner_id``). If the process dies (``kill -9``), its lease expires after at most
+  ``lease_seconds`` and any other executor takes its jobs over (running, sleeping, waiting),
+  at the latest one claim interval later. A renewal that finds the lease lapsed (the loop
+  stalled past it) re-reads which jobs still name this runner and stops the others. A
+  graceful :meth:`Executor.stop` releases every job and the lease in one transaction and
+  tells the other replicas to claim at once.
+* **Claiming.** Queued jobs, and running jobs that are unowned or whose runner's lease
+  expired, are claimed oldest first with conditional UPDATEs, so each runs on exactly one
+  replica. Parked ones (sleeping, waiting for input) are claimed in bulk, any number of them,
+  straight into the parking lot; awake ones only while an awake slot is free. After a
+  restart, a process with the same runner id (kept in the data directory) takes back the
+  jobs that still name it at once.
+* **Awake and parked.** Awake agents run as :class:`AgentRun` tasks, at most
+  ``max_running_jobs`` at once (:mod:`.slots`). A run that has nothing to do until a time or
+  a notification parks (:mod:`.parking`): its task ends, and its job waits in the lot at the
+  cost of a small entry. When it is due or notified, it waits for a slot in a fair line
+  (midnight: every budget window resets at once), is woken in SQL, and resumes in a new run
+  from its checkpoint.
+* **Notifications.** CancelJob and WakeAgent record their change in SQL first; the change
+  pipeline then tells this process's executor in process and every replica through one Redis
+  pub/sub channel (``cofounder:executor:control``), which this process subscribes to once.
+* **The sweep.** Once every ``sweep_interval_seconds`` the process reads the jobs whose row
+  changed since its last sweep (an indexed range on ``update_time``) and the ``wake_signal``
+  keys of its sleeping agents (one MGET per thousand), and acts on what a lost notification
+  would have said: a cancel, a wake, a job taken over. Nothing polls per agent.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Collection
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -34,13 +47,16 @@ from redis.exceptions import RedisError
 from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import DomainError
-from cofounder_server.domain.model import Job
+from cofounder_server.domain.events import AgentWaking, WakeReason
+from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.executor.loop import AgentRun
+from cofounder_server.executor.parking import Park, Parked, ParkingLot, WakeCause
+from cofounder_server.executor.slots import AwakeSlots, Waiting
 from cofounder_server.executor.writer import IterationWriter
 from cofounder_server.live import keys
-from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.runners import HeldJob, RunnerLeases
 from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
@@ -48,11 +64,22 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_CRASH_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 5.0
 """How long stop() waits for a cancelled task before leaving it behind."""
+RELEASE_ATTEMPTS = 3
+"""Tries to hand the jobs over at a graceful stop."""
+PARKED_CLAIM_BATCH = 1000
+"""Parked jobs claimed per statement (a claim round takes as many batches as there are)."""
+WAKE_SIGNAL_BATCH = 1000
+"""``wake_signal`` keys read per MGET by the sweep."""
+SWEEP_OVERLAP = timedelta(seconds=60)
+"""How far each sweep looks back past the previous one: commits stamped a little before they
+became visible, and replicas whose clocks differ by less than this, are not missed."""
+PARKED_STATES = frozenset({AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT})
+"""Agent states whose agents wait in the parking lot rather than in a task."""
 
 
 def runner_id_for(configured: str, data_dir: Path) -> str:
     """The configured runner id, or one kept in ``data_dir/runner-id`` (created once), so a
-    restarted process re-claims its own jobs at once instead of waiting for their leases."""
+    restarted process re-claims its own jobs at once instead of waiting for its lease."""
     if configured:
         return configured
     path = data_dir / "runner-id"
@@ -74,6 +101,7 @@ class Executor:
         self,
         *,
         runs: RunRepository,
+        leases: RunnerLeases,
         checkpoints: CheckpointStore,
         writer: IterationWriter,
         changes: ChangePipeline,
@@ -84,57 +112,117 @@ class Executor:
         max_running_jobs: int,
         lease_seconds: float,
         claim_interval_seconds: float,
+        sweep_interval_seconds: float,
+        wake_jitter_seconds: float = 0.0,
     ) -> None:
-        """``new_run`` builds the run of a claimed job; ``redis`` carries the control channel."""
+        """``new_run`` builds the run of a claimed or resumed job; ``redis`` carries the
+        control channel and the ``wake_signal`` keys the sweep reads."""
         self._runs = runs
+        self._leases = leases
         self._checkpoints = checkpoints
-        self.writer = writer
-        """The group-commit writer (its counters serve benchmarks)."""
+        self._writer = writer
         self._changes = changes
         self._redis = redis
         self._clock = clock
         self.runner_id = runner_id
         self._new_run = new_run
-        self._max_running = max_running_jobs
         self._lease = timedelta(seconds=lease_seconds)
         self._interval = claim_interval_seconds
+        self._sweep_interval = sweep_interval_seconds
         self.runs: dict[str, AgentRun] = {}
+        """Awake runs, by job id."""
+        self.lot = ParkingLot(clock, self._left_lot, jitter_seconds=wake_jitter_seconds)
+        """Parked agents."""
+        self.slots = AwakeSlots(max_running_jobs, self._resume)
+        """Awake slots and the line of parked agents waiting for one."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._backoff: dict[str, float] = {}
+        self._resuming: dict[str, asyncio.Task[None]] = {}
+        self._retrying: dict[str, asyncio.TimerHandle] = {}
         self._claim_now = asyncio.Event()
+        self._resume_mine = True
+        self._retry_at: float | None = None
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
+        self._last_sweep: datetime | None = None
+
+    @property
+    def awake(self) -> int:
+        """Awake agents of this process (what ``max_running_jobs`` caps)."""
+        return self.slots.awake
+
+    @property
+    def parked(self) -> int:
+        """Parked agents of this process, those in line for a slot included."""
+        return len(self.lot) + self.slots.waiting
+
+    @property
+    def held(self) -> int:
+        """Jobs this process holds: awake, parked, or waiting for a slot."""
+        return len(self.runs) + len(self.lot) + self.slots.waiting + len(self._resuming) + len(self._retrying)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether this process runs, parks or is resuming ``job_id``."""
+        return (
+            job_id in self.runs
+            or job_id in self.lot
+            or job_id in self._resuming
+            or job_id in self._retrying
+            or self.slots.is_waiting(job_id)
+        )
 
     async def start(self) -> None:
-        """Start the writer, the control subscription and the claim loop (which resumes this
-        process's running and sleeping jobs at once)."""
-        logs.runner_id.set(self.runner_id)
-        self.writer.start()
+        """Take the runner lease, start the writer, the control subscription, the claim loop
+        (which takes back this runner's jobs at once), the lease renewal, the parking lot's
+        timer and the sweep."""
+        now = self._clock.now()
+        await self._leases.renew(self.runner_id, now=now, lease_until=now + self._lease)
+        self._last_sweep = now
+        self._writer.start()
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
+        self.lot.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="executor-claims"),
+            asyncio.create_task(self._lease_loop(), name="executor-lease"),
             asyncio.create_task(self._control_loop(pubsub), name="executor-control"),
+            asyncio.create_task(self._sweep_loop(), name="executor-sweep"),
         ]
         self._claim_now.set()
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop every run (at an iteration boundary, within ``grace_seconds``), then release
-        the leases and stop the writer."""
+        """Stop every run (at an iteration boundary, within ``grace_seconds``), then hand
+        every job over (one transaction), tell the other replicas, and stop the writer."""
         self._stopping = True
         self._claim_now.set()
         await _cancel_and_wait(self._loops, "executor loop")
+        await self.lot.stop()
+        for retry in self._retrying.values():
+            retry.cancel()
+        await _cancel_and_wait(list(self._resuming.values()), "resume")
         for run in self.runs.values():
             run.stop()
         tasks = list(self._tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
             await _cancel_and_wait(pending, "agent run")
-        held = list(self.runs)
-        with contextlib.suppress(DomainError):
-            await self._runs.release(self.runner_id, held)
-        await self.writer.stop()
+        if await self._release():
+            await self._changes.runner_released(self.runner_id)
+        await self._writer.stop()
         await self._checkpoints.close()
+
+    async def _release(self) -> bool:
+        """Hand every job over; a few tries, since the loops just cancelled may still hold
+        SQLite's write lock for a moment."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                await self._leases.release(self.runner_id)
+                return True
+            except DomainError as error:
+                if attempt + 1 == RELEASE_ATTEMPTS:
+                    log.warning("could not hand the jobs over (taken over when the lease expires): %s", error)
+                else:
+                    await asyncio.sleep(0.2 * (attempt + 1))
+        return False
 
     # --- changes committed in this process (the change pipeline tells other replicas) ----
 
@@ -143,26 +231,30 @@ class Executor:
         self._claim_now.set()
 
     def job_cancelled(self, job: Job) -> None:
-        """The job was cancelled (already recorded): stop its run if it is here."""
-        self._control("cancel", job.job_id)
+        """The job was cancelled (already recorded): stop it if it is here."""
+        self._cancel(job.job_id)
 
     def job_woken(self, job: Job) -> None:
-        """WakeAgent recorded the wake: resume the agent if it sleeps here."""
-        self._control("wake", job.job_id)
-        self._claim_now.set()  # an unowned sleeping job is claimed as an awake one
+        """WakeAgent recorded the wake: resume the agent if it is parked here."""
+        self._wake(job.job_id)
 
     def job_answered(self, job_id: str) -> None:
-        """An escalation the job's agent waits on was decided: hand it over if it waits here."""
-        self._control("answer", job_id)
+        """An escalation the job's agent waits on was decided: resume the agent if it is
+        parked here (it takes its answers, or parks again while some are pending)."""
+        self._wake(job_id)
 
-    def _control(self, verb: str, job_id: str) -> None:
+    def _cancel(self, job_id: str) -> None:
         run = self.runs.get(job_id)
-        if run is None:
-            return
-        if verb == "cancel":
+        if run is not None:
             run.stop()
-        elif verb in ("wake", "answer"):
-            run.wake()
+        if self.lot.take(job_id) is None and not self.slots.withdraw(job_id):
+            retry = self._retrying.pop(job_id, None)
+            if retry is not None:
+                retry.cancel()
+
+    def _wake(self, job_id: str) -> None:
+        if not self.lot.notify(job_id) and not self.holds(job_id):
+            self._claim_now.set()  # an unowned sleeping job is claimed as an awake one
 
     async def _control_loop(self, pubsub: PubSub) -> None:
         try:
@@ -180,73 +272,111 @@ class Executor:
                 data = message.get("data")
                 text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
                 verb, _, job_id = text.partition(" ")
-                self._control(verb, job_id)
+                if verb == "cancel":
+                    self._cancel(job_id)
+                elif verb in ("wake", "answer"):
+                    self._wake(job_id)
+                elif verb == "released" and job_id != self.runner_id:
+                    self._claim_now.set()
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    # --- the runner lease -----------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        period = self._lease.total_seconds() / 4
+        while not self._stopping:
+            await asyncio.sleep(period)
+            try:
+                now = self._clock.now()
+                held = await self._leases.renew(self.runner_id, now=now, lease_until=now + self._lease)
+                if not held:
+                    log.warning(
+                        "runner lease of %s had lapsed; checking which jobs are still ours", self.runner_id
+                    )
+                    await self._resync()
+            except DomainError as error:
+                log.warning("cannot renew the runner lease now: %s", error)
+            except Exception:
+                log.exception("runner lease renewal failed; trying again")
+
+    async def _resync(self) -> None:
+        """Stop what no longer names this runner; take back what does (in the claim loop)."""
+        # Held before the read: a job claimed while it runs is not judged by a stale answer.
+        held = [*self.runs, *(entry.job_id for entry in self.lot)]
+        ours = {job.job_id for job in await self._leases.jobs_of(self.runner_id)}
+        for job_id in held:
+            if job_id not in ours:
+                observability.metrics.leases_lost.inc()
+                log.info("job %s was taken over while our lease had lapsed: stopping", job_id)
+                self._cancel(job_id)
+        self._resume_mine = True
+        self._claim_now.set()
+
     # --- claiming -----------------------------------------------------------------------
-
-    @property
-    def awake(self) -> int:
-        """Runs that are not parked (what ``max_running_jobs`` caps)."""
-        return sum(1 for run in self.runs.values() if not run.sleeping)
-
-    @property
-    def parked(self) -> int:
-        """Runs that are parked (asleep, or waiting for a person): they wait for a wake or an
-        answer and cost nothing meanwhile."""
-        return len(self.runs) - self.awake
 
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        next_renewal = 0.0
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), self._interval)
             self._claim_now.clear()
             if self._stopping:
                 return
+            if self._retry_at is not None and loop.time() >= self._retry_at:
+                self._retry_at = None
+                self._resume_mine = True
             try:
-                if loop.time() >= next_renewal:
-                    next_renewal = loop.time() + self._interval
-                    await self._renew()
                 await self._claim()
             except DomainError as error:
                 log.warning("executor cannot claim jobs now: %s", error)
             except Exception:
                 log.exception("executor claim loop failed; trying again")
 
-    async def _renew(self) -> None:
-        now = self._clock.now()
-        lost = await self._runs.renew(self.runner_id, list(self.runs), now=now, lease_until=now + self._lease)
-        for job_id in lost:
-            run = self.runs.get(job_id)
-            if run is not None:
-                observability.metrics.leases_lost.inc()
-                log.info("job %s is no longer ours (cancelled, finished or taken over): stopping", job_id)
-                run.stop()
-
     async def _claim(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._backoff = {k: t for k, t in self._backoff.items() if t > loop.time()}
-        exclude = [*self.runs, *self._backoff]
         now = self._clock.now()
-        sleeping = await self._runs.claimable(
-            self.runner_id, now=now, sleeping=True, exclude=exclude, limit=1000
-        )
-        free = self._max_running - self.awake
-        awake = await self._runs.claimable(
-            self.runner_id, now=now, sleeping=False, exclude=exclude, limit=free
-        )
-        for job_id in [*sleeping, *awake]:
-            if self._stopping:
-                return
-            if job_id not in sleeping and self.awake >= self._max_running:
+        expired = await self._leases.expired(self.runner_id, now=now)
+        mine: list[str] = []
+        if self._resume_mine:
+            self._resume_mine = False
+            parked_again: list[str] = []
+            for job in await self._leases.jobs_of(self.runner_id):
+                if self.holds(job.job_id):
+                    continue
+                if job.agent_state in PARKED_STATES:
+                    self._park(job)
+                    parked_again.append(job.job_id)
+                else:
+                    mine.append(job.job_id)
+            await self._changes.parked_claimed(parked_again)
+        while not self._stopping:
+            parked = await self._leases.claim_parked(
+                self.runner_id, parked_states=PARKED_STATES, expired=expired, limit=PARKED_CLAIM_BATCH
+            )
+            for job in parked:
+                observability.metrics.lease_claims_running.inc()
+                self._park(job)
+            if parked:
+                await self._changes.parked_claimed([job.job_id for job in parked])
+            if len(parked) < PARKED_CLAIM_BATCH:
                 break
-            now = self._clock.now()
-            change = await self._runs.claim(job_id, self.runner_id, now=now, lease_until=now + self._lease)
+        awake = await self._runs.claimable(
+            self.runner_id, parked=PARKED_STATES, expired=expired, limit=self.slots.free
+        )
+        for job_id in [*mine, *awake]:
+            if self._stopping or not self.slots.try_take():
+                # This runner's own jobs wait for a slot: look for them again next round.
+                self._resume_mine = self._resume_mine or bool(mine)
+                return
+            try:
+                now = self._clock.now()
+                change = await self._runs.claim(job_id, self.runner_id, now=now)
+            except BaseException:
+                self.slots.give_back()
+                raise
             if change is None or change.job is None:
+                self.slots.give_back()
                 continue
             instruments = observability.metrics
             (instruments.lease_claims_queued if change.events else instruments.lease_claims_running).inc()
@@ -254,27 +384,166 @@ class Executor:
             await self._changes.committed(change)
             self._start_run(change.job)
 
+    def _park(self, job: HeldJob) -> None:
+        assert job.agent_state is not None
+        due = job.wake_at if job.agent_state is AgentState.SLEEPING else None
+        self.lot.park(job.job_id, job.agent_state.value, due)
+
+    # --- runs ---------------------------------------------------------------------------
+
     def _start_run(self, job: Job) -> None:
+        """Run ``job`` in a new task; it holds an awake slot until it ends or parks."""
         run = self._new_run(job)
         self.runs[job.job_id] = run
-        task = asyncio.create_task(self._guarded(run), name=f"agent-{job.job_id}")
-        self._tasks[job.job_id] = task
+        self._tasks[job.job_id] = asyncio.create_task(self._guarded(run), name=f"agent-{job.job_id}")
 
     async def _guarded(self, run: AgentRun) -> None:
+        park: Park | None = None
         try:
-            await run.run()
+            park = await run.run()
         except asyncio.CancelledError:
             raise
         except Exception:
             # SQL or Redis trouble beyond what the loop rides out, or a bug: the job stays
             # ours and running; it is resumed from its checkpoint after a pause.
             log.exception("the run of job %s failed; resuming it from its checkpoint later", run.job_id)
-            self._backoff[run.job_id] = asyncio.get_running_loop().time() + RETRY_AFTER_CRASH_SECONDS
+            self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_CRASH_SECONDS
         finally:
             self.runs.pop(run.job_id, None)
             self._tasks.pop(run.job_id, None)
+            self.slots.give_back()
+            if park is not None and not self._stopping:
+                self.lot.park(run.job_id, park.reason.value, park.due)
             if not self._stopping:
                 self._claim_now.set()
+
+    # --- waking parked agents -------------------------------------------------------------
+
+    def _left_lot(self, entry: Parked, cause: WakeCause) -> None:
+        """A parked agent is due or was notified: in line for an awake slot."""
+        self.slots.request(entry, cause)
+
+    def _resume(self, waiting: Waiting) -> None:
+        """A parked agent got a slot: wake it in SQL if needed and run it."""
+        job_id = waiting.entry.job_id
+        self._resuming[job_id] = asyncio.create_task(self._resume_parked(waiting), name=f"resume-{job_id}")
+
+    async def _resume_parked(self, waiting: Waiting) -> None:
+        entry = waiting.entry
+        started = False
+        try:
+            held = await self._leases.job(entry.job_id)
+            if held is None or held.status is not JobStatus.RUNNING or held.runner_id != self.runner_id:
+                return  # cancelled, finished or taken over meanwhile
+            job: Job | None
+            if held.agent_state is not None and held.agent_state.value == entry.reason:
+                job = await self._wake_in_sql(held, waiting.cause)
+                if job is None:
+                    self.lot.park(held.job_id, entry.reason, held.wake_at)  # not this one's to wake
+                    return
+            else:
+                job = await self._runs.get(entry.job_id)  # woken by WakeAgent (or an answer) already
+                if job is None:
+                    return
+            self._resuming.pop(entry.job_id, None)
+            started = True
+            self._start_run(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # SQL or Redis trouble: in line again after a pause (of real time, whatever the clock).
+            log.warning("job %s not resumed yet: %s", entry.job_id, error)
+            self._retrying[entry.job_id] = asyncio.get_running_loop().call_later(
+                RETRY_AFTER_CRASH_SECONDS, self._retry_resume, waiting
+            )
+        finally:
+            self._resuming.pop(entry.job_id, None)
+            if not started:
+                self.slots.give_back()
+
+    def _retry_resume(self, waiting: Waiting) -> None:
+        if self._retrying.pop(waiting.entry.job_id, None) is not None and not self._stopping:
+            self.slots.request(waiting.entry, waiting.cause)
+
+    async def _wake_in_sql(self, held: HeldJob, cause: WakeCause) -> Job | None:
+        """Record the wake of an agent SQL still shows parked; ``None`` if it is not this
+        executor's to wake. Only a sleeping agent is woken here (its time came, or a
+        ``wake_signal``); an agent waiting for input is woken by the change that answers it
+        (committed elsewhere, then notified), and the transition at its deadline belongs here
+        beside the sleeping one."""
+        if held.agent_state is not AgentState.SLEEPING:
+            return None
+        reason = WakeReason.SCHEDULED if cause is WakeCause.DUE else WakeReason.REQUESTED
+        change = await self._runs.set_agent_state(
+            held.job_id,
+            state=AgentState.WORKING,
+            wake_at=None,
+            events=[AgentWaking(reason=reason)],
+            now=self._clock.now(),
+            only_from=AgentState.SLEEPING,
+        )
+        if change is None or change.job is None:
+            fresh = await self._runs.get(held.job_id)
+            if fresh is None or fresh.status is not JobStatus.RUNNING or fresh.agent_state in PARKED_STATES:
+                return None
+            return fresh
+        await self._changes.committed(change)
+        return change.job
+
+    # --- the sweep ------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                await self.sweep()
+            except DomainError as error:
+                log.warning("executor sweep skipped: %s", error)
+            except Exception:
+                log.exception("executor sweep failed; trying again")
+
+    def _differs(self, job: HeldJob) -> bool:
+        """Whether SQL says something about a job held here that this process does not know."""
+        ours = job.status is JobStatus.RUNNING and job.runner_id == self.runner_id
+        entry = self.lot.get(job.job_id)
+        if entry is not None:
+            return not ours or job.agent_state is None or job.agent_state.value != entry.reason
+        return not ours and (job.job_id in self.runs or self.slots.is_waiting(job.job_id))
+
+    def _act_on(self, job_id: str, job: HeldJob | None) -> None:
+        """Do what a lost notification about ``job`` (as SQL has it now) would have done."""
+        ours = job is not None and job.status is JobStatus.RUNNING and job.runner_id == self.runner_id
+        if not ours:
+            if job is not None and job.status is JobStatus.RUNNING:
+                observability.metrics.leases_lost.inc()
+            self._cancel(job_id)
+        elif job_id in self.lot:
+            self.lot.notify(job_id)
+
+    async def sweep(self) -> None:
+        """Act on what lost notifications would have said (see the module docstring)."""
+        now = self._clock.now()
+        since = (self._last_sweep or now) - SWEEP_OVERLAP
+        changed = await self._leases.changed_since(since)
+        self._last_sweep = now
+        await self._leases.forget_expired(now=now)
+        for job in changed:
+            if self._differs(job):
+                # The read may predate a claim or a park of this process: decide on a fresh one.
+                fresh = await self._leases.job(job.job_id)
+                if fresh is None or self._differs(fresh):
+                    self._act_on(job.job_id, fresh)
+        sleeping = [entry.job_id for entry in self.lot if entry.reason == AgentState.SLEEPING.value]
+        for start in range(0, len(sleeping), WAKE_SIGNAL_BATCH):
+            batch = sleeping[start : start + WAKE_SIGNAL_BATCH]
+            try:
+                values = await self._redis.mget([keys.wake_signal_key(job_id) for job_id in batch])
+            except (RedisError, OSError) as error:
+                log.info("wake signals not read this sweep: %s", error)
+                return
+            for job_id, value in zip(batch, values, strict=True):
+                if value is not None and await self._changes.take_wake_signal(job_id):
+                    self.lot.notify(job_id)
 
 
 async def _cancel_and_wait(tasks: Collection[asyncio.Task[None]], what: str) -> None:

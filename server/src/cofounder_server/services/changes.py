@@ -173,6 +173,31 @@ class ChangePipeline:
         except Unavailable:
             return False
 
+    async def parked_claimed(self, job_ids: Sequence[str]) -> None:
+        """Parked jobs were claimed without a change (after a restart or a takeover): their
+        agent keys are rebuilt from SQL where Redis lost them (an embedded engine restarts
+        empty), in the background; one MGET per call tells which."""
+        if not job_ids:
+            return
+        try:
+            with unavailable_on_error("read agent states"):
+                present = await self._redis.mget([keys.state_key(job_id) for job_id in job_ids])
+        except Unavailable:
+            self._defer(set(job_ids))
+            return
+        missing = {job_id for job_id, value in zip(job_ids, present, strict=True) if value is None}
+        if missing:
+            self._defer(missing)
+
+    async def runner_released(self, runner_id: str) -> None:
+        """A stopping executor handed its jobs over: tell the other replicas to claim now (a
+        lost message only delays the claim to their next round)."""
+        try:
+            with unavailable_on_error("announce released jobs"):
+                await self._redis.publish(keys.EXECUTOR_CONTROL_CHANNEL, f"released {runner_id}")
+        except Unavailable as error:
+            log.warning("could not announce the jobs released by %s: %s", runner_id, error)
+
     async def stop(self) -> None:
         """Stop repairing (what is still stale is rebuilt from SQL on its next read)."""
         if self._repair_task is not None:

@@ -19,7 +19,7 @@ from cofounder_server.domain.changes import Change, RunnerNotice
 from cofounder_server.domain.errors import DomainError, NotFound
 from cofounder_server.domain.escalations import decision_source
 from cofounder_server.domain.events import Escalation, EscalationStatus
-from cofounder_server.domain.model import AgentState
+from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.domain.pagination import (
     Cursor,
     decode_page_token,
@@ -33,6 +33,8 @@ from cofounder_server.store.escalations import Decision, EscalationChange, Escal
 from cofounder_server.store.idempotency import request_fingerprint
 
 log = logging.getLogger(__name__)
+
+_ACTING = (AgentState.WAITING_FOR_INPUT, AgentState.WORKING)
 
 DEADLINE_RECHECK_SECONDS = 30.0
 """How often a process looks again for the earliest deadline (escalations raised on other
@@ -119,8 +121,10 @@ class EscalationService:
         if resolved.change is not None:
             await self._changes.committed(change_of(resolved.change), RunnerNotice.ANSWERED)
         job = resolved.job
-        waiting = job is not None and job.agent_state is AgentState.WAITING_FOR_INPUT
-        sleeping = job is not None and job.agent_state is AgentState.SLEEPING
+        running = job is not None and job.status is JobStatus.RUNNING
+        # Its last answer sets a waiting agent working: it acts on the decision now.
+        waiting = running and job is not None and job.agent_state in _ACTING
+        sleeping = running and job is not None and job.agent_state is AgentState.SLEEPING
         return ResolveOutcome(resolved.escalation, waiting, job.wake_at if sleeping and job else None)
 
 

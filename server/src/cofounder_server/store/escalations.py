@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Update, func, select, tuple_, update
+from sqlalchemy import Update, case, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -295,15 +295,20 @@ class EscalationRepository:
         self, session: AsyncSession, escalation: Escalation, pending: Sequence[str], now: datetime
     ) -> EscalationChange:
         """The rest of a decision's transaction: its feed entry, and the job no longer
-        listing it as pending (a change of the job, so its summary follows)."""
+        listing it as pending (a change of the job, so its summary follows). With its last
+        pending escalation decided, an agent waiting for input is working again: its runner
+        resumes it, and it takes its answers."""
         feed = await self._event_log.append_escalation_event_in(
             session, EscalationEventKind.RESOLVED, escalation, now=now
         )
-        statement = (
-            update(JobRow)
-            .where(JobRow.job_id == escalation.job_id)
-            .values(pending_escalations=[i for i in pending if i != escalation.escalation_id])
-        )
+        remaining = [i for i in pending if i != escalation.escalation_id]
+        values: dict[str, Any] = {"pending_escalations": remaining}
+        if not remaining:
+            values["agent_state"] = case(
+                (JobRow.agent_state == AgentState.WAITING_FOR_INPUT.value, AgentState.WORKING.value),
+                else_=JobRow.agent_state,
+            )
+        statement = update(JobRow).where(JobRow.job_id == escalation.job_id).values(**values)
         job_row = await _update_returning(session, statement, now)
         job = None if job_row is None else _to_job(job_row)
         return EscalationChange(escalation.job_id, [escalation], [feed], job=job)

@@ -10,7 +10,7 @@ from sqlalchemy import and_, func, or_, select
 from cofounder_server.domain.model import JobStatus
 from cofounder_server.observability.prometheus import JobCounts
 from cofounder_server.store.database import Database
-from cofounder_server.store.models import JobRow
+from cofounder_server.store.models import JobRow, RunnerRow
 
 _RUNNING = JobStatus.RUNNING.value
 
@@ -24,14 +24,20 @@ async def count_jobs(database: Database, now: datetime) -> JobCounts:
     by_pair = select(JobRow.status, JobRow.agent_state, func.count(), func.min(JobRow.update_time)).group_by(
         JobRow.status, JobRow.agent_state
     )
-    live_lease = and_(JobRow.runner_id.is_not(None), JobRow.lease_expires_at >= now)
+    # A job's lease is its runner's.
+    live_lease = and_(JobRow.runner_id.is_not(None), RunnerRow.lease_expires_at >= now)
     no_lease = or_(
-        JobRow.runner_id.is_(None), JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now
+        JobRow.runner_id.is_(None), RunnerRow.lease_expires_at.is_(None), RunnerRow.lease_expires_at < now
     )
-    leases = select(
-        func.count().filter(no_lease),
-        func.count(JobRow.runner_id.distinct()).filter(live_lease),
-    ).where(JobRow.status == _RUNNING)
+    leases = (
+        select(
+            func.count().filter(no_lease),
+            func.count(JobRow.runner_id.distinct()).filter(live_lease),
+        )
+        .select_from(JobRow)
+        .outerjoin(RunnerRow, RunnerRow.runner_id == JobRow.runner_id)
+        .where(JobRow.status == _RUNNING)
+    )
     async with database.read() as session:
         for status, state, count, changed in await session.execute(by_pair):
             by_status[status] = by_status.get(status, 0) + count

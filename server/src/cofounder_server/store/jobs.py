@@ -169,14 +169,17 @@ class JobRepository:
             )
         )
         async with self._database.write() as session:
-            previous = await session.scalar(
-                select(JobRow.status)
-                .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
-                .with_for_update()
-            )
+            current_row = (
+                await session.execute(
+                    select(JobRow.status, JobRow.pending_escalations)
+                    .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
+                    .with_for_update()
+                )
+            ).first()
+            previous = None if current_row is None else current_row[0]
             withdrawn: builtins.list[EventPayload] = []
             feed: builtins.list[EscalationEvent] = []
-            if previous in _CANCELLABLE:
+            if previous in _CANCELLABLE and current_row is not None and current_row[1]:
                 withdrawn, feed = await withdraw_pending_in(
                     session, self._event_log, job_id, reason=f"the job was cancelled: {reason}", now=now
                 )

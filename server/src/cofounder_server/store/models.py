@@ -131,10 +131,9 @@ class JobRow(Base):
     # The escalations the agent waits on (ids, oldest first), kept with the job so every
     # change of them is a change of the job: its summary in Redis follows.
     pending_escalations: Mapped[list[str]] = mapped_column(JSONDocument)
-    # The executor's lease: which process runs the job, and until when it may without
-    # renewing. A job whose lease expired is claimed by another process.
+    # Which executor process runs the job (a row of ``runners``, whose lease says whether it
+    # is alive). A job of a runner whose lease expired is claimed by another process.
     runner_id: Mapped[str | None] = mapped_column(String(64))
-    lease_expires_at: Mapped[datetime | None]
     # Starts at 1 and grows by one on every change: cached copies (Redis, event payloads)
     # are ordered by it, and the mapper uses it to refuse a flush over a concurrent change.
     version: Mapped[int] = mapped_column(Integer)
@@ -163,6 +162,24 @@ Index(
 Index("ix_jobs_create_time", JobRow.create_time.desc(), JobRow.job_id.desc())
 # The executor claims queued (and orphaned running) jobs oldest first.
 Index("ix_jobs_status_create_time", JobRow.status, JobRow.create_time, JobRow.job_id)
+
+
+# The executor's sweep reads the jobs changed since its last turn.
+Index("ix_jobs_update_time", JobRow.update_time)
+# A runner's running jobs: taken over together when its lease expires, released together.
+Index("ix_jobs_runner_id_status", JobRow.runner_id, JobRow.status)
+
+
+class RunnerRow(Base):
+    """An executor process and its lease: while ``lease_expires_at`` is in the future, the
+    running jobs whose ``runner_id`` names it are its own. One row per process, renewed by
+    one UPDATE whatever the number of jobs it holds."""
+
+    __tablename__ = "runners"
+
+    runner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lease_expires_at: Mapped[datetime]
+    start_time: Mapped[datetime]
 
 
 class IdempotencyKeyRow(Base):

@@ -1,4 +1,4 @@
-"""Runs of jobs in SQL: claims and leases, and the job transitions the executor and WakeAgent
+"""Runs of jobs in SQL: claims, and the job transitions the executor and WakeAgent
 make, each committed together with its events and returned as a :class:`Change`.
 
 Every transition is a conditional UPDATE on the job row, so a cancel, a WakeAgent or another
@@ -8,71 +8,71 @@ replica that got there first is never overwritten: the loser sees ``None`` and r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cofounder_server import observability
 from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from cofounder_server.domain.events import AgentWaking, EventPayload, JobStatusChanged, WakeReason
+from cofounder_server.domain.events import (
+    AgentWaking,
+    EscalationEvent,
+    EventPayload,
+    JobStatusChanged,
+    WakeReason,
+)
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.store.database import Database
 from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import _select_job, _to_job, _update_returning
 from cofounder_server.store.ledger import budget_in
-from cofounder_server.store.models import BudgetAdjustmentRow, JobRow
+from cofounder_server.store.models import BudgetAdjustmentRow, JobRow, RunnerRow
 
 _RUNNING = JobStatus.RUNNING.value
 _SLEEPING = AgentState.SLEEPING.value
-_PARKED = (_SLEEPING, AgentState.WAITING_FOR_INPUT.value)
 
 
 class RunRepository:
-    """Claims, leases and transitions of running jobs. Raises domain errors only
+    """Claims and transitions of running jobs (the runner leases themselves are
+    :class:`~cofounder_server.store.runners.RunnerLeases`). Raises domain errors only
     (``Unavailable`` included)."""
 
     def __init__(self, database: Database, event_log: EventLogRepository) -> None:
         self._database = database
         self._event_log = event_log
 
-    # --- leases -------------------------------------------------------------------------
+    # --- claims -------------------------------------------------------------------------
 
     async def claimable(
-        self, runner_id: str, *, now: datetime, sleeping: bool, exclude: Sequence[str], limit: int
+        self, runner_id: str, *, parked: Collection[AgentState], expired: Sequence[str], limit: int
     ) -> list[str]:
-        """Ids of jobs this runner may claim, oldest first: queued jobs (unless ``sleeping``),
-        and running jobs that are this runner's, unowned, or whose lease expired; only
-        parked agents (asleep, or waiting for a person) when ``sleeping``, else only awake
-        ones."""
+        """Ids of jobs to claim as awake agents, oldest first: queued jobs, and running jobs
+        whose agent is not ``parked`` and that no live runner holds (unowned, or of an
+        ``expired`` runner). This runner's own jobs are taken back with
+        :meth:`RunnerLeases.jobs_of` instead."""
         if limit < 1:
             return []
-        free = or_(
-            JobRow.runner_id.is_(None), JobRow.runner_id == runner_id, JobRow.lease_expires_at < _utc(now)
+        awake = or_(
+            JobRow.agent_state.is_(None), JobRow.agent_state.not_in([state.value for state in parked])
         )
-        agent_sleeping = JobRow.agent_state.in_(_PARKED)
-        if sleeping:
-            condition = and_(JobRow.status == _RUNNING, agent_sleeping, free)
-        else:
-            awake = or_(JobRow.agent_state.is_(None), ~agent_sleeping)
-            condition = or_(
-                JobRow.status == JobStatus.QUEUED.value, and_(JobRow.status == _RUNNING, awake, free)
-            )
-        query = select(JobRow.job_id).where(condition)
-        if exclude:
-            query = query.where(JobRow.job_id.not_in(list(exclude)))
-        query = query.order_by(JobRow.create_time, JobRow.job_id).limit(limit)
+        condition = or_(
+            JobRow.status == JobStatus.QUEUED.value,
+            and_(JobRow.status == _RUNNING, awake, _free(runner_id, expired)),
+        )
+        query = (
+            select(JobRow.job_id).where(condition).order_by(JobRow.create_time, JobRow.job_id).limit(limit)
+        )
         async with self._database.read() as session:
             return [str(job_id) for job_id in await session.scalars(query)]
 
-    async def claim(
-        self, job_id: str, runner_id: str, *, now: datetime, lease_until: datetime
-    ) -> Change | None:
-        """Take the job if it is still claimable; a queued job becomes RUNNING (with its event)."""
+    async def claim(self, job_id: str, runner_id: str, *, now: datetime) -> Change | None:
+        """Take the job if it is still claimable (queued, unowned, this runner's own, or its
+        runner's lease expired); a queued job becomes RUNNING (with its event)."""
         now = _utc(now)
         async with self._database.write() as session:
             found = (
@@ -83,25 +83,26 @@ class RunRepository:
             current, previous_runner = found if found is not None else (None, None)
             if current not in (JobStatus.QUEUED.value, _RUNNING):
                 return None
-            values: dict[str, Any] = {"runner_id": runner_id, "lease_expires_at": _utc(lease_until)}
             condition = [JobRow.job_id == job_id, JobRow.status == current]
             if current == _RUNNING:
+                expired = select(RunnerRow.runner_id).where(RunnerRow.lease_expires_at < now)
                 condition.append(
                     or_(
                         JobRow.runner_id.is_(None),
                         JobRow.runner_id == runner_id,
-                        JobRow.lease_expires_at < now,
+                        JobRow.runner_id.in_(expired.scalar_subquery()),
+                        ~exists().where(RunnerRow.runner_id == JobRow.runner_id),
                     )
                 )
-                # A lease is bookkeeping, not a change of the job: no version bump.
+                # A claim is bookkeeping, not a change of the job: no version bump.
                 row = await session.scalar(
-                    update(JobRow).where(*condition).values(**values).returning(JobRow),
+                    update(JobRow).where(*condition).values(runner_id=runner_id).returning(JobRow),
                     execution_options={"synchronize_session": False},
                 )
                 if row is not None and previous_runner not in (None, runner_id):
                     observability.metrics.lease_takeovers.inc()
                 return None if row is None else Change.of(_to_job(row))
-            values.update(status=_RUNNING, agent_state=AgentState.WORKING.value)
+            values = {"runner_id": runner_id, "status": _RUNNING, "agent_state": AgentState.WORKING.value}
             row = await _update_returning(session, update(JobRow).where(*condition).values(**values), now)
             if row is None:
                 return None
@@ -109,51 +110,6 @@ class RunRepository:
             event = JobStatusChanged(status=JobStatus.RUNNING, previous_status=JobStatus.QUEUED)
             events = await self._event_log.append_job_events_in(session, job_id, (event,), now=now)
             return Change.of(job, events)
-
-    async def renew(
-        self, runner_id: str, job_ids: Sequence[str], *, now: datetime, lease_until: datetime
-    ) -> set[str]:
-        """Extend this runner's leases; return the ids among ``job_ids`` it no longer holds
-        (cancelled, finished, or taken over)."""
-        if not job_ids:
-            return set()
-        async with self._database.write() as session:
-            mine = select(JobRow.job_id).where(JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
-            if self._database.dialect_name == "postgresql":
-                # Row locks in job_id order, as the iteration writer takes them: no deadlock.
-                ids = list(await session.scalars(mine.order_by(JobRow.job_id).with_for_update()))
-                condition: ColumnElement[bool] = JobRow.job_id.in_(ids)
-            else:
-                condition = and_(JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
-            # One statement renews and says which are held: SQLite's write lock is then held
-            # across fewer trips through a busy event loop.
-            held = await session.scalars(
-                update(JobRow)
-                .where(condition)
-                .values(lease_expires_at=_utc(lease_until))
-                .returning(JobRow.job_id),
-                execution_options={"synchronize_session": False},
-            )
-            return set(job_ids) - {str(job_id) for job_id in held}
-
-    async def release(self, runner_id: str, job_ids: Sequence[str]) -> None:
-        """Give up leases, so any replica may claim the jobs at once."""
-        if not job_ids:
-            return
-        async with self._database.write() as session:
-            if self._database.dialect_name == "postgresql":
-                await session.execute(
-                    select(JobRow.job_id)
-                    .where(JobRow.job_id.in_(sorted(job_ids)))
-                    .order_by(JobRow.job_id)
-                    .with_for_update()
-                )
-            await session.execute(
-                update(JobRow)
-                .where(JobRow.runner_id == runner_id, JobRow.job_id.in_(list(job_ids)))
-                .values(runner_id=None, lease_expires_at=None),
-                execution_options={"synchronize_session": False},
-            )
 
     async def get(self, job_id: str) -> Job | None:
         """The job (unscoped)."""
@@ -190,23 +146,25 @@ class RunRepository:
                 wake_at=None,
                 end_time=now,
                 runner_id=None,
-                lease_expires_at=None,
             )
         )
         change = JobStatusChanged(
             status=status, previous_status=JobStatus.RUNNING, outcome=outcome, detail=detail
         )
         async with self._database.write() as session:
-            held = await session.scalar(
-                select(JobRow.job_id)
+            pending = await session.scalar(
+                select(JobRow.pending_escalations)
                 .where(JobRow.job_id == job_id, JobRow.status == _RUNNING, JobRow.runner_id == runner_id)
                 .with_for_update()
             )
-            if held is None:
+            if pending is None:
                 return None
-            withdrawn, feed = await withdraw_pending_in(
-                session, self._event_log, job_id, reason=f"the job ended ({outcome.value})", now=now
-            )
+            withdrawn: list[EventPayload] = []
+            feed: list[EscalationEvent] = []
+            if pending:  # the job's list names every pending escalation: none, nothing to withdraw
+                withdrawn, feed = await withdraw_pending_in(
+                    session, self._event_log, job_id, reason=f"the job ended ({outcome.value})", now=now
+                )
             row = await _update_returning(session, statement, now)
             if row is None:
                 return None
@@ -320,6 +278,13 @@ class RunRepository:
                 await self._event_log.append_job_events_in(session, job_id, events, now=now) if events else []
             )
             return Change.of(_to_job(row), stored)
+
+
+def _free(runner_id: str, expired: Sequence[str]) -> ColumnElement[bool]:
+    """Running jobs no live runner holds: unowned, or of an expired runner other than this one."""
+    others = [runner for runner in expired if runner != runner_id]
+    free: ColumnElement[bool] = JobRow.runner_id.is_(None)
+    return or_(free, JobRow.runner_id.in_(others)) if others else free
 
 
 def _utc(moment: datetime) -> datetime:

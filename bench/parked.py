@@ -1,0 +1,450 @@
+"""Parked agents: what thousands of sleeping agents cost a server that holds them, how long a
+restart takes to hold them all again, how fast a parked agent reacts to WakeAgent, and the
+midnight wake storm.
+
+    .venv/bin/python bench/parked.py                          # 1,000 agents
+    .venv/bin/python bench/parked.py -n 1000 -n 5000 -n 10000 --idle 30
+    .venv/bin/python bench/parked.py -n 200 --idle 5 --storm 500   # quick look while developing
+
+Stages, for each ``-n``:
+
+1. **Empty server.** A real ``cofounder-server`` process on its embedded defaults (embedded
+   Redis engine, SQLite file in a temporary data dir), nothing submitted: its CPU share over
+   ``--idle`` seconds and its RSS, the baseline.
+2. **Parking.** N scripted jobs are submitted (50 calls in flight). Each job's first model
+   call costs 90 % of its daily budget (a price table of 1 microdollar per token), so the
+   agent finishes that turn and sleeps until the next UTC midnight. Measured: the time from
+   the first SubmitJob until SQL shows all N agents ``sleeping``.
+3. **Idle with N parked.** After ``--settle`` seconds, the server's CPU share over ``--idle``
+   seconds (utime + stime of the process from ``/proc/PID/stat``; the embedded Redis engine,
+   its child, separately) and its RSS (``VmRSS``); memory per parked agent = (RSS - empty
+   RSS) / N.
+4. **Restart.** SIGTERM, wait for the exit, start again on the same data directory: the time
+   until SQL shows all N jobs held by the restarted runner again, then the idle CPU share again.
+5. **WakeAgent.** For ``--wake-sample`` parked agents one after the other: open
+   ``WatchJobEvents``, call ``WakeAgent`` with a top-up of one day's budget, and time from the
+   call to the woken agent's next ``agent.thinking`` event (its run resumed and made its next
+   model call); p50/p99/max.
+
+Then, with ``--storm M``, **the midnight storm** in this process (the real ``Application``
+on an injected clock, so midnight comes when the script says): M agents park as above, then
+the clock jumps to midnight and every budget window resets at once. Measured: the time until
+all M resumed (SQL: no agent sleeping), until all M jobs ended (their next turn ends them),
+and the most agents awake at once against ``max_running_jobs`` (sampled every 5 ms).
+
+The machine is shared: the script prints the load average before each stage, and the CPU
+model (``lscpu``) with the results; compare figures within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+from cofounder.agent.v1 import job_pb2
+
+PRICE_TABLE = json.dumps({"default": {"input": 1_000_000, "output": 1_000_000}})
+"""One microdollar per token, so a call's cost is its token count."""
+BUDGET = 1_000
+"""Daily budget per job, in microdollars: the first call (900 tokens) takes 90 %."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+IN_FLIGHT = 50
+
+
+def script() -> struct_pb2.Struct:
+    """First turn: 90 % of the budget and a tool call (so the job goes on, and sleeps);
+    second turn, after the wake: the job ends."""
+    config = struct_pb2.Struct()
+    config.update(
+        {
+            "turns": [
+                {
+                    "text": "Spent most of today's budget on the first step.",
+                    "tool_calls": [{"name": "narrate", "input": {"text": "step one"}}],
+                    "usage": {"input_tokens": 900, "output_tokens": 0},
+                },
+                {"text": "Done.", "usage": {"input_tokens": 10, "output_tokens": 0}},
+            ]
+        }
+    )
+    return config
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return platform.processor()
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+class ServerProcess:
+    """One ``cofounder-server`` on a data directory, started and stopped by the script."""
+
+    def __init__(self, data_dir: Path, port: int, extra: list[str]) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.extra = extra
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> float:
+        """Start and wait until it answers; seconds it took."""
+        started = time.perf_counter()
+        argv = [
+            sys.executable,
+            "-m",
+            "cofounder_server",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--data-dir",
+            str(self.data_dir),
+            "--price-table",
+            PRICE_TABLE,
+            "--rate-limit-per-second",
+            "0",
+            "--service-rate-limit-per-second",
+            "0",
+            "--log-level",
+            "WARNING",
+            *self.extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COFOUNDER_")}
+        log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
+        self.process = await asyncio.create_subprocess_exec(*argv, env=env, stderr=log)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+        return time.perf_counter() - started
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def stop(self) -> float:
+        """SIGTERM and wait; seconds it took."""
+        if self.process is None or self.process.returncode is not None:
+            return 0.0
+        started = time.perf_counter()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), 60)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        return time.perf_counter() - started
+
+    def sql(self, query: str) -> Any:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.data_dir / 'cofounder.db'}?mode=ro", uri=True)
+        ) as db:
+            db.execute("PRAGMA busy_timeout = 5000")
+            return db.execute(query).fetchone()[0]
+
+    async def count(self, query: str) -> int:
+        return int(await asyncio.to_thread(self.sql, query))
+
+    async def wait_for_count(self, query: str, target: int, limit: float) -> float:
+        started = time.perf_counter()
+        while time.perf_counter() - started < limit:
+            if await self.count(query) >= target:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{query!r} did not reach {target} within {limit} s")
+
+    async def idle(self, seconds: float) -> dict[str, float]:
+        """CPU shares (of one core) of the server and its Redis engine over ``seconds``."""
+        redis = children(self.pid)
+        t0, s0 = time.perf_counter(), cpu_seconds(self.pid)
+        r0 = sum(cpu_seconds(p) for p in redis)
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - t0
+        return {
+            "server_cpu_percent": round(100 * (cpu_seconds(self.pid) - s0) / elapsed, 2),
+            "redis_cpu_percent": round(100 * (sum(cpu_seconds(p) for p in redis) - r0) / elapsed, 2),
+            "server_rss_mib": round(rss_mib(self.pid), 1),
+        }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def submit(stub: pb_grpc.AgentControlServiceStub, n: int) -> list[str]:
+    agent = job_pb2.AgentSpec(brain="scripted", model="bench", config=script())
+    ids: list[str] = []
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(k: int) -> None:
+        async with gate:
+            request = pb.SubmitJobRequest(
+                project_id="bench-parked",
+                goal=f"parked job {k}",
+                daily_budget_microdollars=BUDGET,
+                agent=agent,
+                request_id=f"bench-parked-{k}",
+            )
+            # UNAVAILABLE is retryable, and the request_id makes the retry safe.
+            for attempt in range(5):
+                try:
+                    ids.append((await stub.SubmitJob(request, timeout=60)).job.job_id)
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                        raise
+                    await asyncio.sleep(1.0)
+
+    await asyncio.gather(*(one(k) for k in range(n)))
+    return ids
+
+
+async def wake_latencies(stub: pb_grpc.AgentControlServiceStub, job_ids: list[str]) -> list[float]:
+    latencies = []
+    for job_id in job_ids:
+        call = stub.WatchJobEvents(pb.WatchJobEventsRequest(job_id=job_id))
+        await asyncio.wait_for(call.read(), 30)  # the snapshot
+        started = time.perf_counter()
+        # With a top-up: the woken agent is below 90 % again and makes its next model call.
+        await stub.WakeAgent(pb.WakeAgentRequest(job_id=job_id, top_up_microdollars=BUDGET), timeout=30)
+        done = False
+        while not done:
+            response = await asyncio.wait_for(call.read(), 30)
+            if response is grpc.aio.EOF:
+                break
+            if response.HasField("events"):
+                done = any(event.type == "agent.thinking" for event in response.events.events)
+        latencies.append(time.perf_counter() - started)
+        call.cancel()
+    return latencies
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="cofounder-bench-parked-"))
+    server = ServerProcess(root / "data", free_port(), args.server_arg)
+    result: dict[str, Any] = {"agents": n}
+    try:
+        await server.start()
+        await asyncio.sleep(args.settle)
+        result["load_before_empty"] = load()
+        result["empty"] = await server.idle(args.idle)
+
+        sleeping = "SELECT count(*) FROM jobs WHERE agent_state = 'sleeping'"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AgentControlServiceStub(channel)
+            started = time.perf_counter()
+            job_ids = await submit(stub, n)
+            result["submit_seconds"] = round(time.perf_counter() - started, 1)
+            await server.wait_for_count(sleeping, n, args.limit)
+            result["submit_to_all_parked_seconds"] = round(time.perf_counter() - started, 1)
+        await asyncio.sleep(args.settle)
+        result["load_before_parked"] = load()
+        parked = await server.idle(args.idle)
+        parked["kib_per_agent"] = round(
+            (parked["server_rss_mib"] - result["empty"]["server_rss_mib"]) * 1024 / n, 2
+        )
+        result["parked"] = parked
+
+        result["stop_seconds"] = round(await server.stop(), 1)
+        runner_id = (server.data_dir / "runner-id").read_text().strip()
+        held = f"SELECT count(*) FROM jobs WHERE status = 'running' AND runner_id = '{runner_id}'"
+        started = time.perf_counter()
+        result["restart_until_serving_seconds"] = round(await server.start(), 1)
+        await server.wait_for_count(held, n, args.limit)
+        result["restart_to_all_parked_seconds"] = round(time.perf_counter() - started, 1)
+        await asyncio.sleep(args.settle)
+        result["load_before_restarted"] = load()
+        restarted = await server.idle(args.idle)
+        restarted["kib_per_agent"] = round(
+            (restarted["server_rss_mib"] - result["empty"]["server_rss_mib"]) * 1024 / n, 2
+        )
+        result["after_restart"] = restarted
+
+        sample = job_ids[: min(args.wake_sample, n)]
+        if sample:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                latencies = await wake_latencies(pb_grpc.AgentControlServiceStub(channel), sample)
+            result["wake_agent_ms"] = {
+                "count": len(latencies),
+                "p50": round(statistics.median(latencies) * 1000, 1),
+                "p99": round(percentile(latencies, 0.99) * 1000, 1),
+                "max": round(max(latencies) * 1000, 1),
+            }
+    finally:
+        await server.stop()
+    return result
+
+
+async def storm(m: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The midnight storm on an injected clock, in this process."""
+    from cofounder_server.app import Application
+    from cofounder_server.clock import ManualClock, next_utc_midnight
+    from cofounder_server.config import Settings
+
+    root = Path(tempfile.mkdtemp(prefix="cofounder-bench-storm-"))
+    clock = ManualClock(datetime.now(UTC))
+    settings = replace(
+        Settings(),
+        listen="127.0.0.1:0",
+        data_dir=root,
+        log_level="WARNING",
+        price_table=PRICE_TABLE,
+        rate_limit_per_second=0.0,
+        service_rate_limit_per_second=0.0,
+        **dict(args.storm_setting),
+    )
+    app = await Application.start(settings, clock=clock)
+    result: dict[str, Any] = {"agents": m, "max_running_jobs": settings.max_running_jobs}
+    executor = app.executor
+    assert executor is not None
+
+    def sql(query: str) -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{root / 'cofounder.db'}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA busy_timeout = 5000")
+            return int(db.execute(query).fetchone()[0])
+
+    async def until(query: str, target: int) -> float:
+        started = time.perf_counter()
+        # In a thread: the server shares this process's event loop.
+        while await asyncio.to_thread(sql, query) < target:
+            if time.perf_counter() - started > args.limit:
+                raise TimeoutError(query)
+            await asyncio.sleep(0.05)
+        return time.perf_counter() - started
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            started = time.perf_counter()
+            await submit(pb_grpc.AgentControlServiceStub(channel), m)
+            await until("SELECT count(*) FROM jobs WHERE agent_state = 'sleeping'", m)
+            result["submit_to_all_parked_seconds"] = round(time.perf_counter() - started, 1)
+        peak = 0
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal peak
+            while sampling:
+                peak = max(peak, executor.awake)
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        await clock.set(next_utc_midnight(clock.now()))
+        resumed = await until("SELECT count(*) FROM jobs WHERE agent_state IS NOT 'sleeping'", m)
+        result["midnight_to_all_resumed_seconds"] = round(resumed, 1)
+        await until("SELECT count(*) FROM jobs WHERE status = 'ready'", m)
+        result["midnight_to_all_done_seconds"] = round(time.perf_counter() - started, 1)
+        sampling = False
+        await sampler
+        result["peak_awake_sampled"] = peak
+    finally:
+        await app.stop(grace_seconds=2.0)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-n", dest="agents", type=int, action="append", help="parked agents (repeatable; 1000)"
+    )
+    parser.add_argument("--idle", type=float, default=30.0, help="measured idle seconds (default 30)")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="seconds before each idle window (default 5)"
+    )
+    parser.add_argument(
+        "--limit", type=float, default=900.0, help="longest wait for any stage (default 900 s)"
+    )
+    parser.add_argument("--wake-sample", type=int, default=100, help="WakeAgent calls timed (default 100)")
+    parser.add_argument(
+        "--storm", type=int, default=0, help="agents in the midnight storm (default: no storm)"
+    )
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra flag for the server (repeat for each token)"
+    )
+    parser.add_argument(
+        "--storm-setting",
+        action="append",
+        default=[],
+        type=lambda text: (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])),
+        help="Settings field for the storm's server, NAME=JSON (e.g. max_running_jobs=50)",
+    )
+    parser.add_argument("--json-out", default="", help="also write the results here")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runs": [],
+    }
+    for n in args.agents or [1000]:
+        run = asyncio.run(measure(n, args))
+        print(json.dumps(run), flush=True)
+        results["runs"].append(run)
+    if args.storm:
+        results["storm"] = asyncio.run(storm(args.storm, args))
+        print(json.dumps(results["storm"]), flush=True)
+    print(json.dumps(results, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

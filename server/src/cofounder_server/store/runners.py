@@ -1,0 +1,206 @@
+"""Runner leases: which executor processes are alive, one row per process.
+
+A job being run names its runner (``jobs.runner_id``); the runner's one row says until when
+it is alive. Keeping a claim alive is then one UPDATE of one row per renewal, however many
+jobs the process holds (10,000 parked agents cost what one does). When a runner stops
+renewing (``kill -9``, a lost host), its lease expires and every other executor may take its
+jobs over; a graceful stop releases the jobs and deletes the row at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, delete, exists, insert, or_, select, update
+
+from cofounder_server.domain.model import AgentState, JobStatus
+from cofounder_server.store.database import Database
+from cofounder_server.store.models import JobRow, RunnerRow
+
+_RUNNING = JobStatus.RUNNING.value
+FORGET_AFTER = timedelta(hours=1)
+"""How long an expired runner's row stays after its jobs were taken over: a process that
+stalled past its lease and comes back re-creates its row when it renews, well within this."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJob:
+    """What an executor needs to know about a job it holds or may hold: no goal, no config."""
+
+    job_id: str
+    status: JobStatus
+    agent_state: AgentState | None
+    wake_at: datetime | None
+    runner_id: str | None
+
+
+_HELD_COLUMNS = (JobRow.job_id, JobRow.status, JobRow.agent_state, JobRow.wake_at, JobRow.runner_id)
+
+
+def _held(row: Sequence[object]) -> HeldJob:
+    job_id, status, agent_state, wake_at, runner_id = row
+    return HeldJob(
+        str(job_id),
+        JobStatus(str(status)),
+        None if agent_state is None else AgentState(str(agent_state)),
+        wake_at,  # type: ignore[arg-type]
+        None if runner_id is None else str(runner_id),
+    )
+
+
+class RunnerLeases:
+    """Lease rows of executor processes. Raises domain errors only (``Unavailable`` included)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def renew(self, runner_id: str, *, now: datetime, lease_until: datetime) -> bool:
+        """Extend the lease; False when it had lapsed or did not exist (it is then taken
+        anew): jobs may have been taken over meanwhile, and the caller must check which of
+        its jobs still name it."""
+        now, lease_until = _utc(now), _utc(lease_until)
+        async with self._database.write() as session:
+            renewed = await session.scalar(
+                update(RunnerRow)
+                .where(RunnerRow.runner_id == runner_id, RunnerRow.lease_expires_at >= now)
+                .values(lease_expires_at=lease_until)
+                .returning(RunnerRow.runner_id),
+                execution_options={"synchronize_session": False},
+            )
+            if renewed is not None:
+                return True
+            lapsed = await session.scalar(
+                update(RunnerRow)
+                .where(RunnerRow.runner_id == runner_id)
+                .values(lease_expires_at=lease_until, start_time=now)
+                .returning(RunnerRow.runner_id),
+                execution_options={"synchronize_session": False},
+            )
+            if lapsed is None:
+                row = {"runner_id": runner_id, "lease_expires_at": lease_until, "start_time": now}
+                await session.execute(insert(RunnerRow).values(**row))
+            return False
+
+    async def expired(self, runner_id: str, *, now: datetime) -> list[str]:
+        """Other runners whose lease has expired (their running jobs may be taken over)."""
+        async with self._database.read() as session:
+            rows = await session.scalars(
+                select(RunnerRow.runner_id).where(
+                    RunnerRow.lease_expires_at < _utc(now), RunnerRow.runner_id != runner_id
+                )
+            )
+            return [str(runner) for runner in rows]
+
+    async def forget_expired(self, *, now: datetime) -> int:
+        """Delete the runners expired for :data:`FORGET_AFTER` that no running job names any
+        more; how many."""
+        async with self._database.write() as session:
+            gone = await session.scalars(
+                delete(RunnerRow)
+                .where(
+                    RunnerRow.lease_expires_at < _utc(now) - FORGET_AFTER,
+                    ~exists().where(JobRow.runner_id == RunnerRow.runner_id, JobRow.status == _RUNNING),
+                )
+                .returning(RunnerRow.runner_id),
+                execution_options={"synchronize_session": False},
+            )
+            return len(list(gone))
+
+    async def release(self, runner_id: str) -> None:
+        """Hand every running job of the runner over and end its lease (a graceful stop):
+        any executor may claim the jobs at once."""
+        async with self._database.write() as session:
+            mine = (JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
+            if self._database.dialect_name == "postgresql":
+                # Row locks in job_id order, as the iteration writer takes them: no deadlock.
+                await session.execute(
+                    select(JobRow.job_id).where(*mine).order_by(JobRow.job_id).with_for_update()
+                )
+            await session.execute(
+                update(JobRow).where(*mine).values(runner_id=None),
+                execution_options={"synchronize_session": False},
+            )
+            await session.execute(
+                delete(RunnerRow).where(RunnerRow.runner_id == runner_id),
+                execution_options={"synchronize_session": False},
+            )
+
+    # --- what runners hold ------------------------------------------------------------------
+
+    async def jobs_of(self, runner_id: str) -> list[HeldJob]:
+        """The running jobs that name ``runner_id`` (after a restart, or a lapsed lease)."""
+        async with self._database.read() as session:
+            rows = await session.execute(
+                select(*_HELD_COLUMNS)
+                .where(JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
+                .order_by(JobRow.create_time, JobRow.job_id)
+            )
+            return [_held(row) for row in rows.all()]
+
+    async def job(self, job_id: str) -> HeldJob | None:
+        """The job as an executor needs it, with its runner."""
+        async with self._database.read() as session:
+            row = (await session.execute(select(*_HELD_COLUMNS).where(JobRow.job_id == job_id))).one_or_none()
+            return None if row is None else _held(row)
+
+    async def changed_since(self, since: datetime) -> list[HeldJob]:
+        """Jobs whose row changed at or after ``since`` (the sweep: what a lost notification
+        would have said)."""
+        async with self._database.read() as session:
+            rows = await session.execute(select(*_HELD_COLUMNS).where(JobRow.update_time >= _utc(since)))
+            return [_held(row) for row in rows.all()]
+
+    async def claim_parked(
+        self,
+        runner_id: str,
+        *,
+        parked_states: Collection[AgentState],
+        expired: Sequence[str],
+        limit: int,
+    ) -> list[HeldJob]:
+        """Take up to ``limit`` parked running jobs that no live runner holds (unowned, or of
+        an ``expired`` runner) in one transaction, oldest first. A claim is bookkeeping, not a
+        change of the job: no version bump, no event."""
+        if limit < 1:
+            return []
+        free: ColumnElement[bool] = JobRow.runner_id.is_(None)
+        if expired:
+            free = or_(free, JobRow.runner_id.in_(list(expired)))
+        condition = (
+            JobRow.status == _RUNNING,
+            JobRow.agent_state.in_([state.value for state in parked_states]),
+            free,
+        )
+        candidates = (
+            select(JobRow.job_id).where(*condition).order_by(JobRow.create_time, JobRow.job_id).limit(limit)
+        )
+        if self._database.dialect_name == "postgresql":
+            # Rows another claimer holds are skipped, not waited for; the UPDATE re-checks the
+            # conditions, so each job goes to one runner.
+            candidates = candidates.with_for_update(skip_locked=True)
+        async with self._database.read() as session:
+            # Mostly there is nothing to claim: find out without taking SQLite's write lock.
+            if await session.scalar(select(JobRow.job_id).where(*condition).limit(1)) is None:
+                return []
+        async with self._database.write() as session:
+            job_ids = list(await session.scalars(candidates))
+            if not job_ids:
+                return []
+            rows = await session.execute(
+                update(JobRow)
+                .where(JobRow.job_id.in_(job_ids), *condition)
+                .values(runner_id=runner_id)
+                .returning(*_HELD_COLUMNS, JobRow.create_time),
+                execution_options={"synchronize_session": False},
+            )
+            # RETURNING has no order: oldest first, as selected.
+            claimed = sorted(rows.all(), key=lambda row: (row[-1], row[0]))
+            return [_held(row[:-1]) for row in claimed]
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: pass timezone-aware times")
+    return moment.astimezone(UTC)
