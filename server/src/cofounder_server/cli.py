@@ -23,11 +23,13 @@ argument, so it stays out of shell history and the process list."""
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop. SIGHUP reloads the principals file."""
-    app = await Application.start(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start-up: health answers SERVING before the executor has started, and a SIGTERM
+    # in between must still drain rather than kill the process.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    app = await Application.start(settings)
     # Reloading swaps the credentials for new calls; connections and open streams stay up.
     loop.add_signal_handler(signal.SIGHUP, app.security.reload)
     await stop_requested.wait()

@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -749,15 +749,33 @@ class AgentRun:
     async def _park_until_midnight(self) -> Park:
         """Record the sleep until the budget window resets; the run then ends."""
         wake_at = next_utc_midnight(self._clock.now())
-        change = await self._runs.set_agent_state(
-            self.job_id,
-            state=AgentState.SLEEPING,
-            wake_at=wake_at,
-            events=[AgentSleeping(wake_time=wake_at, reason=SleepReason.BUDGET_THRESHOLD)],
-            now=self._clock.now(),
+        change = await self._until_committed(
+            "its sleep",
+            lambda: self._runs.set_agent_state(
+                self.job_id,
+                state=AgentState.SLEEPING,
+                wake_at=wake_at,
+                events=[AgentSleeping(wake_time=wake_at, reason=SleepReason.BUDGET_THRESHOLD)],
+                now=self._clock.now(),
+            ),
         )
         await self._applied(change)
         return Park(AgentState.SLEEPING, wake_at)
+
+    async def _until_committed(
+        self, what: str, transition: Callable[[], Awaitable[Change | None]]
+    ) -> Change | None:
+        """Commit a transition that follows a committed iteration, riding out SQL trouble (a
+        busy SQLite, a PostgreSQL failover): giving up would redo the run from its checkpoint
+        and repeat a model call that was paid for."""
+        delay = 0.1
+        while True:
+            try:
+                return await transition()
+            except Unavailable as error:
+                log.warning("job %s: %s not committed yet: %s", self.job_id, what, error)
+                await self._pause(delay)
+                delay = min(5.0, delay * 2)
 
     # --- endings and helpers ------------------------------------------------------------
 
@@ -767,15 +785,18 @@ class AgentRun:
             JobOutcome.COMPLETED: AgentState.COMPLETED,
             JobOutcome.BUDGET_EXCEEDED: AgentState.BUDGET_EXCEEDED,
         }.get(outcome, AgentState.ERROR)
-        change = await self._runs.finish(
-            self.job_id,
-            self._runner_id,
-            status=status,
-            outcome=outcome,
-            detail=detail,
-            agent_state=agent_state,
-            events=events,
-            now=self._clock.now(),
+        change = await self._until_committed(
+            "its ending",
+            lambda: self._runs.finish(
+                self.job_id,
+                self._runner_id,
+                status=status,
+                outcome=outcome,
+                detail=detail,
+                agent_state=agent_state,
+                events=events,
+                now=self._clock.now(),
+            ),
         )
         if change is None:
             raise Stopped

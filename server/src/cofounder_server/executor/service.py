@@ -54,6 +54,7 @@ from cofounder_server.executor.parking import Park, Parked, ParkingLot, WakeCaus
 from cofounder_server.executor.slots import AwakeSlots, Waiting
 from cofounder_server.executor.writer import IterationWriter
 from cofounder_server.live import keys
+from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.runners import HeldJob, RunnerLeases
@@ -174,6 +175,8 @@ class Executor:
         """Take the runner lease, start the writer, the control subscription, the claim loop
         (which takes back this runner's jobs at once), the lease renewal, the parking lot's
         timer and the sweep."""
+        # Every task started from here on (loops, runs) logs with this runner's id.
+        logs.runner_id.set(self.runner_id)
         now = self._clock.now()
         await self._leases.renew(self.runner_id, now=now, lease_until=now + self._lease)
         self._last_sweep = now
