@@ -19,6 +19,7 @@ from cofounder_server.domain.events import (
     EscalationTrigger,
 )
 from tests.auth.support import ALICE, BILLING, BOB, ONCALL, failure_of, submit_request
+from tests.events.support import publish_escalation
 from tests.support import RPC_TIMEOUT
 
 
@@ -98,13 +99,11 @@ async def test_an_escalation_stream_opened_before_the_escalation_existed_never_s
     alices = (
         await jobs.SubmitJob(submit_request(project_id), metadata=ALICE.metadata(), timeout=RPC_TIMEOUT)
     ).job
-    raised_for_alice = await auth_app.escalation_feed.append(
-        EscalationEventKind.RAISED, escalation_for(alices)
-    )
+    raised_for_alice = await publish_escalation(auth_app, EscalationEventKind.RAISED, escalation_for(alices))
     bobs = (
         await jobs.SubmitJob(submit_request(project_id), metadata=BOB.metadata(), timeout=RPC_TIMEOUT)
     ).job
-    raised_for_bob = await auth_app.escalation_feed.append(EscalationEventKind.RAISED, escalation_for(bobs))
+    raised_for_bob = await publish_escalation(auth_app, EscalationEventKind.RAISED, escalation_for(bobs))
     alice_id = raised_for_alice.escalation.escalation_id
     bob_id = raised_for_bob.escalation.escalation_id
 

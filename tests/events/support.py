@@ -14,7 +14,13 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import event_pb2
 from cofounder_server.app import Application
 from cofounder_server.domain.changes import Change
-from cofounder_server.domain.events import AgentThinking, EventPayload
+from cofounder_server.domain.events import (
+    AgentThinking,
+    Escalation,
+    EscalationEvent,
+    EscalationEventKind,
+    EventPayload,
+)
 from tests.support import RPC_TIMEOUT
 
 STREAM_TIMEOUT = 60.0
@@ -31,6 +37,16 @@ async def publish_many(app: Application, job_id: str, payloads: Sequence[EventPa
     stored = await app.event_log.append_job_events(job_id, payloads, now=app.clock.now())
     await app.changes.committed(Change.appended(stored))
     return [event.sequence for event in stored]
+
+
+async def publish_escalation(
+    app: Application, kind: EscalationEventKind, escalation: Escalation
+) -> EscalationEvent:
+    """Append an entry to the escalation feed and send it down the server's change pipeline,
+    as every change of an escalation does; the stored entry."""
+    event = await app.event_log.append_escalation_event(kind, escalation, now=app.clock.now())
+    await app.changes.committed(Change(escalation.job_id, None, feed=(event,)))
+    return event
 
 
 async def publish(app: Application, job_id: str, payload: EventPayload) -> int:

@@ -57,6 +57,10 @@ async def test_every_payload_type_round_trips(jobs_stub, project_id, event_log) 
         problem="which colour?",
         create_time=NOW,
         options=(model.EscalationOption("red"),),
+        tool_call_id="call-1",
+        tool_name="ask_human",
+        deadline=NOW,
+        default_option="red",
     )
     payloads = [
         model.AgentThinking(1, "hmm"),
@@ -68,7 +72,10 @@ async def test_every_payload_type_round_trips(jobs_stub, project_id, event_log) 
         model.AgentRetrying("sig", 2, 3, "boom"),
         model.AgentWaitingForInput("e1"),
         model.AgentEscalationRaised(raised),
-        model.AgentEscalationResolved("e1", "red", "go", "local"),
+        model.AgentEscalationResolved(
+            "e1", "red", "go", "local", model.DecisionSource.SERVICE, "billing", "Answered: red."
+        ),
+        model.AgentEscalationWithdrawn("e1", "the job was cancelled"),
         model.AgentBuildPaused("budget"),
         model.PhaseStarted("build"),
         model.PhaseCompleted("build"),

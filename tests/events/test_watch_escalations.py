@@ -21,7 +21,7 @@ from cofounder_server.domain.events import (
 from cofounder_server.domain.model import AgentSpec, NewJob
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
-from tests.events.support import STREAM_TIMEOUT, Stream, error_info
+from tests.events.support import STREAM_TIMEOUT, Stream, error_info, publish_escalation
 from tests.events.support import watch as watch_job
 from tests.integration.test_jobs import submit
 
@@ -86,13 +86,13 @@ async def test_snapshot_then_only_the_callers_events(
     app, jobs_stub, escalations_stub, project_id, bobs_job
 ) -> None:
     job = await submit(jobs_stub, project_id)
-    feed = app.escalation_feed
+
     pending = escalation(job.job_id)
-    await feed.append(EscalationEventKind.RAISED, pending)
+    await publish_escalation(app, EscalationEventKind.RAISED, pending)
     done = escalation(job.job_id)
-    await feed.append(EscalationEventKind.RAISED, done)
-    await feed.append(EscalationEventKind.RESOLVED, resolved(done))
-    await feed.append(EscalationEventKind.RAISED, escalation(bobs_job, "bob"))
+    await publish_escalation(app, EscalationEventKind.RAISED, done)
+    await publish_escalation(app, EscalationEventKind.RESOLVED, resolved(done))
+    await publish_escalation(app, EscalationEventKind.RAISED, escalation(bobs_job, "bob"))
 
     stream = watch(escalations_stub, job.job_id)
     snapshot = (await stream.next()).snapshot
@@ -100,8 +100,8 @@ async def test_snapshot_then_only_the_callers_events(
     assert snapshot.pending[0].status == escalation_pb2.ESCALATION_STATUS_PENDING
     assert [o.value for o in snapshot.pending[0].options] == ["skip", "stop"]
 
-    bobs = await feed.append(EscalationEventKind.RAISED, escalation(bobs_job, "bob"))
-    mine = await feed.append(EscalationEventKind.RESOLVED, resolved(pending))
+    bobs = await publish_escalation(app, EscalationEventKind.RAISED, escalation(bobs_job, "bob"))
+    mine = await publish_escalation(app, EscalationEventKind.RESOLVED, resolved(pending))
     assert bobs.sequence < mine.sequence
     (event,) = await feed_events(stream, 1)
     assert event.sequence == mine.sequence
@@ -123,10 +123,10 @@ async def test_resume_replays_visible_events_after_the_cursor(
     app, jobs_stub, escalations_stub, project_id, bobs_job
 ) -> None:
     job = await submit(jobs_stub, project_id)
-    feed = app.escalation_feed
-    first = await feed.append(EscalationEventKind.RAISED, escalation(job.job_id))
-    await feed.append(EscalationEventKind.RAISED, escalation(bobs_job, "bob"))
-    third = await feed.append(EscalationEventKind.RAISED, escalation(job.job_id))
+
+    first = await publish_escalation(app, EscalationEventKind.RAISED, escalation(job.job_id))
+    await publish_escalation(app, EscalationEventKind.RAISED, escalation(bobs_job, "bob"))
+    third = await publish_escalation(app, EscalationEventKind.RAISED, escalation(job.job_id))
 
     stream = watch(escalations_stub, job.job_id, after=first.sequence - 1)
     await stream.next()
@@ -161,7 +161,9 @@ async def test_appending_for_a_missing_job_is_not_found(app) -> None:
     from cofounder_server.domain.errors import NotFound
 
     with pytest.raises(NotFound):
-        await app.escalation_feed.append(EscalationEventKind.RAISED, escalation(str(uuid.uuid4())))
+        await app.event_log.append_escalation_event(
+            EscalationEventKind.RAISED, escalation(str(uuid.uuid4())), now=app.clock.now()
+        )
 
 
 async def test_job_watch_of_another_owners_job_is_not_found(jobs_stub, bobs_job) -> None:

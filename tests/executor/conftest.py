@@ -25,7 +25,7 @@ from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.live.engine import EmbeddedRedis
 from tests.support import EXTERNAL_REDIS, RPC_TIMEOUT, throwaway_database
 
-from .support import BrokenTool, EchoTool, Gate, GatedBrain
+from .support import BrokenTool, DeployTool, EchoTool, FlakyTool, Gate, GatedBrain
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -87,6 +87,8 @@ def registry_for(settings: Settings, gate: Gate) -> PluginRegistry:
     registry.register_brain("gated", lambda spec: GatedBrain(spec, gate, scripted))
     registry.register_tool("echo", EchoTool)
     registry.register_tool("broken", BrokenTool)
+    registry.register_tool("flaky", FlakyTool)
+    registry.register_tool("deploy", DeployTool)
     return registry
 
 

@@ -188,3 +188,37 @@ class BrokenTool:
 
     async def run(self, tool_input: Mapping[str, Any], context: ToolContext) -> ToolResult:
         raise RuntimeError("tool bug")
+
+
+class FlakyTool:
+    """Fails with a ``ConnectionError`` result the first ``fail_times`` calls with one ``key``
+    (counted per tool instance, so per server), then succeeds."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name="flaky", description="fails, then works")
+
+    async def run(self, tool_input: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        key = str(tool_input.get("key", ""))
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if self.calls[key] <= int(tool_input.get("fail_times", 0)):
+            return ToolResult(
+                f"connection reset by 10.0.0.{self.calls[key]} after {self.calls[key] * 7} ms",
+                is_error=True,
+                error_type="ConnectionError",
+            )
+        return ToolResult(f"worked on call {self.calls[key]}")
+
+
+class DeployTool:
+    """Always refused: a permission failure no retry can fix."""
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name="deploy", description="deploys, if allowed")
+
+    async def run(self, tool_input: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        return ToolResult("permission denied for /srv/app", is_error=True, error_type="PermissionError")

@@ -170,10 +170,13 @@ async def test_a_turn_goes_through_the_registry_to_the_api_and_back(standin: Mes
             ],
         },
     ]
-    [tool] = request.body["tools"]
-    assert tool["name"] == "narrate"
-    assert tool["input_schema"]["required"] == ["text"]
-    assert tool["description"]
+    tools = {tool["name"]: tool for tool in request.body["tools"]}
+    assert sorted(tools) == ["ask_human", "narrate"]
+    assert tools["narrate"]["input_schema"]["required"] == ["text"]
+    assert tools["narrate"]["description"]
+    # The agent can ask a person through the built-in ask_human tool.
+    assert tools["ask_human"]["input_schema"]["required"] == ["question", "options"]
+    assert "deadline_seconds" in tools["ask_human"]["input_schema"]["properties"]
 
     assert turn.text == "I'll start by planning the page.\nThen I'll build it."
     assert turn.tool_calls == (

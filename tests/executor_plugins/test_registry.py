@@ -25,9 +25,9 @@ def test_the_default_registry_has_the_built_ins() -> None:
     registry = PluginRegistry.default(Settings(), entry_points=False)
 
     assert registry.brain_names() == ["anthropic", "scripted"]
-    assert [tool.spec.name for tool in registry.tools()] == ["narrate"]
-    assert registry.tool_specs()[0].name == "narrate"
-    assert registry.tool("narrate") is registry.tools()[0]
+    assert [tool.spec.name for tool in registry.tools()] == ["ask_human", "narrate"]
+    assert registry.tool_specs()[1].name == "narrate"
+    assert registry.tool("narrate") is registry.tools()[1]
     assert registry.tool("nope") is None
     assert registry.has_brain("scripted")
     assert not registry.has_brain("gpt")
@@ -126,7 +126,7 @@ async def test_entry_point_plugins_load_and_broken_ones_are_logged_and_skipped(
         registry = PluginRegistry.default(Settings())
 
     assert registry.brain_names() == ["anthropic", "echo", "scripted"]
-    assert [tool.spec.name for tool in registry.tools()] == ["narrate", "shout"]
+    assert [tool.spec.name for tool in registry.tools()] == ["ask_human", "narrate", "shout"]
     turn = await registry.brain_for(AgentSpec(brain="echo")).think([Message(role="user", text="hi")], [])
     assert turn.text == "echo: hi"
     # The built-in kept its name; the clashing and the broken plug-in were reported.

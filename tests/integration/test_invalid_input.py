@@ -269,20 +269,57 @@ async def test_oversized_request_is_resource_exhausted(jobs_stub, project_id) ->
 
 
 @pytest.mark.parametrize(
-    ("service", "method", "message"),
+    ("method", "message"),
     [
-        ("escalations", "GetEscalation", esc.GetEscalationRequest(escalation_id=VALID_ID)),
-        ("escalations", "ListEscalations", esc.ListEscalationsRequest()),
-        ("escalations", "ResolveEscalation", esc.ResolveEscalationRequest(escalation_id=VALID_ID)),
+        ("GetEscalation", esc.GetEscalationRequest(escalation_id=VALID_ID)),
+        ("ResolveEscalation", esc.ResolveEscalationRequest(escalation_id=VALID_ID, decision="yes")),
     ],
 )
-async def test_unary_rpcs_not_built_yet_answer_unimplemented(
-    jobs_stub, escalations_stub, service, method, message
-) -> None:
-    stub = jobs_stub if service == "jobs" else escalations_stub
+async def test_an_unknown_escalation_is_not_found(escalations_stub, method, message) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await getattr(stub, method)(message, timeout=RPC_TIMEOUT)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await getattr(escalations_stub, method)(message, timeout=RPC_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("method", "message", "field"),
+    [
+        ("GetEscalation", esc.GetEscalationRequest(), "escalation_id"),
+        ("GetEscalation", esc.GetEscalationRequest(escalation_id="E" + VALID_ID[1:]), "escalation_id"),
+        ("ListEscalations", esc.ListEscalationsRequest(job_id="not-a-uuid"), "job_id"),
+        ("ListEscalations", esc.ListEscalationsRequest(page_size=-1), "page_size"),
+        ("ListEscalations", esc.ListEscalationsRequest(statuses=[0]), "statuses[0]"),
+        ("ListEscalations", esc.ListEscalationsRequest(statuses=[99]), "statuses[0]"),
+        ("ListEscalations", esc.ListEscalationsRequest(page_token="not a token"), "page_token"),
+        ("ResolveEscalation", esc.ResolveEscalationRequest(decision="yes"), "escalation_id"),
+        ("ResolveEscalation", esc.ResolveEscalationRequest(escalation_id=VALID_ID), "decision"),
+        (
+            "ResolveEscalation",
+            esc.ResolveEscalationRequest(escalation_id=VALID_ID, decision="y" * 129),
+            "decision",
+        ),
+        (
+            "ResolveEscalation",
+            esc.ResolveEscalationRequest(escalation_id=VALID_ID, decision="yes", guidance="g" * 10_001),
+            "guidance",
+        ),
+        (
+            "ResolveEscalation",
+            esc.ResolveEscalationRequest(escalation_id=VALID_ID, decision="yes", guidance="bell\a"),
+            "guidance",
+        ),
+        (
+            "ResolveEscalation",
+            esc.ResolveEscalationRequest(escalation_id=VALID_ID, decision="yes", request_id="r" * 129),
+            "request_id",
+        ),
+    ],
+)
+async def test_bad_escalation_requests_name_the_field(escalations_stub, method, message, field) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(escalations_stub, method)(message, timeout=RPC_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations_of(caught.value)
 
 
 async def stream_error(call) -> grpc.aio.AioRpcError:

@@ -150,13 +150,18 @@ CASES: dict[str, tuple[Case, str]] = {
         "job_id",
     ),
     "ResolveEscalation.escalation_id": (
-        unary("ResolveEscalation", lambda c, s: esc.ResolveEscalationRequest(escalation_id=VALID_ID + s)),
+        unary(
+            "ResolveEscalation",
+            lambda c, s: esc.ResolveEscalationRequest(escalation_id=VALID_ID + s, decision="yes"),
+        ),
         "escalation_id",
     ),
     "ResolveEscalation.request_id": (
         unary(
             "ResolveEscalation",
-            lambda c, s: esc.ResolveEscalationRequest(escalation_id=VALID_ID, request_id="e-1" + s),
+            lambda c, s: esc.ResolveEscalationRequest(
+                escalation_id=VALID_ID, request_id="e-1" + s, decision="yes"
+            ),
         ),
         "request_id",
     ),
@@ -191,11 +196,11 @@ async def ctx(jobs_stub, escalations_stub, project_id) -> Ctx:
 async def test_an_identifier_with_anything_appended_is_invalid(ctx: Ctx, case: str, suffix: str) -> None:
     call, field = CASES[case]
 
-    # The unsuffixed value is accepted (or reaches the RPC: escalations answer UNIMPLEMENTED,
-    # waking a queued job FAILED_PRECONDITION).
+    # The unsuffixed value is accepted (or reaches the RPC: an escalation id no escalation
+    # has is NOT_FOUND, waking a queued job FAILED_PRECONDITION).
     assert await code_of(call(ctx, "")) in (
         grpc.StatusCode.OK,
-        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:

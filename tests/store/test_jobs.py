@@ -40,6 +40,13 @@ async def set_status(
         )
 
 
+async def cancel_job(jobs: JobRepository, job_id: str, **kwargs: Any) -> tuple[Job, list[Any]]:
+    """Cancel; the job as committed and the events the cancel appended."""
+    change = await jobs.cancel(job_id, **kwargs)
+    assert change.job is not None
+    return change.job, list(change.events)
+
+
 async def create(jobs: JobRepository, now: datetime = T0, **overrides: Any) -> Job:
     request = new_job(**overrides)
     job, created = await jobs.create(
@@ -221,6 +228,7 @@ async def test_create_replays_a_key_committed_by_a_concurrent_transaction(
             outcome_detail="",
             agent_state=None,
             wake_at=None,
+            pending_escalations=[],
             create_time=T0,
             update_time=T0,
             end_time=None,
@@ -367,7 +375,9 @@ async def test_cancel_an_active_job(jobs: JobRepository, database: Database, sta
     await set_status(database, job.job_id, status, AgentState.WORKING)
     later = T0 + timedelta(minutes=3)
 
-    cancelled, changed = await jobs.cancel(job.job_id, owner_scope="alice", reason="user asked", now=later)
+    cancelled, changed = await cancel_job(
+        jobs, job.job_id, owner_scope="alice", reason="user asked", now=later
+    )
 
     assert changed
     assert cancelled.status is JobStatus.CANCELLED
@@ -382,9 +392,9 @@ async def test_cancel_an_active_job(jobs: JobRepository, database: Database, sta
 
 async def test_cancel_twice_changes_nothing_the_second_time(jobs: JobRepository) -> None:
     job = await create(jobs)
-    first, _ = await jobs.cancel(job.job_id, owner_scope="alice", reason="first", now=T0)
-    second, changed = await jobs.cancel(
-        job.job_id, owner_scope="alice", reason="second", now=T0 + timedelta(hours=1)
+    first, _ = await cancel_job(jobs, job.job_id, owner_scope="alice", reason="first", now=T0)
+    second, changed = await cancel_job(
+        jobs, job.job_id, owner_scope="alice", reason="second", now=T0 + timedelta(hours=1)
     )
     assert not changed
     assert second == first
@@ -400,7 +410,7 @@ async def test_cancel_a_finished_job_fails(
     before = await jobs.get(job.job_id, owner_scope=None)
 
     with pytest.raises(FailedPrecondition) as raised:
-        await jobs.cancel(job.job_id, owner_scope="alice", reason="too late", now=T0)
+        await cancel_job(jobs, job.job_id, owner_scope="alice", reason="too late", now=T0)
 
     assert raised.value.reason == "JOB_ALREADY_FINISHED"
     assert await jobs.get(job.job_id, owner_scope=None) == before
@@ -409,15 +419,15 @@ async def test_cancel_a_finished_job_fails(
 async def test_cancel_missing_or_foreign_job_is_not_found(jobs: JobRepository) -> None:
     job = await create(jobs, owner_id="alice")
     with pytest.raises(NotFound):
-        await jobs.cancel(job.job_id, owner_scope="mallory", reason="x", now=T0)
+        await cancel_job(jobs, job.job_id, owner_scope="mallory", reason="x", now=T0)
     with pytest.raises(NotFound):
-        await jobs.cancel("00000000-0000-0000-0000-000000000000", owner_scope=None, reason="x", now=T0)
+        await cancel_job(jobs, "00000000-0000-0000-0000-000000000000", owner_scope=None, reason="x", now=T0)
     assert await jobs.get(job.job_id, owner_scope=None) == job
 
 
 async def test_operator_can_cancel_any_job(jobs: JobRepository) -> None:
     job = await create(jobs, owner_id="alice")
-    cancelled, changed = await jobs.cancel(job.job_id, owner_scope=None, reason="ops", now=T0)
+    cancelled, changed = await cancel_job(jobs, job.job_id, owner_scope=None, reason="ops", now=T0)
     assert changed
     assert cancelled.status is JobStatus.CANCELLED
 
@@ -425,7 +435,7 @@ async def test_operator_can_cancel_any_job(jobs: JobRepository) -> None:
 async def test_concurrent_cancels_change_the_job_once(jobs: JobRepository) -> None:
     job = await create(jobs)
     results = await asyncio.gather(
-        *(jobs.cancel(job.job_id, owner_scope="alice", reason=f"r{n}", now=T0) for n in range(6))
+        *(cancel_job(jobs, job.job_id, owner_scope="alice", reason=f"r{n}", now=T0) for n in range(6))
     )
     assert sorted(bool(changed) for _, changed in results) == [False] * 5 + [True]
     final = await jobs.get(job.job_id, owner_scope=None)
@@ -443,7 +453,7 @@ async def test_cancel_waiting_on_a_concurrent_finish_does_not_overwrite_it(
             .where(JobRow.job_id == job.job_id)
             .values(status=JobStatus.READY.value, outcome=JobOutcome.COMPLETED.value, version=2)
         )
-        cancel = asyncio.create_task(jobs.cancel(job.job_id, owner_scope="alice", reason="late", now=T0))
+        cancel = asyncio.create_task(cancel_job(jobs, job.job_id, owner_scope="alice", reason="late", now=T0))
         await wait_until_blocked(database, cancel)
 
     with pytest.raises(FailedPrecondition):
@@ -467,7 +477,7 @@ async def test_every_change_increments_version_by_one(jobs: JobRepository, datab
         assert changed is not None
         assert changed.job is not None
         versions.append(changed.job.version)
-    cancelled, _ = await jobs.cancel(job.job_id, owner_scope=None, reason="done", now=T0)
+    cancelled, _ = await cancel_job(jobs, job.job_id, owner_scope=None, reason="done", now=T0)
     versions.append(cancelled.version)
     assert versions == [1, 2, 3, 4, 5]
 

@@ -46,11 +46,13 @@ from cofounder_server.observability.prometheus import ExecutorGauges
 from cofounder_server.observability.tracing import Tracer
 from cofounder_server.observability.wiring import Observability
 from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.escalations import DeadlineTimer, EscalationService
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
 from cofounder_server.services.status import LiveStatus
 from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.database import Database, async_url, open_database
+from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.job_counts import count_jobs
 from cofounder_server.store.jobs import JobRepository
@@ -157,6 +159,8 @@ async def _start_executor(
     redis: Redis,
     prices: PriceTable,
     registry: PluginRegistry,
+    escalations: EscalationRepository,
+    deadlines: DeadlineTimer,
 ) -> Executor:
     runner_id = runner_id_for(settings.runner_id, settings.data_dir)
     runs = RunRepository(database, event_log)
@@ -168,6 +172,7 @@ async def _start_executor(
         checkpoints=checkpoints,
         ledger=ledger,
         event_log=event_log,
+        escalations=escalations,
         writer=writer,
         changes=changes,
         plugins=registry,
@@ -179,7 +184,11 @@ async def _start_executor(
             result_limit=settings.tool_result_limit_chars,
             brain_retries=settings.brain_retries,
             brain_retry_delay=settings.brain_retry_delay_seconds,
+            tool_attempts=settings.tool_error_attempts,
+            tool_retry_delay=settings.tool_retry_delay_seconds,
+            max_escalations=settings.max_escalations_per_job,
         ),
+        deadline_raised=deadlines.raised,
     )
     executor = Executor(
         runs=runs,
@@ -321,9 +330,17 @@ class Application:
         jobs = JobRepository(database, event_log)
         ledger = LedgerRepository(database)
         changes = ChangePipeline(
-            redis, cache, clock, convert.encode_job_event, jobs=jobs, ledger=ledger, event_log=event_log
+            redis,
+            cache,
+            clock,
+            convert.encode_job_event,
+            encode_escalation=convert.encode_escalation_event,
+            jobs=jobs,
+            ledger=ledger,
+            event_log=event_log,
         )
         stack.push_async_callback(changes.stop)
+        escalations = EscalationRepository(database, event_log)
         status = LiveStatus(
             redis=redis,
             cache=cache,
@@ -344,10 +361,9 @@ class Application:
         await hub.start()
         stack.push_async_callback(hub.stop)
         job_feed = JobEventFeed(event_log, status, hub, clock, convert.encode_job_event)
-        escalation_feed = EscalationFeed(
-            event_log, jobs, redis, hub, clock, encode=convert.encode_escalation_event
-        )
+        escalation_feed = EscalationFeed(event_log, jobs, hub, clock, encode=convert.encode_escalation_event)
         job_service = JobService(jobs, RunRepository(database, event_log), changes, clock)
+        escalation_service = EscalationService(escalations, changes, clock)
 
         server = grpc.aio.server(options=_server_options(settings), interceptors=[observed.observer])
         server.add_generic_rpc_handlers(
@@ -355,7 +371,9 @@ class Application:
                 service_handler(
                     AGENT_CONTROL, AgentControlApi(job_service, status, job_feed, registry), security.gate
                 ),
-                service_handler(ESCALATIONS, EscalationApi(escalation_feed), security.gate),
+                service_handler(
+                    ESCALATIONS, EscalationApi(escalation_service, escalation_feed), security.gate
+                ),
             )
         )
         health_servicer = HealthServicer()
@@ -380,6 +398,11 @@ class Application:
         await server.start()
         stack.push_async_callback(server.stop, None)
         monitor.start()
+        # Every process fires escalation deadlines (the earliest one, on a timer); a deadline
+        # fires once whichever process gets there first.
+        deadlines = DeadlineTimer(escalations, changes, clock)
+        deadlines.start()
+        stack.push_async_callback(deadlines.stop)
 
         executor: Executor | None = None
         if settings.executor_enabled:
@@ -394,6 +417,8 @@ class Application:
                 redis=redis,
                 prices=prices,
                 registry=registry,
+                escalations=escalations,
+                deadlines=deadlines,
             )
         await observed.serve_metrics(
             settings.metrics_listen,

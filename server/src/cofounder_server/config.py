@@ -238,6 +238,19 @@ class Settings:
     brain_retry_delay_seconds: float = field(
         default=1.0, metadata={"help": "delay before retrying a failed brain call (times the attempt)"}
     )
+    tool_error_attempts: int = field(
+        default=3,
+        metadata={
+            "help": "attempts of a retryable tool error (same signature) before it escalates to a person; "
+            "errors retrying cannot fix escalate at once"
+        },
+    )
+    tool_retry_delay_seconds: float = field(
+        default=1.0, metadata={"help": "delay before retrying a failed tool call (times the attempt)"}
+    )
+    max_escalations_per_job: int = field(
+        default=5, metadata={"help": "escalations a job may raise; the next ends it with ESCALATION_LIMIT"}
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -526,8 +526,10 @@ class Client:
             timeout: deadline in seconds for this call.
 
         Returns:
-            The escalation after resolution. Resolving again the same way is a no-op;
-            differently, or once withdrawn, ``FAILED_PRECONDITION``.
+            The escalation after resolution. Repeating the call with the same
+            ``request_id`` returns the same escalation; any other resolve of an escalation
+            that is no longer pending is ``FAILED_PRECONDITION`` (reason
+            ``ESCALATION_ALREADY_RESOLVED``, the winning decision in its metadata).
         """
         request = escalation_service_pb2.ResolveEscalationRequest(
             escalation_id=escalation_id,

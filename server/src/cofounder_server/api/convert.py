@@ -20,12 +20,14 @@ from cofounder_server.domain.events import (
     AgentBuildPaused,
     AgentEscalationRaised,
     AgentEscalationResolved,
+    AgentEscalationWithdrawn,
     AgentRetrying,
     AgentSleeping,
     AgentThinking,
     AgentToolCalled,
     AgentWaitingForInput,
     AgentWaking,
+    DecisionSource,
     Escalation,
     EscalationEvent,
     EscalationEventKind,
@@ -68,6 +70,7 @@ JOB_OUTCOME_TO_PROTO: dict[JobOutcome, job_pb2.JobOutcome.ValueType] = {
     JobOutcome.MODEL_ERROR: job_pb2.JOB_OUTCOME_MODEL_ERROR,
     JobOutcome.BUDGET_EXCEEDED: job_pb2.JOB_OUTCOME_BUDGET_EXCEEDED,
     JobOutcome.CANCELLED: job_pb2.JOB_OUTCOME_CANCELLED,
+    JobOutcome.ESCALATION_LIMIT: job_pb2.JOB_OUTCOME_ESCALATION_LIMIT,
 }
 
 AGENT_STATE_TO_PROTO: dict[AgentState, job_pb2.AgentState.ValueType] = {
@@ -164,6 +167,16 @@ ESCALATION_STATUS_TO_PROTO: dict[EscalationStatus, escalation_pb2.EscalationStat
     EscalationStatus.PENDING: escalation_pb2.ESCALATION_STATUS_PENDING,
     EscalationStatus.RESOLVED: escalation_pb2.ESCALATION_STATUS_RESOLVED,
     EscalationStatus.WITHDRAWN: escalation_pb2.ESCALATION_STATUS_WITHDRAWN,
+    EscalationStatus.EXPIRED: escalation_pb2.ESCALATION_STATUS_EXPIRED,
+}
+
+ESCALATION_STATUS_FROM_PROTO = {proto: status for status, proto in ESCALATION_STATUS_TO_PROTO.items()}
+
+DECISION_SOURCE_TO_PROTO: dict[DecisionSource | None, escalation_pb2.DecisionSource.ValueType] = {
+    None: escalation_pb2.DECISION_SOURCE_UNSPECIFIED,
+    DecisionSource.PERSON: escalation_pb2.DECISION_SOURCE_PERSON,
+    DecisionSource.SERVICE: escalation_pb2.DECISION_SOURCE_SERVICE,
+    DecisionSource.DEADLINE: escalation_pb2.DECISION_SOURCE_DEADLINE,
 }
 
 ESCALATION_TRIGGER_TO_PROTO: dict[EscalationTrigger, escalation_pb2.EscalationTrigger.ValueType] = {
@@ -201,9 +214,16 @@ def escalation_to_proto(escalation: Escalation) -> escalation_pb2.Escalation:
         decision=escalation.decision,
         guidance=escalation.guidance,
         resolved_by=escalation.resolved_by,
+        decision_source=DECISION_SOURCE_TO_PROTO[escalation.decision_source],
+        resolved_via_service=escalation.resolved_via_service,
+        tool_call_id=escalation.tool_call_id,
+        tool_name=escalation.tool_name,
+        default_option=escalation.default_option,
     )
     if escalation.resolve_time is not None:
         message.resolve_time.CopyFrom(timestamp(escalation.resolve_time))
+    if escalation.deadline is not None:
+        message.deadline.CopyFrom(timestamp(escalation.deadline))
     return message
 
 
@@ -275,6 +295,13 @@ def _payload_to_proto(payload: EventPayload) -> tuple[str, Message]:
                 decision=payload.decision,
                 guidance=payload.guidance,
                 resolved_by=payload.resolved_by,
+                decision_source=DECISION_SOURCE_TO_PROTO[payload.decision_source],
+                resolved_via_service=payload.resolved_via_service,
+                delivered=payload.delivered,
+            )
+        case AgentEscalationWithdrawn():
+            return "agent_escalation_withdrawn", event_pb2.AgentEscalationWithdrawn(
+                escalation_id=payload.escalation_id, reason=payload.reason
             )
         case AgentBuildPaused():
             return "agent_build_paused", event_pb2.AgentBuildPaused(reason=payload.reason)

@@ -62,7 +62,7 @@ def to_status(error: DomainError) -> grpc.Status:
         )
     elif isinstance(error, FailedPrecondition):
         code = code_pb2.FAILED_PRECONDITION
-        details = _packed(_info(error.reason))
+        details = _packed(_info(error.reason, **error.metadata))
     elif isinstance(error, AlreadyExists):
         code = code_pb2.ALREADY_EXISTS
         details = _packed(_info(error.reason))

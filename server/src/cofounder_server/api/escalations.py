@@ -1,5 +1,4 @@
-"""EscalationService: WatchEscalations streams the escalation feed; the other RPCs arrive with
-the escalation issue."""
+"""EscalationService: read, resolve and watch escalations, scoped to the caller."""
 
 from __future__ import annotations
 
@@ -12,22 +11,20 @@ from cofounder.agent.v1 import escalation_service_pb2 as pb
 from cofounder.agent.v1 import escalation_service_pb2_grpc as pb_grpc
 from cofounder_server.api import convert
 from cofounder_server.api.context import principal_of
-from cofounder_server.api.errors import abort_unimplemented
 from cofounder_server.api.validation import Validator
 from cofounder_server.events.escalation_feed import EscalationFeed
+from cofounder_server.services.escalations import EscalationService
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_ARRIVES_WITH = "escalation handling"
+MAX_GUIDANCE_CHARS = 10_000
+MAX_DECISION_CHARS = 128
 
 
 class EscalationApi(pb_grpc.EscalationServiceServicer):
-    """The EscalationService RPCs; all but WatchEscalations answer UNIMPLEMENTED for now.
+    """The EscalationService RPCs: validate, call the escalation service, map to protobuf."""
 
-    Their identifiers are still checked first: a malformed request is INVALID_ARGUMENT
-    whatever the RPC does with it.
-    """
-
-    def __init__(self, feed: EscalationFeed) -> None:
+    def __init__(self, escalations: EscalationService, feed: EscalationFeed) -> None:
+        self._escalations = escalations
         self._feed = feed
 
     async def GetEscalation(
@@ -35,7 +32,8 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
     ) -> pb.GetEscalationResponse:
         with Validator() as check:
             check.uuid("escalation_id", request.escalation_id)
-        await abort_unimplemented(context, "GetEscalation", _ARRIVES_WITH)
+        escalation = await self._escalations.get(principal_of(context), request.escalation_id)
+        return pb.GetEscalationResponse(escalation=convert.escalation_to_proto(escalation))
 
     async def ListEscalations(
         self, request: pb.ListEscalationsRequest, context: Context
@@ -43,7 +41,16 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
         with Validator() as check:
             if request.job_id:
                 check.uuid("job_id", request.job_id)
-        await abort_unimplemented(context, "ListEscalations", _ARRIVES_WITH)
+            check.enum_values("statuses", request.statuses, convert.ESCALATION_STATUS_FROM_PROTO)
+            if request.page_size < 0:
+                check.fail("page_size", "must not be negative")
+        statuses = frozenset(convert.ESCALATION_STATUS_FROM_PROTO[s] for s in request.statuses)
+        found, token = await self._escalations.list(
+            principal_of(context), request.job_id, statuses, request.page_size, request.page_token
+        )
+        return pb.ListEscalationsResponse(
+            escalations=[convert.escalation_to_proto(e) for e in found], next_page_token=token
+        )
 
     async def ResolveEscalation(
         self, request: pb.ResolveEscalationRequest, context: Context
@@ -51,7 +58,21 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
         with Validator() as check:
             check.uuid("escalation_id", request.escalation_id)
             check.request_id("request_id", request.request_id)
-        await abort_unimplemented(context, "ResolveEscalation", _ARRIVES_WITH)
+            check.text("decision", request.decision, MAX_DECISION_CHARS, required=True)
+            check.text("guidance", request.guidance, MAX_GUIDANCE_CHARS, required=False)
+        outcome = await self._escalations.resolve(
+            principal_of(context),
+            request.escalation_id,
+            request.decision,
+            request.guidance,
+            request.request_id,
+        )
+        response = pb.ResolveEscalationResponse(
+            escalation=convert.escalation_to_proto(outcome.escalation), agent_waiting=outcome.agent_waiting
+        )
+        if outcome.agent_wake_time is not None:
+            response.agent_wake_time.CopyFrom(convert.timestamp(outcome.agent_wake_time))
+        return response
 
     # Batches of events go out pre-serialised (bytes), which the generated servicer's
     # signature does not know of; the handlers in .handlers send them as they are.

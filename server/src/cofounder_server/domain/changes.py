@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cofounder_server.domain import budget
-from cofounder_server.domain.events import JobEvent
+from cofounder_server.domain.events import EscalationEvent, JobEvent
 from cofounder_server.domain.model import AgentState, Job
 
 
@@ -35,6 +35,8 @@ class RunnerNotice(StrEnum):
     SUBMITTED = "submitted"
     CANCELLED = "cancelled"
     WOKEN = "woken"
+    ANSWERED = "answered"
+    """An escalation the agent waits on was decided."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class Change:
     when the change knows it (a recorded model call, a top-up). ``progress`` is the
     executor's iteration count, which orders summaries written after every model call
     within one job version. An ``iteration`` change recorded a model call and left the job
-    row as it was: the agent's state keys stay as the last job change wrote them.
+    row as it was: the agent's state keys stay as the last job change wrote them. ``feed``
+    holds the escalation feed entries the change appended.
     """
 
     job_id: str
@@ -55,6 +58,7 @@ class Change:
     spend: Spend | None = None
     progress: int = 0
     iteration: bool = False
+    feed: Sequence[EscalationEvent] = ()
 
     @classmethod
     def of(
@@ -65,9 +69,10 @@ class Change:
         spend: Spend | None = None,
         progress: int = 0,
         iteration: bool = False,
+        feed: Sequence[EscalationEvent] = (),
     ) -> Change:
-        """The change that committed ``job`` (and ``events`` with it)."""
-        return cls(job.job_id, job, tuple(events), spend, progress, iteration)
+        """The change that committed ``job`` (and ``events`` and ``feed`` entries with it)."""
+        return cls(job.job_id, job, tuple(events), spend, progress, iteration, tuple(feed))
 
     @classmethod
     def appended(cls, events: Sequence[JobEvent]) -> Change:

@@ -39,11 +39,13 @@ class NotFound(DomainError):
 
 
 class FailedPrecondition(DomainError):
-    """The resource's current state forbids the operation. ``reason`` is machine-readable."""
+    """The resource's current state forbids the operation. ``reason`` is machine-readable;
+    ``metadata`` says what the state is (e.g. the decision that won)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.metadata = metadata or {}
 
 
 class AlreadyExists(DomainError):

@@ -37,6 +37,19 @@ class EscalationStatus(StrEnum):
     PENDING = "pending"
     RESOLVED = "resolved"
     WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    """The deadline passed without an answer and without a default option."""
+
+
+class DecisionSource(StrEnum):
+    """Who or what decided an escalation."""
+
+    PERSON = "person"
+    """The job's owner or an operator, in person."""
+    SERVICE = "service"
+    """A service acting for the owner."""
+    DEADLINE = "deadline"
+    """Nobody answered by the deadline."""
 
 
 class EscalationTrigger(StrEnum):
@@ -95,6 +108,17 @@ class Escalation:
     decision: str = ""
     guidance: str = ""
     resolved_by: str = ""
+    decision_source: DecisionSource | None = None
+    resolved_via_service: str = ""
+    tool_call_id: str = ""
+    tool_name: str = ""
+    deadline: datetime | None = None
+    default_option: str = ""
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether the agent still waits for this escalation's answer."""
+        return self.status is EscalationStatus.PENDING
 
 
 @dataclass(frozen=True)
@@ -186,13 +210,26 @@ class AgentEscalationRaised:
 
 @dataclass(frozen=True)
 class AgentEscalationResolved:
-    """A human resolved an escalation and the decision reached the agent."""
+    """An escalation was decided and the decision delivered to the agent as its tool result."""
 
     TYPE: ClassVar[str] = "agent.escalation_resolved"
     escalation_id: str
     decision: str
     guidance: str = ""
     resolved_by: str = ""
+    decision_source: DecisionSource | None = None
+    resolved_via_service: str = ""
+    delivered: str = ""
+    """What the agent was told, as its tool call's result."""
+
+
+@dataclass(frozen=True)
+class AgentEscalationWithdrawn:
+    """A pending escalation was withdrawn because its job ended."""
+
+    TYPE: ClassVar[str] = "agent.escalation_withdrawn"
+    escalation_id: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -241,6 +278,7 @@ EventPayload = (
     | AgentWaitingForInput
     | AgentEscalationRaised
     | AgentEscalationResolved
+    | AgentEscalationWithdrawn
     | AgentBuildPaused
     | PhaseStarted
     | PhaseCompleted

@@ -31,6 +31,7 @@ class JobOutcome(StrEnum):
     MODEL_ERROR = "model_error"
     BUDGET_EXCEEDED = "budget_exceeded"
     CANCELLED = "cancelled"
+    ESCALATION_LIMIT = "escalation_limit"
 
 
 class AgentState(StrEnum):
@@ -85,6 +86,8 @@ class Job:
     update_time: datetime
     end_time: datetime | None
     version: int
+    pending_escalation_ids: tuple[str, ...] = ()
+    """Escalations the agent waits on, oldest first."""
 
 
 @dataclass(frozen=True)

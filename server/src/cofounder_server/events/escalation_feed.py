@@ -1,33 +1,26 @@
 """The escalation feed: one numbered feed of escalation events for every owner.
 
-Escalations themselves arrive with their own issue; whatever raises, resolves or withdraws
-one calls :meth:`EscalationFeed.append` with the escalation as it now stands. Watchers see
-only their own escalations: the owner filter is in the SQL ``WHERE`` clause of every replay
-and applied to every live entry (each carries its owner), so the feed's sequence advances
-past entries a watcher may not see.
+Every change of an escalation (raised, resolved, withdrawn) appends its entry in the
+transaction that makes the change, and the change pipeline publishes it; the entry holds
+the escalation as it then stood. Watchers see only their own escalations: the owner filter
+is in the SQL ``WHERE`` clause of every replay and applied to every live entry (each carries
+its owner), so the feed's sequence advances past entries a watcher may not see.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from cofounder_server import observability
 from cofounder_server.clock import Clock
-from cofounder_server.domain.errors import NotFound, Unavailable
-from cofounder_server.domain.events import Escalation, EscalationEvent, EscalationEventKind
+from cofounder_server.domain.errors import NotFound
+from cofounder_server.domain.events import Escalation, EscalationEvent
 from cofounder_server.domain.principal import Principal
 from cofounder_server.events.feed import FeedPage, Heartbeat, check_cursor, follow
-from cofounder_server.events.hub import EventBatch, EventHub, StreamPage, StreamSource, WireEvent, pack
+from cofounder_server.events.hub import EventBatch, EventHub, StreamPage, StreamSource, WireEvent
 from cofounder_server.live import keys
-from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
-
-log = logging.getLogger(__name__)
 
 EscalationEventEncoder = Callable[[EscalationEvent], bytes]
 """Encodes a feed entry as the API sends it (provided by the API layer)."""
@@ -45,7 +38,8 @@ EscalationWatchItem = EscalationSnapshot | EventBatch | Heartbeat
 """What an escalation watch yields: one snapshot first, then event batches and heartbeats."""
 
 
-def _wire(event: EscalationEvent, encode: EscalationEventEncoder) -> WireEvent:
+def wire_escalation_event(event: EscalationEvent, encode: EscalationEventEncoder) -> WireEvent:
+    """A feed entry as published: encoded once, tagged with its owner and job for filtering."""
     escalation = event.escalation
     return WireEvent(event.sequence, encode(event), owner_id=escalation.owner_id, job_id=escalation.job_id)
 
@@ -62,17 +56,18 @@ class _FeedStream(StreamSource):
 
     async def read(self, after: int, limit: int) -> StreamPage:
         page = await self._log.read_escalation_events(owner_scope=None, job_id=None, after=after, limit=limit)
-        return StreamPage([_wire(e, self._encode) for e in page.events], page.bounds.last_sequence)
+        return StreamPage(
+            [wire_escalation_event(e, self._encode) for e in page.events], page.bounds.last_sequence
+        )
 
 
 class EscalationFeed:
-    """Append to the escalation feed, and watch the caller's part of it."""
+    """Watch the caller's part of the escalation feed."""
 
     def __init__(
         self,
         log: EventLogRepository,
         jobs: JobRepository,
-        redis: Redis,
         hub: EventHub,
         clock: Clock,
         *,
@@ -80,26 +75,9 @@ class EscalationFeed:
     ) -> None:
         self._log = log
         self._jobs = jobs
-        self._redis = redis
         self._hub = hub
         self._clock = clock
         self._encode = encode
-
-    async def append(self, kind: EscalationEventKind, escalation: Escalation) -> EscalationEvent:
-        """Record that ``escalation`` was raised, resolved or withdrawn (as it stands after it).
-
-        Durable when this returns; fanned out to watchers on every replica (if Redis fails,
-        they get it from SQL on the next entry or heartbeat). ``NotFound`` when the
-        escalation's job does not exist, ``Unavailable`` when SQL cannot be reached.
-        """
-        event = await self._log.append_escalation_event(kind, escalation, now=self._clock.now())
-        observability.metrics.events_appended.inc()
-        try:
-            with unavailable_on_error("publish escalation event"):
-                await self._redis.publish(keys.ESCALATION_EVENTS_CHANNEL, pack((_wire(event, self._encode),)))
-        except Unavailable as error:
-            log.warning("escalation feed entry %d is stored but not fanned out: %s", event.sequence, error)
-        return event
 
     async def watch(
         self, principal: Principal, job_id: str | None, after: int | None
@@ -120,7 +98,7 @@ class EscalationFeed:
             page = await self._log.read_escalation_events(
                 owner_scope=scope, job_id=job_id, after=after, limit=limit
             )
-            events = [_wire(e, self._encode) for e in page.events]
+            events = [wire_escalation_event(e, self._encode) for e in page.events]
             return FeedPage(events, page.scanned_through, page.bounds.pruned_through)
 
         source = _FeedStream(self._log, self._encode)

@@ -6,6 +6,15 @@ long), and commits ledger row, new conversation messages, checkpoint and events 
 through the group-commit writer before the next iteration starts. A run resumed after a
 restart starts from the last committed iteration, so nothing committed is done twice.
 
+A tool call that fails with a typed error is run again (each retry announced with
+``agent.retrying``) until its error signature has used its attempts, then escalated to a
+person; an error retrying cannot fix escalates at once, and ``ask_human`` asks directly.
+The escalations of a turn are raised after its iteration is committed; while any is pending
+the agent parks waiting for input (its run ends, like a sleeping agent's), and the decision
+of its last one sets it working, so its runner resumes it. It then takes every answer in one
+transaction that marks them delivered, each as the result of its own tool call: a restart
+never delivers one twice, and the conversation gets them from the escalations in SQL.
+
 Outcomes: COMPLETED (the brain ends its turn without tool calls; job READY), and FAILED with
 ITERATION_LIMIT, REPETITION, MODEL_ERROR or BUDGET_EXCEEDED. CANCELLED is recorded by
 CancelJob itself; the loop only stops.
@@ -22,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +42,15 @@ from cofounder_server.clock import Clock, next_utc_midnight
 from cofounder_server.domain import budget
 from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import Unavailable
+from cofounder_server.domain.escalations import (
+    ErrorClass,
+    Question,
+    RetryCounts,
+    attempts_text,
+    classify_error,
+    delivered_text,
+    error_signature,
+)
 from cofounder_server.domain.events import (
     AgentBudgetExceeded,
     AgentBudgetUpdated,
@@ -39,10 +58,17 @@ from cofounder_server.domain.events import (
     AgentSleeping,
     AgentThinking,
     AgentToolCalled,
+    AgentWaitingForInput,
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
     EventPayload,
     PhaseCompleted,
     PhaseStarted,
     SleepReason,
+    escalation_from_json,
+    to_json,
 )
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.executor.parking import Park
@@ -52,6 +78,7 @@ from cofounder_server.executor.plugins import (
     Message,
     StopReason,
     Tool,
+    ToolCall,
     ToolContext,
     ToolResult,
     ToolSpec,
@@ -63,13 +90,22 @@ from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
 from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.escalations import change_of
 from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.iterations import IterationRecord, ModelCall
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.runs import RunRepository
 
 log = logging.getLogger(__name__)
+
+ERROR_OPTIONS = (
+    EscalationOption("retry", "Retry", "The cause is fixed: run the call again."),
+    EscalationOption("skip", "Skip", "Go on without this call's result."),
+    EscalationOption("stop", "Stop", "End the turn; the agent reports what it has."),
+)
+"""What a person may decide about a failing tool call."""
 
 REPETITION_WINDOW = 10
 """How many of the newest tool calls repetition detection looks at."""
@@ -93,6 +129,12 @@ class LoopLimits:
     brain_retries: int
     brain_retry_delay: float
     """Seconds before the first retry of a retryable brain error (then linear backoff)."""
+    tool_attempts: int = 3
+    """Attempts of a retryable tool error signature before it escalates."""
+    tool_retry_delay: float = 0.0
+    """Seconds before the first retry of a failed tool call (then linear backoff)."""
+    max_escalations: int = 5
+    """Escalations a job may raise; the next one ends the job (ESCALATION_LIMIT)."""
 
 
 @dataclass
@@ -104,6 +146,12 @@ class LoopState:
     recent: list[str] = field(default_factory=list)
     steered: bool = False
     phase: str = ""
+    retries: RetryCounts = field(default_factory=RetryCounts)
+    escalations: int = 0
+    """Escalations raised so far."""
+    awaiting: list[dict[str, Any]] = field(default_factory=list)
+    """The escalated tool calls of the last committed turn, whose answers the agent waits
+    for: ``call_id``, ``tool_name`` and the ``escalation`` (JSON) each raised."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +160,9 @@ class LoopState:
             "recent": list(self.recent),
             "steered": self.steered,
             "phase": self.phase,
+            "retries": self.retries.to_json(),
+            "escalations": self.escalations,
+            "awaiting": [dict(entry) for entry in self.awaiting],
         }
 
     @classmethod
@@ -122,7 +173,18 @@ class LoopState:
             recent=[str(v) for v in value.get("recent", [])],
             steered=bool(value.get("steered", False)),
             phase=str(value.get("phase", "")),
+            retries=RetryCounts.from_json(value.get("retries")),
+            escalations=int(value.get("escalations", 0)),
+            awaiting=[dict(entry) for entry in value.get("awaiting", [])],
         )
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A tool call of the current turn that needs a person: the escalation it raises."""
+
+    call: ToolCall
+    escalation: Escalation
 
 
 class Stopped(Exception):
@@ -140,6 +202,7 @@ class AgentRun:
         checkpoints: CheckpointStore,
         ledger: LedgerRepository,
         event_log: EventLogRepository,
+        escalations: EscalationRepository,
         writer: IterationWriter,
         changes: ChangePipeline,
         plugins: PluginRegistry,
@@ -147,8 +210,13 @@ class AgentRun:
         clock: Clock,
         runner_id: str,
         limits: LoopLimits,
+        deadline_raised: Callable[[datetime | None], None] = lambda _: None,
     ) -> None:
+        """``deadline_raised`` tells the process's deadline timer of a new escalation's
+        deadline."""
         self._runs = runs
+        self._escalations = escalations
+        self._deadline_raised = deadline_raised
         self._checkpoints = checkpoints
         self._ledger = ledger
         self._event_log = event_log
@@ -198,6 +266,10 @@ class AgentRun:
         tools = {tool.spec.name: tool for tool in self._plugins.tools()}
         specs = [tool.spec for tool in tools.values()]
         try:
+            if state.awaiting:  # the answers of the last turn, or a wait that goes on
+                park = await self._take_answers(state, messages)
+                if park is not None:
+                    return park
             return await self._loop(
                 brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
             )
@@ -257,6 +329,7 @@ class AgentRun:
             ]
             new = [Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls)]
             outcome: tuple[JobOutcome, str] | None = None
+            asks: list[Ask] = []
             if budget.exceeded(spent, limit):
                 outcome = (
                     JobOutcome.BUDGET_EXCEEDED,
@@ -266,7 +339,8 @@ class AgentRun:
             elif turn.stop_reason is StopReason.REFUSAL:
                 outcome = (JobOutcome.MODEL_ERROR, "the model refused to continue")
             else:
-                outcome = await self._act(turn, tools, state, new, events)
+                outcome = await self._act(turn, tools, state, new=new, events=events, asks=asks)
+                outcome = outcome or self._await_later(asks, state)
                 if outcome is None and not turn.tool_calls and turn.stop_reason is StopReason.END_TURN:
                     outcome = (JobOutcome.COMPLETED, "")
             messages.extend(new)
@@ -290,21 +364,32 @@ class AgentRun:
             saved = len(messages)
             self.iteration = state.iteration
             if outcome is not None:
-                final: list[EventPayload] = []
-                if outcome[0] is JobOutcome.BUDGET_EXCEEDED:
-                    final.append(
-                        AgentBudgetExceeded(
-                            budget_percent=pct,
-                            spent_today_microdollars=spent,
-                            daily_budget_microdollars=limit,
-                        )
-                    )
-                elif outcome[0] is JobOutcome.COMPLETED and state.phase:
-                    final.append(PhaseCompleted(phase=state.phase))
-                await self._finish(outcome[0], outcome[1], final)
+                await self._end(outcome, state, pct=pct, spent=spent, limit=limit)
                 return None
+            if asks:
+                await self._raise([ask.escalation for ask in asks])
+            # Asleep on its budget, the agent waits for its answers too: a person may decide
+            # meanwhile, and it takes the decision when it wakes.
             if budget.should_sleep(spent, limit):
                 return await self._park_until_midnight()
+            if state.awaiting:
+                park = await self._take_answers(state, messages)
+                if park is not None:
+                    return park
+
+    async def _end(
+        self, outcome: tuple[JobOutcome, str], state: LoopState, *, pct: int, spent: int, limit: int
+    ) -> None:
+        final: list[EventPayload] = []
+        if outcome[0] is JobOutcome.BUDGET_EXCEEDED:
+            final.append(
+                AgentBudgetExceeded(
+                    budget_percent=pct, spent_today_microdollars=spent, daily_budget_microdollars=limit
+                )
+            )
+        elif outcome[0] is JobOutcome.COMPLETED and state.phase:
+            final.append(PhaseCompleted(phase=state.phase))
+        await self._finish(outcome[0], outcome[1], final)
 
     def _tool_call_limit_detail(self) -> str:
         return f"reached the limit of {self._limits.max_tool_calls} tool calls"
@@ -363,8 +448,10 @@ class AgentRun:
         turn: Turn,
         tools: dict[str, Tool],
         state: LoopState,
+        *,
         new: list[Message],
         events: list[EventPayload],
+        asks: list[Ask],
     ) -> tuple[JobOutcome, str] | None:
 
         async def open_phase(name: str) -> None:
@@ -403,7 +490,12 @@ class AgentRun:
                 )
             else:
                 state.tool_calls += 1
-                result = await self._run_tool(tools.get(call.name), call.name, call.input, context)
+                attempted = await self._attempt(tools.get(call.name), call, context, state, events)
+                if isinstance(attempted, Escalation):
+                    # The answer becomes this call's result once a person (or the deadline) gives it.
+                    asks.append(Ask(call, attempted))
+                    continue
+                result = attempted
             content = truncate_middle(result.content, self._limits.result_limit)
             new.append(
                 Message(
@@ -424,6 +516,95 @@ class AgentRun:
                 )
             )
         return None
+
+    async def _attempt(
+        self,
+        tool: Tool | None,
+        call: ToolCall,
+        context: ToolContext,
+        state: LoopState,
+        events: list[EventPayload],
+    ) -> ToolResult | Escalation:
+        """Run the call, again while its failure may pass (announcing each retry); the
+        result, or the escalation the call needs."""
+        failures: list[str] = []
+        while True:
+            result = await self._run_tool(tool, call.name, call.input, context)
+            if result.question is not None:
+                return self._question(call, result.question, state.iteration)
+            if not (result.is_error and result.error_type):
+                return result
+            signature = error_signature(call.name, result.error_type, result.content)
+            message = truncate_middle(result.content, 1000)
+            failures.append(f"{result.error_type}: {message}")
+            if classify_error(result.error_type, result.content, retryable=result.retryable) is (
+                ErrorClass.NEVER_RETRY
+            ):
+                return self._error_escalation(
+                    call, EscalationTrigger.UNRETRYABLE_ERROR, signature, failures, state.iteration
+                )
+            attempt = state.retries.failed(signature)
+            if attempt >= self._limits.tool_attempts:
+                return self._error_escalation(
+                    call, EscalationTrigger.REPEATED_ERROR, signature, failures, state.iteration
+                )
+            events.append(
+                AgentRetrying(
+                    error_signature=signature,
+                    attempt=attempt,
+                    max_attempts=self._limits.tool_attempts,
+                    error_message=message,
+                )
+            )
+            await self._pause(self._limits.tool_retry_delay * attempt)
+
+    def _escalation_id(self, call: ToolCall, iteration: int) -> str:
+        # Derived from the job, the turn and the call: raising it again after a restart
+        # finds the stored one instead of asking twice.
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cofounder:{self.job_id}:{iteration}:{call.call_id}"))
+
+    def _question(self, call: ToolCall, question: Question, iteration: int) -> Escalation:
+        now = self._clock.now()
+        return Escalation(
+            escalation_id=self._escalation_id(call, iteration),
+            job_id=self.job_id,
+            owner_id=self.job.owner_id,
+            status=EscalationStatus.PENDING,
+            trigger=EscalationTrigger.AGENT_QUESTION,
+            problem=question.question,
+            create_time=now,
+            recommended_action=question.recommended,
+            options=question.options,
+            tool_call_id=call.call_id,
+            tool_name=call.name,
+            deadline=question.deadline(now),
+            default_option=question.default,
+        )
+
+    def _error_escalation(
+        self, call: ToolCall, trigger: EscalationTrigger, signature: str, failures: list[str], iteration: int
+    ) -> Escalation:
+        if trigger is EscalationTrigger.UNRETRYABLE_ERROR:
+            problem = f"The tool {call.name} failed in a way retrying cannot fix: {failures[-1]}"
+        else:
+            problem = (
+                f"The tool {call.name} kept failing ({self._limits.tool_attempts} attempts): {failures[-1]}"
+            )
+        return Escalation(
+            escalation_id=self._escalation_id(call, iteration),
+            job_id=self.job_id,
+            owner_id=self.job.owner_id,
+            status=EscalationStatus.PENDING,
+            trigger=trigger,
+            problem=problem,
+            create_time=self._clock.now(),
+            attempts=attempts_text(failures),
+            recommended_action="retry" if trigger is EscalationTrigger.REPEATED_ERROR else "skip",
+            options=ERROR_OPTIONS,
+            error_signature=signature,
+            tool_call_id=call.call_id,
+            tool_name=call.name,
+        )
 
     async def _run_tool(
         self, tool: Tool | None, name: str, tool_input: Any, context: ToolContext
@@ -476,6 +657,92 @@ class AgentRun:
                 write.done = asyncio.get_running_loop().create_future()
         if not accepted:
             raise Stopped
+
+    # --- escalations --------------------------------------------------------------------
+
+    def _await_later(self, asks: list[Ask], state: LoopState) -> tuple[JobOutcome, str] | None:
+        """Note the turn's escalated calls in the state committed with the turn (so a restart
+        waits for them too), or end the job if they pass the cap on escalations."""
+        if not asks:
+            return None
+        if state.escalations + len(asks) > self._limits.max_escalations:
+            return (
+                JobOutcome.ESCALATION_LIMIT,
+                f"the agent needed a person more than {self._limits.max_escalations} times "
+                f"({asks[-1].escalation.problem[:200]})",
+            )
+        state.escalations += len(asks)
+        state.awaiting = [
+            {"call_id": ask.call.call_id, "tool_name": ask.call.name, "escalation": to_json(ask.escalation)}
+            for ask in asks
+        ]
+        return None
+
+    async def _raise(self, escalations: list[Escalation]) -> None:
+        """Record the turn's escalations (those not stored yet) and set the agent waiting."""
+        change = await self._escalations.raise_for(
+            self.job_id, self._runner_id, escalations, now=self._clock.now()
+        )
+        if change is None:
+            raise Stopped
+        await self._applied(change_of(change))
+        for escalation in escalations:
+            self._deadline_raised(escalation.deadline)
+
+    async def _take_answers(self, state: LoopState, messages: list[Message]) -> Park | None:
+        """Take the decisions of the last turn's escalations, once all are made: each becomes
+        the result of its tool call (delivered once, in one transaction). While some are
+        pending, the agent parks waiting for input (the decision's notification or the
+        process's sweep resumes it)."""
+        escalations = [escalation_from_json(entry["escalation"]) for entry in state.awaiting]
+        ids = [escalation.escalation_id for escalation in escalations]
+        decided, change = await self._escalations.deliver(
+            self.job_id, self._runner_id, ids, now=self._clock.now()
+        )
+        if change is not None:
+            await self._applied(change_of(change))
+        elif len(decided) < len(ids):  # the process stopped before raising them all
+            stored = {escalation.escalation_id for escalation in decided}
+            await self._raise([e for e in escalations if e.escalation_id not in stored])
+            return Park(AgentState.WAITING_FOR_INPUT, None)
+        elif any(escalation.is_pending for escalation in decided):
+            if self.job.agent_state is not AgentState.WAITING_FOR_INPUT:  # woke from a budget sleep
+                await self._waiting_again([e.escalation_id for e in decided if e.is_pending])
+            return Park(AgentState.WAITING_FOR_INPUT, None)
+        else:
+            await self._still_ours()  # delivered before a restart
+        by_id = {escalation.escalation_id: escalation for escalation in decided}
+        for entry, asked in zip(state.awaiting, escalations, strict=True):
+            escalation = by_id[asked.escalation_id]
+            messages.append(
+                Message(
+                    role="tool",
+                    text=delivered_text(escalation),
+                    call_id=entry["call_id"],
+                    tool_name=entry["tool_name"],
+                    is_error=escalation.status is EscalationStatus.EXPIRED,
+                )
+            )
+            if escalation.error_signature:
+                state.retries.reset(escalation.error_signature)
+        state.awaiting = []
+        return None
+
+    async def _waiting_again(self, pending: list[str]) -> None:
+        change = await self._runs.set_agent_state(
+            self.job_id,
+            state=AgentState.WAITING_FOR_INPUT,
+            wake_at=None,
+            events=[AgentWaitingForInput(escalation_id) for escalation_id in pending],
+            now=self._clock.now(),
+        )
+        await self._applied(change)
+
+    async def _still_ours(self) -> None:
+        job = await self._runs.get(self.job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            raise Stopped
+        self.job = job
 
     # --- parking -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from cofounder_server.domain.escalations import Question
 from cofounder_server.domain.model import AgentSpec
 
 
@@ -137,10 +138,23 @@ class Brain(Protocol):
 
 @dataclass(frozen=True)
 class ToolResult:
-    """What a tool reports back to the agent."""
+    """What a tool reports back to the agent.
+
+    An error without ``error_type`` is feedback on the call itself (bad input): it goes back
+    to the model, which can correct its next call. An error with ``error_type`` (e.g. an
+    exception class name) says the action failed: the executor runs the call again, counting
+    failures by signature (the tool, ``error_type`` and the normalised ``content``), and
+    escalates to a person when the attempts are used up, or at once when retrying cannot
+    help. ``retryable`` is the tool's own verdict on that; ``None`` lets the executor decide
+    (permission and credential failures are never retried). A result with a ``question``
+    asks a person: the agent waits, and the answer becomes the call's result.
+    """
 
     content: str
     is_error: bool = False
+    error_type: str = ""
+    retryable: bool | None = None
+    question: Question | None = None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory
 from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
 from cofounder_server.executor.plugin_errors import PluginConfigError, UnknownBrainError
 from cofounder_server.executor.plugins import Brain, BrainFactory, Tool, ToolFactory, ToolSpec
+from cofounder_server.executor.tools.ask_human import AskHumanTool
 from cofounder_server.executor.tools.narrate import NarrateTool
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class PluginRegistry:
 
     @classmethod
     def default(cls, settings: Settings, *, entry_points: bool = True) -> PluginRegistry:
-        """The built-ins (brains ``scripted`` and ``anthropic``, tool ``narrate``) plus plug-ins.
+        """The built-ins (brains ``scripted`` and ``anthropic``, tools ``ask_human`` and
+        ``narrate``) plus plug-ins.
 
         Entry points are loaded first (unless ``entry_points`` is false), then the import
         paths of ``settings.plugins``. Raises :class:`PluginLoadError` if a configured import
@@ -80,6 +82,7 @@ class PluginRegistry:
         )
         registry.register_brain("anthropic", anthropic)
         registry.add_cleanup(anthropic.aclose)
+        registry.register_tool("ask_human", AskHumanTool)
         registry.register_tool("narrate", NarrateTool)
         if entry_points:
             registry.load_entry_points()

@@ -246,6 +246,11 @@ class Executor:
         """WakeAgent recorded the wake: resume the agent if it is parked here."""
         self._wake(job.job_id)
 
+    def job_answered(self, job_id: str) -> None:
+        """An escalation the job's agent waits on was decided: resume the agent if it is
+        parked here (it takes its answers, or parks again while some are pending)."""
+        self._wake(job_id)
+
     def _cancel(self, job_id: str) -> None:
         run = self.runs.get(job_id)
         if run is not None:
@@ -277,7 +282,7 @@ class Executor:
                 verb, _, job_id = text.partition(" ")
                 if verb == "cancel":
                     self._cancel(job_id)
-                elif verb == "wake":
+                elif verb in ("wake", "answer"):
                     self._wake(job_id)
                 elif verb == "released" and job_id != self.runner_id:
                     self._claim_now.set()

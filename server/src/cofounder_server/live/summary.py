@@ -41,7 +41,7 @@ class JobSummary:
             wake_at=job.wake_at,
             daily_budget_microdollars=spend.budget,
             spent_today_microdollars=spend.spent,
-            pending_escalation_ids=(),
+            pending_escalation_ids=job.pending_escalation_ids,
         )
 
     def encode(self) -> str:

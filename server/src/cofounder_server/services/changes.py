@@ -8,11 +8,13 @@ into, in this order:
    change implies (the job's versioned summary and ``last_seq``, the agent's ``state``,
    ``wake_at`` and ``budget_pct`` with the key contract's TTLs, derived from the committed
    values and written only if no newer change got there first), then one PUBLISH per job
-   on its events channel, then the cancel or wake request on the executor control channel
-   for the replica that runs the job. Keys are written before the announcement, so a
-   watcher that has an event never reads an older summary from Redis;
+   on its events channel and one for the escalation feed entries, then the cancel, wake or
+   answer request on the executor control channel for the replica that runs the job.
+   Keys are written before the announcement, so a watcher that has an event never reads
+   an older summary from Redis;
 2. the runner's notification, in process (the executor here claims a submitted job, stops
-   a cancelled one, wakes a woken one at once), also when the round trip failed.
+   a cancelled one, wakes a woken one and hands an answered one its decision at once),
+   also when the round trip failed.
 
 A failure after the commit never turns the committed change into an error: the job
 service, the agent loop, the group-commit writer and the executor all call this and return
@@ -39,6 +41,7 @@ from cofounder_server.domain.budget import window_start
 from cofounder_server.domain.changes import Change, RunnerNotice, Spend, visible_agent_state
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import Job
+from cofounder_server.events.escalation_feed import EscalationEventEncoder, wire_escalation_event
 from cofounder_server.events.hub import WireEvent, pack
 from cofounder_server.events.job_events import JobEventEncoder, wire_event
 from cofounder_server.live import keys
@@ -55,7 +58,11 @@ log = logging.getLogger(__name__)
 REPAIR_INTERVAL_SECONDS = 1.0
 """First retry of the live keys of changes Redis missed (doubling up to 5 s while it is down)."""
 
-_CONTROL_VERBS = {RunnerNotice.CANCELLED: "cancel", RunnerNotice.WOKEN: "wake"}
+_CONTROL_VERBS = {
+    RunnerNotice.CANCELLED: "cancel",
+    RunnerNotice.WOKEN: "wake",
+    RunnerNotice.ANSWERED: "answer",
+}
 
 
 class JobRunner(Protocol):
@@ -73,6 +80,10 @@ class JobRunner(Protocol):
         """Resume the job's agent if it sleeps here (the wake is recorded already)."""
         ...
 
+    def job_answered(self, job_id: str) -> None:
+        """Hand the job's agent the decision it waits for, if it runs here."""
+        ...
+
 
 class ChangePipeline:
     """Turns committed changes into live keys, event fan-out and runner notifications."""
@@ -84,6 +95,7 @@ class ChangePipeline:
         clock: Clock,
         encode: JobEventEncoder,
         *,
+        encode_escalation: EscalationEventEncoder,
         jobs: JobRepository,
         ledger: LedgerRepository,
         event_log: EventLogRepository,
@@ -92,6 +104,7 @@ class ChangePipeline:
         self._cache = cache
         self._clock = clock
         self._encode = encode
+        self._encode_escalation = encode_escalation
         self._jobs = jobs
         self._ledger = ledger
         self._event_log = event_log
@@ -196,6 +209,9 @@ class ChangePipeline:
 
     def _notify(self, change: Change, notice: RunnerNotice | None) -> None:
         runner, job = self._runner, change.job
+        if notice is RunnerNotice.ANSWERED and runner is not None:
+            runner.job_answered(change.job_id)
+            return
         if notice is None or runner is None or job is None:
             return
         if notice is RunnerNotice.SUBMITTED:
@@ -215,6 +231,11 @@ class ChangePipeline:
             now = self._clock.now()
             writes = LiveWrites()
             announcements: dict[str, list[WireEvent]] = {}
+            feed = [
+                wire_escalation_event(entry, self._encode_escalation)
+                for change in changes
+                for entry in change.feed
+            ]
             for change in changes:
                 for event in change.events:
                     announcements.setdefault(change.job_id, []).append(wire_event(event, self._encode))
@@ -238,6 +259,8 @@ class ChangePipeline:
                     writes.queue(pipe)
                     for job_id, events in announcements.items():
                         pipe.publish(keys.job_events_channel(job_id), pack(events))
+                    if feed:
+                        pipe.publish(keys.ESCALATION_EVENTS_CHANNEL, pack(feed))
                     for verb, job_id in controls:
                         pipe.publish(keys.EXECUTOR_CONTROL_CHANNEL, f"{verb} {job_id}")
                     await pipe.execute()

@@ -72,15 +72,16 @@ class JobService:
 
     async def cancel(self, principal: Principal, job_id: str, reason: str) -> Job:
         """Cancel a queued or running job; cancelling a cancelled job returns it unchanged."""
-        job, events = await self._jobs.cancel(
+        change = await self._jobs.cancel(
             job_id,
             owner_scope=principal.owner_scope,
             reason=reason or "cancelled by request",
             now=self._clock.now(),
         )
-        if events:
-            await self._changes.committed(Change.of(job, events), RunnerNotice.CANCELLED)
-        return job
+        if change.events:
+            await self._changes.committed(change, RunnerNotice.CANCELLED)
+        assert change.job is not None
+        return change.job
 
     async def wake(self, principal: Principal, job_id: str, request_id: str, top_up: int) -> Job:
         """WakeAgent: add ``top_up`` to today's budget and wake the sleeping agent now.

@@ -202,27 +202,34 @@ class EventLogRepository:
         self, kind: EscalationEventKind, escalation: Escalation, *, now: datetime
     ) -> EscalationEvent:
         """Append one entry to the escalation feed; ``NotFound`` when its job is missing."""
-        now = _utc(now)
         try:
             async with self._database.write() as session:
-                last, pruned = await self._advance(session, ESCALATION_STREAM, 1)
-                await session.execute(
-                    insert(EscalationEventRow).values(
-                        sequence=last,
-                        escalation_id=escalation.escalation_id,
-                        job_id=escalation.job_id,
-                        owner_id=escalation.owner_id,
-                        kind=kind.value,
-                        time=now,
-                        escalation=to_json(escalation),
-                    )
-                )
-                horizon = self.prune_horizon(last, pruned)
-                if horizon is not None:
-                    await self._prune_escalations(session, horizon)
-                    await self._set_pruned(session, ESCALATION_STREAM, horizon)
+                return await self.append_escalation_event_in(session, kind, escalation, now=now)
         except IntegrityError as error:
             raise NotFound("job", escalation.job_id) from error
+
+    async def append_escalation_event_in(
+        self, session: AsyncSession, kind: EscalationEventKind, escalation: Escalation, *, now: datetime
+    ) -> EscalationEvent:
+        """As :meth:`append_escalation_event`, inside the caller's write transaction ``session``
+        (the entry commits with the change it describes)."""
+        now = _utc(now)
+        last, pruned = await self._advance(session, ESCALATION_STREAM, 1)
+        await session.execute(
+            insert(EscalationEventRow).values(
+                sequence=last,
+                escalation_id=escalation.escalation_id,
+                job_id=escalation.job_id,
+                owner_id=escalation.owner_id,
+                kind=kind.value,
+                time=now,
+                escalation=to_json(escalation),
+            )
+        )
+        horizon = self.prune_horizon(last, pruned)
+        if horizon is not None:
+            await self._prune_escalations(session, horizon)
+            await self._set_pruned(session, ESCALATION_STREAM, horizon)
         return EscalationEvent(sequence=last, kind=kind, time=now, escalation=escalation)
 
     async def read_escalation_events(

@@ -16,8 +16,9 @@ from sqlalchemy import ColumnElement, Select, Update, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cofounder_server.domain.changes import Change
 from cofounder_server.domain.errors import FailedPrecondition, NotFound
-from cofounder_server.domain.events import JobEvent, JobStatusChanged
+from cofounder_server.domain.events import EscalationEvent, EventPayload, JobEvent, JobStatusChanged
 from cofounder_server.domain.model import (
     AgentSpec,
     AgentState,
@@ -28,6 +29,7 @@ from cofounder_server.domain.model import (
     NewJob,
 )
 from cofounder_server.store.database import Database
+from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
 from cofounder_server.store.models import JobRow
@@ -145,9 +147,10 @@ class JobRepository:
         owner_scope: str | None,
         reason: str,
         now: datetime,
-    ) -> tuple[Job, builtins.list[JobEvent]]:
-        """Cancel a QUEUED or RUNNING job with its ``job.status_changed`` event; return the job
-        and the events appended (none when this call changed nothing).
+    ) -> Change:
+        """Cancel a QUEUED or RUNNING job with its ``job.status_changed`` event, withdrawing
+        its pending escalations (their ``agent.escalation_withdrawn`` events come first);
+        return the change (no events when this call changed nothing).
 
         Cancelling a cancelled job changes nothing. Raises ``NotFound`` for a missing job
         or one outside ``owner_scope`` and ``FailedPrecondition("JOB_ALREADY_FINISHED")``
@@ -166,11 +169,20 @@ class JobRepository:
             )
         )
         async with self._database.write() as session:
-            previous = await session.scalar(
-                select(JobRow.status)
-                .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
-                .with_for_update()
-            )
+            current_row = (
+                await session.execute(
+                    select(JobRow.status, JobRow.pending_escalations)
+                    .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
+                    .with_for_update()
+                )
+            ).first()
+            previous = None if current_row is None else current_row[0]
+            withdrawn: builtins.list[EventPayload] = []
+            feed: builtins.list[EscalationEvent] = []
+            if previous in _CANCELLABLE and current_row is not None and current_row[1]:
+                withdrawn, feed = await withdraw_pending_in(
+                    session, self._event_log, job_id, reason=f"the job was cancelled: {reason}", now=now
+                )
             row = await _update_returning(session, statement, now)
             if row is not None:
                 job = _to_job(row)
@@ -180,13 +192,16 @@ class JobRepository:
                     outcome=job.outcome,
                     detail=job.outcome_detail,
                 )
-                return job, await self._append(session, job, event)
+                events = await self._event_log.append_job_events_in(
+                    session, job.job_id, (*withdrawn, event), now=job.update_time
+                )
+                return Change.of(job, events, feed=feed)
             current = await session.scalar(_select_job(job_id, owner_scope))
             if current is None:
                 raise NotFound("job", job_id)
             job = _to_job(current)
         if job.status is JobStatus.CANCELLED:
-            return job, []
+            return Change.of(job)
         raise FailedPrecondition("JOB_ALREADY_FINISHED", f"job {job_id!r} already finished as {job.status}")
 
     @staticmethod
@@ -242,6 +257,7 @@ def _new_row(new: NewJob, now: datetime) -> JobRow:
         outcome_detail="",
         agent_state=None,
         wake_at=None,
+        pending_escalations=[],
         create_time=now,
         update_time=now,
         end_time=None,
@@ -268,4 +284,5 @@ def _to_job(row: JobRow) -> Job:
         update_time=row.update_time,
         end_time=row.end_time,
         version=row.version,
+        pending_escalation_ids=tuple(row.pending_escalations or ()),
     )

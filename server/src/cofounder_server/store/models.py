@@ -27,7 +27,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cofounder_server.domain.events import EscalationEventKind
+from cofounder_server.domain.events import (
+    DecisionSource,
+    EscalationEventKind,
+    EscalationStatus,
+    EscalationTrigger,
+)
 from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
 
 # Deterministic constraint names: Alembic needs names to drop or alter constraints later,
@@ -71,7 +76,18 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 """JSON text on SQLite, ``jsonb`` on PostgreSQL (indexable for later label queries)."""
 
 
-def _in_values(column: str, values: type[JobStatus | JobOutcome | AgentState | EscalationEventKind]) -> str:
+def _in_values(
+    column: str,
+    values: type[
+        JobStatus
+        | JobOutcome
+        | AgentState
+        | EscalationEventKind
+        | EscalationStatus
+        | EscalationTrigger
+        | DecisionSource
+    ],
+) -> str:
     return f"{column} IN ({', '.join(repr(member.value) for member in values)})"
 
 
@@ -112,6 +128,9 @@ class JobRow(Base):
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
     end_time: Mapped[datetime | None]
+    # The escalations the agent waits on (ids, oldest first), kept with the job so every
+    # change of them is a change of the job: its summary in Redis follows.
+    pending_escalations: Mapped[list[str]] = mapped_column(JSONDocument)
     # Which executor process runs the job (a row of ``runners``, whose lease says whether it
     # is alive). A job of a runner whose lease expired is claimed by another process.
     runner_id: Mapped[str | None] = mapped_column(String(64))
@@ -230,6 +249,66 @@ Index(
     EscalationEventRow.escalation_id,
     EscalationEventRow.sequence,
 )
+
+
+class EscalationRow(Base):
+    """An escalation as it stands now: the question, its options, and who decided what.
+
+    Resolving is one conditional ``UPDATE ... WHERE state = 'pending'``, so of concurrent
+    resolves on any replicas exactly one wins. ``delivered_time`` is set in the transaction
+    that tells the agent the decision, so it is told once.
+    """
+
+    __tablename__ = "escalations"
+
+    escalation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"))
+    owner_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(32))
+    problem: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[list[str]] = mapped_column(JSONDocument)
+    recommended_action: Mapped[str] = mapped_column(Text)
+    options: Mapped[list[dict[str, str]]] = mapped_column(JSONDocument)
+    error_signature: Mapped[str] = mapped_column(Text)
+    tool_call_id: Mapped[str] = mapped_column(String(255))
+    tool_name: Mapped[str] = mapped_column(String(255))
+    deadline: Mapped[datetime | None]
+    default_option: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime]
+    resolve_time: Mapped[datetime | None]
+    decision: Mapped[str] = mapped_column(Text)
+    guidance: Mapped[str] = mapped_column(Text)
+    resolved_by: Mapped[str] = mapped_column(String(255))
+    decision_source: Mapped[str | None] = mapped_column(String(16))
+    resolved_via_service: Mapped[str] = mapped_column(String(255))
+    delivered_time: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in_values("state", EscalationStatus), name="state"),
+        CheckConstraint(_in_values("trigger", EscalationTrigger), name="trigger"),
+        CheckConstraint(
+            f"decision_source IS NULL OR {_in_values('decision_source', DecisionSource)}",
+            name="decision_source",
+        ),
+    )
+
+
+# Listing is newest first per owner (optionally one job's); the deadline sweep looks for
+# the earliest pending deadline.
+Index(
+    "ix_escalations_owner_id_create_time",
+    EscalationRow.owner_id,
+    EscalationRow.create_time.desc(),
+    EscalationRow.escalation_id.desc(),
+)
+Index(
+    "ix_escalations_job_id_create_time",
+    EscalationRow.job_id,
+    EscalationRow.create_time.desc(),
+    EscalationRow.escalation_id.desc(),
+)
+Index("ix_escalations_state_deadline", EscalationRow.state, EscalationRow.deadline)
 
 
 class UsageLedgerRow(Base):

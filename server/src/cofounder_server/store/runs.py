@@ -18,9 +18,16 @@ from sqlalchemy.exc import IntegrityError
 from cofounder_server import observability
 from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from cofounder_server.domain.events import AgentWaking, EventPayload, JobStatusChanged, WakeReason
+from cofounder_server.domain.events import (
+    AgentWaking,
+    EscalationEvent,
+    EventPayload,
+    JobStatusChanged,
+    WakeReason,
+)
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 from cofounder_server.store.database import Database
+from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import _select_job, _to_job, _update_returning
 from cofounder_server.store.ledger import budget_in
@@ -124,7 +131,9 @@ class RunRepository:
         events: Sequence[EventPayload],
         now: datetime,
     ) -> Change | None:
-        """End a running job this runner holds; ``None`` if it is not (cancelled meanwhile)."""
+        """End a running job this runner holds, withdrawing its pending escalations (their
+        ``agent.escalation_withdrawn`` events come first); ``None`` if it is not (cancelled
+        meanwhile)."""
         now = _utc(now)
         statement = (
             update(JobRow)
@@ -142,7 +151,27 @@ class RunRepository:
         change = JobStatusChanged(
             status=status, previous_status=JobStatus.RUNNING, outcome=outcome, detail=detail
         )
-        return await self._transition(statement, job_id, [*events, change], now)
+        async with self._database.write() as session:
+            pending = await session.scalar(
+                select(JobRow.pending_escalations)
+                .where(JobRow.job_id == job_id, JobRow.status == _RUNNING, JobRow.runner_id == runner_id)
+                .with_for_update()
+            )
+            if pending is None:
+                return None
+            withdrawn: list[EventPayload] = []
+            feed: list[EscalationEvent] = []
+            if pending:  # the job's list names every pending escalation: none, nothing to withdraw
+                withdrawn, feed = await withdraw_pending_in(
+                    session, self._event_log, job_id, reason=f"the job ended ({outcome.value})", now=now
+                )
+            row = await _update_returning(session, statement, now)
+            if row is None:
+                return None
+            stored = await self._event_log.append_job_events_in(
+                session, job_id, [*withdrawn, *events, change], now=now
+            )
+            return Change.of(_to_job(row), stored, feed=feed)
 
     async def set_agent_state(
         self,

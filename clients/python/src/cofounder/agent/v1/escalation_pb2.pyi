@@ -31,9 +31,15 @@ class _EscalationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Esca
     ESCALATION_STATUS_PENDING: _EscalationStatus.ValueType  # 1
     """Waiting for a human decision; the agent is blocked on it."""
     ESCALATION_STATUS_RESOLVED: _EscalationStatus.ValueType  # 2
-    """A human picked an option; the decision was delivered to the agent."""
+    """Decided: a person or a service picked an option, or the deadline applied
+    the default option (see `decision_source`).
+    """
     ESCALATION_STATUS_WITHDRAWN: _EscalationStatus.ValueType  # 3
     """The job ended (or was cancelled) before anyone resolved it."""
+    ESCALATION_STATUS_EXPIRED: _EscalationStatus.ValueType  # 4
+    """The deadline passed, nobody answered and there was no default option:
+    the agent was told that nobody answered. `decision` stays empty.
+    """
 
 class EscalationStatus(_EscalationStatus, metaclass=_EscalationStatusEnumTypeWrapper):
     """Where an escalation stands."""
@@ -43,10 +49,54 @@ ESCALATION_STATUS_UNSPECIFIED: EscalationStatus.ValueType  # 0
 ESCALATION_STATUS_PENDING: EscalationStatus.ValueType  # 1
 """Waiting for a human decision; the agent is blocked on it."""
 ESCALATION_STATUS_RESOLVED: EscalationStatus.ValueType  # 2
-"""A human picked an option; the decision was delivered to the agent."""
+"""Decided: a person or a service picked an option, or the deadline applied
+the default option (see `decision_source`).
+"""
 ESCALATION_STATUS_WITHDRAWN: EscalationStatus.ValueType  # 3
 """The job ended (or was cancelled) before anyone resolved it."""
+ESCALATION_STATUS_EXPIRED: EscalationStatus.ValueType  # 4
+"""The deadline passed, nobody answered and there was no default option:
+the agent was told that nobody answered. `decision` stays empty.
+"""
 Global___EscalationStatus: _TypeAlias = EscalationStatus  # noqa: Y015
+
+class _DecisionSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DecisionSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DecisionSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DECISION_SOURCE_UNSPECIFIED: _DecisionSource.ValueType  # 0
+    """Nobody yet (pending), or nobody at all (withdrawn)."""
+    DECISION_SOURCE_PERSON: _DecisionSource.ValueType  # 1
+    """A person: the job's owner or an operator, named by `resolved_by`."""
+    DECISION_SOURCE_SERVICE: _DecisionSource.ValueType  # 2
+    """A service acting for the owner: `resolved_by` is the owner it acted for,
+    `resolved_via_service` the service.
+    """
+    DECISION_SOURCE_DEADLINE: _DecisionSource.ValueType  # 3
+    """Nobody answered by the deadline: the default option was applied (status
+    RESOLVED) or, without a default, nothing was (status EXPIRED). The agent
+    is told exactly that, never that a person chose.
+    """
+
+class DecisionSource(_DecisionSource, metaclass=_DecisionSourceEnumTypeWrapper):
+    """Who or what made an escalation's decision."""
+
+DECISION_SOURCE_UNSPECIFIED: DecisionSource.ValueType  # 0
+"""Nobody yet (pending), or nobody at all (withdrawn)."""
+DECISION_SOURCE_PERSON: DecisionSource.ValueType  # 1
+"""A person: the job's owner or an operator, named by `resolved_by`."""
+DECISION_SOURCE_SERVICE: DecisionSource.ValueType  # 2
+"""A service acting for the owner: `resolved_by` is the owner it acted for,
+`resolved_via_service` the service.
+"""
+DECISION_SOURCE_DEADLINE: DecisionSource.ValueType  # 3
+"""Nobody answered by the deadline: the default option was applied (status
+RESOLVED) or, without a default, nothing was (status EXPIRED). The agent
+is told exactly that, never that a person chose.
+"""
+Global___DecisionSource: _TypeAlias = DecisionSource  # noqa: Y015
 
 class _EscalationTrigger:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -129,6 +179,12 @@ class Escalation(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     GUIDANCE_FIELD_NUMBER: _builtins.int
     RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    DECISION_SOURCE_FIELD_NUMBER: _builtins.int
+    RESOLVED_VIA_SERVICE_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    DEFAULT_OPTION_FIELD_NUMBER: _builtins.int
     escalation_id: _builtins.str
     """Server-assigned identifier: a lower-case canonical UUID."""
     job_id: _builtins.str
@@ -150,7 +206,25 @@ class Escalation(_message.Message):
     guidance: _builtins.str
     """Free-text guidance the human added for the agent."""
     resolved_by: _builtins.str
-    """The principal who resolved it."""
+    """The principal who resolved it: the person, or the owner a service acted
+    for. Empty when the deadline decided.
+    """
+    decision_source: Global___DecisionSource.ValueType
+    """Who or what made the decision."""
+    resolved_via_service: _builtins.str
+    """The service that resolved it for `resolved_by`, when `decision_source`
+    is DECISION_SOURCE_SERVICE.
+    """
+    tool_call_id: _builtins.str
+    """The agent's tool call this escalation answers: its decision and guidance
+    become that call's result.
+    """
+    tool_name: _builtins.str
+    """The name of the tool that was called (`ask_human` for a question)."""
+    default_option: _builtins.str
+    """The option value applied at the deadline; empty: none (the agent is told
+    nobody answered).
+    """
     @_builtins.property
     def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the agent already tried, one entry per attempt."""
@@ -166,6 +240,12 @@ class Escalation(_message.Message):
     @_builtins.property
     def resolve_time(self) -> _timestamp_pb2.Timestamp:
         """When it was resolved or withdrawn; unset while pending."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the escalation resolves itself if nobody answers; unset: it waits
+        until answered or the job ends.
+        """
 
     def __init__(
         self,
@@ -185,10 +265,16 @@ class Escalation(_message.Message):
         decision: _builtins.str = ...,
         guidance: _builtins.str = ...,
         resolved_by: _builtins.str = ...,
+        decision_source: Global___DecisionSource.ValueType = ...,
+        resolved_via_service: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        default_option: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resolve_time", b"resolve_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "decision", b"decision", "error_signature", b"error_signature", "escalation_id", b"escalation_id", "guidance", b"guidance", "job_id", b"job_id", "options", b"options", "owner_id", b"owner_id", "problem", b"problem", "recommended_action", b"recommended_action", "resolve_time", b"resolve_time", "resolved_by", b"resolved_by", "status", b"status", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "decision", b"decision", "decision_source", b"decision_source", "default_option", b"default_option", "error_signature", b"error_signature", "escalation_id", b"escalation_id", "guidance", b"guidance", "job_id", b"job_id", "options", b"options", "owner_id", b"owner_id", "problem", b"problem", "recommended_action", b"recommended_action", "resolve_time", b"resolve_time", "resolved_by", b"resolved_by", "resolved_via_service", b"resolved_via_service", "status", b"status", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -203,18 +203,30 @@ class ResolveEscalationResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ESCALATION_FIELD_NUMBER: _builtins.int
+    AGENT_WAITING_FIELD_NUMBER: _builtins.int
+    AGENT_WAKE_TIME_FIELD_NUMBER: _builtins.int
+    agent_waiting: _builtins.bool
+    """True when the agent was waiting for this answer and continues now."""
     @_builtins.property
     def escalation(self) -> _escalation_pb2.Escalation:
         """The escalation after resolution."""
+
+    @_builtins.property
+    def agent_wake_time(self) -> _timestamp_pb2.Timestamp:
+        """Set when the agent sleeps on its budget: it acts on the answer when it
+        wakes, at this time (or earlier if woken).
+        """
 
     def __init__(
         self,
         *,
         escalation: _escalation_pb2.Escalation | None = ...,
+        agent_waiting: _builtins.bool = ...,
+        agent_wake_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_wake_time", b"agent_wake_time", "escalation", b"escalation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_waiting", b"agent_waiting", "agent_wake_time", b"agent_wake_time", "escalation", b"escalation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

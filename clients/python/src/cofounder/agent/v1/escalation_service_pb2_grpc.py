@@ -84,11 +84,20 @@ class EscalationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveEscalation(self, request, context):
-        """Pick one of the escalation's options (any other value is
-        INVALID_ARGUMENT) with optional guidance. The decision reaches the
-        waiting agent on whichever replica runs it. Resolving an escalation
-        already resolved the same way is a no-op; differently, or once
-        withdrawn, FAILED_PRECONDITION. Idempotent on request_id.
+        """Pick one of the escalation's options with optional guidance. The
+        decision reaches the waiting agent on whichever replica runs it, once,
+        as the result of the tool call that escalated.
+
+        Errors: a decision that is not one of the option values is
+        INVALID_ARGUMENT with a BadRequest listing the allowed values, and
+        nothing is recorded. Repeating a call with the same request_id returns
+        the first call's result. Any other resolve of an escalation that is no
+        longer pending (resolved, expired or withdrawn) is FAILED_PRECONDITION
+        with ErrorInfo reason ESCALATION_ALREADY_RESOLVED; its metadata carries
+        `status`, and `decision` and `decision_source` of the winner. Of several
+        concurrent resolves, on any replicas, exactly one wins. The job's owner,
+        a service acting for the owner and operators may resolve; for anyone
+        else the escalation is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

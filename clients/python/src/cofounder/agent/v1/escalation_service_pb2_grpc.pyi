@@ -26,11 +26,20 @@ class EscalationServiceStub:
     ListEscalations: _aio.UnaryUnaryMultiCallable[_escalation_service_pb2.ListEscalationsRequest, _escalation_service_pb2.ListEscalationsResponse]
     """List the caller's escalations, newest first, with optional filters."""
     ResolveEscalation: _aio.UnaryUnaryMultiCallable[_escalation_service_pb2.ResolveEscalationRequest, _escalation_service_pb2.ResolveEscalationResponse]
-    """Pick one of the escalation's options (any other value is
-    INVALID_ARGUMENT) with optional guidance. The decision reaches the
-    waiting agent on whichever replica runs it. Resolving an escalation
-    already resolved the same way is a no-op; differently, or once
-    withdrawn, FAILED_PRECONDITION. Idempotent on request_id.
+    """Pick one of the escalation's options with optional guidance. The
+    decision reaches the waiting agent on whichever replica runs it, once,
+    as the result of the tool call that escalated.
+
+    Errors: a decision that is not one of the option values is
+    INVALID_ARGUMENT with a BadRequest listing the allowed values, and
+    nothing is recorded. Repeating a call with the same request_id returns
+    the first call's result. Any other resolve of an escalation that is no
+    longer pending (resolved, expired or withdrawn) is FAILED_PRECONDITION
+    with ErrorInfo reason ESCALATION_ALREADY_RESOLVED; its metadata carries
+    `status`, and `decision` and `decision_source` of the winner. Of several
+    concurrent resolves, on any replicas, exactly one wins. The job's owner,
+    a service acting for the owner and operators may resolve; for anyone
+    else the escalation is NOT_FOUND.
     """
     WatchEscalations: _aio.UnaryStreamMultiCallable[_escalation_service_pb2.WatchEscalationsRequest, _escalation_service_pb2.WatchEscalationsResponse]
     """Stream escalation events visible to the caller: a snapshot of pending
@@ -91,11 +100,20 @@ class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _escalation_service_pb2.ResolveEscalationRequest,
         context: _aio.ServicerContext[_escalation_service_pb2.ResolveEscalationRequest, _abc.Awaitable[_escalation_service_pb2.ResolveEscalationResponse]],
     ) -> _abc.Awaitable[_escalation_service_pb2.ResolveEscalationResponse]:
-        """Pick one of the escalation's options (any other value is
-        INVALID_ARGUMENT) with optional guidance. The decision reaches the
-        waiting agent on whichever replica runs it. Resolving an escalation
-        already resolved the same way is a no-op; differently, or once
-        withdrawn, FAILED_PRECONDITION. Idempotent on request_id.
+        """Pick one of the escalation's options with optional guidance. The
+        decision reaches the waiting agent on whichever replica runs it, once,
+        as the result of the tool call that escalated.
+
+        Errors: a decision that is not one of the option values is
+        INVALID_ARGUMENT with a BadRequest listing the allowed values, and
+        nothing is recorded. Repeating a call with the same request_id returns
+        the first call's result. Any other resolve of an escalation that is no
+        longer pending (resolved, expired or withdrawn) is FAILED_PRECONDITION
+        with ErrorInfo reason ESCALATION_ALREADY_RESOLVED; its metadata carries
+        `status`, and `decision` and `decision_source` of the winner. Of several
+        concurrent resolves, on any replicas, exactly one wins. The job's owner,
+        a service acting for the owner and operators may resolve; for anyone
+        else the escalation is NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

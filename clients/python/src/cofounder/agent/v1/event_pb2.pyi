@@ -97,6 +97,7 @@ class JobEvent(_message.Message):
     PHASE_STARTED_FIELD_NUMBER: _builtins.int
     PHASE_COMPLETED_FIELD_NUMBER: _builtins.int
     JOB_STATUS_CHANGED_FIELD_NUMBER: _builtins.int
+    AGENT_ESCALATION_WITHDRAWN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job the event belongs to."""
     sequence: _builtins.int
@@ -167,6 +168,10 @@ class JobEvent(_message.Message):
     def job_status_changed(self) -> Global___JobStatusChanged:
         """`job.status_changed`"""
 
+    @_builtins.property
+    def agent_escalation_withdrawn(self) -> Global___AgentEscalationWithdrawn:
+        """`agent.escalation_withdrawn`"""
+
     def __init__(
         self,
         *,
@@ -188,12 +193,13 @@ class JobEvent(_message.Message):
         phase_started: Global___PhaseStarted | None = ...,
         phase_completed: Global___PhaseCompleted | None = ...,
         job_status_changed: Global___JobStatusChanged | None = ...,
+        agent_escalation_withdrawn: Global___AgentEscalationWithdrawn | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_called", b"agent_tool_called", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_escalation_withdrawn", b"agent_escalation_withdrawn", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_called", b"agent_tool_called", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_called", b"agent_tool_called", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_id", b"job_id", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_escalation_withdrawn", b"agent_escalation_withdrawn", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_called", b"agent_tool_called", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_id", b"job_id", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["agent_thinking", "agent_tool_called", "agent_budget_updated", "agent_sleeping", "agent_waking", "agent_budget_exceeded", "agent_retrying", "agent_waiting_for_input", "agent_escalation_raised", "agent_escalation_resolved", "agent_build_paused", "phase_started", "phase_completed", "job_status_changed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["agent_thinking", "agent_tool_called", "agent_budget_updated", "agent_sleeping", "agent_waking", "agent_budget_exceeded", "agent_retrying", "agent_waiting_for_input", "agent_escalation_raised", "agent_escalation_resolved", "agent_build_paused", "phase_started", "phase_completed", "job_status_changed", "agent_escalation_withdrawn"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -463,7 +469,9 @@ Global___AgentEscalationRaised: _TypeAlias = AgentEscalationRaised  # noqa: Y015
 
 @_typing.final
 class AgentEscalationResolved(_message.Message):
-    """A human resolved an escalation and the decision reached the agent."""
+    """An escalation was decided (by a person, a service or its deadline) and the
+    decision was delivered to the agent as the result of its tool call.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -471,14 +479,27 @@ class AgentEscalationResolved(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     GUIDANCE_FIELD_NUMBER: _builtins.int
     RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    DECISION_SOURCE_FIELD_NUMBER: _builtins.int
+    RESOLVED_VIA_SERVICE_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
     escalation_id: _builtins.str
     """The escalation that was resolved."""
     decision: _builtins.str
-    """The chosen option value."""
+    """The chosen option value; empty when the deadline passed without a
+    default.
+    """
     guidance: _builtins.str
     """Guidance the human added."""
     resolved_by: _builtins.str
-    """Who resolved it."""
+    """Who resolved it: the person, or the owner a service acted for; empty
+    when the deadline decided.
+    """
+    decision_source: _escalation_pb2.DecisionSource.ValueType
+    """Who or what made the decision."""
+    resolved_via_service: _builtins.str
+    """The service that resolved it, for DECISION_SOURCE_SERVICE."""
+    delivered: _builtins.str
+    """What the agent was told, as its tool call's result."""
     def __init__(
         self,
         *,
@@ -486,14 +507,43 @@ class AgentEscalationResolved(_message.Message):
         decision: _builtins.str = ...,
         guidance: _builtins.str = ...,
         resolved_by: _builtins.str = ...,
+        decision_source: _escalation_pb2.DecisionSource.ValueType = ...,
+        resolved_via_service: _builtins.str = ...,
+        delivered: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "escalation_id", b"escalation_id", "guidance", b"guidance", "resolved_by", b"resolved_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "decision_source", b"decision_source", "delivered", b"delivered", "escalation_id", b"escalation_id", "guidance", b"guidance", "resolved_by", b"resolved_by", "resolved_via_service", b"resolved_via_service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentEscalationResolved: _TypeAlias = AgentEscalationResolved  # noqa: Y015
+
+@_typing.final
+class AgentEscalationWithdrawn(_message.Message):
+    """A pending escalation was withdrawn because its job ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCALATION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    escalation_id: _builtins.str
+    """The escalation that was withdrawn."""
+    reason: _builtins.str
+    """Why, e.g. the job was cancelled."""
+    def __init__(
+        self,
+        *,
+        escalation_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation_id", b"escalation_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentEscalationWithdrawn: _TypeAlias = AgentEscalationWithdrawn  # noqa: Y015
 
 @_typing.final
 class AgentBuildPaused(_message.Message):

@@ -83,6 +83,8 @@ class _JobOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobOutcome
     """A single call took spend past 110 % of the daily budget (job FAILED)."""
     JOB_OUTCOME_CANCELLED: _JobOutcome.ValueType  # 6
     """A caller cancelled the job (job CANCELLED)."""
+    JOB_OUTCOME_ESCALATION_LIMIT: _JobOutcome.ValueType  # 7
+    """The agent reached the cap on escalations in one job (job FAILED)."""
 
 class JobOutcome(_JobOutcome, metaclass=_JobOutcomeEnumTypeWrapper):
     """How a finished run ended. Set together with a terminal JobStatus."""
@@ -101,6 +103,8 @@ JOB_OUTCOME_BUDGET_EXCEEDED: JobOutcome.ValueType  # 5
 """A single call took spend past 110 % of the daily budget (job FAILED)."""
 JOB_OUTCOME_CANCELLED: JobOutcome.ValueType  # 6
 """A caller cancelled the job (job CANCELLED)."""
+JOB_OUTCOME_ESCALATION_LIMIT: JobOutcome.ValueType  # 7
+"""The agent reached the cap on escalations in one job (job FAILED)."""
 Global___JobOutcome: _TypeAlias = JobOutcome  # noqa: Y015
 
 class _AgentState:
