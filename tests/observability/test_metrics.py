@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc
+from cofounder_server.clock import ManualClock
 from cofounder_server.executor.plugins import Usage
 from cofounder_server.executor.prices import PriceTable
 from tests.executor.support import finished, ledger, narrate, submit, turn
+from tests.executor.test_escalations import ask, escalations_stub, pending_of, resolve
 from tests.support import RPC_TIMEOUT, eventually
 
 from .support import names, scrape, scrape_text, value
@@ -155,3 +159,63 @@ async def test_labels_stay_bounded(metered, stub, project_id) -> None:
     assert job.job_id not in text
     assert project_id not in text
     assert "local" not in {v for _, labels in samples for _, v in labels}
+
+
+async def test_an_escalation_is_counted_raised_pending_and_resolved_once(metered, stub, project_id) -> None:
+    port = metered.metrics_port
+    assert port is not None
+    before = await scrape(port)
+    config = {"turns": [turn("asking", [ask("q1")]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{metered.port}") as channel:
+        escalations = escalations_stub(channel)
+        job = await submit(stub, project_id, config)
+        (raised,) = await pending_of(escalations, job.job_id)
+        waiting = await eventually(
+            lambda: scrape(port), lambda s: value(s, "cofounder_escalations_pending") == 1, within=15
+        )
+        assert value(waiting, "cofounder_escalation_oldest_pending_age_seconds") >= 0
+        grew = value(waiting, "cofounder_escalations_raised_total", trigger="agent_question") - value(
+            before, "cofounder_escalations_raised_total", trigger="agent_question"
+        )
+        assert grew == 1
+
+        await resolve(escalations, raised.escalation_id, "pg", request_id="r-1")
+        await resolve(escalations, raised.escalation_id, "pg", request_id="r-1")  # a retry: counted once
+        await finished(stub, job.job_id)
+
+    after = await eventually(
+        lambda: scrape(port), lambda s: value(s, "cofounder_escalations_pending") == 0, within=15
+    )
+    assert value(after, "cofounder_escalation_oldest_pending_age_seconds") == 0
+    source = {"source": "person"}
+    resolved = "cofounder_escalations_resolved_total"
+    assert value(after, resolved, **source) - value(before, resolved, **source) == 1
+    assert value(after, resolved, source="deadline") == value(before, resolved, source="deadline")
+    assert value(after, "cofounder_escalations_expired_total") == value(
+        before, "cofounder_escalations_expired_total"
+    )
+
+
+@pytest.mark.parametrize("default", ["sqlite", ""])
+async def test_a_deadline_counts_its_escalation_resolved_by_the_deadline_or_expired(
+    metered, stub, project_id, manual_clock: ManualClock, default: str
+) -> None:
+    port = metered.metrics_port
+    assert port is not None
+    before = await scrape(port)
+    extra: dict[str, Any] = {"deadline_seconds": 60, **({"default": default} if default else {})}
+    config = {"turns": [turn("asking", [ask("q1", **extra)]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{metered.port}") as channel:
+        job = await submit(stub, project_id, config)
+        await pending_of(escalations_stub(channel), job.job_id)
+    await manual_clock.advance(timedelta(seconds=60))
+    await finished(stub, job.job_id)
+
+    after = await scrape(port)
+    resolved = value(after, "cofounder_escalations_resolved_total", source="deadline") - value(
+        before, "cofounder_escalations_resolved_total", source="deadline"
+    )
+    expired = value(after, "cofounder_escalations_expired_total") - value(
+        before, "cofounder_escalations_expired_total"
+    )
+    assert (resolved, expired) == ((1, 0) if default else (0, 1))

@@ -685,6 +685,8 @@ class AgentRun:
         )
         if change is None:
             raise Stopped
+        for stored in change.escalations:  # only those stored now: a retry raises none again
+            observability.metrics.escalations_raised(stored.trigger.value).inc()
         await self._applied(change_of(change))
         for escalation in escalations:
             self._deadline_raised(escalation.deadline)

@@ -73,6 +73,19 @@ class Instruments:
         self.redis_errors: Counter = OFF
         """Redis connection failures and timeouts."""
 
+        self.escalations_expired: Counter = OFF
+        """Escalations whose deadline passed without an answer and without a default option."""
+
+    def escalations_raised(self, trigger: str) -> Counter:
+        """The count of escalations stored for agents, for one trigger (an
+        ``EscalationTrigger`` value)."""
+        return OFF
+
+    def escalations_resolved(self, source: str) -> Counter:
+        """The count of escalations decided with an option, for one decision source (a
+        ``DecisionSource`` value: person, service or deadline)."""
+        return OFF
+
     def redis_seconds(self, operation: str) -> Histogram:
         """The latency histogram of one Redis operation (a fixed name from the code)."""
         return OFF

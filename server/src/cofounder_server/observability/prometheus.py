@@ -28,8 +28,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cofounder_server.observability.instruments import OFF, Instruments
+from cofounder_server.observability.instruments import Counter as CounterLike
 from cofounder_server.observability.instruments import Histogram as HistogramLike
-from cofounder_server.observability.instruments import Instruments
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 """Seconds: from a cached read (sub-millisecond) to a slow SQL outage (seconds)."""
 
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+ESCALATION_TRIGGERS = ("repeated_error", "unretryable_error", "agent_question")
+"""The ``trigger`` label values (``EscalationTrigger``), bound up front so each series exists
+from zero."""
+
+DECISION_SOURCES = ("person", "service", "deadline")
+"""The ``source`` label values (``DecisionSource``), bound up front likewise."""
 
 
 class LoopCounter:
@@ -140,6 +148,19 @@ class PrometheusInstruments(Instruments):
             "cofounder_model_cost_microdollars", "Cost of model calls in microdollars", ["model"]
         )
         self._models: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
+        raised = counter("cofounder_escalations_raised", "Escalations raised by agents", ["trigger"])
+        self._raised = {trigger: raised.labels(trigger) for trigger in ESCALATION_TRIGGERS}
+        resolved = counter("cofounder_escalations_resolved", "Escalations decided with an option", ["source"])
+        self._resolved = {source: resolved.labels(source) for source in DECISION_SOURCES}
+        self.escalations_expired = counter(
+            "cofounder_escalations_expired", "Escalations whose deadline passed without a default option"
+        )
+
+    def escalations_raised(self, trigger: str) -> CounterLike:
+        return self._raised.get(trigger, OFF)
+
+    def escalations_resolved(self, source: str) -> CounterLike:
+        return self._resolved.get(source, OFF)
 
     def redis_seconds(self, operation: str) -> HistogramLike:
         child = self._redis_children.get(operation)
@@ -180,6 +201,10 @@ class JobCounts:
     """Running jobs without a live lease (no runner, or its lease expired)."""
     lease_holders: int
     """Distinct runners holding a live lease on a running job."""
+    escalations_pending: int = 0
+    """Escalations waiting for an answer."""
+    oldest_pending_escalation: float = 0.0
+    """Seconds since the oldest pending escalation was raised (0 with none pending)."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +290,16 @@ class StateCollector(Collector):
                 "cofounder_lease_holders",
                 "Runners holding a live lease on a running job",
                 value=counts.lease_holders,
+            )
+            yield GaugeMetricFamily(
+                "cofounder_escalations_pending",
+                "Escalations waiting for an answer",
+                value=counts.escalations_pending,
+            )
+            yield GaugeMetricFamily(
+                "cofounder_escalation_oldest_pending_age_seconds",
+                "Seconds since the oldest pending escalation was raised (0 with none pending)",
+                value=counts.oldest_pending_escalation,
             )
         executor = self._executor()
         if executor is not None:

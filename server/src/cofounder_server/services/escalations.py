@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.changes import Change, RunnerNotice
 from cofounder_server.domain.errors import DomainError, NotFound
@@ -118,7 +119,8 @@ class EscalationService:
             fingerprint=fingerprint,
             now=self._clock.now(),
         )
-        if resolved.change is not None:
+        if resolved.change is not None:  # None: a retry of a resolve already counted
+            _count_decided(resolved.escalation)
             await self._changes.committed(change_of(resolved.change), RunnerNotice.ANSWERED)
         job = resolved.job
         running = job is not None and job.status is JobStatus.RUNNING
@@ -160,6 +162,8 @@ class DeadlineTimer:
         """Decide every escalation whose deadline has passed; how many this process fired."""
         changes = await self._escalations.expire_due(now=self._clock.now())
         for change in changes:
+            for escalation in change.escalations:
+                _count_decided(escalation)
             await self._changes.committed(change_of(change), RunnerNotice.ANSWERED)
         return len(changes)
 
@@ -185,3 +189,11 @@ class DeadlineTimer:
             finally:
                 timer.cancel()
                 replan.cancel()
+
+
+def _count_decided(escalation: Escalation) -> None:
+    """Count a decision just committed: resolved by its source, or expired."""
+    if escalation.status is EscalationStatus.EXPIRED:
+        observability.metrics.escalations_expired.inc()
+    elif escalation.decision_source is not None:
+        observability.metrics.escalations_resolved(escalation.decision_source.value).inc()

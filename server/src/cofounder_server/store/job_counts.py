@@ -1,5 +1,5 @@
-"""The scrape-time job counts for the metrics endpoint: two grouped reads of the jobs table,
-in one transaction."""
+"""The scrape-time job counts for the metrics endpoint: two grouped reads of the jobs table
+and one aggregate of the pending escalations, in one transaction."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
+from cofounder_server.domain.events import EscalationStatus
 from cofounder_server.domain.model import JobStatus
 from cofounder_server.observability.prometheus import JobCounts
 from cofounder_server.store.database import Database
-from cofounder_server.store.models import JobRow, RunnerRow
+from cofounder_server.store.models import EscalationRow, JobRow, RunnerRow
 
 _RUNNING = JobStatus.RUNNING.value
 
 
 async def count_jobs(database: Database, now: datetime) -> JobCounts:
-    """Jobs by status, running jobs by agent state (with the age of the oldest state), and
-    the lease picture of running jobs, as of ``now``."""
+    """Jobs by status, running jobs by agent state (with the age of the oldest state), the
+    lease picture of running jobs, and the pending escalations (with the oldest one's age),
+    as of ``now``."""
     by_status = {status.value: 0 for status in JobStatus}
     by_state: dict[str, int] = {}
     oldest: dict[str, float] = {}
@@ -38,6 +40,9 @@ async def count_jobs(database: Database, now: datetime) -> JobCounts:
         .outerjoin(RunnerRow, RunnerRow.runner_id == JobRow.runner_id)
         .where(JobRow.status == _RUNNING)
     )
+    pending = select(func.count(), func.min(EscalationRow.create_time)).where(
+        EscalationRow.state == EscalationStatus.PENDING.value
+    )
     async with database.read() as session:
         for status, state, count, changed in await session.execute(by_pair):
             by_status[status] = by_status.get(status, 0) + count
@@ -46,4 +51,8 @@ async def count_jobs(database: Database, now: datetime) -> JobCounts:
                 age = max(0.0, (now - changed).total_seconds())
                 oldest[state] = max(oldest.get(state, 0.0), age)
         unleased, holders = (await session.execute(leases)).one()
-    return JobCounts(by_status, by_state, oldest, int(unleased or 0), int(holders or 0))
+        escalations, raised = (await session.execute(pending)).one()
+    waited = 0.0 if raised is None else max(0.0, (now - raised).total_seconds())
+    return JobCounts(
+        by_status, by_state, oldest, int(unleased or 0), int(holders or 0), int(escalations or 0), waited
+    )
