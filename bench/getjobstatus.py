@@ -693,6 +693,9 @@ class Benchmark:
             "--listen", f"127.0.0.1:{port}",
             "--data-dir", str(self.workdir / "cofounder-data"),
             "--redis-url", self.redis.url,
+            # An API replica: an agent running the job would finish it, and a finished job's
+            # status no longer shows the live keys this benchmark writes.
+            "--executor-enabled", "false",
         ]  # fmt: skip
         return Target("cofounder", "cofounder-server GetJobStatus (grpc.aio)", "grpc", port, argv, env)
 
