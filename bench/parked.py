@@ -11,17 +11,23 @@ Stages, for each ``-n``:
 1. **Empty server.** A real ``cofounder-server`` process on its embedded defaults (embedded
    Redis engine, SQLite file in a temporary data dir), nothing submitted: its CPU share over
    ``--idle`` seconds and its RSS, the baseline.
-2. **Parking.** N scripted jobs are submitted (50 calls in flight). Each job's first model
-   call costs 90 % of its daily budget (a price table of 1 microdollar per token), so the
-   agent finishes that turn and sleeps until the next UTC midnight. Measured: the time from
-   the first SubmitJob until SQL shows all N agents ``sleeping``.
+2. **Parking.** N scripted jobs are submitted (``--in-flight`` calls at a time). Each job's
+   first model call costs 90 % of its daily budget (a price table of 1 microdollar per
+   token), so the agent finishes that turn and sleeps until the next UTC midnight; with
+   ``--waiting K``, K of the N agents instead ask a question (``ask_human``, no deadline) and
+   wait for input. Measured: the time from the first SubmitJob until SQL shows all N agents
+   parked (``sleeping`` or ``waiting_for_input``).
 3. **Idle with N parked.** After ``--settle`` seconds, the server's CPU share over ``--idle``
    seconds (utime + stime of the process from ``/proc/PID/stat``; the embedded Redis engine,
    its child, separately) and its RSS (``VmRSS``); memory per parked agent = (RSS - empty
    RSS) / N.
-4. **Restart.** SIGTERM, wait for the exit, start again on the same data directory: the time
-   until SQL shows all N jobs held by the restarted runner again, then the idle CPU share again.
-5. **WakeAgent.** For ``--wake-sample`` parked agents one after the other: open
+4. **Restart.** SIGTERM, wait for the exit, start again on the same data directory. Timed
+   from the start: until SQL shows all N jobs held by the restarted runner again; until the
+   embedded Redis engine (which restarts empty) holds every parked agent's ``state`` key
+   again (the server rebuilds the live keys from SQL); and until the server is quiet again
+   (a 2 s window at most 2 points of a core above the idle share before the restart). Then
+   the idle CPU share again.
+5. **WakeAgent.** For ``--wake-sample`` sleeping agents one after the other: open
    ``WatchJobEvents``, call ``WakeAgent`` with a top-up of one day's budget, and time from the
    call to the woken agent's next ``agent.thinking`` event (its run resumed and made its next
    model call); p50/p99/max.
@@ -82,6 +88,30 @@ def script() -> struct_pb2.Struct:
                     "text": "Spent most of today's budget on the first step.",
                     "tool_calls": [{"name": "narrate", "input": {"text": "step one"}}],
                     "usage": {"input_tokens": 900, "output_tokens": 0},
+                },
+                {"text": "Done.", "usage": {"input_tokens": 10, "output_tokens": 0}},
+            ]
+        }
+    )
+    return config
+
+
+def asking_script() -> struct_pb2.Struct:
+    """First turn: an ``ask_human`` question without a deadline, so the agent waits for input
+    until someone answers (nobody does in this benchmark)."""
+    config = struct_pb2.Struct()
+    question: dict[str, Any] = {
+        "question": "Which database?",
+        "options": [{"value": "pg", "label": "PostgreSQL"}, {"value": "sqlite", "label": "SQLite"}],
+        "recommended": "pg",
+    }
+    config.update(
+        {
+            "turns": [
+                {
+                    "text": "Asking the owner first.",
+                    "tool_calls": [{"name": "ask_human", "call_id": "ask-1", "input": question}],
+                    "usage": {"input_tokens": 10, "output_tokens": 0},
                 },
                 {"text": "Done.", "usage": {"input_tokens": 10, "output_tokens": 0}},
             ]
@@ -187,6 +217,13 @@ class ServerProcess:
             db.execute("PRAGMA busy_timeout = 5000")
             return db.execute(query).fetchone()[0]
 
+    def sql_rows(self, query: str) -> list[Any]:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.data_dir / 'cofounder.db'}?mode=ro", uri=True)
+        ) as db:
+            db.execute("PRAGMA busy_timeout = 5000")
+            return db.execute(query).fetchall()
+
     async def count(self, query: str) -> int:
         return int(await asyncio.to_thread(self.sql, query))
 
@@ -197,6 +234,45 @@ class ServerProcess:
                 return time.perf_counter() - started
             await asyncio.sleep(0.2)
         raise TimeoutError(f"{query!r} did not reach {target} within {limit} s")
+
+    async def wait_for_live_keys(self, job_ids: list[str], limit: float) -> None:
+        """Until the embedded Redis engine holds the agent state key of every job in
+        ``job_ids`` (it restarts empty; the server rebuilds the keys from SQL)."""
+        from redis.asyncio import Redis
+
+        names = [f"cofounder:agent:{job_id}:state" for job_id in job_ids]
+        started = time.perf_counter()
+        redis: Redis | None = None
+        try:
+            while time.perf_counter() - started < limit:
+                try:
+                    if redis is None:
+                        redis = Redis(unix_socket_path=str(self.data_dir / "redis.sock"))
+                    missing = 0
+                    for first in range(0, len(names), 2_000):
+                        values = await redis.mget(names[first : first + 2_000])
+                        missing += sum(value is None for value in values)
+                    if missing == 0:
+                        return
+                except (OSError, ConnectionError) as error:
+                    del error  # the engine is not up yet
+                    redis = None
+                await asyncio.sleep(0.2)
+        finally:
+            if redis is not None:
+                await redis.aclose()
+        raise TimeoutError(f"live keys of {len(job_ids)} jobs not rebuilt within {limit} s")
+
+    async def wait_for_quiet(self, share_percent: float, window: float, limit: float) -> None:
+        """Until the server's CPU share over a window of ``window`` seconds is at most
+        ``share_percent`` of a core."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < limit:
+            t0, c0 = time.perf_counter(), cpu_seconds(self.pid)
+            await asyncio.sleep(window)
+            if 100 * (cpu_seconds(self.pid) - c0) / (time.perf_counter() - t0) <= share_percent:
+                return
+        raise TimeoutError(f"the server's CPU did not fall to {share_percent} % within {limit} s")
 
     async def idle(self, seconds: float) -> dict[str, float]:
         """CPU shares (of one core) of the server and its Redis engine over ``seconds``."""
@@ -220,10 +296,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def submit(stub: pb_grpc.AgentControlServiceStub, n: int) -> list[str]:
-    agent = job_pb2.AgentSpec(brain="scripted", model="bench", config=script())
+async def submit(
+    stub: pb_grpc.AgentControlServiceStub, n: int, waiting: int = 0, in_flight: int = IN_FLIGHT
+) -> list[str]:
+    """Submit ``n`` jobs, the first ``waiting`` of them asking a question; the ids of the
+    sleepers (those WakeAgent can wake)."""
+    sleeper = job_pb2.AgentSpec(brain="scripted", model="bench", config=script())
+    asker = job_pb2.AgentSpec(brain="scripted", model="bench", config=asking_script())
     ids: list[str] = []
-    gate = asyncio.Semaphore(IN_FLIGHT)
+    gate = asyncio.Semaphore(in_flight)
 
     async def one(k: int) -> None:
         async with gate:
@@ -231,13 +312,15 @@ async def submit(stub: pb_grpc.AgentControlServiceStub, n: int) -> list[str]:
                 project_id="bench-parked",
                 goal=f"parked job {k}",
                 daily_budget_microdollars=BUDGET,
-                agent=agent,
+                agent=asker if k < waiting else sleeper,
                 request_id=f"bench-parked-{k}",
             )
             # UNAVAILABLE is retryable, and the request_id makes the retry safe.
             for attempt in range(5):
                 try:
-                    ids.append((await stub.SubmitJob(request, timeout=60)).job.job_id)
+                    job_id = (await stub.SubmitJob(request, timeout=60)).job.job_id
+                    if k >= waiting:
+                        ids.append(job_id)
                     return
                 except grpc.aio.AioRpcError as error:
                     if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
@@ -283,14 +366,23 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         result["load_before_empty"] = load()
         result["empty"] = await server.idle(args.idle)
 
-        sleeping = "SELECT count(*) FROM jobs WHERE agent_state = 'sleeping'"
+        parked_query = "SELECT count(*) FROM jobs WHERE agent_state IN ('sleeping', 'waiting_for_input')"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.AgentControlServiceStub(channel)
             started = time.perf_counter()
-            job_ids = await submit(stub, n)
+            job_ids = await submit(stub, n, args.waiting, args.in_flight)
             result["submit_seconds"] = round(time.perf_counter() - started, 1)
-            await server.wait_for_count(sleeping, n, args.limit)
+            await server.wait_for_count(parked_query, n, args.limit)
             result["submit_to_all_parked_seconds"] = round(time.perf_counter() - started, 1)
+        result["waiting_for_input"] = await server.count(
+            "SELECT count(*) FROM jobs WHERE agent_state = 'waiting_for_input'"
+        )
+        all_ids = [
+            row[0]
+            for row in await asyncio.to_thread(
+                server.sql_rows, "SELECT job_id FROM jobs WHERE status = 'running'"
+            )
+        ]
         await asyncio.sleep(args.settle)
         result["load_before_parked"] = load()
         parked = await server.idle(args.idle)
@@ -302,10 +394,24 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         result["stop_seconds"] = round(await server.stop(), 1)
         runner_id = (server.data_dir / "runner-id").read_text().strip()
         held = f"SELECT count(*) FROM jobs WHERE status = 'running' AND runner_id = '{runner_id}'"
+        # Quiet again: a window's share at most the parked idle share plus 2 points of a core.
+        quiet = parked["server_cpu_percent"] + 2.0
+        result["quiet_threshold_percent"] = round(quiet, 2)
         started = time.perf_counter()
         result["restart_until_serving_seconds"] = round(await server.start(), 1)
-        await server.wait_for_count(held, n, args.limit)
-        result["restart_to_all_parked_seconds"] = round(time.perf_counter() - started, 1)
+
+        async def since_restart(waiting: Any) -> float:
+            await waiting
+            return round(time.perf_counter() - started, 1)
+
+        held_at, keys_at, quiet_at = await asyncio.gather(
+            since_restart(server.wait_for_count(held, n, args.limit)),
+            since_restart(server.wait_for_live_keys(all_ids, args.limit)),
+            since_restart(server.wait_for_quiet(quiet, 2.0, args.limit)),
+        )
+        result["restart_to_all_parked_seconds"] = held_at
+        result["restart_to_live_keys_seconds"] = keys_at
+        result["restart_to_quiet_seconds"] = quiet_at
         await asyncio.sleep(args.settle)
         result["load_before_restarted"] = load()
         restarted = await server.idle(args.idle)
@@ -423,6 +529,15 @@ def main() -> int:
         default=[],
         type=lambda text: (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])),
         help="Settings field for the storm's server, NAME=JSON (e.g. max_running_jobs=50)",
+    )
+    parser.add_argument(
+        "--waiting",
+        type=int,
+        default=0,
+        help="of each -n, this many agents ask a question and wait for input instead (default 0)",
+    )
+    parser.add_argument(
+        "--in-flight", type=int, default=IN_FLIGHT, help=f"SubmitJob calls in flight (default {IN_FLIGHT})"
     )
     parser.add_argument("--json-out", default="", help="also write the results here")
     args = parser.parse_args()

@@ -96,6 +96,54 @@ async def test_a_restarted_server_keeps_sleeping_agents_asleep_until_their_wake_
         assert len(await ledger(second, job.job_id)) == 2
 
 
+async def test_a_restarted_server_rebuilds_its_parked_agents_live_keys_in_pages(
+    start_server, executor_settings, project_id, monkeypatch
+) -> None:
+    """An embedded Redis engine restarts empty: the restarted runner writes every parked
+    agent's keys back from SQL, a page of jobs per batch of reads and round trip."""
+    from redis.asyncio import Redis
+
+    from cofounder_server.live import keys
+    from cofounder_server.services import changes
+
+    monkeypatch.setattr(changes, "REPAIR_PAGE", 2, raising=False)
+    settings = executor_settings()
+    first = await start_server(settings)
+    config = {"turns": [turn("one", [{"name": "echo", "input": {"text": "1"}}]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        stub = stub_for(channel)
+        jobs = [await submit(stub, project_id, config, budget=5000) for _ in range(5)]
+        for job in jobs:
+            await agent_state(stub, job.job_id, job_pb2.AGENT_STATE_SLEEPING)
+    await first.stop(grace_seconds=0.5)
+
+    def names(job_id: str) -> list[str]:
+        return [
+            keys.state_key(job_id),
+            keys.wake_at_key(job_id),
+            keys.budget_pct_key(job_id),
+            keys.summary_key(job_id),
+            keys.last_sequence_key(job_id),
+        ]
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        written = {job.job_id: await redis.mget(names(job.job_id)) for job in jobs}
+        assert all(None not in values for values in written.values())
+        await redis.delete(*(name for job in jobs for name in names(job.job_id)))
+        await start_server(settings)
+        for job in jobs:
+            rebuilt = await eventually(
+                lambda job_id=job.job_id: redis.mget(names(job_id)),
+                lambda found: None not in found,
+            )
+            # State, wake time, budget share and last sequence as the running server wrote them.
+            assert rebuilt[0] == b"sleeping"
+            assert [rebuilt[1], rebuilt[2], rebuilt[4]] == [written[job.job_id][i] for i in (1, 2, 4)]
+    finally:
+        await redis.aclose()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

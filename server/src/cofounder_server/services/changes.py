@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 REPAIR_INTERVAL_SECONDS = 1.0
 """First retry of the live keys of changes Redis missed (doubling up to 5 s while it is down)."""
+REPAIR_PAGE = 500
+"""Jobs whose live keys are rebuilt together: one batch of reads and one Redis round trip
+(a restart on an embedded Redis engine rebuilds every parked agent's keys)."""
 
 _CONTROL_VERBS = {
     RunnerNotice.CANCELLED: "cancel",
@@ -164,6 +167,37 @@ class ChangePipeline:
         finally:
             self._cache.invalidate(touched)
         return job, summary, latest
+
+    async def rebuild_many(self, job_ids: Sequence[str]) -> None:
+        """:meth:`rebuild` for many jobs: their rows, spend and event counters read in one
+        batch, their keys written in one round trip. Jobs that no longer exist are skipped.
+        Raises ``Unavailable`` (SQL or Redis)."""
+        jobs = await self._jobs.get_many(job_ids)
+        if not jobs:
+            return
+        now = self._clock.now()
+        facts = await self._ledger.spend_and_progress_many(jobs, window_start(now))
+        latest = await self._event_log.job_last_sequences([job.job_id for job in jobs])
+        writes = LiveWrites()
+        touched: list[str] = []
+        for job in jobs:
+            spend, progress = facts[job.job_id]
+            touched += self._queue_job(
+                writes,
+                job,
+                JobSummary.of(job, spend),
+                progress=progress,
+                spend=spend if spend.spent > 0 else None,
+                sequence=latest[job.job_id],
+                now=now,
+            )
+        try:
+            with unavailable_on_error("rebuild live keys"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    writes.queue(pipe)
+                    await pipe.execute()
+        finally:
+            self._cache.invalidate(touched)
 
     async def take_wake_signal(self, job_id: str) -> bool:
         """Consume the job's ``wake_signal`` key (set by writers outside this server); False
@@ -323,15 +357,14 @@ class ChangePipeline:
         delay = REPAIR_INTERVAL_SECONDS
         while self._stale:
             await asyncio.sleep(delay)
-            for job_id in sorted(self._stale):
+            stale = sorted(self._stale)
+            for first in range(0, len(stale), REPAIR_PAGE):
+                page = stale[first : first + REPAIR_PAGE]
                 try:
-                    await self.rebuild(job_id)
-                except NotFound:
-                    self._stale.discard(job_id)
+                    await self.rebuild_many(page)
                 except Exception as error:  # Redis or SQL still down: try again later
-                    log.info("live keys of job %s not repaired yet: %s", job_id, error)
+                    log.info("live keys of %d jobs not repaired yet: %s", len(self._stale), error)
                     delay = min(5.0, delay * 2)
                     break
-                else:
-                    self._stale.discard(job_id)
-                    delay = REPAIR_INTERVAL_SECONDS
+                self._stale.difference_update(page)
+                delay = REPAIR_INTERVAL_SECONDS

@@ -196,6 +196,20 @@ class EventLogRepository:
         async with self._database.read() as session:
             return await self._bounds(session, job_stream(job_id))
 
+    async def job_last_sequences(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """The newest event sequence of each job's log in one read (0 before its first event)."""
+        if not job_ids:
+            return {}
+        streams = {job_stream(job_id): job_id for job_id in job_ids}
+        async with self._database.read() as session:
+            rows = await session.execute(
+                select(EventCounterRow.stream, EventCounterRow.last_sequence).where(
+                    EventCounterRow.stream.in_(list(streams))
+                )
+            )
+            found = {streams[stream]: int(last) for stream, last in rows.tuples()}
+        return {job_id: found.get(job_id, 0) for job_id in job_ids}
+
     # --- the escalation feed ------------------------------------------------------------
 
     async def append_escalation_event(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,6 +109,15 @@ class JobRepository:
         async with self._database.read() as session:
             row = await session.scalar(_select_job(job_id, owner_scope))
             return None if row is None else _to_job(row)
+
+    async def get_many(self, job_ids: Sequence[str]) -> builtins.list[Job]:
+        """The jobs of ``job_ids`` that exist, in one read (any owner: for the server's own
+        bookkeeping)."""
+        if not job_ids:
+            return []
+        async with self._database.read() as session:
+            rows = await session.scalars(select(JobRow).where(JobRow.job_id.in_(job_ids)))
+            return [_to_job(row) for row in rows]
 
     async def list(
         self,

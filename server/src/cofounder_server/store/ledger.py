@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -41,6 +42,60 @@ class LedgerRepository:
                 )
             )
             return Spend(spent, job.daily_budget_microdollars + top_ups), int(newest or 0)
+
+    async def spend_and_progress_many(
+        self, jobs: Sequence[Job], window: datetime
+    ) -> dict[str, tuple[Spend, int]]:
+        """:meth:`spend_and_progress` of every job in ``jobs``, in one read of three grouped
+        statements."""
+        if not jobs:
+            return {}
+        ids = [job.job_id for job in jobs]
+        start = window.astimezone(UTC)
+        async with self._database.read() as session:
+            spent = dict(
+                (
+                    await session.execute(
+                        select(UsageLedgerRow.job_id, func.sum(UsageLedgerRow.cost_microdollars))
+                        .where(UsageLedgerRow.job_id.in_(ids), UsageLedgerRow.window_start == start)
+                        .group_by(UsageLedgerRow.job_id)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+            top_ups = dict(
+                (
+                    await session.execute(
+                        select(BudgetAdjustmentRow.job_id, func.sum(BudgetAdjustmentRow.amount_microdollars))
+                        .where(BudgetAdjustmentRow.job_id.in_(ids), BudgetAdjustmentRow.window_start == start)
+                        .group_by(BudgetAdjustmentRow.job_id)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+            newest = dict(
+                (
+                    await session.execute(
+                        select(UsageLedgerRow.job_id, func.max(UsageLedgerRow.iteration))
+                        .where(UsageLedgerRow.job_id.in_(ids))
+                        .group_by(UsageLedgerRow.job_id)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        return {
+            job.job_id: (
+                Spend(
+                    int(spent.get(job.job_id) or 0),
+                    job.daily_budget_microdollars + int(top_ups.get(job.job_id) or 0),
+                ),
+                int(newest.get(job.job_id) or 0),
+            )
+            for job in jobs
+        }
 
 
 async def budget_in(session: AsyncSession, job_id: str, window: datetime) -> tuple[int, int]:
