@@ -1,6 +1,6 @@
 """Failover between replicas (real server processes on a shared database and Redis): after
-``kill -9`` another replica takes the dead one's jobs over, running and sleeping alike, within
-10 s on the default settings; a graceful stop hands them over at once."""
+``kill -9`` another replica takes the dead one's jobs over, running, sleeping and waiting for
+input alike, within 10 s on the default settings; a graceful stop hands them over at once."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.integration.server_process import free_port, spawn, stop
 from tests.support import eventually
 
 from .conftest import stub_for
-from .support import status_of, submit, turn, varied_loop
+from .support import agent_state, status_of, submit, turn, varied_loop
 
 FAILOVER_SECONDS = 10.0
 """What the default settings promise after a replica dies."""
@@ -30,6 +30,16 @@ def sleeper() -> dict[str, object]:
     return {
         "turns": [turn("most of today", [{"name": "narrate", "input": {"text": "one"}}], tokens=(900, 0))]
     }
+
+
+def asker() -> dict[str, object]:
+    """An agent that asks a question first (no deadline): it waits for input."""
+    question = {
+        "question": "Which database?",
+        "options": [{"value": "pg", "label": "PostgreSQL"}, {"value": "sqlite", "label": "SQLite"}],
+        "recommended": "pg",
+    }
+    return {"turns": [turn("asking", [{"name": "ask_human", "input": question}], tokens=(10, 0))]}
 
 
 PRICES = '{"default": {"input": 1000000, "output": 1000000}}'
@@ -100,7 +110,10 @@ async def _jobs_held_by_a(replicas: Replicas, project_id: str) -> list[str]:
         stub = stub_for(channel)
         running = await submit(stub, project_id, varied_loop())
         sleeping = await submit(stub, project_id, sleeper(), budget=1000)
-    job_ids = [running.job_id, sleeping.job_id]
+        waiting = await submit(stub, project_id, asker(), budget=1000)
+        await agent_state(stub, sleeping.job_id, job_pb2.AGENT_STATE_SLEEPING)
+        await agent_state(stub, waiting.job_id, job_pb2.AGENT_STATE_WAITING_FOR_INPUT)
+    job_ids = [running.job_id, sleeping.job_id, waiting.job_id]
     runner_a = replicas.runner_id("a")
     await eventually(lambda: replicas.holders(job_ids), lambda h: set(h.values()) == {runner_a}, within=30)
     return job_ids
@@ -150,5 +163,6 @@ async def test_a_graceful_stop_hands_jobs_over_at_once(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.ports['b']}") as channel:
             stub = stub_for(channel)
             assert (await status_of(stub, job_ids[1])).agent_state == job_pb2.AGENT_STATE_SLEEPING
+            assert (await status_of(stub, job_ids[2])).agent_state == job_pb2.AGENT_STATE_WAITING_FOR_INPUT
     finally:
         await replicas.stop_all()
