@@ -72,6 +72,38 @@ async def test_parked_agents_hold_no_task_and_resume_at_midnight_under_the_cap(
     assert len(executor.lot) == 0
 
 
+def asker() -> dict[str, object]:
+    """First call: a question without a deadline (it waits for input); after the answer: done."""
+    question = {
+        "question": "Which database?",
+        "options": [{"value": "pg", "label": "PostgreSQL"}, {"value": "sqlite", "label": "SQLite"}],
+        "recommended": "pg",
+    }
+    return {
+        "turns": [turn("asking", [{"name": "ask_human", "input": question}], tokens=(10, 0)), turn("done")]
+    }
+
+
+async def test_agents_waiting_for_input_park_like_sleeping_ones(
+    start_server: Starter, project_id: str
+) -> None:
+    app = await start_server(price_table=PRICES)
+    executor = app.executor
+    assert executor is not None
+    await park(app, project_id, 5)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = stub_for(channel)
+        for _ in range(5):
+            await submit(stub, project_id, asker(), budget=BUDGET)
+    await eventually(
+        lambda: count(app, JobRow.agent_state == AgentState.WAITING_FOR_INPUT.value), lambda c: c == 5
+    )
+    # Both kinds in the one parking lot: no run and no task of their own.
+    await eventually(lambda: asyncio.sleep(0, len(executor.lot)), lambda n: n == 10)
+    assert executor.runs == {}
+    assert agent_tasks() == 0
+
+
 async def test_wake_agent_on_an_api_replica_resumes_the_agent_by_notification(
     start_server: Starter, executor_settings, project_id: str, tmp_path: Path
 ) -> None:
