@@ -97,7 +97,7 @@ async def run(
     *,
     max_batch: int | None = None,
     metrics_listen: str = "",
-    while_measuring: Callable[[Application], contextlib.AbstractContextManager[object]] | None = None,
+    while_measuring: Callable[[Application], contextlib.AbstractAsyncContextManager[object]] | None = None,
 ) -> dict[str, Any]:
     """One measurement; ``while_measuring(app)`` (if given) is entered for the measured seconds."""
     data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
@@ -142,7 +142,7 @@ async def run(
                 await asyncio.sleep(0.1)
             await asyncio.sleep(args.warmup)
             i0, b0, sql0, fan0 = writer.iterations, writer.batches, writer.sql_seconds, writer.fan_out_seconds
-            with while_measuring(app) if while_measuring else contextlib.nullcontext():
+            async with while_measuring(app) if while_measuring else contextlib.nullcontext():
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 await asyncio.sleep(args.duration)
                 elapsed = time.perf_counter() - t0
