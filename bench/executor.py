@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,13 @@ async def drop_postgres_database(dsn: str, url: str) -> None:
 
 
 async def run(
-    args: argparse.Namespace, *, max_batch: int | None = None, metrics_listen: str = ""
+    args: argparse.Namespace,
+    *,
+    max_batch: int | None = None,
+    metrics_listen: str = "",
+    while_measuring: Callable[[Application], contextlib.AbstractAsyncContextManager[object]] | None = None,
 ) -> dict[str, Any]:
+    """One measurement; ``while_measuring(app)`` (if given) is entered for the measured seconds."""
     data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
     database_url, admin_dsn = "", ""
     if args.database:
@@ -136,9 +142,10 @@ async def run(
                 await asyncio.sleep(0.1)
             await asyncio.sleep(args.warmup)
             i0, b0, sql0, fan0 = writer.iterations, writer.batches, writer.sql_seconds, writer.fan_out_seconds
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            await asyncio.sleep(args.duration)
-            elapsed = time.perf_counter() - t0
+            async with while_measuring(app) if while_measuring else contextlib.nullcontext():
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                await asyncio.sleep(args.duration)
+                elapsed = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
             iterations, batches = writer.iterations - i0, writer.batches - b0
             sql, fan = writer.sql_seconds - sql0, writer.fan_out_seconds - fan0

@@ -9,14 +9,16 @@ hits both alike; while a server with metrics on is measured, a thread scrapes it
 every ``--scrape-interval`` seconds, as Prometheus would (each scrape includes the SQL read of
 the job gauges when its 5 s cache has expired).
 
-* **GetJobStatus.** Two ``cofounder-server`` processes (API only, one embedded Redis engine
-  and SQLite file each, a job each) run for the whole benchmark, pinned to core 0 when the
-  machine has two cores; this process drives ``--concurrency`` concurrent calls from core 1
-  on one channel for ``--duration`` seconds against one server at a time, and reads the
-  server's CPU time from ``/proc``. Figures: calls per second, and server CPU microseconds per
-  call (robust when the client, not the server, is the limit).
+* **GetJobStatus.** Every measurement starts a fresh ``cofounder-server`` process (API only,
+  its own embedded Redis engine, SQLite file and job, ``PYTHONHASHSEED=0``), alone on core 0
+  when the machine has two cores, and stops it afterwards: no server idles next to the measured
+  one, and a process's luck (memory layout, the Redis engine it got) spreads over both settings
+  instead of biasing one. This process drives ``--concurrency`` concurrent calls from core 1 on
+  one channel for ``--duration`` seconds after a warm-up, and reads the server's CPU time from
+  ``/proc``. Figures: calls per second, server CPU microseconds per call (robust when the
+  client, not the server, is the limit), and the share of core 0 the server used.
 * **Executor.** ``bench/executor.py``'s run (``--jobs`` scripted jobs whose brain answers at
-  once, in this process) on a fresh server per round: iterations committed per second.
+  once, in this process on core 1) on a fresh server per round: iterations committed per second.
 
 ``cost`` is ``1 - median(on) / median(off)`` for throughput (and ``median(on) / median(off) - 1``
 for CPU per call); the target is at most 5 %.
@@ -72,7 +74,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Scraper:
-    """Fetches ``/metrics`` every ``interval`` seconds in a thread while it runs."""
+    """Fetches ``/metrics`` once on entry (from a thread: the server may share this event
+    loop), then every ``interval`` seconds in a thread until exit.
+
+    The first scrape of a process pays one-time costs (imports, first SQL compile); a server in
+    production is scraped all its life, so that scrape happens before the measured seconds.
+    """
 
     def __init__(self, port: int, interval: float) -> None:
         self._url = f"http://127.0.0.1:{port}/metrics"
@@ -81,20 +88,23 @@ class Scraper:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.scrapes = 0
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            with urllib.request.urlopen(self._url, timeout=10) as response:
-                response.read()
-            self.scrapes += 1
-            self._stop.wait(self._interval)
+    def _scrape(self) -> None:
+        with urllib.request.urlopen(self._url, timeout=10) as response:
+            response.read()
+        self.scrapes += 1
 
-    def __enter__(self) -> Scraper:
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._scrape()
+
+    async def __aenter__(self) -> Scraper:
+        await asyncio.to_thread(self._scrape)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        await asyncio.to_thread(self._thread.join)
 
 
 @dataclass
@@ -106,6 +116,14 @@ class ServerProcess:
     port: int
     metrics_port: int | None
     job_id: str = ""
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def start_server(name: str, workdir: Path, metrics: bool) -> ServerProcess:
@@ -123,7 +141,8 @@ def start_server(name: str, workdir: Path, metrics: bool) -> ServerProcess:
     if TWO_CORES:
         argv = ["taskset", "-c", "0", *argv]
     log = (workdir / f"{name}.log").open("wb")
-    process = subprocess.Popen(argv, stderr=log)
+    # One hash seed for every server: dict and set layouts then differ by setting only.
+    process = subprocess.Popen(argv, stderr=log, env={**os.environ, "PYTHONHASHSEED": "0"})
     return ServerProcess(name, process, port, metrics_port)
 
 
@@ -150,25 +169,34 @@ async def prepare(server: ServerProcess) -> None:
                 await asyncio.sleep(0.2)
 
 
-async def drive(server: ServerProcess, concurrency: int, seconds: float) -> tuple[int, float]:
-    """``concurrency`` callers in a loop for ``seconds``: (calls completed, server CPU seconds)."""
+async def drive(
+    server: ServerProcess, concurrency: int, seconds: float, warmup: float, during: Any
+) -> tuple[int, float, float]:
+    """``concurrency`` callers in a loop for ``warmup`` seconds, then for ``seconds`` more
+    inside ``during`` (an async context manager): (calls completed, wall seconds, server CPU seconds)
+    of the second part."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.AgentControlServiceStub(channel)
         request = pb.GetJobStatusRequest(job_id=server.job_id)
-        for _ in range(200):  # warm-up
-            await stub.GetJobStatus(request, timeout=5)
-        stop = time.monotonic() + seconds
-        done = 0
 
-        async def caller() -> None:
-            nonlocal done
-            while time.monotonic() < stop:
-                await stub.GetJobStatus(request, timeout=5)
-                done += 1
+        async def load(until: float) -> int:
+            done = 0
 
-        cpu0 = cpu_seconds(server.process.pid)
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done, cpu_seconds(server.process.pid) - cpu0
+            async def caller() -> None:
+                nonlocal done
+                while time.monotonic() < until:
+                    await stub.GetJobStatus(request, timeout=5)
+                    done += 1
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            return done
+
+        await load(time.monotonic() + warmup)
+        async with during:
+            cpu0, started = cpu_seconds(server.process.pid), time.monotonic()
+            done = await load(started + seconds)
+            elapsed = time.monotonic() - started
+            return done, elapsed, cpu_seconds(server.process.pid) - cpu0
 
 
 def summary(off: list[float], on: list[float], higher_is_better: bool = True) -> dict[str, Any]:
@@ -184,41 +212,41 @@ def summary(off: list[float], on: list[float], higher_is_better: bool = True) ->
 
 
 async def get_job_status_rounds(args: Namespace, workdir: Path) -> dict[str, Any]:
-    servers = {"off": start_server("off", workdir, False), "on": start_server("on", workdir, True)}
-    try:
-        for server in servers.values():
-            await prepare(server)
-        rates: dict[str, list[float]] = {"off": [], "on": []}
-        cpu: dict[str, list[float]] = {"off": [], "on": []}
-        for round_number in range(args.rounds):
-            order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
-            for name in order:
-                server = servers[name]
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    busy: dict[str, list[float]] = {"off": [], "on": []}
+    for round_number in range(args.rounds):
+        order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
+        for name in order:
+            server = start_server(f"{name}-{round_number + 1}", workdir, metrics=name == "on")
+            try:
+                await prepare(server)
                 scraping = (
                     Scraper(server.metrics_port, args.scrape_interval)
                     if server.metrics_port is not None
                     else contextlib.nullcontext()
                 )
-                with scraping:
-                    calls, seconds = await drive(server, args.concurrency, args.duration)
-                rates[name].append(calls / args.duration)
-                cpu[name].append(seconds / max(1, calls) * 1e6)
-                print(
-                    f"  GetJobStatus round {round_number + 1} {name}: {calls / args.duration:,.0f}/s",
-                    flush=True,
+                calls, elapsed, seconds = await drive(
+                    server, args.concurrency, args.duration, args.warmup, scraping
                 )
-        return {
-            "calls_per_second": summary(rates["off"], rates["on"]),
-            "server_cpu_us_per_call": summary(cpu["off"], cpu["on"], higher_is_better=False),
-        }
-    finally:
-        for server in servers.values():
-            server.process.send_signal(signal.SIGTERM)
-        for server in servers.values():
-            try:
-                server.process.wait(30)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
+            finally:
+                server.stop()
+            rates[name].append(calls / elapsed)
+            cpu[name].append(seconds / max(1, calls) * 1e6)
+            busy[name].append(seconds / elapsed * 100)
+            print(
+                f"  GetJobStatus round {round_number + 1} {name}: {rates[name][-1]:,.0f}/s, "
+                f"{cpu[name][-1]:.0f} us CPU per call, server core {busy[name][-1]:.0f} % busy",
+                flush=True,
+            )
+    return {
+        "calls_per_second": summary(rates["off"], rates["on"]),
+        "server_cpu_us_per_call": summary(cpu["off"], cpu["on"], higher_is_better=False),
+        "server_core_busy_percent": {
+            "off": [round(v) for v in busy["off"]],
+            "on": [round(v) for v in busy["on"]],
+        },
+    }
 
 
 async def executor_rounds(args: Namespace) -> dict[str, Any]:
@@ -230,7 +258,11 @@ async def executor_rounds(args: Namespace) -> dict[str, Any]:
         order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
         for name in order:
             if name == "on":
-                result = await executor_bench.run(run_args, metrics_listen="127.0.0.1:0")
+                result = await executor_bench.run(
+                    run_args,
+                    metrics_listen="127.0.0.1:0",
+                    while_measuring=lambda app: Scraper(app.metrics_port or 0, args.scrape_interval),
+                )
             else:
                 result = await executor_bench.run(run_args)
             rates[name].append(float(result["iterations_per_second"]))
@@ -249,7 +281,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per setting and round")
     parser.add_argument("--concurrency", type=int, default=64, help="GetJobStatus calls in flight")
     parser.add_argument("--jobs", type=int, default=200, help="executor jobs")
-    parser.add_argument("--warmup", type=float, default=2.0, help="executor seconds before measuring")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of load before measuring (both halves)"
+    )
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes when on")
     parser.add_argument("--skip", choices=("getjobstatus", "executor"), help="leave one half out")
     parser.add_argument("--json-out", default="", help="also write the result here")

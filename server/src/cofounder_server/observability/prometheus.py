@@ -18,19 +18,18 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cofounder_server.observability.instruments import OFF, Instruments
 from cofounder_server.observability.instruments import Counter as CounterLike
 from cofounder_server.observability.instruments import Histogram as HistogramLike
+from cofounder_server.observability.loop_metrics import CounterFamily, HistogramFamily, LoopCounter
 
 log = logging.getLogger(__name__)
 
@@ -51,95 +50,64 @@ DECISION_SOURCES = ("person", "service", "deadline")
 """The ``source`` label values (``DecisionSource``), bound up front likewise."""
 
 
-class LoopCounter:
-    """A counter for the hottest paths: a plain integer add, read when Prometheus scrapes.
-
-    Only the event loop's thread increments it (no lock needed); the scrape thread only reads.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def inc(self, amount: float = 1) -> None:
-        """Add ``amount``."""
-        self.value += amount
-
-
-class _LoopCounters(Collector):
-    def __init__(self, counters: dict[str, tuple[str, LoopCounter]]) -> None:
-        self._counters = counters
-
-    def describe(self) -> Iterable[Metric]:
-        return self.collect()
-
-    def collect(self) -> Iterable[Metric]:
-        for name, (documentation, counter) in self._counters.items():
-            yield CounterMetricFamily(name, documentation, value=counter.value)
-
-
 class PrometheusInstruments(Instruments):
     """The instruments, recording into ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self.registry = registry
-        delivered = LoopCounter()
-        self.events_delivered = delivered
-        # Incremented once per batch sent to each watcher: thousands of watchers share a batch.
-        registry.register(
-            _LoopCounters({"cofounder_events_delivered": ("Events sent to watch streams", delivered)})
-        )
 
-        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
-            return Counter(name, doc, labelnames=tuple(labels), registry=registry)
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterFamily:
+            return CounterFamily(registry, name, doc, tuple(labels))
+
+        def histogram(
+            name: str, doc: str, buckets: Iterable[float], labels: Iterable[str] = ()
+        ) -> HistogramFamily:
+            return HistogramFamily(registry, name, doc, tuple(buckets), tuple(labels))
 
         self.events_appended = counter(
             "cofounder_events_appended", "Events stored in SQL (job and escalation)"
-        )
+        ).labels()
+        # Incremented once per batch sent to each watcher: thousands of watchers share a batch.
+        self.events_delivered = counter("cofounder_events_delivered", "Events sent to watch streams").labels()
         self.watchers_too_slow = counter(
             "cofounder_watchers_too_slow", "Watch streams ended because the client fell too far behind"
-        )
-        self.iterations = counter("cofounder_executor_iterations", "Agent iterations committed")
-        self.group_commit_size = Histogram(
-            "cofounder_group_commit_iterations",
-            "Iterations committed per group commit",
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.group_commit_seconds = Histogram(
-            "cofounder_group_commit_duration_seconds",
-            "Duration of one group commit",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        ).labels()
+        self.iterations = counter("cofounder_executor_iterations", "Agent iterations committed").labels()
+        self.group_commit_size = histogram(
+            "cofounder_group_commit_iterations", "Iterations committed per group commit", BATCH_BUCKETS
+        ).labels()
+        self.group_commit_seconds = histogram(
+            "cofounder_group_commit_duration_seconds", "Duration of one group commit", LATENCY_BUCKETS
+        ).labels()
         claims = counter("cofounder_lease_claims", "Jobs claimed by this process", ["kind"])
         self.lease_claims_queued = claims.labels("queued")
         self.lease_claims_running = claims.labels("running")
         self.lease_takeovers = counter(
             "cofounder_lease_takeovers", "Running jobs claimed from another runner whose lease expired"
-        )
+        ).labels()
         self.leases_lost = counter(
             "cofounder_leases_lost", "Jobs this process stopped running because it no longer held them"
-        )
-        self.sql_errors = counter("cofounder_sql_errors", "SQL failures that made the database unavailable")
-        sql_seconds = Histogram(
+        ).labels()
+        self.sql_errors = counter(
+            "cofounder_sql_errors", "SQL failures that made the database unavailable"
+        ).labels()
+        sql_seconds = histogram(
             "cofounder_sql_transaction_duration_seconds",
             "Duration of SQL transactions",
+            LATENCY_BUCKETS,
             ["kind"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
         self.sql_read_seconds = sql_seconds.labels("read")
         self.sql_write_seconds = sql_seconds.labels("write")
-        self.redis_errors = counter("cofounder_redis_errors", "Redis connection failures and timeouts")
-        self._redis_seconds = Histogram(
+        self.redis_errors = counter(
+            "cofounder_redis_errors", "Redis connection failures and timeouts"
+        ).labels()
+        self._redis_seconds = histogram(
             "cofounder_redis_operation_duration_seconds",
             "Duration of Redis operations",
+            LATENCY_BUCKETS,
             ["operation"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
         self._redis_children: dict[str, HistogramLike] = {}
         self._model_calls = counter("cofounder_model_calls", "Model calls", ["model"])
@@ -147,14 +115,14 @@ class PrometheusInstruments(Instruments):
         self._model_cost = counter(
             "cofounder_model_cost_microdollars", "Cost of model calls in microdollars", ["model"]
         )
-        self._models: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
+        self._models: dict[str, tuple[LoopCounter, LoopCounter, LoopCounter, LoopCounter]] = {}
         raised = counter("cofounder_escalations_raised", "Escalations raised by agents", ["trigger"])
         self._raised = {trigger: raised.labels(trigger) for trigger in ESCALATION_TRIGGERS}
         resolved = counter("cofounder_escalations_resolved", "Escalations decided with an option", ["source"])
         self._resolved = {source: resolved.labels(source) for source in DECISION_SOURCES}
         self.escalations_expired = counter(
             "cofounder_escalations_expired", "Escalations whose deadline passed without a default option"
-        )
+        ).labels()
 
     def escalations_raised(self, trigger: str) -> CounterLike:
         return self._raised.get(trigger, OFF)

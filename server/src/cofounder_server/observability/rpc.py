@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias, cast
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
 from cofounder_server.observability import logs
+from cofounder_server.observability.loop_metrics import CounterFamily, HistogramFamily, LoopCounter
 from cofounder_server.observability.prometheus import LATENCY_BUCKETS
 from cofounder_server.observability.tracing import NO_SPAN, Span, Tracer
 
@@ -41,23 +42,22 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 _NO_TRACE = contextlib.nullcontext(NO_SPAN)
 
+_OK = grpc.StatusCode.OK
+
 
 class RpcMetrics:
     """``cofounder_rpc_*``: calls by method and status code, latency by method, open streams."""
 
     def __init__(self, registry: CollectorRegistry, methods: Iterable[str]) -> None:
-        self._handled = Counter(
-            "cofounder_rpc_handled",
-            "RPCs completed, by method and status code",
-            ["method", "code"],
-            registry=registry,
+        self._handled = CounterFamily(
+            registry, "cofounder_rpc_handled", "RPCs completed, by method and status code", ["method", "code"]
         )
-        self._seconds = Histogram(
+        self._seconds = HistogramFamily(
+            registry,
             "cofounder_rpc_duration_seconds",
             "RPC duration by method (streams: from open to end)",
+            LATENCY_BUCKETS,
             ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
         self._open = Gauge(
             "cofounder_rpc_streams_open", "Open server streams by method", ["method"], registry=registry
@@ -70,24 +70,29 @@ class RpcMetrics:
 
 
 class _MethodMetrics:
-    __slots__ = ("_codes", "_handled", "_open", "method", "seconds")
+    __slots__ = ("_codes", "_handled", "_ok", "_open", "method", "seconds")
 
     def __init__(self, metrics: RpcMetrics, method: str) -> None:
         self.method = method
         self._handled = metrics._handled
         self._open = metrics._open
         self.seconds = metrics._seconds.labels(method)
-        self._codes: dict[grpc.StatusCode, Counter] = {}
+        self._ok = self._handled.labels(method, grpc.StatusCode.OK.name)
+        self._codes: dict[grpc.StatusCode, LoopCounter] = {}
 
     def open_streams(self) -> Gauge:
         """The open-streams gauge (bound only for streaming methods)."""
         return self._open.labels(self.method)
 
     def done(self, code: grpc.StatusCode, seconds: float) -> None:
-        child = self._codes.get(code)
-        if child is None:
-            child = self._codes[code] = self._handled.labels(self.method, code.name)
-        child.inc()
+        # OK by identity: hashing an Enum member runs Python code.
+        if code is _OK:
+            self._ok.value += 1
+        else:
+            child = self._codes.get(code)
+            if child is None:
+                child = self._codes[code] = self._handled.labels(self.method, code.name)
+            child.value += 1
         self.seconds.observe(seconds)
 
 
