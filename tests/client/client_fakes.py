@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -318,6 +319,8 @@ class FakeEscalations(escalation_grpc.EscalationServiceServicer):
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self.escalations: dict[str, escalation_pb2.Escalation] = {}
+        self.agent_wake_time: datetime | None = None
+        """Set: resolves answer that the agent sleeps until then; unset: that it waits."""
         self.hang_watch = False
 
     def add(self, escalation: escalation_pb2.Escalation) -> escalation_pb2.Escalation:
@@ -381,7 +384,12 @@ class FakeEscalations(escalation_grpc.EscalationServiceServicer):
         escalation.decision = request.decision
         escalation.guidance = request.guidance
         escalation.resolved_by = "user-1"
-        return escalation_service_pb2.ResolveEscalationResponse(escalation=escalation)
+        response = escalation_service_pb2.ResolveEscalationResponse(
+            escalation=escalation, agent_waiting=self.agent_wake_time is None
+        )
+        if self.agent_wake_time is not None:
+            response.agent_wake_time.FromDatetime(self.agent_wake_time)
+        return response
 
     async def WatchEscalations(
         self, request: Any, context: Any

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -13,7 +14,13 @@ from google.protobuf import struct_pb2
 
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_pb2, job_pb2
-from cofounder_client import AUTHORIZATION_HEADER, ON_BEHALF_OF_HEADER, Client, UnavailableError
+from cofounder_client import (
+    AUTHORIZATION_HEADER,
+    ON_BEHALF_OF_HEADER,
+    Client,
+    EscalationResolution,
+    UnavailableError,
+)
 
 
 async def test_token_and_on_behalf_of_reach_the_server_on_every_call(
@@ -180,16 +187,24 @@ async def test_each_rpc_returns_the_inner_message(client: Client, harness: Harne
     assert cancelled.outcome_detail == "no longer needed"
 
     assert (await client.get_escalation(escalation.escalation_id)).problem == "Which database?"
-    resolved = await client.resolve_escalation(
+    resolution = await client.resolve_escalation(
         escalation.escalation_id, decision="postgres", guidance="use 16"
     )
+    assert isinstance(resolution, EscalationResolution)
+    resolved = resolution.escalation
     assert isinstance(resolved, escalation_pb2.Escalation)
     assert (resolved.status, resolved.decision, resolved.guidance) == (
         escalation_pb2.ESCALATION_STATUS_RESOLVED,
         "postgres",
         "use 16",
     )
+    assert (resolution.agent_waiting, resolution.agent_wake_time) == (True, None)
     assert uuid.UUID(harness.recorder.calls[-1].request.request_id).version == 4
+
+    wake = datetime(2026, 3, 2, 0, 0, 0, 250000, tzinfo=UTC)
+    harness.escalations.agent_wake_time = wake
+    asleep = await client.resolve_escalation(escalation.escalation_id, decision="sqlite")
+    assert (asleep.agent_waiting, asleep.agent_wake_time) == (False, wake)
 
 
 async def test_list_jobs_returns_one_page_and_forwards_filters(client: Client, harness: Harness) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,9 @@ async def test_escalation_commands(harness: Harness, capsys: pytest.CaptureFixtu
         )
         == 0
     )
-    listed, got, snapshot, raised, resolved = json_lines(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    listed, got, snapshot, raised, resolved = json_lines(captured.out)
+    assert captured.err == "agent: waiting for this answer; it continues now\n"
     assert listed["escalation_id"] == got["escalation_id"] == escalation.escalation_id
     assert snapshot["snapshot"]["pending"][0]["escalation_id"] == escalation.escalation_id
     assert raised["events"]["events"][0]["kind"] == "ESCALATION_EVENT_KIND_RAISED"
@@ -190,6 +193,15 @@ async def test_escalation_commands(harness: Harness, capsys: pytest.CaptureFixtu
         == 13
     )
     assert "  decision: must be one of: postgres, sqlite" in capsys.readouterr().err
+
+    harness.escalations.agent_wake_time = datetime(2026, 3, 2, tzinfo=UTC)
+    assert (
+        await run_cli(harness, "escalations", "resolve", escalation.escalation_id, "--decision", "postgres")
+        == 0
+    )
+    assert capsys.readouterr().err == (
+        "agent: asleep on its budget; it acts on the answer when it wakes at 2026-03-02T00:00:00Z\n"
+    )
 
 
 _SUBMIT = ["submit", "--project", "p", "--goal", "g", "--brain", "b"]

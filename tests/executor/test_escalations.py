@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, escalation_service_pb2_grpc, job_pb2
 from cofounder_server.app import Application
 from cofounder_server.clock import ManualClock
+from cofounder_server.domain.changes import Change
 from cofounder_server.store.database import open_database
 from cofounder_server.store.models import CheckpointMessageRow
 from tests.support import RPC_TIMEOUT, eventually
@@ -246,7 +248,16 @@ async def test_a_bad_option_and_repeated_resolves(server: Application, stub, pro
         assert info.metadata["decision"] == "sqlite"
         assert info.metadata["decision_source"] == "person"
         assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
-        assert types_of(await events_of(stub, job.job_id)).count("agent.escalation_resolved") == 1
+        events = await events_of(stub, job.job_id)
+        assert types_of(events) == [
+            *START,
+            *STEP,
+            *RAISED,
+            "agent.escalation_resolved",
+            *STEP,
+            "job.status_changed",
+        ]
+        assert events[-4].agent_escalation_resolved.decision == "sqlite"
 
 
 async def test_resolve_through_a_second_server_and_fifty_concurrent_resolves(
@@ -476,6 +487,57 @@ async def test_an_agent_that_wakes_before_the_answer_waits_again(
             *STEP,
             "job.status_changed",
         ]
+
+
+async def test_an_answer_committed_as_the_agent_parks_is_taken_at_once(
+    start_server: Starter, project_id, manual_clock: ManualClock
+) -> None:
+    """The agent wakes from its budget sleep, finds its question unanswered and records that
+    it waits again; the answer is committed and announced before it is back in the parking
+    lot. No sweep runs during the test: the agent must take the answer without one."""
+    server = await start_server(sweep_interval_seconds=3600.0)
+    config = {"turns": [turn("asking", [ask("q1")], tokens=(9500, 0)), turn("done", tokens=(0, 0))]}
+    parking, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_park(changes: Sequence[Change]) -> None:
+        if (
+            any(
+                event.type == "agent.waiting_for_input" and change.job_id == job.job_id
+                for change in changes
+                for event in change.events
+            )
+            and not release.is_set()
+        ):
+            parking.set()
+            await release.wait()
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = stub_for(channel)
+        escalations = escalations_stub(channel)
+        job = await submit(stub, project_id, config, budget=30_000)
+        (raised,) = await pending_of(escalations, job.job_id)
+        sleeping = await agent_state(stub, job.job_id, job_pb2.AGENT_STATE_SLEEPING)
+        server.changes.before_live = hold_the_park
+        try:
+            await manual_clock.set(sleeping.wake_time.ToDatetime(tzinfo=manual_clock.now().tzinfo))
+            await asyncio.wait_for(parking.wait(), RPC_TIMEOUT)  # looked, found none, not parked yet
+            response = await resolve(escalations, raised.escalation_id, "pg")
+            assert response.agent_waiting
+        finally:
+            release.set()
+        assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
+        assert types_of(await events_of(stub, job.job_id)) == [
+            *START,
+            *STEP,
+            *RAISED,
+            "agent.sleeping",
+            "agent.waking",
+            "agent.waiting_for_input",
+            "agent.escalation_resolved",
+            *STEP,
+            "job.status_changed",
+        ]
+        assert "PostgreSQL" in (await tool_messages(server, job.job_id))["q1"]
 
 
 async def test_a_waiting_agent_survives_kill_9_and_takes_its_answer_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import traceback
@@ -30,6 +31,11 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     app = await Application.start(settings)
+    # What start-up allocated (modules, protobuf descriptors, SQL metadata: ~100,000
+    # objects) lives as long as the process. Frozen, a full collection no longer walks it:
+    # the pause drops from ~60-80 ms, which every request in flight waited out, to a few ms.
+    gc.collect()
+    gc.freeze()
     # Reloading swaps the credentials for new calls; connections and open streams stay up.
     loop.add_signal_handler(signal.SIGHUP, app.security.reload)
     await stop_requested.wait()

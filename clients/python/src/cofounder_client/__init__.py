@@ -12,6 +12,7 @@ from cofounder_client.client import (
     ON_BEHALF_OF_HEADER,
     USE_CLIENT_DEFAULT,
     Client,
+    EscalationResolution,
     Timeout,
 )
 from cofounder_client.credentials import TLSConfig
@@ -45,6 +46,7 @@ __all__ = [
     "CofounderError",
     "DeadlineExceededError",
     "ErrorDetails",
+    "EscalationResolution",
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",

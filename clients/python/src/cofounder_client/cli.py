@@ -226,10 +226,18 @@ async def _escalations_get(client: Client, args: argparse.Namespace) -> None:
 
 
 async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None:
-    escalation = await client.resolve_escalation(
+    resolution = await client.resolve_escalation(
         args.escalation_id, decision=args.decision, guidance=args.guidance, request_id=args.request_id
     )
-    _emit(escalation)
+    _emit(resolution.escalation)
+    # On stderr, so stdout stays the escalation.
+    if resolution.agent_waiting:
+        print("agent: waiting for this answer; it continues now", file=sys.stderr)
+    elif resolution.agent_wake_time is not None:
+        wake = resolution.agent_wake_time.isoformat().replace("+00:00", "Z")
+        print(f"agent: asleep on its budget; it acts on the answer when it wakes at {wake}", file=sys.stderr)
+    else:
+        print("agent: not waiting (the job is not running)", file=sys.stderr)
 
 
 async def _escalations_watch(client: Client, args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata as _importlib_metadata
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeAlias, TypeVar
@@ -88,6 +89,20 @@ Timeout: TypeAlias = float | Literal[_UseClientDefault.TOKEN] | None
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+
+
+@dataclass(frozen=True)
+class EscalationResolution:
+    """What :meth:`Client.resolve_escalation` returns: the escalation, and when its agent
+    acts on the decision."""
+
+    escalation: escalation_pb2.Escalation
+    """The escalation after resolution."""
+    agent_waiting: bool
+    """The agent was waiting for this answer and continues now."""
+    agent_wake_time: datetime | None
+    """When the agent sleeps on its budget: the time (UTC) it wakes and acts on the answer,
+    or earlier if woken. ``None`` when it is not asleep (waiting, or the job has ended)."""
 
 
 @dataclass(frozen=True)
@@ -514,7 +529,7 @@ class Client:
         guidance: str = "",
         request_id: str | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
-    ) -> escalation_pb2.Escalation:
+    ) -> EscalationResolution:
         """Answer an escalation; the decision reaches the waiting agent.
 
         Args:
@@ -526,8 +541,10 @@ class Client:
             timeout: deadline in seconds for this call.
 
         Returns:
-            The escalation after resolution. Repeating the call with the same
-            ``request_id`` returns the same escalation; any other resolve of an escalation
+            The escalation after resolution, and whether its agent continues now
+            (``agent_waiting``) or when it wakes to act on the answer (``agent_wake_time``).
+            Repeating the call with the same ``request_id`` returns the same escalation;
+            any other resolve of an escalation
             that is no longer pending is ``FAILED_PRECONDITION`` (reason
             ``ESCALATION_ALREADY_RESOLVED``, the winning decision in its metadata).
         """
@@ -538,7 +555,15 @@ class Client:
             guidance=guidance,
         )
         response = await self._unary(self._stubs().escalations.ResolveEscalation, request, timeout)
-        return response.escalation
+        return EscalationResolution(
+            escalation=response.escalation,
+            agent_waiting=response.agent_waiting,
+            agent_wake_time=(
+                response.agent_wake_time.ToDatetime(tzinfo=UTC)
+                if response.HasField("agent_wake_time")
+                else None
+            ),
+        )
 
     def watch_escalations(
         self, *, job_id: str = "", after_sequence: int | None = None, timeout: float | None = None

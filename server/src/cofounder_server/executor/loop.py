@@ -249,27 +249,29 @@ class AgentRun:
             return Park(AgentState.SLEEPING, self.job.wake_at)
         logs.job_id.set(self.job_id)
         checkpoint = await self._checkpoints.checkpoint(self.job_id)
-        if checkpoint is None:
-            messages = [Message(role="user", text=self.job.goal)]
-            saved = 0
-            state = LoopState()
-        else:
-            messages = [Message.from_json(m) for m in checkpoint.messages]
-            saved = len(messages)
-            state = LoopState.from_json(checkpoint.state)
+        state = LoopState() if checkpoint is None else LoopState.from_json(checkpoint.state)
         self.iteration = state.iteration
         try:
-            brain = self._plugins.brain_for(self.job.agent)
-        except Exception as error:  # unknown brain, bad config: the job cannot run
-            await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
-            return None
-        tools = {tool.spec.name: tool for tool in self._plugins.tools()}
-        specs = [tool.spec for tool in tools.values()]
-        try:
+            # The answers come first: taking them needs neither the conversation nor the
+            # brain, and the person who answered sees the agent take them that much sooner.
+            answers: list[Message] = []
             if state.awaiting:  # the answers of the last turn, or a wait that goes on
-                park = await self._take_answers(state, messages)
+                park = await self._take_answers(state, answers)
                 if park is not None:
                     return park
+            if checkpoint is None:
+                messages = [Message(role="user", text=self.job.goal)]
+            else:
+                messages = [Message.from_json(m) for m in checkpoint.messages]
+            saved = len(messages) if checkpoint is not None else 0
+            messages += answers
+            try:
+                brain = self._plugins.brain_for(self.job.agent)
+            except Exception as error:  # unknown brain, bad config: the job cannot run
+                await self._finish(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}", [])
+                return None
+            tools = {tool.spec.name: tool for tool in self._plugins.tools()}
+            specs = [tool.spec for tool in tools.values()]
             return await self._loop(
                 brain=brain, tools=tools, specs=specs, messages=messages, saved=saved, state=state
             )

@@ -139,6 +139,9 @@ class Executor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._resuming: dict[str, asyncio.Task[None]] = {}
         self._retrying: dict[str, asyncio.TimerHandle] = {}
+        self._answered_awake: set[str] = set()
+        """Awake jobs an answer was announced for: if the run parks waiting for input, it
+        may have looked for its answers just before this one was committed."""
         self._claim_now = asyncio.Event()
         self._resume_mine = True
         self._retry_at: float | None = None
@@ -249,6 +252,11 @@ class Executor:
     def job_answered(self, job_id: str) -> None:
         """An escalation the job's agent waits on was decided: resume the agent if it is
         parked here (it takes its answers, or parks again while some are pending)."""
+        self._answered(job_id)
+
+    def _answered(self, job_id: str) -> None:
+        if job_id in self.runs:
+            self._answered_awake.add(job_id)
         self._wake(job_id)
 
     def _cancel(self, job_id: str) -> None:
@@ -282,7 +290,9 @@ class Executor:
                 verb, _, job_id = text.partition(" ")
                 if verb == "cancel":
                     self._cancel(job_id)
-                elif verb in ("wake", "answer"):
+                elif verb == "answer":
+                    self._answered(job_id)
+                elif verb == "wake":
                     self._wake(job_id)
                 elif verb == "released" and job_id != self.runner_id:
                     self._claim_now.set()
@@ -420,8 +430,15 @@ class Executor:
             self.runs.pop(run.job_id, None)
             self._tasks.pop(run.job_id, None)
             self.slots.give_back()
+            answered = run.job_id in self._answered_awake
+            self._answered_awake.discard(run.job_id)
             if park is not None and not self._stopping:
                 self.lot.park(run.job_id, park.reason.value, park.due)
+                if answered and park.reason is AgentState.WAITING_FOR_INPUT:
+                    # The answer may have come after the run looked for it: it looks again
+                    # now rather than at the next sweep (an answer already taken costs one
+                    # read, and the agent parks again).
+                    self.lot.notify(run.job_id)
             if not self._stopping:
                 self._claim_now.set()
 
