@@ -159,13 +159,7 @@ class ChangePipeline:
             sequence=latest,
             now=now,
         )
-        try:
-            with unavailable_on_error("rebuild live keys"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    writes.queue(pipe)
-                    await pipe.execute()
-        finally:
-            self._cache.invalidate(touched)
+        await self._write_rebuilt(writes, touched)
         return job, summary, latest
 
     async def rebuild_many(self, job_ids: Sequence[str]) -> None:
@@ -191,6 +185,10 @@ class ChangePipeline:
                 sequence=latest[job.job_id],
                 now=now,
             )
+        await self._write_rebuilt(writes, touched)
+
+    async def _write_rebuilt(self, writes: LiveWrites, touched: Sequence[str]) -> None:
+        """Write rebuilt keys in one round trip; the local cache forgets them even on failure."""
         try:
             with unavailable_on_error("rebuild live keys"):
                 async with self._redis.pipeline(transaction=False) as pipe:
