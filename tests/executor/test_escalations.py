@@ -462,6 +462,20 @@ async def test_a_resolve_while_the_agent_sleeps_on_its_budget_is_acted_on_when_i
         ]
 
 
+WOKE_THEN_WAITED = [
+    *START,
+    *STEP,
+    *RAISED,
+    "agent.sleeping",
+    "agent.waking",
+    "agent.waiting_for_input",
+    "agent.escalation_resolved",
+    *STEP,
+    "job.status_changed",
+]
+"""An agent that asked, slept on its budget, woke to no answer, waited, then took it."""
+
+
 async def test_an_agent_that_wakes_before_the_answer_waits_again(
     server: Application, stub, project_id, manual_clock: ManualClock
 ) -> None:
@@ -476,17 +490,7 @@ async def test_an_agent_that_wakes_before_the_answer_waits_again(
         response = await resolve(escalations, raised.escalation_id, "sqlite")
         assert response.agent_waiting
         assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
-        assert types_of(await events_of(stub, job.job_id)) == [
-            *START,
-            *STEP,
-            *RAISED,
-            "agent.sleeping",
-            "agent.waking",
-            "agent.waiting_for_input",
-            "agent.escalation_resolved",
-            *STEP,
-            "job.status_changed",
-        ]
+        assert types_of(await events_of(stub, job.job_id)) == WOKE_THEN_WAITED
 
 
 async def test_an_answer_committed_as_the_agent_parks_is_taken_at_once(
@@ -526,17 +530,7 @@ async def test_an_answer_committed_as_the_agent_parks_is_taken_at_once(
         finally:
             release.set()
         assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
-        assert types_of(await events_of(stub, job.job_id)) == [
-            *START,
-            *STEP,
-            *RAISED,
-            "agent.sleeping",
-            "agent.waking",
-            "agent.waiting_for_input",
-            "agent.escalation_resolved",
-            *STEP,
-            "job.status_changed",
-        ]
+        assert types_of(await events_of(stub, job.job_id)) == WOKE_THEN_WAITED
         assert "PostgreSQL" in (await tool_messages(server, job.job_id))["q1"]
 
 

@@ -261,9 +261,10 @@ class AgentRun:
                     return park
             if checkpoint is None:
                 messages = [Message(role="user", text=self.job.goal)]
+                saved = 0
             else:
                 messages = [Message.from_json(m) for m in checkpoint.messages]
-            saved = len(messages) if checkpoint is not None else 0
+                saved = len(messages)
             messages += answers
             try:
                 brain = self._plugins.brain_for(self.job.agent)

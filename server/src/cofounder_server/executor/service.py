@@ -252,9 +252,6 @@ class Executor:
     def job_answered(self, job_id: str) -> None:
         """An escalation the job's agent waits on was decided: resume the agent if it is
         parked here (it takes its answers, or parks again while some are pending)."""
-        self._answered(job_id)
-
-    def _answered(self, job_id: str) -> None:
         if job_id in self.runs:
             self._answered_awake.add(job_id)
         self._wake(job_id)
@@ -291,7 +288,7 @@ class Executor:
                 if verb == "cancel":
                     self._cancel(job_id)
                 elif verb == "answer":
-                    self._answered(job_id)
+                    self.job_answered(job_id)
                 elif verb == "wake":
                     self._wake(job_id)
                 elif verb == "released" and job_id != self.runner_id:

@@ -11,13 +11,17 @@ are always consistent with its count.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+Child = TypeVar("Child")
 
 
 class LoopCounter:
@@ -50,27 +54,42 @@ class LoopHistogram:
         self.sum += amount
 
 
-class CounterFamily(Collector):
-    """Counters of one name, one per combination of label values (bound with :meth:`labels`)."""
+class _Family(Collector, Generic[Child]):
+    """Instruments of one name, one child per combination of label values."""
 
     def __init__(
-        self, registry: CollectorRegistry, name: str, documentation: str, labelnames: Sequence[str] = ()
+        self, registry: CollectorRegistry, name: str, documentation: str, labelnames: Sequence[str]
     ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], LoopCounter] = {}
+        self._children: dict[tuple[str, ...], Child] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> LoopCounter:
-        """The counter of these label values, created (at zero) on first use; bind it once and
+    @abstractmethod
+    def _new_child(self) -> Child: ...
+
+    def labels(self, *values: str) -> Child:
+        """The child of these label values, created (at zero) on first use; bind it once and
         keep it, as a lookup per update would cost more than the update."""
         if len(values) != len(self._labelnames):
             raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {values}")
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = LoopCounter()
+            child = self._children[values] = self._new_child()
         return child
+
+
+class CounterFamily(_Family[LoopCounter]):
+    """Counters of one name (bound with :meth:`labels`)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, documentation: str, labelnames: Sequence[str] = ()
+    ) -> None:
+        super().__init__(registry, name, documentation, labelnames)
+
+    def _new_child(self) -> LoopCounter:
+        return LoopCounter()
 
     def describe(self) -> Iterable[Metric]:
         return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
@@ -82,8 +101,8 @@ class CounterFamily(Collector):
         yield family
 
 
-class HistogramFamily(Collector):
-    """Histograms of one name over the same buckets, one per combination of label values."""
+class HistogramFamily(_Family[LoopHistogram]):
+    """Histograms of one name over the same buckets."""
 
     def __init__(
         self,
@@ -93,22 +112,12 @@ class HistogramFamily(Collector):
         buckets: Sequence[float],
         labelnames: Sequence[str] = (),
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self._bounds = tuple(sorted(float(bound) for bound in buckets))
         self._le = [floatToGoString(bound) for bound in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]  # unannotated upstream
-        self._children: dict[tuple[str, ...], LoopHistogram] = {}
-        registry.register(self)
+        super().__init__(registry, name, documentation, labelnames)
 
-    def labels(self, *values: str) -> LoopHistogram:
-        """The histogram of these label values, created (empty) on first use; bind it once."""
-        if len(values) != len(self._labelnames):
-            raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = LoopHistogram(self._bounds)
-        return child
+    def _new_child(self) -> LoopHistogram:
+        return LoopHistogram(self._bounds)
 
     def describe(self) -> Iterable[Metric]:
         return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql import ColumnElement
 
 from cofounder_server.domain.changes import Spend
 from cofounder_server.domain.model import Job
@@ -53,38 +56,25 @@ class LedgerRepository:
         ids = [job.job_id for job in jobs]
         start = window.astimezone(UTC)
         async with self._database.read() as session:
-            spent = dict(
-                (
-                    await session.execute(
-                        select(UsageLedgerRow.job_id, func.sum(UsageLedgerRow.cost_microdollars))
-                        .where(UsageLedgerRow.job_id.in_(ids), UsageLedgerRow.window_start == start)
-                        .group_by(UsageLedgerRow.job_id)
-                    )
-                )
-                .tuples()
-                .all()
+            spent = await _per_job(
+                session,
+                UsageLedgerRow.job_id,
+                func.sum(UsageLedgerRow.cost_microdollars),
+                UsageLedgerRow.job_id.in_(ids),
+                UsageLedgerRow.window_start == start,
             )
-            top_ups = dict(
-                (
-                    await session.execute(
-                        select(BudgetAdjustmentRow.job_id, func.sum(BudgetAdjustmentRow.amount_microdollars))
-                        .where(BudgetAdjustmentRow.job_id.in_(ids), BudgetAdjustmentRow.window_start == start)
-                        .group_by(BudgetAdjustmentRow.job_id)
-                    )
-                )
-                .tuples()
-                .all()
+            top_ups = await _per_job(
+                session,
+                BudgetAdjustmentRow.job_id,
+                func.sum(BudgetAdjustmentRow.amount_microdollars),
+                BudgetAdjustmentRow.job_id.in_(ids),
+                BudgetAdjustmentRow.window_start == start,
             )
-            newest = dict(
-                (
-                    await session.execute(
-                        select(UsageLedgerRow.job_id, func.max(UsageLedgerRow.iteration))
-                        .where(UsageLedgerRow.job_id.in_(ids))
-                        .group_by(UsageLedgerRow.job_id)
-                    )
-                )
-                .tuples()
-                .all()
+            newest = await _per_job(
+                session,
+                UsageLedgerRow.job_id,
+                func.max(UsageLedgerRow.iteration),
+                UsageLedgerRow.job_id.in_(ids),
             )
         return {
             job.job_id: (
@@ -96,6 +86,17 @@ class LedgerRepository:
             )
             for job in jobs
         }
+
+
+async def _per_job(
+    session: AsyncSession,
+    job_id: InstrumentedAttribute[str],
+    aggregate: ColumnElement[Any],
+    *where: ColumnElement[bool],
+) -> dict[str, Any]:
+    """``aggregate`` of the rows matching ``where``, by ``job_id`` (jobs without rows absent)."""
+    rows = await session.execute(select(job_id, aggregate).where(*where).group_by(job_id))
+    return dict(rows.tuples().all())
 
 
 async def budget_in(session: AsyncSession, job_id: str, window: datetime) -> tuple[int, int]:
