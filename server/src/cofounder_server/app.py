@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,13 +29,16 @@ from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
 from cofounder_server.datadir import DataDirError, DataDirLock
 from cofounder_server.domain.errors import Unavailable
+from cofounder_server.domain.model import Job
 from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
-from cofounder_server.executor.loop import AgentRun, LoopLimits
+from cofounder_server.executor.loop import AgentRun
 from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
+from cofounder_server.executor.run_state import LoopLimits
+from cofounder_server.executor.run_store import RunStores
 from cofounder_server.executor.service import Executor, runner_id_for
-from cofounder_server.executor.writer import IterationWriter
+from cofounder_server.executor.writer import RecordWriter
 from cofounder_server.listen import ListenError, check_can_listen
 from cofounder_server.live import keys
 from cofounder_server.live.connect import create_client
@@ -50,7 +52,7 @@ from cofounder_server.services.escalations import DeadlineTimer, EscalationServi
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
 from cofounder_server.services.status import LiveStatus
-from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.checkpoints import CheckpointStore, RunStart
 from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
@@ -165,9 +167,8 @@ async def _start_executor(
     runner_id = runner_id_for(settings.runner_id, settings.data_dir)
     runs = RunRepository(database, event_log)
     checkpoints = CheckpointStore(database, event_log)
-    writer = IterationWriter(checkpoints, changes, clock, runner_id)
-    new_run = functools.partial(
-        AgentRun,
+    writer = RecordWriter(checkpoints, changes, clock, runner_id)
+    stores = RunStores(
         runs=runs,
         checkpoints=checkpoints,
         ledger=ledger,
@@ -175,25 +176,29 @@ async def _start_executor(
         escalations=escalations,
         writer=writer,
         changes=changes,
-        plugins=registry,
-        prices=prices,
         clock=clock,
         runner_id=runner_id,
-        limits=LoopLimits(
-            max_tool_calls=settings.max_tool_calls,
-            result_limit=settings.tool_result_limit_chars,
-            brain_retries=settings.brain_retries,
-            brain_retry_delay=settings.brain_retry_delay_seconds,
-            tool_attempts=settings.tool_error_attempts,
-            tool_retry_delay=settings.tool_retry_delay_seconds,
-            max_escalations=settings.max_escalations_per_job,
-        ),
         deadline_raised=deadlines.raised,
     )
+    limits = LoopLimits(
+        max_tool_calls=settings.max_tool_calls,
+        result_limit=settings.tool_result_limit_chars,
+        brain_retries=settings.brain_retries,
+        brain_retry_delay=settings.brain_retry_delay_seconds,
+        tool_attempts=settings.tool_error_attempts,
+        tool_retry_delay=settings.tool_retry_delay_seconds,
+        max_escalations=settings.max_escalations_per_job,
+        provider_wait_limit=settings.provider_wait_limit_seconds,
+    )
+
+    def new_run(job: Job, start: RunStart | None) -> AgentRun:
+        return AgentRun(
+            stores.for_job(job), start=start, plugins=registry, prices=prices, clock=clock, limits=limits
+        )
+
     executor = Executor(
         runs=runs,
         leases=RunnerLeases(database),
-        checkpoints=checkpoints,
         writer=writer,
         changes=changes,
         redis=redis,

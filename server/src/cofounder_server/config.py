@@ -238,6 +238,13 @@ class Settings:
     brain_retry_delay_seconds: float = field(
         default=1.0, metadata={"help": "delay before retrying a failed brain call (times the attempt)"}
     )
+    provider_wait_limit_seconds: float = field(
+        default=900.0,
+        metadata={
+            "help": "how long one model call may wait, in all, for a provider that asked to slow down "
+            "(429/529 with retry-after: waited for, not counted as failures) before the job fails"
+        },
+    )
     tool_error_attempts: int = field(
         default=3,
         metadata={

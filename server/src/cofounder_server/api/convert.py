@@ -280,6 +280,9 @@ def _payload_to_proto(payload: EventPayload) -> tuple[str, Message]:
                 attempt=payload.attempt,
                 max_attempts=payload.max_attempts,
                 error_message=payload.error_message,
+                next_attempt_time=None
+                if payload.next_attempt_time is None
+                else timestamp(payload.next_attempt_time),
             )
         case AgentWaitingForInput():
             return "agent_waiting_for_input", event_pb2.AgentWaitingForInput(

@@ -189,7 +189,9 @@ class AgentRetrying:
     error_signature: str
     attempt: int
     max_attempts: int
+    """0: the provider asked to slow down (not counted as a failure)."""
     error_message: str = ""
+    next_attempt_time: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -120,12 +120,18 @@ class BrainError(Exception):
     ``retryable`` says whether trying again may help (a timeout, an overloaded API) or not
     (bad credentials, an invalid request). ``signature`` is a normalised description used to
     count retries of the same failure (no ids, timestamps or numbers that vary).
+    ``retry_after``: the provider asked to slow down and said for how many seconds (a rate
+    limit or an overload with ``retry-after``); the executor waits at least that long before
+    trying again and does not count the wait as a failure.
     """
 
-    def __init__(self, message: str, *, retryable: bool, signature: str) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, signature: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.signature = signature
+        self.retry_after = retry_after
 
 
 class Brain(Protocol):

@@ -46,19 +46,21 @@ from redis.exceptions import RedisError
 
 from cofounder_server import observability
 from cofounder_server.clock import Clock
+from cofounder_server.domain import budget
+from cofounder_server.domain.changes import Spend
 from cofounder_server.domain.errors import DomainError
-from cofounder_server.domain.events import AgentWaking, WakeReason
+from cofounder_server.domain.events import WakeReason
 from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.executor.loop import AgentRun
 from cofounder_server.executor.parking import Park, Parked, ParkingLot, WakeCause
 from cofounder_server.executor.slots import AwakeSlots, Waiting
-from cofounder_server.executor.writer import IterationWriter
+from cofounder_server.executor.writer import RecordWriter
 from cofounder_server.live import keys
 from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
-from cofounder_server.store.checkpoints import CheckpointStore
+from cofounder_server.store.checkpoints import RunStart
 from cofounder_server.store.runners import HeldJob, RunnerLeases
-from cofounder_server.store.runs import RunRepository
+from cofounder_server.store.runs import Resumed, RunRepository, StillParked
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ RELEASE_ATTEMPTS = 3
 """Tries to hand the jobs over at a graceful stop."""
 PARKED_CLAIM_BATCH = 1000
 """Parked jobs claimed per statement (a claim round takes as many batches as there are)."""
+RESUME_BATCH = 500
+"""Parked agents resumed per transaction (woken in SQL, their checkpoints and spend read)."""
 WAKE_SIGNAL_BATCH = 1000
 """``wake_signal`` keys read per MGET by the sweep."""
 SWEEP_OVERLAP = timedelta(seconds=60)
@@ -103,24 +107,23 @@ class Executor:
         *,
         runs: RunRepository,
         leases: RunnerLeases,
-        checkpoints: CheckpointStore,
-        writer: IterationWriter,
+        writer: RecordWriter,
         changes: ChangePipeline,
         redis: Redis,
         clock: Clock,
         runner_id: str,
-        new_run: Callable[[Job], AgentRun],
+        new_run: Callable[[Job, RunStart | None], AgentRun],
         max_running_jobs: int,
         lease_seconds: float,
         claim_interval_seconds: float,
         sweep_interval_seconds: float,
         wake_jitter_seconds: float = 0.0,
     ) -> None:
-        """``new_run`` builds the run of a claimed or resumed job; ``redis`` carries the
-        control channel and the ``wake_signal`` keys the sweep reads."""
+        """``new_run`` builds the run of a claimed or resumed job (with what it starts from,
+        when that was read already); ``redis`` carries the control channel and the
+        ``wake_signal`` keys the sweep reads."""
         self._runs = runs
         self._leases = leases
-        self._checkpoints = checkpoints
         self._writer = writer
         self._changes = changes
         self._redis = redis
@@ -137,7 +140,11 @@ class Executor:
         self.slots = AwakeSlots(max_running_jobs, self._resume)
         """Awake slots and the line of parked agents waiting for one."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._resuming: dict[str, asyncio.Task[None]] = {}
+        self._to_resume: dict[str, Waiting] = {}
+        """Parked agents that got a slot, waiting for the next batch of resumes."""
+        self._resuming: set[str] = set()
+        """Parked agents of the batch being resumed now."""
+        self._resume_now = asyncio.Event()
         self._retrying: dict[str, asyncio.TimerHandle] = {}
         self._answered_awake: set[str] = set()
         """Awake jobs an answer was announced for: if the run parks waiting for input, it
@@ -150,7 +157,7 @@ class Executor:
         self._last_sweep: datetime | None = None
 
     @property
-    def writer(self) -> IterationWriter:
+    def writer(self) -> RecordWriter:
         """The process's group-commit writer (its counters serve benchmarks)."""
         return self._writer
 
@@ -167,13 +174,21 @@ class Executor:
     @property
     def held(self) -> int:
         """Jobs this process holds: awake, parked, or waiting for a slot."""
-        return len(self.runs) + len(self.lot) + self.slots.waiting + len(self._resuming) + len(self._retrying)
+        return (
+            len(self.runs)
+            + len(self.lot)
+            + self.slots.waiting
+            + len(self._to_resume)
+            + len(self._resuming)
+            + len(self._retrying)
+        )
 
     def holds(self, job_id: str) -> bool:
         """Whether this process runs, parks or is resuming ``job_id``."""
         return (
             job_id in self.runs
             or job_id in self.lot
+            or job_id in self._to_resume
             or job_id in self._resuming
             or job_id in self._retrying
             or self.slots.is_waiting(job_id)
@@ -197,6 +212,7 @@ class Executor:
             asyncio.create_task(self._lease_loop(), name="executor-lease"),
             asyncio.create_task(self._control_loop(pubsub), name="executor-control"),
             asyncio.create_task(self._sweep_loop(), name="executor-sweep"),
+            asyncio.create_task(self._resume_loop(), name="executor-resumes"),
         ]
         self._claim_now.set()
 
@@ -209,7 +225,6 @@ class Executor:
         await self.lot.stop()
         for retry in self._retrying.values():
             retry.cancel()
-        await _cancel_and_wait(list(self._resuming.values()), "resume")
         for run in self.runs.values():
             run.stop()
         tasks = list(self._tasks.values())
@@ -219,7 +234,6 @@ class Executor:
         if await self._release():
             await self._changes.runner_released(self.runner_id)
         await self._writer.stop()
-        await self._checkpoints.close()
 
     async def _release(self) -> bool:
         """Hand every job over; a few tries, since the loops just cancelled may still hold
@@ -260,10 +274,14 @@ class Executor:
         run = self.runs.get(job_id)
         if run is not None:
             run.stop()
-        if self.lot.take(job_id) is None and not self.slots.withdraw(job_id):
-            retry = self._retrying.pop(job_id, None)
-            if retry is not None:
-                retry.cancel()
+        if self.lot.take(job_id) is not None or self.slots.withdraw(job_id):
+            return
+        if self._to_resume.pop(job_id, None) is not None:
+            self.slots.give_back()
+            return
+        retry = self._retrying.pop(job_id, None)
+        if retry is not None:
+            retry.cancel()
 
     def _wake(self, job_id: str) -> None:
         if not self.lot.notify(job_id) and not self.holds(job_id):
@@ -295,7 +313,7 @@ class Executor:
                     self._claim_now.set()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     # --- the runner lease -----------------------------------------------------------------
 
@@ -379,25 +397,53 @@ class Executor:
         awake = await self._runs.claimable(
             self.runner_id, parked=PARKED_STATES, expired=expired, limit=self.slots.free
         )
+        taken: list[str] = []
         for job_id in [*mine, *awake]:
             if self._stopping or not self.slots.try_take():
                 # This runner's own jobs wait for a slot: look for them again next round.
                 self._resume_mine = self._resume_mine or bool(mine)
-                return
-            try:
-                now = self._clock.now()
-                change = await self._runs.claim(job_id, self.runner_id, now=now)
-            except BaseException:
-                self.slots.give_back()
-                raise
-            if change is None or change.job is None:
-                self.slots.give_back()
+                break
+            taken.append(job_id)
+        started: set[str] = set()
+        try:
+            await self._claim_taken(taken, started)
+        finally:
+            for job_id in taken:
+                if job_id not in started:
+                    self.slots.give_back()
+
+    async def _claim_taken(self, taken: list[str], started: set[str]) -> None:
+        """Claim the jobs slots were taken for (``started`` gets each one it runs): the queued
+        ones in one transaction, the running ones (this runner's own after a restart, or
+        orphaned) one by one."""
+        if not taken:
+            return
+        now = self._clock.now()
+        queued = await self._runs.claim_queued(taken, self.runner_id, now=now)
+        await self._changes.committed_many(queued)
+        window = budget.window_start(now)
+        claimed = set()
+        for change in queued:
+            assert change.job is not None
+            claimed.add(change.job_id)
+            observability.metrics.lease_claims_queued.inc()
+            # A job just out of the queue has no checkpoint and has spent nothing.
+            self._start_run(
+                change.job, RunStart(None, window, Spend(0, change.job.daily_budget_microdollars))
+            )
+            started.add(change.job_id)
+        for job_id in taken:
+            if job_id in claimed:
+                continue
+            claim = await self._runs.claim(job_id, self.runner_id, now=self._clock.now())
+            if claim is None or claim.job is None:
                 continue
             instruments = observability.metrics
-            (instruments.lease_claims_queued if change.events else instruments.lease_claims_running).inc()
+            (instruments.lease_claims_queued if claim.events else instruments.lease_claims_running).inc()
             # Also a claim without a change of the job (resumed here) rewrites its live keys.
-            await self._changes.committed(change)
-            self._start_run(change.job)
+            await self._changes.committed(claim)
+            self._start_run(claim.job, None)
+            started.add(job_id)
 
     def _park(self, job: HeldJob) -> None:
         assert job.agent_state is not None
@@ -406,9 +452,9 @@ class Executor:
 
     # --- runs ---------------------------------------------------------------------------
 
-    def _start_run(self, job: Job) -> None:
+    def _start_run(self, job: Job, start: RunStart | None) -> None:
         """Run ``job`` in a new task; it holds an awake slot until it ends or parks."""
-        run = self._new_run(job)
+        run = self._new_run(job, start)
         self.runs[job.job_id] = run
         self._tasks[job.job_id] = asyncio.create_task(self._guarded(run), name=f"agent-{job.job_id}")
 
@@ -446,71 +492,68 @@ class Executor:
         self.slots.request(entry, cause)
 
     def _resume(self, waiting: Waiting) -> None:
-        """A parked agent got a slot: wake it in SQL if needed and run it."""
-        job_id = waiting.entry.job_id
-        self._resuming[job_id] = asyncio.create_task(self._resume_parked(waiting), name=f"resume-{job_id}")
+        """A parked agent got a slot: resumed with the next batch."""
+        self._to_resume[waiting.entry.job_id] = waiting
+        self._resume_now.set()
 
-    async def _resume_parked(self, waiting: Waiting) -> None:
-        entry = waiting.entry
-        started = False
+    async def _resume_loop(self) -> None:
+        while not self._stopping:
+            await self._resume_now.wait()
+            self._resume_now.clear()
+            while self._to_resume and not self._stopping:
+                batch = list(self._to_resume.values())[:RESUME_BATCH]
+                for waiting in batch:
+                    del self._to_resume[waiting.entry.job_id]
+                self._resuming.update(waiting.entry.job_id for waiting in batch)
+                try:
+                    await self._resume_batch(batch)
+                finally:
+                    self._resuming.difference_update(waiting.entry.job_id for waiting in batch)
+
+    async def _resume_batch(self, batch: list[Waiting]) -> None:
+        """Wake a batch of parked agents in SQL (those still sleeping there), read what their
+        runs start from, and run them; in one transaction and one fan-out."""
+        parked = [
+            (
+                waiting.entry.job_id,
+                AgentState(waiting.entry.reason),
+                WakeReason.SCHEDULED if waiting.cause is WakeCause.DUE else WakeReason.REQUESTED,
+            )
+            for waiting in batch
+        ]
+        now = self._clock.now()
         try:
-            held = await self._leases.job(entry.job_id)
-            if held is None or held.status is not JobStatus.RUNNING or held.runner_id != self.runner_id:
-                return  # cancelled, finished or taken over meanwhile
-            job: Job | None
-            if held.agent_state is not None and held.agent_state.value == entry.reason:
-                job = await self._wake_in_sql(held, waiting.cause)
-                if job is None:
-                    self.lot.park(held.job_id, entry.reason, held.wake_at)  # not this one's to wake
-                    return
-            else:
-                job = await self._runs.get(entry.job_id)  # woken by WakeAgent (or an answer) already
-                if job is None:
-                    return
-            self._resuming.pop(entry.job_id, None)
-            started = True
-            self._start_run(job)
+            outcome = await self._runs.resume_parked(
+                parked, self.runner_id, window=budget.window_start(now), now=now
+            )
         except asyncio.CancelledError:
             raise
         except Exception as error:
             # SQL or Redis trouble: in line again after a pause (of real time, whatever the clock).
-            log.warning("job %s not resumed yet: %s", entry.job_id, error)
-            self._retrying[entry.job_id] = asyncio.get_running_loop().call_later(
-                RETRY_AFTER_CRASH_SECONDS, self._retry_resume, waiting
-            )
-        finally:
-            self._resuming.pop(entry.job_id, None)
-            if not started:
+            log.warning("%d parked agents not resumed yet: %s", len(batch), error)
+            loop = asyncio.get_running_loop()
+            for waiting in batch:
                 self.slots.give_back()
+                self._retrying[waiting.entry.job_id] = loop.call_later(
+                    RETRY_AFTER_CRASH_SECONDS, self._retry_resume, waiting
+                )
+            return
+        await self._changes.committed_many(
+            [result.change for result in outcome.values() if isinstance(result, Resumed) and result.change]
+        )
+        for waiting in batch:
+            job_id = waiting.entry.job_id
+            result = outcome.get(job_id)
+            if isinstance(result, Resumed) and not self._stopping:
+                self._start_run(result.job, result.start)
+                continue
+            self.slots.give_back()
+            if isinstance(result, StillParked) and not self._stopping:  # not this one's to wake
+                self.lot.park(job_id, result.agent_state.value, result.wake_at)
 
     def _retry_resume(self, waiting: Waiting) -> None:
         if self._retrying.pop(waiting.entry.job_id, None) is not None and not self._stopping:
             self.slots.request(waiting.entry, waiting.cause)
-
-    async def _wake_in_sql(self, held: HeldJob, cause: WakeCause) -> Job | None:
-        """Record the wake of an agent SQL still shows parked; ``None`` if it is not this
-        executor's to wake. Only a sleeping agent is woken here (its time came, or a
-        ``wake_signal``); an agent waiting for input is woken by the change that answers it
-        (committed elsewhere, then notified), and the transition at its deadline belongs here
-        beside the sleeping one."""
-        if held.agent_state is not AgentState.SLEEPING:
-            return None
-        reason = WakeReason.SCHEDULED if cause is WakeCause.DUE else WakeReason.REQUESTED
-        change = await self._runs.set_agent_state(
-            held.job_id,
-            state=AgentState.WORKING,
-            wake_at=None,
-            events=[AgentWaking(reason=reason)],
-            now=self._clock.now(),
-            only_from=AgentState.SLEEPING,
-        )
-        if change is None or change.job is None:
-            fresh = await self._runs.get(held.job_id)
-            if fresh is None or fresh.status is not JobStatus.RUNNING or fresh.agent_state in PARKED_STATES:
-                return None
-            return fresh
-        await self._changes.committed(change)
-        return change.job
 
     # --- the sweep ------------------------------------------------------------------------
 

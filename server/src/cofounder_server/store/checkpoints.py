@@ -1,33 +1,49 @@
-"""Checkpoints of agent loops: the group commit that makes iterations durable (usage ledger
-row, new conversation messages, checkpoint head and events in one transaction for many
-jobs), and reading a job's last checkpoint back."""
+"""Checkpoints of agent loops: the group commit that makes runs durable (usage ledger rows,
+new conversation messages, checkpoint heads, job transitions and events in one transaction
+for many jobs), and reading checkpoints back.
+
+The group commit is one function on a synchronous connection, run through
+:meth:`Database.transact` on both databases (on SQLite in one trip to the writer thread), with
+a constant number of statements per batch: each kind of row is one ``executemany``, and job
+transitions that set the same values are one ``UPDATE ... RETURNING``.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, Update, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from cofounder_server.domain.model import JobStatus
+from cofounder_server.domain.changes import Spend
+from cofounder_server.domain.events import EventPayload, JobStatusChanged
+from cofounder_server.domain.model import Job, JobStatus
 from cofounder_server.store.database import Database
-from cofounder_server.store.events import EventLogRepository
-from cofounder_server.store.iterations import CommittedBatch, IterationConflict, IterationRecord, rows_of
+from cofounder_server.store.events import EventLogRepository, append_job_events
+from cofounder_server.store.iterations import (
+    CommittedBatch,
+    Ending,
+    IterationConflict,
+    Parking,
+    RunRecord,
+    Transition,
+    rows_of,
+)
+from cofounder_server.store.jobs import bumped, job_of
 from cofounder_server.store.models import (
+    BudgetAdjustmentRow,
     CheckpointMessageRow,
     CheckpointRow,
     JobRow,
     UsageLedgerRow,
     table_of,
 )
-from cofounder_server.store.sqlite_commit import SqliteGroupCommit
 
 
 @dataclass(frozen=True)
@@ -39,121 +55,255 @@ class Checkpoint:
     state: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What a run of a job starts from: its last checkpoint (``None`` before the first
+    iteration) and the spend of the budget window it starts in."""
+
+    checkpoint: Checkpoint | None
+    window: datetime
+    spend: Spend
+
+
 log = logging.getLogger(__name__)
 
 _RUNNING = JobStatus.RUNNING.value
 
 
 class CheckpointStore:
-    """Iterations in, checkpoints out. Raises domain errors only (``Unavailable`` included)."""
+    """Runs in, checkpoints out. Raises domain errors only (``Unavailable`` included)."""
 
     def __init__(self, database: Database, event_log: EventLogRepository) -> None:
         self._database = database
         self._event_log = event_log
-        self._sqlite: SqliteGroupCommit | None = None
 
     async def checkpoint(self, job_id: str) -> Checkpoint | None:
         """The last checkpoint, or ``None`` before the first iteration completed."""
         async with self._database.read() as session:
-            head = await session.get(CheckpointRow, job_id)
-            if head is None:
-                return None
-            rows = await session.scalars(
-                select(CheckpointMessageRow.message)
-                .where(
-                    CheckpointMessageRow.job_id == job_id, CheckpointMessageRow.position < head.message_count
-                )
-                .order_by(CheckpointMessageRow.position)
+            return (await session.run_sync(lambda sync: _checkpoints(sync.connection(), [job_id]))).get(
+                job_id
             )
-            return Checkpoint(int(head.iteration), [dict(m) for m in rows], dict(head.state))
 
-    # --- the iteration write path (group commit) ----------------------------------------
+    async def starts(self, jobs: Sequence[Job], window: datetime) -> dict[str, RunStart]:
+        """What each of ``jobs`` starts a run from, in one read of four statements whatever
+        their number: checkpoints, messages, spend and top-ups of ``window``."""
+        if not jobs:
+            return {}
+        async with self._database.read() as session:
+            return await session.run_sync(lambda sync: starts_in(sync.connection(), jobs, window))
 
-    async def commit_iterations(
-        self, records: Sequence[IterationRecord], *, runner_id: str, now: datetime
-    ) -> CommittedBatch:
-        """Make a batch of iterations durable in one transaction (the group commit).
+    # --- the group commit ---------------------------------------------------------------
 
-        The jobs are re-read in the transaction: an iteration's ledger row is recorded while
-        its job is still ``runner_id``'s (the model call was paid for), the rest (messages,
-        checkpoint, events) only while the job is also still RUNNING; those jobs come back
-        as ``accepted``, with the stored events. A transaction PostgreSQL aborted to resolve
+    async def commit(self, records: Sequence[RunRecord], *, runner_id: str, now: datetime) -> CommittedBatch:
+        """Make a batch of run records durable in one transaction (the group commit).
+
+        The jobs are re-read (on PostgreSQL locked, in job_id order) in the transaction: an
+        iteration's ledger row is recorded while its job is still ``runner_id``'s (the model
+        call was paid for), the rest (messages, checkpoint, transition, events) only while the
+        job is also still RUNNING; those jobs come back as ``accepted`` with the stored events
+        and the jobs their transitions committed. A transaction PostgreSQL aborted to resolve
         a deadlock or a serialization failure is tried again. Raises ``Unavailable`` when SQL
         cannot be reached, and :class:`~.iterations.IterationConflict` when an iteration was
         recorded before (by another runner): then nothing of the batch is stored.
         """
+        ids = {record.job_id for record in records}
+        if len(ids) != len(records):
+            raise ValueError("one record per job in a batch")
         for attempt in range(3):
             try:
-                return await self._commit_iterations(records, runner_id=runner_id, now=now)
+                return await self._database.transact(
+                    _commit, records, runner_id, _utc(now), self._event_log.prune_horizon
+                )
             except IntegrityError as error:
                 raise IterationConflict(str(error.orig)) from error
             except DBAPIError as error:
                 if attempt == 2 or not _transient(error):
                     raise
-                log.info("iteration batch of %d aborted (%s); retrying", len(records), error.orig)
+                log.info("run batch of %d aborted (%s); retrying", len(records), error.orig)
         raise AssertionError("unreachable")
 
-    async def _commit_iterations(
-        self, records: Sequence[IterationRecord], *, runner_id: str, now: datetime
-    ) -> CommittedBatch:
-        if self._database.dialect_name == "sqlite":
-            if self._sqlite is None:
-                self._sqlite = SqliteGroupCommit(self._database, self._event_log.prune_horizon)
-            return await self._sqlite.commit(records, runner_id=runner_id, now=now)
-        async with self._database.write() as session:
-            jobs = await self._lock_jobs(session, [record.job_id for record in records])
-            ours = {job_id for job_id, (_, runner) in jobs.items() if runner == runner_id}
-            accepted = {job_id for job_id in ours if jobs[job_id][0] == _RUNNING}
-            rows = [(record, rows_of(record)) for record in records if record.job_id in ours]
-            if rows:
-                await session.execute(table_of(UsageLedgerRow).insert(), [r.ledger for _, r in rows])
-            mine = [(record, r) for record, r in rows if record.job_id in accepted]
-            messages = [message for _, r in mine for message in r.messages]
-            if messages:
-                await session.execute(table_of(CheckpointMessageRow).insert(), messages)
-            if mine:
-                await session.execute(_upsert_checkpoint(), [r.head for _, r in mine])
-            with_events = [(record.job_id, record.events) for record, _ in mine if record.events]
-            stored = (
-                await self._event_log.append_many_in(session, with_events, now=now) if with_events else []
-            )
-        return CommittedBatch(accepted, [event for events in stored for event in events])
 
-    async def close(self) -> None:
-        """Release what the group commit holds (SQLite: its connection)."""
-        if self._sqlite is not None:
-            await self._sqlite.close()
-
-    async def _lock_jobs(
-        self, session: AsyncSession, job_ids: Sequence[str]
-    ) -> dict[str, tuple[str, str | None]]:
-        """``{job_id: (status, runner_id)}``, locking the rows until commit, in job_id order
-        (as lease renewal takes them: no deadlock). PostgreSQL only: SQLite's group commit
-        holds the database's write lock instead."""
-        query = (
-            select(JobRow.job_id, JobRow.status, JobRow.runner_id)
-            .where(JobRow.job_id.in_(sorted(job_ids)))
-            .order_by(JobRow.job_id)
-            .with_for_update()
-        )
-        result = await session.execute(query)
-        return {str(job_id): (str(status), runner) for job_id, status, runner in result.all()}
-
-
-@functools.cache
-def _upsert_checkpoint() -> Insert:
-    """The checkpoint head upsert (PostgreSQL), built once."""
-    table = table_of(CheckpointRow)
-    statement = postgresql.insert(table)
-    upsert: Insert = statement.on_conflict_do_update(
-        index_elements=[table.c.job_id],
-        set_={
-            name: statement.excluded[name] for name in ("iteration", "message_count", "state", "update_time")
-        },
+def _commit(
+    connection: Connection,
+    records: Sequence[RunRecord],
+    runner_id: str,
+    now: datetime,
+    horizon: Any,
+) -> CommittedBatch:
+    query = (
+        select(JobRow.job_id, JobRow.status, JobRow.runner_id, JobRow.pending_escalations)
+        .where(JobRow.job_id.in_(sorted(record.job_id for record in records)))
+        .order_by(JobRow.job_id)
     )
-    return upsert
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    found = {
+        str(job_id): (status, runner, pending)
+        for job_id, status, runner, pending in connection.execute(query)
+    }
+    ours = {job_id for job_id, (_, runner, _) in found.items() if runner == runner_id}
+    accepted = {job_id for job_id in ours if found[job_id][0] == _RUNNING}
+    ledger: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    heads: list[dict[str, Any]] = []
+    for record in records:
+        if record.iteration is None or record.job_id not in ours:
+            continue
+        rows = rows_of(record.job_id, record.iteration, record.time)
+        ledger.append(rows.ledger)
+        if record.job_id in accepted:
+            messages += rows.messages
+            heads.append(rows.head)
+    if ledger:
+        connection.execute(table_of(UsageLedgerRow).insert(), ledger)
+    if messages:
+        connection.execute(table_of(CheckpointMessageRow).insert(), messages)
+    if heads:
+        connection.execute(_upsert_heads(connection.dialect.name), heads)
+    deferred = {
+        record.job_id
+        for record in records
+        if isinstance(record.transition, Ending) and record.job_id in accepted and found[record.job_id][2]
+    }
+    transitioned = [
+        record
+        for record in records
+        if record.transition is not None and record.job_id in accepted and record.job_id not in deferred
+    ]
+    jobs = _apply_transitions(connection, transitioned, runner_id, now)
+    batches: list[tuple[str, Sequence[EventPayload]]] = []
+    for record in records:
+        if record.job_id not in accepted:
+            continue
+        events = list(record.events)
+        if isinstance(record.transition, Ending) and record.job_id in jobs:
+            ending = record.transition
+            events.append(
+                JobStatusChanged(
+                    status=ending.status,
+                    previous_status=JobStatus.RUNNING,
+                    outcome=ending.outcome,
+                    detail=ending.detail,
+                )
+            )
+        if events:
+            batches.append((record.job_id, events))
+    stored = append_job_events(connection, batches, now=now, horizon=horizon) if batches else []
+    return CommittedBatch(accepted, [event for events in stored for event in events], jobs, deferred)
+
+
+def _apply_transitions(
+    connection: Connection, records: Sequence[RunRecord], runner_id: str, now: datetime
+) -> dict[str, Job]:
+    """Apply the records' transitions, one ``UPDATE ... RETURNING`` per distinct set of values
+    (every job completing its goal sets the same ones); the jobs as committed."""
+    groups: defaultdict[Transition, list[str]] = defaultdict(list)
+    for record in records:
+        assert record.transition is not None
+        groups[record.transition].append(record.job_id)
+    jobs: dict[str, Job] = {}
+    for transition, job_ids in groups.items():
+        statement = _transition_statement(transition, now).where(
+            JobRow.job_id.in_(job_ids), JobRow.status == _RUNNING, JobRow.runner_id == runner_id
+        )
+        for row in connection.execute(bumped(statement, now)):
+            job = job_of(row)
+            jobs[job.job_id] = job
+    return jobs
+
+
+def _transition_statement(transition: Transition, now: datetime) -> Update:
+    if isinstance(transition, Parking):
+        wake_at = None if transition.wake_at is None else _utc(transition.wake_at)
+        return update(JobRow).values(agent_state=transition.agent_state.value, wake_at=wake_at)
+    return update(JobRow).values(
+        status=transition.status.value,
+        outcome=transition.outcome.value,
+        outcome_detail=transition.detail,
+        agent_state=transition.agent_state.value,
+        wake_at=None,
+        end_time=now,
+        runner_id=None,
+    )
+
+
+def _upsert_heads(dialect_name: str) -> Any:
+    table = table_of(CheckpointRow)
+    insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.job_id],
+        set_={name: insert.excluded[name] for name in ("iteration", "message_count", "state", "update_time")},
+    )
+
+
+def _checkpoints(connection: Connection, job_ids: Sequence[str]) -> dict[str, Checkpoint]:
+    heads = {
+        str(job_id): (int(iteration), int(count), dict(state))
+        for job_id, iteration, count, state in connection.execute(
+            select(
+                CheckpointRow.job_id,
+                CheckpointRow.iteration,
+                CheckpointRow.message_count,
+                CheckpointRow.state,
+            ).where(CheckpointRow.job_id.in_(list(job_ids)))
+        )
+    }
+    if not heads:
+        return {}
+    messages: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in heads}
+    rows = connection.execute(
+        select(CheckpointMessageRow.job_id, CheckpointMessageRow.position, CheckpointMessageRow.message)
+        .where(CheckpointMessageRow.job_id.in_(list(heads)))
+        .order_by(CheckpointMessageRow.job_id, CheckpointMessageRow.position)
+    )
+    for job_id, position, message in rows:
+        # Rows past the head's count belong to no committed checkpoint.
+        if position < heads[job_id][1]:
+            messages[job_id].append(dict(message))
+    return {
+        job_id: Checkpoint(iteration, messages[job_id], state)
+        for job_id, (iteration, _, state) in heads.items()
+    }
+
+
+def starts_in(connection: Connection, jobs: Sequence[Job], window: datetime) -> dict[str, RunStart]:
+    """:meth:`CheckpointStore.starts`, in ``connection``'s transaction."""
+    ids = [job.job_id for job in jobs]
+    start = _utc(window)
+    checkpoints = _checkpoints(connection, ids)
+    spent = dict(
+        connection.execute(
+            select(UsageLedgerRow.job_id, func.sum(UsageLedgerRow.cost_microdollars))
+            .where(UsageLedgerRow.job_id.in_(ids), UsageLedgerRow.window_start == start)
+            .group_by(UsageLedgerRow.job_id)
+        ).all()
+    )
+    top_ups = dict(
+        connection.execute(
+            select(BudgetAdjustmentRow.job_id, func.sum(BudgetAdjustmentRow.amount_microdollars))
+            .where(BudgetAdjustmentRow.job_id.in_(ids), BudgetAdjustmentRow.window_start == start)
+            .group_by(BudgetAdjustmentRow.job_id)
+        ).all()
+    )
+    return {
+        job.job_id: RunStart(
+            checkpoints.get(job.job_id),
+            window,
+            Spend(
+                int(spent.get(job.job_id) or 0),
+                job.daily_budget_microdollars + int(top_ups.get(job.job_id) or 0),
+            ),
+        )
+        for job in jobs
+    }
 
 
 def _transient(error: DBAPIError) -> bool:
     """Deadlock detected, serialization failure (PostgreSQL SQLSTATE 40P01, 40001)."""
     return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: pass timezone-aware times")
+    return moment.astimezone(UTC)

@@ -1,8 +1,17 @@
 """The SQL engine: one ``Database`` per process, on SQLite (embedded) or PostgreSQL.
 
-Repositories open sessions through :meth:`Database.read` and :meth:`Database.write`,
-which also turn "the database cannot be reached" into the domain's ``Unavailable``, so
-no caller ever has to know a driver's exception types.
+Repositories open sessions through :meth:`Database.read` and :meth:`Database.write`, or
+run a whole write transaction as one function with :meth:`Database.transact`; all of them
+turn "the database cannot be reached" into the domain's ``Unavailable``, so no caller ever
+has to know a driver's exception types.
+
+SQLite has one write lock for the whole file. A transaction on the event loop holds it
+across every statement's round trip to the driver's thread, and each round trip waits for a
+turn of a loop that thousands of agents share: under load a short transaction holds the lock
+for many milliseconds and other writers time out. So on SQLite, writers of this process take
+turns on an asyncio lock before they begin (no writer of this process ever waits for the
+file lock, let alone times out on it), and :meth:`Database.transact` runs its function in
+one trip to a writer thread of its own, holding the lock only while SQLite works.
 """
 
 from __future__ import annotations
@@ -11,15 +20,16 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
-from sqlalchemy import event, exc, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import create_engine, event, exc, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from cofounder_server import jsontext, observability
 from cofounder_server.domain.errors import Unavailable
@@ -41,6 +51,9 @@ _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "28", "3D", "53", "57P")
 _BEGIN_OPTION = "cofounder_sqlite_begin"
 
 _POSTGRES_CONNECT_TIMEOUT_SECONDS = 5.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def async_url(url: str) -> URL:
@@ -106,7 +119,7 @@ async def unavailable_on_connection_error() -> AsyncIterator[None]:
 class Database:
     """An async engine and its session factories. Create with :func:`open_database`."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, sqlite_foreign_keys: bool = True) -> None:
         self.engine = engine
         self.writes = WriteHealth()
         """Whether the latest write transaction succeeded (for the health service)."""
@@ -114,11 +127,17 @@ class Database:
         self._writer = async_sessionmaker(
             engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"}), expire_on_commit=False
         )
+        self._sqlite = _SqliteWriter(engine.url, foreign_keys=sqlite_foreign_keys) if self.is_sqlite else None
 
     @property
     def dialect_name(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is the embedded SQLite file (one writer at a time)."""
+        return self.engine.dialect.name == "sqlite"
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -137,10 +156,48 @@ class Database:
         of failing when another writer commits in between. The outcome goes to
         :attr:`writes`.
         """
-        started = time.perf_counter()
-        async with unavailable_on_connection_error(), self.observe_writes(), self._writer.begin() as session:
-            yield session
-        observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
+        async with self._turn():
+            started = time.perf_counter()
+            async with (
+                unavailable_on_connection_error(),
+                self.observe_writes(),
+                self._writer.begin() as session,
+            ):
+                yield session
+            observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
+
+    async def transact(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``work(connection, *args, **kwargs)`` as one write transaction (SQLAlchemy Core
+        on a synchronous connection) and return what it returns; committed when it returns,
+        rolled back when it raises.
+
+        On SQLite the whole function runs in one trip to this process's writer thread (see
+        the module docstring); on PostgreSQL through ``AsyncConnection.run_sync``. A caller
+        cancelled meanwhile does not stop a transaction already in the writer thread: it
+        commits or rolls back on its own.
+        """
+        async with self._turn():
+            started = time.perf_counter()
+            async with unavailable_on_connection_error(), self.observe_writes():
+                if self._sqlite is not None:
+                    result = await self._sqlite.run(work, *args, **kwargs)
+                else:
+                    async with self.engine.begin() as connection:
+                        result = await connection.run_sync(work, *args, **kwargs)
+            observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
+            return result
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """This process's turn to write: on SQLite one writer at a time, queued fairly here
+        rather than polling the file lock; on PostgreSQL no wait (row locks decide)."""
+        if self._sqlite is None:
+            yield
+            return
+        async with self._sqlite.turn:
+            yield
 
     @asynccontextmanager
     async def observe_writes(self) -> AsyncIterator[None]:
@@ -177,7 +234,55 @@ class Database:
 
     async def close(self) -> None:
         """Close every pooled connection. The object must not be used afterwards."""
+        if self._sqlite is not None:
+            await self._sqlite.close()
         await self.engine.dispose()
+
+
+class _SqliteWriter:
+    """One thread with one connection of its own that runs whole write transactions.
+
+    SQLite releases the GIL while it works, so the event loop goes on serving agents and
+    calls meanwhile. The connection is opened in the thread on first use and kept.
+    """
+
+    def __init__(self, url: URL, *, foreign_keys: bool) -> None:
+        self.turn = asyncio.Lock()
+        """Held by whichever writer of this process is writing (see ``Database._turn``)."""
+        self._engine: Engine = create_engine(
+            url.set(drivername="sqlite+pysqlite"), poolclass=NullPool, **_JSON_CODEC
+        )
+        _install_sqlite_hooks(self._engine, foreign_keys=foreign_keys)
+        self._begin_immediate = self._engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._connection: Connection | None = None
+
+    async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: self._transact(work, args, kwargs))
+
+    def _transact(self, work: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        if self._connection is None or self._connection.closed:
+            self._connection = self._begin_immediate.connect()
+        connection = self._connection
+        try:
+            with connection.begin():
+                return work(connection, *args, **kwargs)
+        except BaseException:
+            # A connection that failed mid-transaction (a lost file, a full disk) starts afresh.
+            if connection.invalidated:
+                self._connection = None
+            raise
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            self._engine.dispose()
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=True)
 
 
 async def open_database(url: str, *, echo: bool = False, sqlite_foreign_keys: bool = True) -> Database:
@@ -188,7 +293,10 @@ async def open_database(url: str, *, echo: bool = False, sqlite_foreign_keys: bo
     upgrade the schema. ``sqlite_foreign_keys=False`` is for schema migrations only, which
     rebuild SQLite tables and check foreign keys themselves.
     """
-    return Database(_create_engine(async_url(url), echo=echo, sqlite_foreign_keys=sqlite_foreign_keys))
+    return Database(
+        _create_engine(async_url(url), echo=echo, sqlite_foreign_keys=sqlite_foreign_keys),
+        sqlite_foreign_keys=sqlite_foreign_keys,
+    )
 
 
 def _create_engine(url: URL, *, echo: bool, sqlite_foreign_keys: bool) -> AsyncEngine:
@@ -211,7 +319,7 @@ _JSON_CODEC: dict[str, Any] = {"json_serializer": jsontext.dumps, "json_deserial
 """Every iteration of every job stores a few JSON columns: through orjson (see :mod:`..jsontext`)."""
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
+def _install_sqlite_hooks(engine: AsyncEngine | Engine, *, foreign_keys: bool) -> None:
     """Per-connection pragmas, and SQLAlchemy (not the sqlite3 module) emitting BEGIN.
 
     Python's sqlite3 module in its default (legacy) mode starts a transaction only before
@@ -225,8 +333,9 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
     def on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
 
-    event.listen(engine.sync_engine, "connect", on_connect)
-    event.listen(engine.sync_engine, "begin", on_begin)
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    event.listen(sync_engine, "connect", on_connect)
+    event.listen(sync_engine, "begin", on_begin)
 
 
 def configure_sqlite_connection(dbapi_connection: Any, *, foreign_keys: bool = True) -> None:

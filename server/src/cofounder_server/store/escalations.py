@@ -44,7 +44,7 @@ from cofounder_server.store.database import Database
 from cofounder_server.store.escalation_rows import new_row, to_escalation
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
-from cofounder_server.store.jobs import _to_job, _update_returning
+from cofounder_server.store.jobs import _update_returning, job_of
 from cofounder_server.store.models import EscalationRow, JobRow
 
 RESOLVE_ESCALATION = "ResolveEscalation"
@@ -145,7 +145,7 @@ class EscalationRepository:
             job_row = await _update_returning(session, statement, now)
             if job_row is None:
                 return None
-            change = EscalationChange(job_id, job=_to_job(job_row))
+            change = EscalationChange(job_id, job=job_of(job_row))
             payloads: list[EventPayload] = list(before)
             for escalation in fresh:
                 session.add(new_row(escalation))
@@ -310,7 +310,7 @@ class EscalationRepository:
             )
         statement = update(JobRow).where(JobRow.job_id == escalation.job_id).values(**values)
         job_row = await _update_returning(session, statement, now)
-        job = None if job_row is None else _to_job(job_row)
+        job = None if job_row is None else job_of(job_row)
         return EscalationChange(escalation.job_id, [escalation], [feed], job=job)
 
     # --- delivering -----------------------------------------------------------------------
@@ -375,7 +375,7 @@ class EscalationRepository:
                             delivered=delivered_text(escalation),
                         )
                     )
-            change = EscalationChange(job_id, job=_to_job(job_row))
+            change = EscalationChange(job_id, job=job_of(job_row))
             if payloads:
                 change.events = await self._event_log.append_job_events_in(session, job_id, payloads, now=now)
             return escalations, change
@@ -500,7 +500,7 @@ async def _update_escalation(session: AsyncSession, statement: Update) -> Escala
 
 async def _job(session: AsyncSession, job_id: str) -> Job | None:
     row = await session.get(JobRow, job_id, populate_existing=True)
-    return None if row is None else _to_job(row)
+    return None if row is None else job_of(row)
 
 
 def _utc(moment: datetime) -> datetime:

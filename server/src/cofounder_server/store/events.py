@@ -10,13 +10,14 @@ and records how far it went (``pruned_through``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -125,50 +126,11 @@ class EventLogRepository:
         *,
         now: datetime,
     ) -> list[list[JobEvent]]:
-        """Append events to several jobs' logs in the caller's transaction, with few statements.
-
-        One ``(job_id, payloads)`` per job (each job at most once, payloads not empty); the
-        stored events per entry, in order. Counter rows are advanced in one statement for
-        every job that already has one, so a group commit of many jobs' iterations costs a
-        constant number of round trips.
-        """
-        now = _utc(now)
-        counts = {job_stream(job_id): len(payloads) for job_id, payloads in batches}
-        if len(counts) != len(batches) or not all(counts.values()):
-            raise ValueError("each job once, with at least one event")
-        advanced = await self._advance_existing(session, counts)
-        rows: list[dict[str, Any]] = []
-        stored: list[list[JobEvent]] = []
-        for job_id, payloads in batches:
-            stream = job_stream(job_id)
-            if stream in advanced:
-                last, pruned = advanced[stream]
-            else:
-                last, pruned = await self._advance(session, stream, len(payloads))
-            first = last - len(payloads) + 1
-            events = [
-                JobEvent(job_id=job_id, sequence=first + index, time=now, payload=payload)
-                for index, payload in enumerate(payloads)
-            ]
-            stored.append(events)
-            rows.extend(
-                {
-                    "job_id": job_id,
-                    "sequence": event.sequence,
-                    "type": event.type,
-                    "time": now,
-                    "payload": to_json(event.payload),
-                }
-                for event in events
-            )
-            horizon = self.prune_horizon(last, pruned)
-            if horizon is not None:
-                await session.execute(
-                    delete(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.sequence <= horizon)
-                )
-                await self._set_pruned(session, stream, horizon)
-        await session.execute(table_of(JobEventRow).insert(), rows)  # Core: no ORM bulk bookkeeping
-        return stored
+        """Append events to several jobs' logs in the caller's transaction, with few statements
+        (see :func:`append_job_events`)."""
+        return await session.run_sync(
+            lambda sync: append_job_events(sync.connection(), batches, now=now, horizon=self.prune_horizon)
+        )
 
     async def read_job_events(self, job_id: str, *, after: int, limit: int) -> JobEventPage:
         """Up to ``limit`` events with sequence > ``after``, in order, and the log's bounds."""
@@ -296,38 +258,10 @@ class EventLogRepository:
 
     # --- shared -------------------------------------------------------------------------
 
-    async def _advance(self, session: AsyncSession, stream: str, count: int) -> tuple[int, int]:
+    @staticmethod
+    async def _advance(session: AsyncSession, stream: str, count: int) -> tuple[int, int]:
         """Reserve ``count`` sequences; the new last sequence and ``pruned_through``."""
-        dialect = postgresql if self._database.dialect_name == "postgresql" else sqlite
-        table = table_of(EventCounterRow)
-        statement = dialect.insert(table).values(stream=stream, last_sequence=count, pruned_through=0)
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.stream],
-            set_={"last_sequence": table.c.last_sequence + count},
-        ).returning(table.c.last_sequence, table.c.pruned_through)
-        last, pruned = (await session.execute(statement)).one()
-        return int(last), int(pruned)
-
-    async def _advance_existing(
-        self, session: AsyncSession, counts: dict[str, int]
-    ) -> dict[str, tuple[int, int]]:
-        """Advance the existing counter rows of ``counts`` (stream -> count), one statement
-        per distinct count; ``{stream: (last, pruned_through)}`` for the rows that exist."""
-        # One UPDATE per distinct count (a group commit's jobs nearly always add the same
-        # number of events), the same cached statement each time: a CASE over every
-        # stream would be built and compiled afresh for each batch.
-        by_count: dict[int, list[str]] = {}
-        for stream, count in counts.items():
-            by_count.setdefault(count, []).append(stream)
-        advanced: dict[str, tuple[int, int]] = {}
-        for count, streams in by_count.items():
-            result = await session.execute(
-                _ADVANCE_COUNTERS,
-                {"count": count, "streams": sorted(streams)},
-                execution_options={"synchronize_session": False},
-            )
-            advanced.update((str(stream), (int(last), int(pruned))) for stream, last, pruned in result.all())
-        return advanced
+        return await session.run_sync(lambda sync: advance_counter(sync.connection(), stream, count))
 
     def prune_horizon(self, last: int, pruned: int) -> int | None:
         """Up to which sequence to prune now, or None. Pruning waits for a tenth of the
@@ -371,6 +305,90 @@ class EventLogRepository:
         if row is None:
             return Bounds(0, 0)
         return Bounds(int(row[0]), int(row[1]))
+
+
+Horizon = Callable[[int, int], int | None]
+"""``(last, pruned_through) -> prune up to`` (or None): a log's retention rule."""
+
+
+def append_job_events(
+    connection: Connection,
+    batches: Sequence[tuple[str, Sequence[EventPayload]]],
+    *,
+    now: datetime,
+    horizon: Horizon,
+) -> list[list[JobEvent]]:
+    """Append events to several jobs' logs in ``connection``'s transaction; the stored events
+    per entry, in order.
+
+    One ``(job_id, payloads)`` per job (each job at most once, payloads not empty). Counter
+    rows are advanced in one statement per distinct count for every job that already has one
+    (a group commit's jobs nearly always add the same number of events: the same cached
+    statement each time), so a batch of many jobs costs a constant number of statements.
+    ``horizon`` is the retention rule (:meth:`EventLogRepository.prune_horizon`). A missing
+    job makes the insert fail with ``IntegrityError`` (its foreign key).
+    """
+    now = _utc(now)
+    counts = {job_stream(job_id): len(payloads) for job_id, payloads in batches}
+    if len(counts) != len(batches) or not all(counts.values()):
+        raise ValueError("each job once, with at least one event")
+    by_count: dict[int, list[str]] = {}
+    for stream, count in counts.items():
+        by_count.setdefault(count, []).append(stream)
+    advanced: dict[str, tuple[int, int]] = {}
+    for count, streams in by_count.items():
+        result = connection.execute(_ADVANCE_COUNTERS, {"count": count, "streams": sorted(streams)})
+        advanced.update((str(stream), (int(last), int(pruned))) for stream, last, pruned in result)
+    rows: list[dict[str, Any]] = []
+    stored: list[list[JobEvent]] = []
+    for job_id, payloads in batches:
+        stream = job_stream(job_id)
+        if stream in advanced:
+            last, pruned = advanced[stream]
+        else:
+            last, pruned = advance_counter(connection, stream, len(payloads))
+        first = last - len(payloads) + 1
+        events = [
+            JobEvent(job_id=job_id, sequence=first + index, time=now, payload=payload)
+            for index, payload in enumerate(payloads)
+        ]
+        stored.append(events)
+        rows.extend(
+            {
+                "job_id": job_id,
+                "sequence": event.sequence,
+                "type": event.type,
+                "time": now,
+                "payload": to_json(event.payload),
+            }
+            for event in events
+        )
+        prune_to = horizon(last, pruned)
+        if prune_to is not None:
+            connection.execute(
+                delete(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.sequence <= prune_to)
+            )
+            connection.execute(
+                update(EventCounterRow)
+                .where(EventCounterRow.stream == stream)
+                .values(pruned_through=prune_to)
+            )
+    connection.execute(table_of(JobEventRow).insert(), rows)
+    return stored
+
+
+def advance_counter(connection: Connection, stream: str, count: int) -> tuple[int, int]:
+    """Reserve ``count`` sequences of ``stream`` (creating its counter row if needed); the new
+    last sequence and ``pruned_through``."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    table = table_of(EventCounterRow)
+    statement = dialect.insert(table).values(stream=stream, last_sequence=count, pruned_through=0)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.stream],
+        set_={"last_sequence": table.c.last_sequence + count},
+    ).returning(table.c.last_sequence, table.c.pruned_through)
+    last, pruned = connection.execute(statement).one()
+    return int(last), int(pruned)
 
 
 def _visible(owner_scope: str | None, job_id: str | None) -> list[Any]:

@@ -1,14 +1,21 @@
-"""What a group commit of agent iterations takes and gives back (both SQL paths), and the one
-place that turns an iteration into table rows."""
+"""What a group commit of agent runs takes and gives back, and the one place that turns an
+iteration into table rows.
+
+A run hands the group commit one :class:`RunRecord` at a time: the iteration it just made
+(the model call, the conversation's new messages, the loop's state, the events), a
+:class:`Transition` of its job that follows from it (the job ends, or the agent parks), or
+both. Both halves commit in one transaction for many jobs at once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from cofounder_server.domain.events import EventPayload, JobEvent
+from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
 
 
 @dataclass(frozen=True)
@@ -24,11 +31,10 @@ class ModelCall:
 
 
 @dataclass(frozen=True)
-class IterationRecord:
-    """One iteration of one job to make durable."""
+class Iteration:
+    """One iteration of a job's loop: its model call and the checkpoint it leaves."""
 
-    job_id: str
-    iteration: int
+    number: int
     """Numbers the job's model calls from 1."""
     call: ModelCall
     """Recorded whenever the job is still this runner's (the call was paid for)."""
@@ -38,8 +44,44 @@ class IterationRecord:
     """The position of the first new message in the conversation."""
     loop_state: Mapping[str, Any]
     """The loop's counters and guards after the iteration (a JSON object)."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """The job ends: its status, outcome and the agent's last state (a ``job.status_changed``
+    event follows the record's events). Not for a job with pending escalations, whose
+    ending withdraws them first (``RunRepository.finish``)."""
+
+    status: JobStatus
+    outcome: JobOutcome
+    detail: str
+    agent_state: AgentState
+
+
+@dataclass(frozen=True)
+class Parking:
+    """The agent parks: it sleeps until ``wake_at``, or waits for input (``wake_at`` None)."""
+
+    agent_state: AgentState
+    wake_at: datetime | None
+
+
+Transition = Ending | Parking
+"""A change of the job row committed with a record."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one run makes durable at once: an iteration, a transition of its job, or both
+    (then the transition follows from the iteration and its events come after the
+    iteration's)."""
+
+    job_id: str
     time: datetime
     events: Sequence[EventPayload]
+    """Appended to the job's log, in order (a transition's ``job.status_changed`` after them)."""
+    iteration: Iteration | None = None
+    transition: Transition | None = None
 
 
 @dataclass(frozen=True)
@@ -51,31 +93,30 @@ class IterationRows:
     head: dict[str, Any]
 
 
-def rows_of(record: IterationRecord) -> IterationRows:
-    """The rows of ``record``, keyed by column name (both group commit paths insert these)."""
-    job_id = record.job_id
-    call = record.call
+def rows_of(job_id: str, iteration: Iteration, time: datetime) -> IterationRows:
+    """The rows of ``iteration``, keyed by column name."""
+    call = iteration.call
     return IterationRows(
         ledger={
             "job_id": job_id,
-            "iteration": record.iteration,
+            "iteration": iteration.number,
             "window_start": call.window_start,
             "model": call.model,
             "input_tokens": call.input_tokens,
             "output_tokens": call.output_tokens,
             "cost_microdollars": call.cost_microdollars,
-            "time": record.time,
+            "time": time,
         },
         messages=[
-            {"job_id": job_id, "position": record.first_position + offset, "message": dict(message)}
-            for offset, message in enumerate(record.new_messages)
+            {"job_id": job_id, "position": iteration.first_position + offset, "message": dict(message)}
+            for offset, message in enumerate(iteration.new_messages)
         ],
         head={
             "job_id": job_id,
-            "iteration": record.iteration,
-            "message_count": record.first_position + len(record.new_messages),
-            "state": dict(record.loop_state),
-            "update_time": record.time,
+            "iteration": iteration.number,
+            "message_count": iteration.first_position + len(iteration.new_messages),
+            "state": dict(iteration.loop_state),
+            "update_time": time,
         },
     )
 
@@ -87,7 +128,15 @@ class IterationConflict(Exception):
 
 @dataclass(frozen=True)
 class CommittedBatch:
-    """What a group commit stored: the jobs whose iterations were accepted, their events."""
+    """What a group commit stored.
+
+    ``accepted``: the jobs whose records were stored (still this runner's running jobs);
+    ``events``: their stored events; ``jobs``: the jobs as committed by a transition;
+    ``deferred``: accepted jobs whose ending was not applied because they have pending
+    escalations (their run ends them on its own).
+    """
 
     accepted: set[str]
     events: list[JobEvent]
+    jobs: dict[str, Job] = field(default_factory=dict)
+    deferred: set[str] = field(default_factory=set)

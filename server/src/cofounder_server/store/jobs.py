@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Update, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, Select, Update, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -91,7 +91,7 @@ class JobRepository:
                         now=now,
                     )
                 await session.flush()
-                job = _to_job(row)
+                job = job_of(row)
                 return job, await self._append(session, job, JobStatusChanged(status=job.status))
         except IntegrityError:
             # On PostgreSQL a concurrent create with the same key can commit between our
@@ -108,7 +108,7 @@ class JobRepository:
         """The job, or ``None`` if it does not exist or is outside ``owner_scope``."""
         async with self._database.read() as session:
             row = await session.scalar(_select_job(job_id, owner_scope))
-            return None if row is None else _to_job(row)
+            return None if row is None else job_of(row)
 
     async def get_many(self, job_ids: Sequence[str]) -> builtins.list[Job]:
         """The jobs of ``job_ids`` that exist, in one read (any owner: for the server's own
@@ -117,7 +117,7 @@ class JobRepository:
             return []
         async with self._database.read() as session:
             rows = await session.scalars(select(JobRow).where(JobRow.job_id.in_(job_ids)))
-            return [_to_job(row) for row in rows]
+            return [job_of(row) for row in rows]
 
     async def list(
         self,
@@ -144,7 +144,7 @@ class JobRepository:
         # One row more than the page says whether another page follows.
         query = query.order_by(JobRow.create_time.desc(), JobRow.job_id.desc()).limit(page_size + 1)
         async with self._database.read() as session:
-            jobs = [_to_job(row) for row in await session.scalars(query)]
+            jobs = [job_of(row) for row in await session.scalars(query)]
         if len(jobs) <= page_size:
             return jobs, None
         page = jobs[:page_size]
@@ -195,7 +195,7 @@ class JobRepository:
                 )
             row = await _update_returning(session, statement, now)
             if row is not None:
-                job = _to_job(row)
+                job = job_of(row)
                 event = JobStatusChanged(
                     status=job.status,
                     previous_status=None if previous is None else JobStatus(previous),
@@ -209,7 +209,7 @@ class JobRepository:
             current = await session.scalar(_select_job(job_id, owner_scope))
             if current is None:
                 raise NotFound("job", job_id)
-            job = _to_job(current)
+            job = job_of(current)
         if job.status is JobStatus.CANCELLED:
             return Change.of(job)
         raise FailedPrecondition("JOB_ALREADY_FINISHED", f"job {job_id!r} already finished as {job.status}")
@@ -224,7 +224,7 @@ class JobRepository:
         row = await session.get(JobRow, job_id)
         if row is None:
             raise NotFound("job", job_id)
-        return _to_job(row)
+        return job_of(row)
 
 
 def _owned_by(owner_scope: str | None) -> tuple[ColumnElement[bool], ...]:
@@ -243,6 +243,12 @@ async def _update_returning(session: AsyncSession, statement: Update, now: datet
     return await session.scalar(
         bumped, execution_options={"synchronize_session": False, "populate_existing": True}
     )
+
+
+def bumped(statement: Update, now: datetime) -> Update:
+    """A Core ``UPDATE`` of jobs with the bookkeeping every change makes (``update_time``,
+    ``version``), returning the rows' columns (for :func:`job_of`)."""
+    return statement.values(update_time=now, version=JobRow.version + 1).returning(*JobRow.__table__.c)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -275,7 +281,8 @@ def _new_row(new: NewJob, now: datetime) -> JobRow:
     )
 
 
-def _to_job(row: JobRow) -> Job:
+def job_of(row: JobRow | Row[Any]) -> Job:
+    """The job of a ``jobs`` row: an ORM row, or a Core row of the table's columns."""
     config: dict[str, Any] = dict(row.agent_config)
     return Job(
         job_id=row.job_id,

@@ -8,11 +8,13 @@ replica that got there first is never overwritten: the loser sees ``None`` and r
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cofounder_server import observability
@@ -26,15 +28,36 @@ from cofounder_server.domain.events import (
     WakeReason,
 )
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
+from cofounder_server.store.checkpoints import RunStart, starts_in
 from cofounder_server.store.database import Database
 from cofounder_server.store.escalation_rows import withdraw_pending_in
-from cofounder_server.store.events import EventLogRepository
-from cofounder_server.store.jobs import _select_job, _to_job, _update_returning
+from cofounder_server.store.events import EventLogRepository, Horizon, append_job_events
+from cofounder_server.store.jobs import _select_job, _update_returning, bumped, job_of
 from cofounder_server.store.ledger import budget_in
 from cofounder_server.store.models import BudgetAdjustmentRow, JobRow, RunnerRow
 
 _RUNNING = JobStatus.RUNNING.value
+_QUEUED = JobStatus.QUEUED.value
 _SLEEPING = AgentState.SLEEPING.value
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A parked agent to run again: its job, what its run starts from, and the wake recorded
+    now (``None`` when something else woke it in SQL before: WakeAgent, an answer)."""
+
+    job: Job
+    start: RunStart
+    change: Change | None
+
+
+@dataclass(frozen=True)
+class StillParked:
+    """A parked agent that SQL still shows parked and that is not this executor's to wake
+    (waiting for a person): it goes back to the parking lot as it was."""
+
+    agent_state: AgentState
+    wake_at: datetime | None
 
 
 class RunRepository:
@@ -70,6 +93,41 @@ class RunRepository:
         async with self._database.read() as session:
             return [str(job_id) for job_id in await session.scalars(query)]
 
+    async def claim_queued(self, job_ids: Sequence[str], runner_id: str, *, now: datetime) -> list[Change]:
+        """Take every job of ``job_ids`` that is still queued, in one transaction: each becomes
+        RUNNING on ``runner_id`` with its working agent and its ``job.status_changed`` event.
+        The changes come in the order of ``job_ids``; a job claimed elsewhere meanwhile is
+        left out (on PostgreSQL a row another claimer holds is skipped, not waited for)."""
+        if not job_ids:
+            return []
+        return await self._database.transact(
+            _claim_queued, list(job_ids), runner_id, _utc(now), self._event_log.prune_horizon
+        )
+
+    async def resume_parked(
+        self,
+        parked: Sequence[tuple[str, AgentState, WakeReason]],
+        runner_id: str,
+        *,
+        window: datetime,
+        now: datetime,
+    ) -> dict[str, Resumed | StillParked]:
+        """Resume parked agents of ``runner_id`` in one transaction: each ``(job_id, parked
+        state, why it wakes)`` that SQL still shows sleeping is woken (``agent.waking``); one
+        woken before is taken as it is; one still waiting for a person stays parked. Jobs no
+        longer this runner's running ones (cancelled, finished, taken over) are left out.
+        What the resumed runs start from is read in the same transaction."""
+        if not parked:
+            return {}
+        return await self._database.transact(
+            _resume_parked,
+            list(parked),
+            runner_id,
+            window=window,
+            now=_utc(now),
+            horizon=self._event_log.prune_horizon,
+        )
+
     async def claim(self, job_id: str, runner_id: str, *, now: datetime) -> Change | None:
         """Take the job if it is still claimable (queued, unowned, this runner's own, or its
         runner's lease expired); a queued job becomes RUNNING (with its event)."""
@@ -101,12 +159,12 @@ class RunRepository:
                 )
                 if row is not None and previous_runner not in (None, runner_id):
                     observability.metrics.lease_takeovers.inc()
-                return None if row is None else Change.of(_to_job(row))
+                return None if row is None else Change.of(job_of(row))
             values = {"runner_id": runner_id, "status": _RUNNING, "agent_state": AgentState.WORKING.value}
             row = await _update_returning(session, update(JobRow).where(*condition).values(**values), now)
             if row is None:
                 return None
-            job = _to_job(row)
+            job = job_of(row)
             event = JobStatusChanged(status=JobStatus.RUNNING, previous_status=JobStatus.QUEUED)
             events = await self._event_log.append_job_events_in(session, job_id, (event,), now=now)
             return Change.of(job, events)
@@ -115,7 +173,7 @@ class RunRepository:
         """The job (unscoped)."""
         async with self._database.read() as session:
             row = await session.scalar(_select_job(job_id, None))
-            return None if row is None else _to_job(row)
+            return None if row is None else job_of(row)
 
     # --- transitions --------------------------------------------------------------------
 
@@ -171,7 +229,7 @@ class RunRepository:
             stored = await self._event_log.append_job_events_in(
                 session, job_id, [*withdrawn, *events, change], now=now
             )
-            return Change.of(_to_job(row), stored, feed=feed)
+            return Change.of(job_of(row), stored, feed=feed)
 
     async def set_agent_state(
         self,
@@ -227,7 +285,7 @@ class RunRepository:
                                 "REQUEST_ID_REUSED",
                                 f"request_id {request_id!r} was already used with another top-up",
                             )
-                        return Change.of(_to_job(row))
+                        return Change.of(job_of(row))
                 if row.status != _RUNNING or row.agent_state != _SLEEPING:
                     raise FailedPrecondition(
                         "AGENT_NOT_SLEEPING", f"the agent of job {job_id!r} is not sleeping"
@@ -251,7 +309,7 @@ class RunRepository:
                 )
                 updated = await _update_returning(session, statement, now)
                 assert updated is not None  # the row is locked and was checked above
-                job = _to_job(updated)
+                job = job_of(updated)
                 event = AgentWaking(reason=WakeReason.REQUESTED, top_up_microdollars=top_up)
                 events = await self._event_log.append_job_events_in(session, job_id, (event,), now=now)
                 spend = None
@@ -277,7 +335,101 @@ class RunRepository:
             stored = (
                 await self._event_log.append_job_events_in(session, job_id, events, now=now) if events else []
             )
-            return Change.of(_to_job(row), stored)
+            return Change.of(job_of(row), stored)
+
+
+def _claim_queued(
+    connection: Connection, job_ids: list[str], runner_id: str, now: datetime, horizon: Horizon
+) -> list[Change]:
+    candidates = (
+        select(JobRow.job_id)
+        .where(JobRow.job_id.in_(job_ids), JobRow.status == _QUEUED)
+        .order_by(JobRow.job_id)
+    )
+    if connection.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    claimable = list(connection.scalars(candidates))
+    if not claimable:
+        return []
+    statement = (
+        update(JobRow)
+        .where(JobRow.job_id.in_(claimable), JobRow.status == _QUEUED)
+        .values(runner_id=runner_id, status=_RUNNING, agent_state=AgentState.WORKING.value)
+    )
+    claimed = {job.job_id: job for job in map(job_of, connection.execute(bumped(statement, now)))}
+    jobs = [claimed[job_id] for job_id in job_ids if job_id in claimed]
+    started = (JobStatusChanged(status=JobStatus.RUNNING, previous_status=JobStatus.QUEUED),)
+    stored = append_job_events(connection, [(job.job_id, started) for job in jobs], now=now, horizon=horizon)
+    return [Change.of(job, events) for job, events in zip(jobs, stored, strict=True)]
+
+
+def _resume_parked(
+    connection: Connection,
+    parked: list[tuple[str, AgentState, WakeReason]],
+    runner_id: str,
+    *,
+    window: datetime,
+    now: datetime,
+    horizon: Horizon,
+) -> dict[str, Resumed | StillParked]:
+    held = {
+        str(job_id): (agent_state, wake_at)
+        for job_id, agent_state, wake_at in connection.execute(
+            select(JobRow.job_id, JobRow.agent_state, JobRow.wake_at).where(
+                JobRow.job_id.in_([job_id for job_id, _, _ in parked]),
+                JobRow.status == _RUNNING,
+                JobRow.runner_id == runner_id,
+            )
+        )
+    }
+    outcome: dict[str, Resumed | StillParked] = {}
+    to_wake: defaultdict[WakeReason, list[str]] = defaultdict(list)
+    woken_before: list[str] = []
+    for job_id, state, reason in parked:
+        if job_id not in held:
+            continue
+        current = held[job_id][0]
+        if current != state.value:
+            woken_before.append(job_id)
+        elif state is AgentState.SLEEPING:
+            to_wake[reason].append(job_id)
+        else:
+            outcome[job_id] = StillParked(state, held[job_id][1])
+    jobs: dict[str, Job] = {}
+    woken: list[tuple[Job, WakeReason]] = []
+    for reason, job_ids in to_wake.items():
+        statement = (
+            update(JobRow)
+            .where(JobRow.job_id.in_(job_ids), JobRow.status == _RUNNING, JobRow.agent_state == _SLEEPING)
+            .values(agent_state=AgentState.WORKING.value, wake_at=None)
+        )
+        for row in connection.execute(bumped(statement, now)):
+            job = job_of(row)
+            jobs[job.job_id] = job
+            woken.append((job, reason))
+    if woken_before:
+        for row in connection.execute(select(*JobRow.__table__.c).where(JobRow.job_id.in_(woken_before))):
+            job = job_of(row)
+            if job.agent_state is AgentState.SLEEPING or job.agent_state is AgentState.WAITING_FOR_INPUT:
+                # Parked again meanwhile, in another state: back to the lot as SQL has it.
+                outcome[job.job_id] = StillParked(job.agent_state, job.wake_at)
+            else:
+                jobs[job.job_id] = job
+    stored = (
+        append_job_events(
+            connection,
+            [(job.job_id, (AgentWaking(reason=reason),)) for job, reason in woken],
+            now=now,
+            horizon=horizon,
+        )
+        if woken
+        else []
+    )
+    changes = {job.job_id: Change.of(job, events) for (job, _), events in zip(woken, stored, strict=True)}
+    starts = starts_in(connection, list(jobs.values()), window)
+    for job_id, job in jobs.items():
+        outcome[job_id] = Resumed(job, starts[job_id], changes.get(job_id))
+    return outcome
 
 
 def _free(runner_id: str, expired: Sequence[str]) -> ColumnElement[bool]:

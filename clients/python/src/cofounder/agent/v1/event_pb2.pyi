@@ -397,14 +397,25 @@ class AgentRetrying(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     error_signature: _builtins.str
     """Normalised signature of the error; retries are counted per signature."""
     attempt: _builtins.int
     """Attempt number for this signature, starting at 1."""
     max_attempts: _builtins.int
-    """Attempts allowed before escalating."""
+    """Attempts allowed before escalating (or, for a model call, before the job fails).
+    0 when the model provider asked the agent to slow down (a rate limit, an overload):
+    such waits are not counted as failures; the agent tries again at next_attempt_time,
+    for as long as the server's limit on waiting for a provider allows.
+    """
     error_message: _builtins.str
     """The error message."""
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the agent tries again: for a provider that said how long to wait (retry-after),
+        no earlier than that.
+        """
+
     def __init__(
         self,
         *,
@@ -412,10 +423,11 @@ class AgentRetrying(_message.Message):
         attempt: _builtins.int = ...,
         max_attempts: _builtins.int = ...,
         error_message: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_time", b"next_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error_message", b"error_message", "error_signature", b"error_signature", "max_attempts", b"max_attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error_message", b"error_message", "error_signature", b"error_signature", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
