@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from cofounder_server import observability
 from cofounder_server.clock import Clock
@@ -41,7 +43,7 @@ from cofounder_server.executor.acting import act, tool_call_limit
 from cofounder_server.executor.answers import Ask, await_later, take_answers
 from cofounder_server.executor.budget_sleep import BudgetWindow, park_until_midnight, sleep_until_midnight
 from cofounder_server.executor.parking import Park
-from cofounder_server.executor.plugins import Brain, Message, StopReason, Tool, ToolSpec
+from cofounder_server.executor.plugins import Brain, Message, StopReason, Tool, ToolSpec, Turn
 from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.executor.retries import ThinkFailed, think
@@ -173,21 +175,50 @@ class AgentRun:
                 turn = await think(
                     brain, messages, specs, store=store, limits=limits, clock=clock, pause=self._pause
                 )
+                step = await self._step(turn, tools, state, window)
+                messages.extend(step.new)
+                ended, park = await self._commit(step, messages[saved:], saved, state, window)
             except ThinkFailed as failed:
-                span.end()
                 await self._end_alone(JobOutcome.MODEL_ERROR, str(failed))
                 return None
-            now = clock.now()
-            await window.current(now)  # midnight may have passed while thinking
-            cost = self._prices.cost(turn.usage)
-            observability.metrics.model_call(
-                turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens, cost
-            )
-            spend = window.charge(cost)
-            state.iteration += 1
-            self.iteration = store.progress = state.iteration
-            pct = window.percent
-            events: list[EventPayload] = [
+            finally:
+                span.end()
+            saved = len(messages)
+            if ended or park is not None:
+                return park
+            if step.asks:
+                await store.raise_escalations([ask.escalation for ask in step.asks])
+            # Asleep on its budget, the agent waits for its answers too: a person may decide
+            # meanwhile, and it takes the decision when it wakes.
+            if window.should_sleep:
+                return await park_until_midnight(store, clock, self._pause)
+            if state.awaiting:
+                park = await take_answers(store, state, messages, self._pause)
+                if park is not None:
+                    return park
+
+    async def _step(
+        self, turn: Turn, tools: dict[str, Tool], state: LoopState, window: BudgetWindow
+    ) -> _Step:
+        """Price the turn into today's spend, act on it, and decide whether the job ends."""
+        limits = self._limits
+        now = self._clock.now()
+        await window.current(now)  # midnight may have passed while thinking
+        cost = self._prices.cost(turn.usage)
+        observability.metrics.model_call(
+            turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens, cost
+        )
+        spend = window.charge(cost)
+        state.iteration += 1
+        self.iteration = self.store.progress = state.iteration
+        pct = window.percent
+        step = _Step(
+            turn=turn,
+            now=now,
+            cost=cost,
+            spend=spend,
+            percent=pct,
+            events=[
                 AgentThinking(
                     iteration=state.iteration, text=truncate_middle(turn.text, limits.result_limit)
                 ),
@@ -197,88 +228,77 @@ class AgentRun:
                     daily_budget_microdollars=spend.budget,
                     call_cost_microdollars=cost,
                 ),
-            ]
-            new = [Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls)]
-            outcome: tuple[JobOutcome, str] | None = None
-            asks: list[Ask] = []
-            if window.exceeded:
-                outcome = (
-                    JobOutcome.BUDGET_EXCEEDED,
-                    f"a model call took today's spend to {pct}% of the budget "
-                    f"({spend.spent} of {spend.budget} microdollars)",
-                )
-            elif turn.stop_reason is StopReason.REFUSAL:
-                outcome = (JobOutcome.MODEL_ERROR, "the model refused to continue")
-            else:
-                outcome = await act(
-                    turn,
-                    tools,
-                    state,
-                    new=new,
-                    events=events,
-                    asks=asks,
-                    store=store,
-                    limits=limits,
-                    clock=clock,
-                    pause=self._pause,
-                )
-                outcome = outcome or await_later(asks, state, limits.max_escalations)
-                if outcome is None and not turn.tool_calls and turn.stop_reason is StopReason.END_TURN:
-                    outcome = (JobOutcome.COMPLETED, "")
-            messages.extend(new)
-            iteration = Iteration(
-                number=state.iteration,
-                call=ModelCall(
-                    window_start=window.window,
-                    model=turn.usage.model,
-                    input_tokens=turn.usage.input_tokens,
-                    output_tokens=turn.usage.output_tokens,
-                    cost_microdollars=cost,
-                ),
-                new_messages=[message.to_json() for message in messages[saved:]],
-                first_position=saved,
-                loop_state=state.to_json(),
+            ],
+            new=[Message(role="assistant", text=turn.text, tool_calls=turn.tool_calls)],
+        )
+        if window.exceeded:
+            step.outcome = (
+                JobOutcome.BUDGET_EXCEEDED,
+                f"a model call took today's spend to {pct}% of the budget "
+                f"({spend.spent} of {spend.budget} microdollars)",
             )
-            # What follows from the iteration commits with it: the job's ending (unless it
-            # must withdraw pending escalations, which its own transaction does), or the
-            # agent's sleep until the budget window resets.
-            transition: Transition | None = None
-            final: list[EventPayload] = []
-            park: Park | None = None
-            if outcome is not None:
-                final = _final_events(outcome[0], state, pct, spend)
-                if not store.job.pending_escalation_ids:
-                    transition = ending_of(*outcome)
-                    events += final
-            elif not asks and window.should_sleep:
-                transition, sleeping, park = sleep_until_midnight(now)
-                events.append(sleeping)
-            recorded = await store.record(
-                RunRecord(self.job_id, now, events, iteration=iteration, transition=transition),
-                spend,
-                self._pause,
+        elif turn.stop_reason is StopReason.REFUSAL:
+            step.outcome = (JobOutcome.MODEL_ERROR, "the model refused to continue")
+        else:
+            step.outcome = await act(
+                turn,
+                tools,
+                state,
+                new=step.new,
+                events=step.events,
+                asks=step.asks,
+                store=self.store,
+                limits=limits,
+                clock=self._clock,
+                pause=self._pause,
             )
-            span.end()
-            saved = len(messages)
-            if outcome is not None:
-                if transition is None:
-                    await store.finish(ending_of(*outcome), final, self._pause)
-                elif recorded is Recorded.DEFERRED:
-                    await store.finish(ending_of(*outcome), [], self._pause)
-                log.info("job %s ended: %s %s", self.job_id, outcome[0], outcome[1])
-                return None
-            if park is not None:
-                return park
-            if asks:
-                await store.raise_escalations([ask.escalation for ask in asks])
-            # Asleep on its budget, the agent waits for its answers too: a person may decide
-            # meanwhile, and it takes the decision when it wakes.
-            if window.should_sleep:
-                return await park_until_midnight(store, clock, self._pause)
-            if state.awaiting:
-                park = await take_answers(store, state, messages, self._pause)
-                if park is not None:
-                    return park
+            step.outcome = step.outcome or await_later(step.asks, state, limits.max_escalations)
+            if step.outcome is None and not turn.tool_calls and turn.stop_reason is StopReason.END_TURN:
+                step.outcome = (JobOutcome.COMPLETED, "")
+        return step
+
+    async def _commit(
+        self, step: _Step, unsaved: list[Message], saved: int, state: LoopState, window: BudgetWindow
+    ) -> tuple[bool, Park | None]:
+        """Commit the iteration with what follows from it: the job's ending (unless it must
+        withdraw pending escalations, which its own transaction does), or the agent's sleep
+        until the budget window resets. Whether the job ended, and the park the run returns."""
+        store, turn = self.store, step.turn
+        iteration = Iteration(
+            number=state.iteration,
+            call=ModelCall(
+                window_start=window.window,
+                model=turn.usage.model,
+                input_tokens=turn.usage.input_tokens,
+                output_tokens=turn.usage.output_tokens,
+                cost_microdollars=step.cost,
+            ),
+            new_messages=[message.to_json() for message in unsaved],
+            first_position=saved,
+            loop_state=state.to_json(),
+        )
+        events = step.events
+        transition: Transition | None = None
+        final: list[EventPayload] = []
+        park: Park | None = None
+        if step.outcome is not None:
+            final = _final_events(step.outcome[0], state, step.percent, step.spend)
+            if not store.job.pending_escalation_ids:
+                transition = ending_of(*step.outcome)
+                events += final
+        elif not step.asks and window.should_sleep:
+            transition, sleeping, park = sleep_until_midnight(step.now)
+            events.append(sleeping)
+        record = RunRecord(self.job_id, step.now, events, iteration=iteration, transition=transition)
+        recorded = await store.record(record, self._pause)
+        if step.outcome is None:
+            return False, park
+        if transition is None:
+            await store.finish(ending_of(*step.outcome), final, self._pause)
+        elif recorded is Recorded.DEFERRED:
+            await store.finish(ending_of(*step.outcome), [], self._pause)
+        log.info("job %s ended: %s %s", self.job_id, *step.outcome)
+        return True, None
 
     async def _end_alone(self, outcome: JobOutcome, detail: str) -> None:
         """End the job without an iteration to ride with (its brain failed, its tool calls
@@ -289,7 +309,7 @@ class AgentRun:
             await store.finish(ending, [], self._pause)
         else:
             record = RunRecord(self.job_id, self._clock.now(), [], transition=ending)
-            if await store.record(record, None, self._pause) is Recorded.DEFERRED:
+            if await store.record(record, self._pause) is Recorded.DEFERRED:
                 await store.finish(ending, [], self._pause)
         log.info("job %s ended: %s %s", self.job_id, outcome, detail)
 
@@ -301,6 +321,22 @@ class AgentRun:
             await asyncio.wait_for(self._stop.wait(), seconds)
         if self._stop.is_set():
             raise Stopped
+
+
+@dataclass
+class _Step:
+    """One iteration between the brain's turn and its commit."""
+
+    turn: Turn
+    now: datetime
+    cost: int
+    spend: Spend
+    percent: int
+    events: list[EventPayload]
+    new: list[Message]
+    """The conversation's new messages: the assistant's turn and its tool results."""
+    asks: list[Ask] = field(default_factory=list)
+    outcome: tuple[JobOutcome, str] | None = None
 
 
 def _final_events(outcome: JobOutcome, state: LoopState, pct: int, spend: Spend) -> list[EventPayload]:

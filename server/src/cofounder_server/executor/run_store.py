@@ -86,11 +86,11 @@ class RunStore:
 
     # --- records ------------------------------------------------------------------------
 
-    async def record(self, record: RunRecord, spend: Spend | None, pause: Pause) -> Recorded:
+    async def record(self, record: RunRecord, pause: Pause) -> Recorded:
         """Commit ``record`` through the group commit, riding out SQL trouble (a record that
         follows a paid model call must not be given up: the run would repeat the call).
         STORED and DEFERRED adopt the committed job; REFUSED raises :class:`Gone`."""
-        write = RecordWrite(record, self.job, spend, self.progress)
+        write = RecordWrite(record, self.job, self._known_spend(), self.progress)
         delay = 0.1
         while True:
             try:
@@ -202,10 +202,15 @@ class RunStore:
         if change is None:
             raise Gone
         self.job = change.job or self.job
+        await self._stores.changes.committed(
+            dataclasses.replace(change, progress=self.progress, spend=self._known_spend())
+        )
+
+    def _known_spend(self) -> Spend | None:
+        """Today's spend as the run knows it, if it knows today's."""
         known = self._spend
-        clock = self._stores.clock
-        spend = known[1] if known and known[0] == budget.window_start(clock.now()) else None
-        await self._stores.changes.committed(dataclasses.replace(change, progress=self.progress, spend=spend))
+        today = budget.window_start(self._stores.clock.now())
+        return known[1] if known is not None and known[0] == today else None
 
 
 class RunStores:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Collection
@@ -419,18 +420,22 @@ class Executor:
         if not taken:
             return
         now = self._clock.now()
-        queued = await self._runs.claim_queued(taken, self.runner_id, now=now)
-        await self._changes.committed_many(queued)
         window = budget.window_start(now)
+        # A job just out of the queue has no checkpoint and has spent nothing: its change
+        # says so, and its run starts from that without reading it.
+        queued = [
+            dataclasses.replace(change, spend=Spend(0, change.job.daily_budget_microdollars))
+            for change in await self._runs.claim_queued(taken, self.runner_id, now=now)
+            if change.job is not None
+        ]
+        await self._changes.committed_many(queued)
         claimed = set()
         for change in queued:
             assert change.job is not None
+            assert change.spend is not None
             claimed.add(change.job_id)
             observability.metrics.lease_claims_queued.inc()
-            # A job just out of the queue has no checkpoint and has spent nothing.
-            self._start_run(
-                change.job, RunStart(None, window, Spend(0, change.job.daily_budget_microdollars))
-            )
+            self._start_run(change.job, RunStart(None, window, change.spend))
             started.add(change.job_id)
         for job_id in taken:
             if job_id in claimed:
@@ -539,7 +544,11 @@ class Executor:
                 )
             return
         await self._changes.committed_many(
-            [result.change for result in outcome.values() if isinstance(result, Resumed) and result.change]
+            [
+                dataclasses.replace(result.change, spend=result.start.spend)
+                for result in outcome.values()
+                if isinstance(result, Resumed) and result.change
+            ]
         )
         for waiting in batch:
             job_id = waiting.entry.job_id

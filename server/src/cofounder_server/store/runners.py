@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, delete, exists, insert, or_, select, update
 
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.store.database import Database
@@ -60,28 +61,7 @@ class RunnerLeases:
         """Extend the lease; False when it had lapsed or did not exist (it is then taken
         anew): jobs may have been taken over meanwhile, and the caller must check which of
         its jobs still name it."""
-        now, lease_until = _utc(now), _utc(lease_until)
-        async with self._database.write() as session:
-            renewed = await session.scalar(
-                update(RunnerRow)
-                .where(RunnerRow.runner_id == runner_id, RunnerRow.lease_expires_at >= now)
-                .values(lease_expires_at=lease_until)
-                .returning(RunnerRow.runner_id),
-                execution_options={"synchronize_session": False},
-            )
-            if renewed is not None:
-                return True
-            lapsed = await session.scalar(
-                update(RunnerRow)
-                .where(RunnerRow.runner_id == runner_id)
-                .values(lease_expires_at=lease_until, start_time=now)
-                .returning(RunnerRow.runner_id),
-                execution_options={"synchronize_session": False},
-            )
-            if lapsed is None:
-                row = {"runner_id": runner_id, "lease_expires_at": lease_until, "start_time": now}
-                await session.execute(insert(RunnerRow).values(**row))
-            return False
+        return await self._database.transact(_renew, runner_id, now=_utc(now), lease_until=_utc(lease_until))
 
     async def expired(self, runner_id: str, *, now: datetime) -> list[str]:
         """Other runners whose lease has expired (their running jobs may be taken over)."""
@@ -96,36 +76,12 @@ class RunnerLeases:
     async def forget_expired(self, *, now: datetime) -> int:
         """Delete the runners expired for :data:`FORGET_AFTER` that no running job names any
         more; how many."""
-        async with self._database.write() as session:
-            gone = await session.scalars(
-                delete(RunnerRow)
-                .where(
-                    RunnerRow.lease_expires_at < _utc(now) - FORGET_AFTER,
-                    ~exists().where(JobRow.runner_id == RunnerRow.runner_id, JobRow.status == _RUNNING),
-                )
-                .returning(RunnerRow.runner_id),
-                execution_options={"synchronize_session": False},
-            )
-            return len(list(gone))
+        return await self._database.transact(_forget_expired, _utc(now))
 
     async def release(self, runner_id: str) -> None:
         """Hand every running job of the runner over and end its lease (a graceful stop):
         any executor may claim the jobs at once."""
-        async with self._database.write() as session:
-            mine = (JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
-            if self._database.dialect_name == "postgresql":
-                # Row locks in job_id order, as the iteration writer takes them: no deadlock.
-                await session.execute(
-                    select(JobRow.job_id).where(*mine).order_by(JobRow.job_id).with_for_update()
-                )
-            await session.execute(
-                update(JobRow).where(*mine).values(runner_id=None),
-                execution_options={"synchronize_session": False},
-            )
-            await session.execute(
-                delete(RunnerRow).where(RunnerRow.runner_id == runner_id),
-                execution_options={"synchronize_session": False},
-            )
+        await self._database.transact(_release, runner_id)
 
     # --- what runners hold ------------------------------------------------------------------
 
@@ -184,20 +140,70 @@ class RunnerLeases:
             # Mostly there is nothing to claim: find out without taking SQLite's write lock.
             if await session.scalar(select(JobRow.job_id).where(*condition).limit(1)) is None:
                 return []
-        async with self._database.write() as session:
-            job_ids = list(await session.scalars(candidates))
-            if not job_ids:
-                return []
-            rows = await session.execute(
-                update(JobRow)
-                .where(JobRow.job_id.in_(job_ids), *condition)
-                .values(runner_id=runner_id)
-                .returning(*_HELD_COLUMNS, JobRow.create_time),
-                execution_options={"synchronize_session": False},
-            )
-            # RETURNING has no order: oldest first, as selected.
-            claimed = sorted(rows.all(), key=lambda row: (row[-1], row[0]))
-            return [_held(row[:-1]) for row in claimed]
+        return await self._database.transact(_claim_parked, candidates, condition, runner_id)
+
+
+def _renew(connection: Connection, runner_id: str, *, now: datetime, lease_until: datetime) -> bool:
+    renewed = connection.scalar(
+        update(RunnerRow)
+        .where(RunnerRow.runner_id == runner_id, RunnerRow.lease_expires_at >= now)
+        .values(lease_expires_at=lease_until)
+        .returning(RunnerRow.runner_id)
+    )
+    if renewed is not None:
+        return True
+    lapsed = connection.scalar(
+        update(RunnerRow)
+        .where(RunnerRow.runner_id == runner_id)
+        .values(lease_expires_at=lease_until, start_time=now)
+        .returning(RunnerRow.runner_id)
+    )
+    if lapsed is None:
+        connection.execute(
+            insert(RunnerRow).values(runner_id=runner_id, lease_expires_at=lease_until, start_time=now)
+        )
+    return False
+
+
+def _forget_expired(connection: Connection, now: datetime) -> int:
+    gone = connection.scalars(
+        delete(RunnerRow)
+        .where(
+            RunnerRow.lease_expires_at < now - FORGET_AFTER,
+            ~exists().where(JobRow.runner_id == RunnerRow.runner_id, JobRow.status == _RUNNING),
+        )
+        .returning(RunnerRow.runner_id)
+    )
+    return len(list(gone))
+
+
+def _release(connection: Connection, runner_id: str) -> None:
+    mine = (JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
+    if connection.dialect.name == "postgresql":
+        # Row locks in job_id order, as the group commit takes them: no deadlock.
+        connection.execute(select(JobRow.job_id).where(*mine).order_by(JobRow.job_id).with_for_update())
+    connection.execute(update(JobRow).where(*mine).values(runner_id=None))
+    connection.execute(delete(RunnerRow).where(RunnerRow.runner_id == runner_id))
+
+
+def _claim_parked(
+    connection: Connection,
+    candidates: Select[Any],
+    condition: Sequence[ColumnElement[bool]],
+    runner_id: str,
+) -> list[HeldJob]:
+    job_ids = list(connection.scalars(candidates))
+    if not job_ids:
+        return []
+    rows = connection.execute(
+        update(JobRow)
+        .where(JobRow.job_id.in_(job_ids), *condition)
+        .values(runner_id=runner_id)
+        .returning(*_HELD_COLUMNS, JobRow.create_time)
+    )
+    # RETURNING has no order: oldest first, as selected.
+    claimed = sorted(rows.all(), key=lambda row: (row[-1], row[0]))
+    return [_held(row[:-1]) for row in claimed]
 
 
 def _utc(moment: datetime) -> datetime:
