@@ -11,7 +11,13 @@ import pytest
 
 from cofounder_server.clock import ManualClock
 from cofounder_server.executor.parking import Parked, ParkingLot, WakeCause
-from cofounder_server.executor.slots import AwakeSlots, Waiting
+from cofounder_server.executor.slots import (
+    AGENT_BASE_BYTES,
+    CONVERSATION_FACTOR,
+    AwakeSlots,
+    Waiting,
+    charge_of,
+)
 from tests.support import eventually
 
 MIDNIGHT = datetime(2026, 5, 2, tzinfo=UTC)
@@ -131,43 +137,96 @@ def test_negative_jitter_is_refused() -> None:
         ParkingLot(ManualClock(MIDNIGHT), lambda entry, cause: None, jitter_seconds=-1)
 
 
-def entry(job_id: str, order: int) -> Parked:
-    return Parked(job_id, "sleeping", MIDNIGHT, order)
+def entry(job_id: str, order: int, size: int = 0) -> Parked:
+    return Parked(job_id, "sleeping", MIDNIGHT, order, size)
 
 
-def test_a_storm_takes_turns_never_above_the_cap_and_in_order() -> None:
+BASE = AGENT_BASE_BYTES
+
+
+def test_a_storm_takes_turns_within_the_budget_and_in_order() -> None:
     resumed: list[Waiting] = []
-    slots = AwakeSlots(50, resumed.append)
+    slots = AwakeSlots(50 * BASE, resumed.append)
     for n in range(5000):
         slots.request(entry(f"job-{n}", n), WakeCause.DUE)
     assert (slots.awake, slots.waiting, len(resumed)) == (50, 4950, 50)
     while slots.awake:
-        slots.give_back()
+        slots.give_back(resumed[len(resumed) - slots.awake].entry.job_id)
         assert slots.awake <= 50
+        assert slots.used <= 50 * BASE
     assert [w.entry.job_id for w in resumed] == [f"job-{n}" for n in range(5000)]
     assert slots.peak == 50
+    assert slots.used == 0
+
+
+def test_a_large_conversation_costs_more_room_and_is_not_overtaken() -> None:
+    resumed: list[str] = []
+    slots = AwakeSlots(10 * BASE, lambda waiting: resumed.append(waiting.entry.job_id))
+    big = (6 * BASE) // CONVERSATION_FACTOR  # charged 7 x BASE
+    slots.request(entry("small-1", 1), WakeCause.DUE)
+    slots.request(entry("big", 2, size=big), WakeCause.DUE)
+    slots.request(entry("small-2", 3), WakeCause.DUE)
+    slots.request(entry("small-3", 4), WakeCause.DUE)
+    slots.request(entry("small-4", 5), WakeCause.DUE)
+    assert resumed == ["small-1", "big", "small-2", "small-3"]
+    assert slots.used == charge_of(big) + 3 * BASE == 10 * BASE
+    slots.give_back("big")
+    assert resumed == ["small-1", "big", "small-2", "small-3", "small-4"]
+
+
+def test_a_growing_conversation_holds_back_admissions() -> None:
+    resumed: list[str] = []
+    slots = AwakeSlots(4 * BASE, lambda waiting: resumed.append(waiting.entry.job_id))
+    assert slots.try_take("running")
+    assert slots.free == 3
+    slots.charge("running", 2 * BASE // CONVERSATION_FACTOR)  # now 3 x BASE
+    assert slots.free == 1
+    slots.request(entry("parked", 1, size=BASE), WakeCause.DUE)  # needs 4 x BASE: waits
+    assert resumed == []
+    assert slots.free == 0  # new work waits behind the line
+    slots.give_back("running")
+    assert resumed == ["parked"]
+
+
+def test_one_agent_is_admitted_however_large_and_a_count_cap_applies_on_top() -> None:
+    resumed: list[str] = []
+    slots = AwakeSlots(BASE, lambda waiting: resumed.append(waiting.entry.job_id), max_count=2)
+    slots.request(entry("huge", 1, size=100 * BASE), WakeCause.DUE)
+    assert resumed == ["huge"]
+    assert slots.free == 0
+    slots.give_back("huge")
+    roomy = AwakeSlots(100 * BASE, lambda waiting: None, max_count=2)
+    assert roomy.free == 2
+    assert roomy.try_take("a")
+    assert roomy.try_take("b")
+    assert not roomy.try_take("c")
 
 
 def test_woken_agents_go_first_and_new_work_waits_behind_the_line() -> None:
     resumed: list[str] = []
-    slots = AwakeSlots(2, lambda waiting: resumed.append(waiting.entry.job_id))
-    assert slots.try_take()
-    assert slots.try_take()
-    assert not slots.try_take()
+    slots = AwakeSlots(2 * BASE, lambda waiting: resumed.append(waiting.entry.job_id))
+    assert slots.try_take("new-1")
+    assert slots.try_take("new-2")
+    assert not slots.try_take("new-3")
     slots.request(entry("due-1", 1), WakeCause.DUE)
     slots.request(entry("due-2", 2), WakeCause.DUE)
     slots.request(entry("woken", 3), WakeCause.NOTIFIED)
     assert slots.withdraw("due-1")
-    slots.give_back()
+    slots.give_back("new-1")
     assert resumed == ["woken"]
-    slots.give_back()
+    slots.give_back("new-2")
     assert resumed == ["woken", "due-2"]
-    slots.give_back()
+    slots.give_back("woken")
     assert slots.free == 1
-    assert slots.try_take()
+    assert slots.try_take("new-3")
     assert slots.peak == 2
 
 
-def test_giving_back_a_slot_never_taken_is_a_bug() -> None:
+def test_giving_back_room_never_taken_is_a_bug() -> None:
+    slots = AwakeSlots(BASE, lambda waiting: None)
     with pytest.raises(RuntimeError):
-        AwakeSlots(1, lambda waiting: None).give_back()
+        slots.give_back("nobody")
+    assert slots.try_take("once")
+    slots.give_back("once")
+    with pytest.raises(RuntimeError):
+        slots.give_back("once")

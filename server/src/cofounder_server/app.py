@@ -191,9 +191,15 @@ async def _start_executor(
         provider_wait_limit=settings.provider_wait_limit_seconds,
     )
 
-    def new_run(job: Job, start: RunStart | None) -> AgentRun:
+    def new_run(job: Job, start: RunStart | None, on_size: Callable[[int], None]) -> AgentRun:
         return AgentRun(
-            stores.for_job(job), start=start, plugins=registry, prices=prices, clock=clock, limits=limits
+            stores.for_job(job),
+            start=start,
+            plugins=registry,
+            prices=prices,
+            clock=clock,
+            limits=limits,
+            on_size=on_size,
         )
 
     executor = Executor(
@@ -205,6 +211,7 @@ async def _start_executor(
         clock=clock,
         runner_id=runner_id,
         new_run=new_run,
+        awake_memory_bytes=settings.awake_memory_mib * 1024 * 1024,
         max_running_jobs=settings.max_running_jobs,
         lease_seconds=settings.lease_seconds,
         claim_interval_seconds=settings.claim_interval_seconds,
@@ -215,7 +222,12 @@ async def _start_executor(
     await executor.start()
     # Stops before Redis and SQL close (the stack unwinds in reverse).
     stack.push_async_callback(executor.stop, settings.shutdown_grace_seconds)
-    log.info("executor running as %s (up to %d awake agents)", runner_id, settings.max_running_jobs)
+    log.info(
+        "executor running as %s (awake agents within %d MiB%s)",
+        runner_id,
+        settings.awake_memory_mib,
+        f", at most {settings.max_running_jobs}" if settings.max_running_jobs else "",
+    )
     return executor
 
 

@@ -180,10 +180,19 @@ class Settings:
         default=True,
         metadata={"help": "run agents in this process (false: serve the API only, as a read replica would)"},
     )
-    max_running_jobs: int = field(
-        default=50,
+    awake_memory_mib: int = field(
+        default=1024,
         metadata={
-            "help": "agents this process runs at once (sleeping agents do not count); the rest wait in order"
+            "help": "memory the awake agents of this process may hold, by estimate (an agent waiting on a "
+            "model call with a short conversation ~64 KiB, plus 3x its conversation): agents are admitted "
+            "while it lasts and the rest wait in order; parked agents (sleeping, waiting for a person) "
+            "hold none"
+        },
+    )
+    max_running_jobs: int = field(
+        default=0,
+        metadata={
+            "help": "at most this many agents awake at once, on top of --awake-memory-mib (0: no count cap)"
         },
     )
     max_tool_calls: int = field(

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -84,9 +85,12 @@ class AgentRun:
         prices: PriceTable,
         clock: Clock,
         limits: LoopLimits,
+        on_size: Callable[[int], None] = lambda _: None,
     ) -> None:
         """``start``: what the run starts from, when the executor read it already (a batch of
-        resumes reads theirs together; a job just claimed from the queue has no checkpoint)."""
+        resumes reads theirs together; a job just claimed from the queue has no checkpoint).
+        ``on_size`` is told what the conversation weighs (``Message.size`` summed) whenever it
+        grows: the executor charges the run's memory by it."""
         self.store = store
         self.job_id = store.job_id
         self._start = start
@@ -94,8 +98,11 @@ class AgentRun:
         self._prices = prices
         self._clock = clock
         self._limits = limits
+        self._on_size = on_size
         self._stop = asyncio.Event()
         self.iteration = 0
+        self.size = 0
+        """What the conversation weighs (``Message.size`` summed)."""
 
     def stop(self) -> None:
         """End the run at the next iteration boundary."""
@@ -103,7 +110,12 @@ class AgentRun:
 
     async def run(self) -> Park | None:
         """Run until the job ends (``None``) or the agent parks (the :class:`Park` it asks
-        for, already recorded in SQL); ``None`` too when stopped."""
+        for, already recorded in SQL, with the conversation's size); ``None`` too when
+        stopped."""
+        park = await self._run()
+        return None if park is None else dataclasses.replace(park, size=self.size)
+
+    async def _run(self) -> Park | None:
         job = self.store.job
         if job.agent_state is AgentState.SLEEPING:
             return Park(AgentState.SLEEPING, job.wake_at)
@@ -115,6 +127,7 @@ class AgentRun:
             checkpoint = start.checkpoint
             state = LoopState() if checkpoint is None else LoopState.from_json(checkpoint.state)
             self.iteration = self.store.progress = state.iteration
+            self.size = 0 if checkpoint is None else checkpoint.conversation_bytes
             window = BudgetWindow(self.store, self._clock, start.window, start.spend)
             # The answers come first: taking them needs neither the conversation nor the
             # brain, and the person who answered sees the agent take them that much sooner.
@@ -130,6 +143,8 @@ class AgentRun:
                 messages = [Message.from_json(m) for m in checkpoint.messages]
                 saved = len(messages)
             messages += answers
+            self.size = 0
+            self._grew(messages)
             try:
                 brain = self._plugins.brain_for(self.store.job.agent)
             except Exception as error:  # unknown brain, bad config: the job cannot run
@@ -177,6 +192,7 @@ class AgentRun:
                 )
                 step = await self._step(turn, tools, state, window)
                 messages.extend(step.new)
+                self._grew(step.new)
                 ended, park = await self._commit(step, messages[saved:], saved, state, window)
             except ThinkFailed as failed:
                 await self._end_alone(JobOutcome.MODEL_ERROR, str(failed))
@@ -276,6 +292,7 @@ class AgentRun:
             new_messages=[message.to_json() for message in unsaved],
             first_position=saved,
             loop_state=state.to_json(),
+            conversation_bytes=self.size,
         )
         events = step.events
         transition: Transition | None = None
@@ -299,6 +316,10 @@ class AgentRun:
             await store.finish(ending_of(*step.outcome), [], self._pause)
         log.info("job %s ended: %s %s", self.job_id, *step.outcome)
         return True, None
+
+    def _grew(self, added: Sequence[Message]) -> None:
+        self.size += sum(message.size() for message in added)
+        self._on_size(self.size)
 
     async def _end_alone(self, outcome: JobOutcome, detail: str) -> None:
         """End the job without an iteration to ride with (its brain failed, its tool calls

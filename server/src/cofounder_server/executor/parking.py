@@ -62,10 +62,12 @@ class WakeCause(Enum):
 @dataclass(frozen=True)
 class Park:
     """What a run that parks its agent returns: the state it parked in (already committed in
-    SQL with its events) and when a time wakes it (``None``: only a notification does)."""
+    SQL with its events), when a time wakes it (``None``: only a notification does) and the
+    size of its conversation (what resuming it will cost, :mod:`.slots`)."""
 
     reason: AgentState
     due: datetime | None
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ class Parked:
     """When a time wakes it (jitter included); ``None``: only a notification does."""
     order: int
     """Parking order: breaks ties between entries due at the same moment."""
+    size: int = 0
+    """Bytes of its conversation (what resuming it will cost)."""
 
 
 class ParkingLot:
@@ -122,12 +126,13 @@ class ParkingLot:
         """The entry of ``job_id``, if it is parked here."""
         return self._entries.get(job_id)
 
-    def park(self, job_id: str, reason: str, due: datetime | None) -> Parked:
+    def park(self, job_id: str, reason: str, due: datetime | None, size: int = 0) -> Parked:
         """Park ``job_id`` until ``due`` (plus jitter) or a notification; replaces an entry of
-        the same job. An entry already due leaves the lot at the timer's next turn."""
+        the same job. An entry already due leaves the lot at the timer's next turn. ``size``:
+        bytes of its conversation."""
         if due is not None and self._jitter:
             due += timedelta(seconds=self._random.uniform(0.0, self._jitter))
-        entry = Parked(job_id, reason, due, next(self._orders))
+        entry = Parked(job_id, reason, due, next(self._orders), size)
         self._entries[job_id] = entry
         if len(self._heap) > 2 * len(self._entries) + 64:
             self._compact()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from cofounder_server import jsontext
 from cofounder_server.domain.escalations import Question
 from cofounder_server.domain.model import AgentSpec
 
@@ -27,6 +28,10 @@ class ToolCall:
     call_id: str
     name: str
     input: Mapping[str, Any]
+
+
+MESSAGE_OVERHEAD_BYTES = 200
+"""What a message or tool call weighs besides its text: objects, ids, the request's framing."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,16 @@ class Message:
     call_id: str = ""
     tool_name: str = ""
     is_error: bool = False
+
+    def size(self) -> int:
+        """Roughly what the message weighs: its text, its tool calls' names and inputs (as
+        JSON) and a fixed overhead per message and call. Sums of it bound how many agents are
+        awake at once (see ``executor.slots``)."""
+        calls = sum(
+            MESSAGE_OVERHEAD_BYTES + len(call.name) + len(jsontext.dumps(call.input, default=str))
+            for call in self.tool_calls
+        )
+        return MESSAGE_OVERHEAD_BYTES + len(self.text) + calls
 
     def to_json(self) -> dict[str, Any]:
         """The message as a JSON-serialisable dict (for checkpoints)."""

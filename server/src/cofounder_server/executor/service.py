@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Collection
@@ -113,7 +114,8 @@ class Executor:
         redis: Redis,
         clock: Clock,
         runner_id: str,
-        new_run: Callable[[Job, RunStart | None], AgentRun],
+        new_run: Callable[[Job, RunStart | None, Callable[[int], None]], AgentRun],
+        awake_memory_bytes: int,
         max_running_jobs: int,
         lease_seconds: float,
         claim_interval_seconds: float,
@@ -121,8 +123,9 @@ class Executor:
         wake_jitter_seconds: float = 0.0,
     ) -> None:
         """``new_run`` builds the run of a claimed or resumed job (with what it starts from,
-        when that was read already); ``redis`` carries the control channel and the
-        ``wake_signal`` keys the sweep reads."""
+        when that was read already, and what to tell when its conversation grows);
+        ``awake_memory_bytes`` and ``max_running_jobs`` bound the awake agents (:mod:`.slots`);
+        ``redis`` carries the control channel and the ``wake_signal`` keys the sweep reads."""
         self._runs = runs
         self._leases = leases
         self._writer = writer
@@ -138,8 +141,8 @@ class Executor:
         """Awake runs, by job id."""
         self.lot = ParkingLot(clock, self._left_lot, jitter_seconds=wake_jitter_seconds)
         """Parked agents."""
-        self.slots = AwakeSlots(max_running_jobs, self._resume)
-        """Awake slots and the line of parked agents waiting for one."""
+        self.slots = AwakeSlots(awake_memory_bytes, self._resume, max_count=max_running_jobs)
+        """Awake agents' memory and the line of parked agents waiting to be admitted."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._to_resume: dict[str, Waiting] = {}
         """Parked agents that got a slot, waiting for the next batch of resumes."""
@@ -278,7 +281,7 @@ class Executor:
         if self.lot.take(job_id) is not None or self.slots.withdraw(job_id):
             return
         if self._to_resume.pop(job_id, None) is not None:
-            self.slots.give_back()
+            self.slots.give_back(job_id)
             return
         retry = self._retrying.pop(job_id, None)
         if retry is not None:
@@ -400,7 +403,7 @@ class Executor:
         )
         taken: list[str] = []
         for job_id in [*mine, *awake]:
-            if self._stopping or not self.slots.try_take():
+            if self._stopping or not self.slots.try_take(job_id):
                 # This runner's own jobs wait for a slot: look for them again next round.
                 self._resume_mine = self._resume_mine or bool(mine)
                 break
@@ -411,7 +414,7 @@ class Executor:
         finally:
             for job_id in taken:
                 if job_id not in started:
-                    self.slots.give_back()
+                    self.slots.give_back(job_id)
 
     async def _claim_taken(self, taken: list[str], started: set[str]) -> None:
         """Claim the jobs slots were taken for (``started`` gets each one it runs): the queued
@@ -453,13 +456,13 @@ class Executor:
     def _park(self, job: HeldJob) -> None:
         assert job.agent_state is not None
         due = job.wake_at if job.agent_state is AgentState.SLEEPING else None
-        self.lot.park(job.job_id, job.agent_state.value, due)
+        self.lot.park(job.job_id, job.agent_state.value, due, job.conversation_bytes)
 
     # --- runs ---------------------------------------------------------------------------
 
     def _start_run(self, job: Job, start: RunStart | None) -> None:
         """Run ``job`` in a new task; it holds an awake slot until it ends or parks."""
-        run = self._new_run(job, start)
+        run = self._new_run(job, start, functools.partial(self.slots.charge, job.job_id))
         self.runs[job.job_id] = run
         self._tasks[job.job_id] = asyncio.create_task(self._guarded(run), name=f"agent-{job.job_id}")
 
@@ -477,11 +480,11 @@ class Executor:
         finally:
             self.runs.pop(run.job_id, None)
             self._tasks.pop(run.job_id, None)
-            self.slots.give_back()
+            self.slots.give_back(run.job_id)
             answered = run.job_id in self._answered_awake
             self._answered_awake.discard(run.job_id)
             if park is not None and not self._stopping:
-                self.lot.park(run.job_id, park.reason.value, park.due)
+                self.lot.park(run.job_id, park.reason.value, park.due, park.size)
                 if answered and park.reason is AgentState.WAITING_FOR_INPUT:
                     # The answer may have come after the run looked for it: it looks again
                     # now rather than at the next sweep (an answer already taken costs one
@@ -538,7 +541,7 @@ class Executor:
             log.warning("%d parked agents not resumed yet: %s", len(batch), error)
             loop = asyncio.get_running_loop()
             for waiting in batch:
-                self.slots.give_back()
+                self.slots.give_back(waiting.entry.job_id)
                 self._retrying[waiting.entry.job_id] = loop.call_later(
                     RETRY_AFTER_CRASH_SECONDS, self._retry_resume, waiting
                 )
@@ -556,9 +559,9 @@ class Executor:
             if isinstance(result, Resumed) and not self._stopping:
                 self._start_run(result.job, result.start)
                 continue
-            self.slots.give_back()
+            self.slots.give_back(job_id)
             if isinstance(result, StillParked) and not self._stopping:  # not this one's to wake
-                self.lot.park(job_id, result.agent_state.value, result.wake_at)
+                self.lot.park(job_id, result.agent_state.value, result.wake_at, waiting.entry.size)
 
     def _retry_resume(self, waiting: Waiting) -> None:
         if self._retrying.pop(waiting.entry.job_id, None) is not None and not self._stopping:

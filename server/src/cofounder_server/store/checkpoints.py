@@ -53,6 +53,8 @@ class Checkpoint:
     iteration: int
     messages: list[dict[str, Any]]
     state: dict[str, Any]
+    conversation_bytes: int = 0
+    """What the conversation weighs, as its last iteration recorded it (0: not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -232,19 +234,23 @@ def _upsert_heads(dialect_name: str) -> Any:
     insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
     return insert.on_conflict_do_update(
         index_elements=[table.c.job_id],
-        set_={name: insert.excluded[name] for name in ("iteration", "message_count", "state", "update_time")},
+        set_={
+            name: insert.excluded[name]
+            for name in ("iteration", "message_count", "conversation_bytes", "state", "update_time")
+        },
     )
 
 
 def _checkpoints(connection: Connection, job_ids: Sequence[str]) -> dict[str, Checkpoint]:
     heads = {
-        str(job_id): (int(iteration), int(count), dict(state))
-        for job_id, iteration, count, state in connection.execute(
+        str(job_id): (int(iteration), int(count), dict(state), int(size))
+        for job_id, iteration, count, state, size in connection.execute(
             select(
                 CheckpointRow.job_id,
                 CheckpointRow.iteration,
                 CheckpointRow.message_count,
                 CheckpointRow.state,
+                CheckpointRow.conversation_bytes,
             ).where(CheckpointRow.job_id.in_(list(job_ids)))
         )
     }
@@ -261,8 +267,8 @@ def _checkpoints(connection: Connection, job_ids: Sequence[str]) -> dict[str, Ch
         if position < heads[job_id][1]:
             messages[job_id].append(dict(message))
     return {
-        job_id: Checkpoint(iteration, messages[job_id], state)
-        for job_id, (iteration, _, state) in heads.items()
+        job_id: Checkpoint(iteration, messages[job_id], state, size)
+        for job_id, (iteration, _, state, size) in heads.items()
     }
 
 

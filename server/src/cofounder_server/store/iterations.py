@@ -44,6 +44,8 @@ class Iteration:
     """The position of the first new message in the conversation."""
     loop_state: Mapping[str, Any]
     """The loop's counters and guards after the iteration (a JSON object)."""
+    conversation_bytes: int = 0
+    """What the whole conversation weighs after the iteration (``Message.size`` summed)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def rows_of(job_id: str, iteration: Iteration, time: datetime) -> IterationRows:
             "job_id": job_id,
             "iteration": iteration.number,
             "message_count": iteration.first_position + len(iteration.new_messages),
+            "conversation_bytes": iteration.conversation_bytes,
             "state": dict(iteration.loop_state),
             "update_time": time,
         },

@@ -358,6 +358,9 @@ class CheckpointRow(Base):
     job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"), primary_key=True)
     iteration: Mapped[int] = mapped_column(BigInteger)
     message_count: Mapped[int] = mapped_column(BigInteger)
+    # What the conversation's messages weigh (Message.size summed): what resuming the agent
+    # costs in memory, known before the messages are read.
+    conversation_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     state: Mapped[dict[str, Any]]
     update_time: Mapped[datetime]
 

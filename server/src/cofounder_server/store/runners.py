@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, delete, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, delete, exists, func, insert, or_, select, update
 
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.store.database import Database
-from cofounder_server.store.models import JobRow, RunnerRow
+from cofounder_server.store.models import CheckpointRow, JobRow, RunnerRow
 
 _RUNNING = JobStatus.RUNNING.value
 FORGET_AFTER = timedelta(hours=1)
@@ -35,12 +35,18 @@ class HeldJob:
     agent_state: AgentState | None
     wake_at: datetime | None
     runner_id: str | None
+    conversation_bytes: int = 0
+    """What its conversation weighs, where the read asked for it (parked agents)."""
 
 
 _HELD_COLUMNS = (JobRow.job_id, JobRow.status, JobRow.agent_state, JobRow.wake_at, JobRow.runner_id)
 
 
-def _held(row: Sequence[object]) -> HeldJob:
+_SIZE = func.coalesce(CheckpointRow.conversation_bytes, 0)
+"""A job's conversation size, from its checkpoint (0 before the first)."""
+
+
+def _held(row: Sequence[object], size: object = 0) -> HeldJob:
     job_id, status, agent_state, wake_at, runner_id = row
     return HeldJob(
         str(job_id),
@@ -48,6 +54,7 @@ def _held(row: Sequence[object]) -> HeldJob:
         None if agent_state is None else AgentState(str(agent_state)),
         wake_at,  # type: ignore[arg-type]
         None if runner_id is None else str(runner_id),
+        int(size or 0),  # type: ignore[call-overload]
     )
 
 
@@ -89,11 +96,12 @@ class RunnerLeases:
         """The running jobs that name ``runner_id`` (after a restart, or a lapsed lease)."""
         async with self._database.read() as session:
             rows = await session.execute(
-                select(*_HELD_COLUMNS)
+                select(*_HELD_COLUMNS, _SIZE)
+                .outerjoin(CheckpointRow, CheckpointRow.job_id == JobRow.job_id)
                 .where(JobRow.runner_id == runner_id, JobRow.status == _RUNNING)
                 .order_by(JobRow.create_time, JobRow.job_id)
             )
-            return [_held(row) for row in rows.all()]
+            return [_held(row[:-1], row[-1]) for row in rows.all()]
 
     async def job(self, job_id: str) -> HeldJob | None:
         """The job as an executor needs it, with its runner."""
@@ -203,7 +211,14 @@ def _claim_parked(
     )
     # RETURNING has no order: oldest first, as selected.
     claimed = sorted(rows.all(), key=lambda row: (row[-1], row[0]))
-    return [_held(row[:-1]) for row in claimed]
+    sizes = dict(
+        connection.execute(
+            select(CheckpointRow.job_id, CheckpointRow.conversation_bytes).where(
+                CheckpointRow.job_id.in_(job_ids)
+            )
+        ).all()
+    )
+    return [_held(row[:-1], sizes.get(row[0], 0)) for row in claimed]
 
 
 def _utc(moment: datetime) -> datetime:
