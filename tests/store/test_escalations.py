@@ -103,7 +103,7 @@ async def test_raising_stores_announces_and_sets_the_agent_waiting(
 
     again = await escalations.raise_for(job.job_id, RUNNER, [raised], now=T0)
     assert again is not None
-    assert (again.escalations, again.events, again.feed) == ([], [], [])
+    assert (again.escalations, again.events, again.feed) == ((), (), ())
     assert await escalations.raise_for(job.job_id, "another-runner", [question(job)], now=T0) is None
 
 

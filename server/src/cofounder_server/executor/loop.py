@@ -90,7 +90,6 @@ from cofounder_server.executor.text import truncate_middle
 from cofounder_server.executor.writer import IterationWrite, IterationWriter
 from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
-from cofounder_server.services.escalations import change_of
 from cofounder_server.store.checkpoints import CheckpointStore
 from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
@@ -690,7 +689,7 @@ class AgentRun:
             raise Stopped
         for stored in change.escalations:  # only those stored now: a retry raises none again
             observability.metrics.escalations_raised(stored.trigger.value).inc()
-        await self._applied(change_of(change))
+        await self._applied(change)
         for escalation in escalations:
             self._deadline_raised(escalation.deadline)
 
@@ -705,7 +704,7 @@ class AgentRun:
             self.job_id, self._runner_id, ids, now=self._clock.now()
         )
         if change is not None:
-            await self._applied(change_of(change))
+            await self._applied(change)
         elif len(decided) < len(ids):  # the process stopped before raising them all
             stored = {escalation.escalation_id for escalation in decided}
             await self._raise([e for e in escalations if e.escalation_id not in stored])
