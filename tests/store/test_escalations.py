@@ -10,17 +10,19 @@ import pytest
 from sqlalchemy import update
 
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cofounder_server.domain.escalations import (
+    DecisionSource,
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
+)
 from cofounder_server.domain.events import (
     AgentEscalationRaised,
     AgentEscalationResolved,
     AgentRetrying,
     AgentWaitingForInput,
-    DecisionSource,
-    Escalation,
     EscalationEventKind,
-    EscalationOption,
-    EscalationStatus,
-    EscalationTrigger,
 )
 from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.store.database import Database, open_database

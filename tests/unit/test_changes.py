@@ -8,15 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from cofounder_server.domain.changes import Change, Spend, visible_agent_state
-from cofounder_server.domain.events import (
-    AgentThinking,
-    Escalation,
-    EscalationEvent,
-    EscalationEventKind,
-    EscalationStatus,
-    EscalationTrigger,
-    JobEvent,
-)
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.events import AgentThinking, EscalationEvent, EscalationEventKind, JobEvent
 from cofounder_server.domain.model import AgentSpec, AgentState, Job, JobStatus
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

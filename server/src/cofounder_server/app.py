@@ -28,7 +28,6 @@ from cofounder_server.clock import Clock, SystemClock
 from cofounder_server.config import Settings
 from cofounder_server.datadir import DataDirError, DataDirLock
 from cofounder_server.domain.errors import Unavailable
-from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
 from cofounder_server.executor.loop import AgentRun, LoopLimits
 from cofounder_server.executor.prices import PriceTable
@@ -44,6 +43,7 @@ from cofounder_server.observability.prometheus import ExecutorGauges
 from cofounder_server.observability.tracing import Tracer
 from cofounder_server.observability.wiring import Observability
 from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.escalation_feed import EscalationFeed
 from cofounder_server.services.escalations import DeadlineTimer, EscalationService
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService

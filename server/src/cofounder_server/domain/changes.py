@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cofounder_server.domain import budget
-from cofounder_server.domain.events import Escalation, EscalationEvent, JobEvent
+from cofounder_server.domain.escalations import Escalation
+from cofounder_server.domain.events import EscalationEvent, JobEvent
 from cofounder_server.domain.model import AgentState, Job
 
 

@@ -44,6 +44,10 @@ from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.escalations import (
     ErrorClass,
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
     Question,
     RetryCounts,
     attempts_text,
@@ -59,10 +63,6 @@ from cofounder_server.domain.events import (
     AgentThinking,
     AgentToolCalled,
     AgentWaitingForInput,
-    Escalation,
-    EscalationOption,
-    EscalationStatus,
-    EscalationTrigger,
     EventPayload,
     PhaseCompleted,
     PhaseStarted,

@@ -38,7 +38,7 @@ from cofounder_server.domain.budget import window_start
 from cofounder_server.domain.changes import Change, RunnerNotice, Spend, visible_agent_state
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import Job
-from cofounder_server.events.escalation_feed import EscalationEventEncoder, wire_escalation_event
+from cofounder_server.events.escalation_events import EscalationEventEncoder, wire_escalation_event
 from cofounder_server.events.hub import WireEvent, pack
 from cofounder_server.events.job_events import JobEventEncoder, wire_event
 from cofounder_server.live import keys

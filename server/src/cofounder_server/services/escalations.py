@@ -18,8 +18,7 @@ from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.changes import RunnerNotice
 from cofounder_server.domain.errors import DomainError, NotFound
-from cofounder_server.domain.escalations import decision_source
-from cofounder_server.domain.events import Escalation, EscalationStatus
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, decision_source
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.domain.pagination import (
     Cursor,

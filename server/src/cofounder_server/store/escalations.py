@@ -24,6 +24,9 @@ from cofounder_server.domain.changes import Change
 from cofounder_server.domain.errors import FailedPrecondition, NotFound
 from cofounder_server.domain.escalations import (
     ALREADY_RESOLVED,
+    DecisionSource,
+    Escalation,
+    EscalationStatus,
     check_decision,
     deadline_outcome,
     delivered_text,
@@ -32,11 +35,8 @@ from cofounder_server.domain.events import (
     AgentEscalationRaised,
     AgentEscalationResolved,
     AgentWaitingForInput,
-    DecisionSource,
-    Escalation,
     EscalationEvent,
     EscalationEventKind,
-    EscalationStatus,
     EventPayload,
     JobEvent,
 )

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from cofounder_server.domain.errors import NotFound
+from cofounder_server.domain.escalations import Escalation
 from cofounder_server.domain.events import (
-    Escalation,
     EscalationEvent,
     EscalationEventKind,
     EventPayload,
