@@ -207,7 +207,7 @@ class EventLogRepository:
                     EventCounterRow.stream.in_(list(streams))
                 )
             )
-            found = {streams[stream]: int(last) for stream, last in rows.tuples()}
+            found = {streams[stream]: int(last) for stream, last in rows}
         return {job_id: found.get(job_id, 0) for job_id in job_ids}
 
     # --- the escalation feed ------------------------------------------------------------
