@@ -209,7 +209,7 @@ def to_brain_error(exc: OpenAIError, *, retry_after: float | None = None) -> Bra
             signature=f"openai:{name}",
             retry_after=retry_after,
         )
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _failed_to_connect(exc):
         return BrainError("OpenAI-compatible API call timed out", retryable=True, signature="openai:timeout")
     if isinstance(exc, openai.APIConnectionError):
         return BrainError(
@@ -218,6 +218,17 @@ def to_brain_error(exc: OpenAIError, *, retry_after: float | None = None) -> Bra
             signature="openai:connection",
         )
     return BrainError(f"OpenAI SDK error: {exc}", retryable=False, signature="openai:client_error")
+
+
+def _failed_to_connect(exc: BaseException) -> bool:
+    """Whether a "timeout" was a connection that failed at once (refused, unreachable): the
+    SDK's aiohttp transport reports every failed connect as a connect timeout."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _out_of_quota(exc: OpenAIError) -> bool:
