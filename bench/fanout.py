@@ -217,7 +217,7 @@ class Cofounder(Design):
         from cofounder_server.domain.changes import Change
         from cofounder_server.domain.events import AgentThinking
         from cofounder_server.live import keys
-        from cofounder_server.live.connect import create_client
+        from cofounder_server.live.client import LiveClient
         from cofounder_server.live.tracked_cache import TrackedCache
         from cofounder_server.services.changes import ChangePipeline
         from cofounder_server.store.database import open_database
@@ -227,13 +227,13 @@ class Cofounder(Design):
 
         url = f"redis://127.0.0.1:{self.redis_port}/0"
         database = await open_database(self.database_url)
-        redis = create_client(url)
+        live = LiveClient(url)
         cache = TrackedCache(url, [keys.JOB_KEY_PREFIX])
         await cache.start()
         clock = SystemClock()
         event_log = EventLogRepository(database, retention_events=100_000)
         changes = ChangePipeline(
-            redis,
+            live,
             cache,
             clock,
             encode_job_event,
@@ -253,7 +253,7 @@ class Cofounder(Design):
         finally:
             await changes.stop()
             await cache.stop()
-            await redis.aclose()
+            await live.aclose()
             await database.close()
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.exc import SADeprecationWarning
 
 from cofounder.agent.v1 import agent_control_service_pb2_grpc, escalation_service_pb2_grpc
 from cofounder_server.app import Application
@@ -120,3 +121,20 @@ async def redis(app: Application) -> AsyncIterator[Redis]:
 def project_id() -> str:
     """A project id no other test uses, so list assertions see only this test's jobs."""
     return f"proj-{uuid.uuid4().hex[:12]}"
+
+
+_DEPRECATED_SQL: list[str] = []
+"""Deprecated SQLAlchemy calls seen in this run (the server's own code makes most SQL calls,
+and swallows a warning turned into an error, so they are counted instead)."""
+
+
+def pytest_warning_recorded(warning_message: Any, when: str, nodeid: str, location: Any) -> None:
+    if issubclass(warning_message.category, SADeprecationWarning):
+        _DEPRECATED_SQL.append(f"{nodeid or when}: {warning_message.filename}:{warning_message.lineno}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that called a deprecated SQLAlchemy API fails, naming where."""
+    if _DEPRECATED_SQL:
+        print("\ndeprecated SQLAlchemy calls:\n  " + "\n  ".join(sorted(set(_DEPRECATED_SQL))))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

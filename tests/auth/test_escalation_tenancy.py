@@ -19,7 +19,12 @@ from cofounder.agent.v1 import escalation_service_pb2 as esc
 from cofounder.agent.v1 import escalation_service_pb2_grpc as esc_grpc
 from cofounder.agent.v1.agent_control_service_pb2_grpc import AgentControlServiceStub
 from cofounder_server.app import Application
-from cofounder_server.domain.events import Escalation, EscalationOption, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.escalations import (
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
+)
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.store.database import Database, open_database
 from cofounder_server.store.escalations import EscalationRepository

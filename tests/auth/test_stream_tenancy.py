@@ -12,12 +12,8 @@ import pytest
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import escalation_service_pb2 as esc_pb
 from cofounder.agent.v1 import escalation_service_pb2_grpc as esc_grpc
-from cofounder_server.domain.events import (
-    Escalation,
-    EscalationEventKind,
-    EscalationStatus,
-    EscalationTrigger,
-)
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.events import EscalationEventKind
 from tests.auth.support import ALICE, BILLING, BOB, ONCALL, failure_of, submit_request
 from tests.events.support import publish_escalation
 from tests.support import RPC_TIMEOUT

@@ -14,13 +14,8 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import event_pb2
 from cofounder_server.app import Application
 from cofounder_server.domain.changes import Change
-from cofounder_server.domain.events import (
-    AgentThinking,
-    Escalation,
-    EscalationEvent,
-    EscalationEventKind,
-    EventPayload,
-)
+from cofounder_server.domain.escalations import Escalation
+from cofounder_server.domain.events import AgentThinking, EscalationEvent, EscalationEventKind, EventPayload
 from tests.support import RPC_TIMEOUT
 
 STREAM_TIMEOUT = 60.0

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
+from cofounder_server.domain import escalations
 from cofounder_server.domain import events as model
 from cofounder_server.domain.errors import NotFound
 from cofounder_server.domain.model import JobOutcome, JobStatus
@@ -48,15 +49,15 @@ async def test_concurrent_appends_from_two_replicas_get_consecutive_sequences(
 
 async def test_every_payload_type_round_trips(jobs_stub, project_id, event_log) -> None:
     job = await submit(jobs_stub, project_id)
-    raised = model.Escalation(
+    raised = escalations.Escalation(
         escalation_id="e1",
         job_id=job.job_id,
         owner_id="local",
-        status=model.EscalationStatus.PENDING,
-        trigger=model.EscalationTrigger.AGENT_QUESTION,
+        status=escalations.EscalationStatus.PENDING,
+        trigger=escalations.EscalationTrigger.AGENT_QUESTION,
         problem="which colour?",
         create_time=NOW,
-        options=(model.EscalationOption("red"),),
+        options=(escalations.EscalationOption("red"),),
         tool_call_id="call-1",
         tool_name="ask_human",
         deadline=NOW,
@@ -73,7 +74,7 @@ async def test_every_payload_type_round_trips(jobs_stub, project_id, event_log) 
         model.AgentWaitingForInput("e1"),
         model.AgentEscalationRaised(raised),
         model.AgentEscalationResolved(
-            "e1", "red", "go", "local", model.DecisionSource.SERVICE, "billing", "Answered: red."
+            "e1", "red", "go", "local", escalations.DecisionSource.SERVICE, "billing", "Answered: red."
         ),
         model.AgentEscalationWithdrawn("e1", "the job was cancelled"),
         model.AgentBuildPaused("budget"),

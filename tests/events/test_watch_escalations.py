@@ -11,13 +11,13 @@ import pytest
 
 from cofounder.agent.v1 import escalation_pb2
 from cofounder.agent.v1 import escalation_service_pb2 as esc
-from cofounder_server.domain.events import (
+from cofounder_server.domain.escalations import (
     Escalation,
-    EscalationEventKind,
     EscalationOption,
     EscalationStatus,
     EscalationTrigger,
 )
+from cofounder_server.domain.events import EscalationEventKind
 from cofounder_server.domain.model import AgentSpec, NewJob
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository

@@ -407,3 +407,53 @@ async def test_a_change_is_announced_once_after_its_keys_are_written(
         assert sequence_raw == b"5:"
     finally:
         await pubsub.aclose()
+
+
+async def test_a_watch_reads_the_job_status_once(app, jobs_stub, project_id, monkeypatch) -> None:
+    from cofounder_server.services.status import LiveStatus
+
+    job = await submit(jobs_stub, project_id)
+    original = LiveStatus.snapshot
+    reads = 0
+
+    async def counted(self, principal, job_id):
+        nonlocal reads
+        reads += job_id == job.job_id
+        return await original(self, principal, job_id)
+
+    monkeypatch.setattr(LiveStatus, "snapshot", counted)
+    stream = watch(jobs_stub, job.job_id)
+    assert (await stream.snapshot()).latest_event_sequence == 1
+    await publish(app, job.job_id, thinking(2))
+    assert [e.sequence for e in await stream.until(2)] == [2]
+    assert reads == 1
+    stream.cancel()
+
+
+async def test_a_watch_of_an_ended_job_ends_even_when_the_ending_was_not_announced(
+    app, jobs_stub, project_id, monkeypatch
+) -> None:
+    from cofounder_server.events.hub import Topic
+    from cofounder_server.live.keys import job_events_channel
+
+    job = await submit(jobs_stub, project_id)
+    first = watch(jobs_stub, job.job_id)  # this process now follows the job's channel
+    await first.snapshot()
+    channel = job_events_channel(job.job_id)
+    offer = Topic.offer
+
+    def lose_this_jobs_messages(topic: Topic, event) -> None:
+        if topic.channel != channel:
+            offer(topic, event)
+
+    # Pub/sub loses the ending (a reconnect at that moment): the live keys have it, the
+    # process's topic has not heard of it.
+    monkeypatch.setattr(Topic, "offer", lose_this_jobs_messages)
+    await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+
+    late = watch(jobs_stub, job.job_id)
+    snapshot = await late.snapshot()
+    assert (snapshot.job_status, snapshot.latest_event_sequence) == (job_pb2.JOB_STATUS_CANCELLED, 2)
+    assert await late.end() is None
+    assert late.events == []
+    first.cancel()

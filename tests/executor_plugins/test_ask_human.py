@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cofounder_server.domain.escalations import Question
-from cofounder_server.domain.events import EscalationOption
+from cofounder_server.domain.escalations import EscalationOption, Question
 from cofounder_server.executor.plugins import ToolContext, ToolResult
 from cofounder_server.executor.tools.ask_human import AskHumanTool
 

@@ -173,7 +173,11 @@ async def test_list_clamps_oversized_page_size(jobs_stub, project_id) -> None:
 
 async def test_cancel_rejects_bad_reason_and_request_id_and_keeps_the_job(jobs_stub, project_id) -> None:
     job = await submit(jobs_stub, project_id)
-    for fields, field in (({"reason": "r" * 1001}, "reason"), ({"request_id": "has space"}, "request_id")):
+    for fields, field in (
+        ({"reason": "r" * 1001}, "reason"),
+        ({"request_id": "has space"}, "request_id"),
+        ({"request_id": "r" * 129}, "request_id"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await jobs_stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id, **fields), timeout=RPC_TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -156,6 +156,37 @@ async def test_cancel_is_terminal_and_idempotent(jobs_stub, project_id) -> None:
     assert fetched == first
 
 
+async def test_cancel_with_a_request_id_replays_it_and_refuses_its_reuse(jobs_stub, project_id) -> None:
+    import uuid
+
+    job, other = await submit(jobs_stub, project_id), await submit(jobs_stub, project_id)
+    key = f"cancel-{uuid.uuid4()}"
+    missing = "00000000-0000-4000-8000-000000000000"
+
+    async def cancel(job_id: str, reason: str = "wrong goal") -> job_pb2.Job:
+        request = pb.CancelJobRequest(job_id=job_id, request_id=key, reason=reason)
+        return (await jobs_stub.CancelJob(request, timeout=RPC_TIMEOUT)).job
+
+    # A refused cancel keeps no key: the key is still free for the real one.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cancel(missing)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    first, retried = await asyncio.gather(cancel(job.job_id), cancel(job.job_id))
+    assert first == retried
+    assert (first.status, first.outcome_detail) == (job_pb2.JOB_STATUS_CANCELLED, "wrong goal")
+    assert await cancel(job.job_id) == first
+    status = await jobs_stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+    assert status.status.latest_event_sequence == 2  # queued, then cancelled once
+
+    for reused in (cancel(other.job_id), cancel(job.job_id, reason="another reason")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await reused
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    fetched = (await jobs_stub.GetJob(pb.GetJobRequest(job_id=other.job_id), timeout=RPC_TIMEOUT)).job
+    assert fetched.status == job_pb2.JOB_STATUS_QUEUED
+
+
 async def test_unknown_job_is_not_found_with_resource_details(jobs_stub) -> None:
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cofounder_server.datadir import LOCK_NAME
 from tests.integration.server_process import free_port, run_to_exit, server_argv
 
 
@@ -53,10 +54,22 @@ async def test_a_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, stderr = await run_to_exit(server_argv(tmp_path / "data", port))
+        code, stderr = await run_to_exit(server_argv(tmp_path / "new" / "data", port))
     assert_one_line(code, stderr, f"cannot listen on 127.0.0.1:{port}", "Address already in use")
-    # Refused before anything started: no embedded Redis engine ever ran there.
-    assert not (tmp_path / "data" / "redis.log").exists()
+    # Refused before anything was written: the directories made for the data are gone again.
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_failed_start_keeps_a_data_dir_that_was_there(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, stderr = await run_to_exit(server_argv(data_dir, taken.getsockname()[1]))
+    assert_one_line(code, stderr, "cannot listen on 127.0.0.1:", "Address already in use")
+    # Refused before anything started (no embedded Redis engine ever ran there); the lock file stays.
+    assert os.listdir(data_dir) == [LOCK_NAME]
 
 
 async def test_a_bad_principals_file(tmp_path: Path) -> None:
@@ -102,6 +115,7 @@ async def test_an_unreachable_database(tmp_path: Path) -> None:
     code, stderr = await run_to_exit(server_argv(tmp_path / "data", free_port(), url))
     assert_one_line(code, stderr, "cannot reach the database postgresql://cofounder:***@127.0.0.1:")
     assert "s3cret" not in stderr
+    assert not (tmp_path / "data").exists()
 
 
 async def test_an_unreachable_redis(tmp_path: Path) -> None:
@@ -112,6 +126,7 @@ async def test_an_unreachable_redis(tmp_path: Path) -> None:
     ]
     code, stderr = await run_to_exit(argv)
     assert_one_line(code, stderr, "cannot reach Redis at redis://127.0.0.1:", "Connection refused")
+    assert not (tmp_path / "data").exists()
 
 
 async def test_a_bad_log_level(tmp_path: Path) -> None:

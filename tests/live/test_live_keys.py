@@ -12,6 +12,7 @@ from cofounder_server.clock import ManualClock, next_utc_midnight
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import AgentState
 from cofounder_server.live import keys
+from cofounder_server.live.client import LiveClient
 from cofounder_server.live.versioned import LiveWrites
 
 from .support import Engine
@@ -136,21 +137,32 @@ async def test_keys_of_an_older_change_never_overwrite_a_newer_ones(
     assert await client.mget([keys.state_key(job_id), keys.budget_pct_key(job_id)]) == [b"working", b"20"]
 
 
-async def test_a_wake_signal_is_taken_once(engine: Engine, client: Redis, job_id: str) -> None:
-    assert await keys.take_wake_signal(client, job_id) is False
-    # Writers outside this server set it.
-    await client.set(f"cofounder:agent:{job_id}:wake_signal", "1", ex=keys.WAKE_SIGNAL_TTL_SECONDS)
-    assert await keys.take_wake_signal(client, job_id) is True
-    assert await keys.take_wake_signal(client, job_id) is False
+async def test_a_wake_signal_is_seen_then_taken_once(engine: Engine, client: Redis, job_id: str) -> None:
+    live = LiveClient(engine.url)
+    try:
+        assert await live.pending_wake_signals([job_id]) == []
+        assert await live.take_wake_signal(job_id) is False
+        # Writers outside this server set it.
+        await client.set(f"cofounder:agent:{job_id}:wake_signal", "1", ex=keys.WAKE_SIGNAL_TTL_SECONDS)
+        assert await live.pending_wake_signals([f"{job_id}-other", job_id]) == [job_id]
+        assert await live.take_wake_signal(job_id) is True
+        assert await live.take_wake_signal(job_id) is False
+        assert await live.pending_wake_signals([job_id]) == []
+    finally:
+        await live.aclose()
 
 
-async def test_taking_a_wake_signal_raises_unavailable_when_redis_is_down(tmp_path: Path) -> None:
-    redis = Redis.from_url(f"unix://{tmp_path}/nothing.sock")
+async def test_live_round_trips_raise_unavailable_when_redis_is_down(tmp_path: Path) -> None:
+    live = LiveClient(f"unix://{tmp_path}/nothing.sock")
     try:
         with pytest.raises(Unavailable):
-            await keys.take_wake_signal(redis, "j1")
+            await live.take_wake_signal("j1")
+        with pytest.raises(Unavailable):
+            await live.pending_wake_signals(["j1"])
+        with pytest.raises(Unavailable):
+            await live.ping()
     finally:
-        await redis.aclose()
+        await live.aclose()
 
 
 async def test_values_read_back_through_the_parsers(engine: Engine, client: Redis, job_id: str) -> None:

@@ -40,6 +40,15 @@ async def test_metrics_are_off_unless_configured(start_server) -> None:
     assert app.metrics_port is None
 
 
+async def test_the_metrics_address_bound_is_logged(start_server, caplog) -> None:
+    caplog.set_level("INFO", logger="cofounder_server.observability.wiring")
+    app = await start_server(metrics_listen="127.0.0.1:0")
+    assert app.metrics_port not in (None, 0)
+    said = [record.getMessage() for record in caplog.records if record.name.endswith("wiring")]
+    assert f"metrics served on http://127.0.0.1:{app.metrics_port}/metrics" in said
+    assert names(await scrape(app.metrics_port))
+
+
 async def test_a_scripted_job_moves_the_rpc_executor_model_and_event_metrics(
     metered, stub, project_id
 ) -> None:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,16 +15,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .support import scrape_text
 
-OPS = Path(__file__).resolve().parents[2] / "ops"
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ROOT / "ops"
 ALERTS = OPS / "prometheus" / "alerts.yml"
 DASHBOARD = OPS / "grafana" / "cofounder.json"
-METRIC = re.compile(r"\b(cofounder_[a-z0-9_]+)\b")
+METRIC = re.compile(r"\b((?:cofounder|process)_[a-z0-9_]+)\b")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
 
 
-def alert_expressions() -> list[str]:
+def alert_rules() -> list[dict[str, Any]]:
     rules = yaml.safe_load(ALERTS.read_text())
-    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def alert_expressions() -> list[str]:
+    return [rule["expr"] for rule in alert_rules()]
 
 
 def dashboard_expressions() -> list[str]:
@@ -75,3 +81,35 @@ def test_promtool_accepts_the_rules_and_their_unit_tests() -> None:
         check=True,
         capture_output=True,
     )
+
+
+def test_the_dashboard_shows_escalations_and_the_process() -> None:
+    referenced = {name for expr in dashboard_expressions() for name in METRIC.findall(expr)}
+    assert {
+        "cofounder_escalations_pending",
+        "cofounder_escalation_oldest_pending_age_seconds",
+        "cofounder_escalations_raised_total",
+        "cofounder_escalations_resolved_total",
+        "cofounder_escalations_expired_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    } <= referenced
+
+
+def _anchor(heading: str) -> str:
+    """The anchor a Markdown renderer gives a heading (lower case, spaces as dashes)."""
+    return re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_its_own_runbook_section() -> None:
+    runbook = ROOT / "docs" / "runbook.md"
+    sections = {
+        _anchor(line[3:]): line[3:] for line in runbook.read_text().splitlines() if line.startswith("## ")
+    }
+    links = {}
+    for rule in alert_rules():
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert (ROOT / path).resolve() == runbook.resolve()
+        links[anchor] = rule["alert"]
+    assert {anchor: sections.get(anchor) for anchor in links} == links
+    assert set(sections) == set(links), "one section per alert, and no other"

@@ -10,17 +10,19 @@ import pytest
 from sqlalchemy import update
 
 from cofounder_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cofounder_server.domain.escalations import (
+    DecisionSource,
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
+)
 from cofounder_server.domain.events import (
     AgentEscalationRaised,
     AgentEscalationResolved,
     AgentRetrying,
     AgentWaitingForInput,
-    DecisionSource,
-    Escalation,
     EscalationEventKind,
-    EscalationOption,
-    EscalationStatus,
-    EscalationTrigger,
 )
 from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.store.database import Database, open_database
@@ -103,7 +105,7 @@ async def test_raising_stores_announces_and_sets_the_agent_waiting(
 
     again = await escalations.raise_for(job.job_id, RUNNER, [raised], now=T0)
     assert again is not None
-    assert (again.escalations, again.events, again.feed) == ([], [], [])
+    assert (again.escalations, again.events, again.feed) == ((), (), ())
     assert await escalations.raise_for(job.job_id, "another-runner", [question(job)], now=T0) is None
 
 

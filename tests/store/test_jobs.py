@@ -443,6 +443,39 @@ async def test_concurrent_cancels_change_the_job_once(jobs: JobRepository) -> No
     assert final.version == 2
 
 
+async def test_cancels_with_one_request_id_change_the_job_once_and_replay(
+    jobs: JobRepository, database: Database
+) -> None:
+    job = await create(jobs)
+    request = {"owner_scope": "alice", "reason": "r", "request_id": "k1", "fingerprint": "f1", "now": T0}
+    results = await asyncio.gather(*(cancel_job(jobs, job.job_id, **request) for _ in range(6)))
+    assert sorted(bool(changed) for _, changed in results) == [False] * 5 + [True]
+    assert all(cancelled == results[0][0] for cancelled, _ in results)
+    assert await count_rows(database, IdempotencyKeyRow) == 1
+
+
+async def test_a_cancel_request_id_reused_for_another_request_is_rejected(jobs: JobRepository) -> None:
+    job, other = await create(jobs), await create(jobs)
+    await cancel_job(
+        jobs, job.job_id, owner_scope="alice", reason="r", request_id="k2", fingerprint="f1", now=T0
+    )
+    with pytest.raises(AlreadyExists):
+        await cancel_job(
+            jobs, other.job_id, owner_scope="alice", reason="r", request_id="k2", fingerprint="f2", now=T0
+        )
+    assert await jobs.get(other.job_id, owner_scope=None) == other
+
+
+async def test_a_refused_cancel_keeps_no_request_id(jobs: JobRepository, database: Database) -> None:
+    job = await create(jobs)
+    await set_status(database, job.job_id, JobStatus.READY)
+    with pytest.raises(FailedPrecondition):
+        await cancel_job(
+            jobs, job.job_id, owner_scope="alice", reason="r", request_id="k3", fingerprint="f1", now=T0
+        )
+    assert await count_rows(database, IdempotencyKeyRow) == 0
+
+
 async def test_cancel_waiting_on_a_concurrent_finish_does_not_overwrite_it(
     jobs: JobRepository, database: Database
 ) -> None:

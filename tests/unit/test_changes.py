@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from cofounder_server.domain.changes import Change, Spend, visible_agent_state
-from cofounder_server.domain.events import AgentThinking, JobEvent
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.events import AgentThinking, EscalationEvent, EscalationEventKind, JobEvent
 from cofounder_server.domain.model import AgentSpec, AgentState, Job, JobStatus
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -53,3 +54,17 @@ def test_a_change_knows_its_job_and_newest_sequence() -> None:
     assert (appended.job_id, appended.job) == ("j1", None)
     with pytest.raises(ValueError, match="at least one event"):
         Change.appended([])
+
+
+def test_a_change_names_the_escalations_of_its_feed_entries() -> None:
+    raised = Escalation(
+        "e1", "j1", "alice", EscalationStatus.PENDING, EscalationTrigger.AGENT_QUESTION, "?", NOW
+    )
+    resolved = replace(raised, escalation_id="e2", status=EscalationStatus.RESOLVED, decision="yes")
+    feed = [
+        EscalationEvent(7, EscalationEventKind.RAISED, NOW, raised),
+        EscalationEvent(8, EscalationEventKind.RESOLVED, NOW, resolved),
+    ]
+    assert Change.of(JOB, feed=feed).escalations == (raised, resolved)
+    assert Change(JOB.job_id, None, feed=tuple(feed[1:])).escalations == (resolved,)
+    assert Change.of(JOB).escalations == ()

@@ -9,7 +9,12 @@ import pytest
 
 from cofounder_server.domain.errors import InvalidArgument
 from cofounder_server.domain.escalations import (
+    DecisionSource,
     ErrorClass,
+    Escalation,
+    EscalationOption,
+    EscalationStatus,
+    EscalationTrigger,
     Question,
     RetryCounts,
     check_decision,
@@ -18,13 +23,6 @@ from cofounder_server.domain.escalations import (
     delivered_text,
     error_signature,
     parse_question,
-)
-from cofounder_server.domain.events import (
-    DecisionSource,
-    Escalation,
-    EscalationOption,
-    EscalationStatus,
-    EscalationTrigger,
 )
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

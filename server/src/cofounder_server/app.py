@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -30,8 +28,8 @@ from cofounder_server.config import Settings
 from cofounder_server.datadir import DataDirError, DataDirLock
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import Job
-from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
+from cofounder_server.executor.brains.provider_access import parse_model_concurrency
 from cofounder_server.executor.loop import AgentRun
 from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
@@ -41,13 +39,14 @@ from cofounder_server.executor.service import Executor, runner_id_for
 from cofounder_server.executor.writer import RecordWriter
 from cofounder_server.listen import ListenError, check_can_listen
 from cofounder_server.live import keys
-from cofounder_server.live.connect import create_client
+from cofounder_server.live.client import LiveClient
 from cofounder_server.live.engine import EmbeddedRedis
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.observability.prometheus import ExecutorGauges
 from cofounder_server.observability.tracing import Tracer
 from cofounder_server.observability.wiring import Observability
 from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.escalation_feed import EscalationFeed
 from cofounder_server.services.escalations import DeadlineTimer, EscalationService
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
@@ -109,11 +108,11 @@ async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitS
 
 async def _open_storage(
     settings: Settings, stack: contextlib.AsyncExitStack
-) -> tuple[str, Redis, str, Database]:
+) -> tuple[str, LiveClient, str, Database]:
     """Redis and the migrated database; ``SystemExit`` in one line when either is unreachable."""
     # An unreachable external Redis is refused before the schema is migrated.
     redis_url = settings.redis_url
-    redis = await _connect_redis(redis_url, stack) if redis_url else None
+    live = await _connect_redis(redis_url, stack) if redis_url else None
     database_url = settings.effective_database_url
     try:
         await upgrade_to_head(database_url)
@@ -123,23 +122,23 @@ async def _open_storage(
         ) from error
     database = await open_database(database_url)
     stack.push_async_callback(database.close)
-    if redis is None:
+    if live is None:
         redis_url = await _start_embedded_redis(settings, stack)
-        redis = await _connect_redis(redis_url, stack)
-    return redis_url, redis, database_url, database
+        live = await _connect_redis(redis_url, stack)
+    return redis_url, live, database_url, database
 
 
-async def _connect_redis(url: str, stack: contextlib.AsyncExitStack) -> Redis:
+async def _connect_redis(url: str, stack: contextlib.AsyncExitStack) -> LiveClient:
     try:
-        redis = create_client(url)
+        live = LiveClient(url)
     except ValueError as error:
         raise SystemExit(f"invalid --redis-url: {error}") from error
-    stack.push_async_callback(redis.aclose)
+    stack.push_async_callback(live.aclose)
     try:
-        await redis.ping()
-    except (RedisError, OSError) as error:
+        await live.ping()
+    except Unavailable as error:
         raise SystemExit(f"cannot reach Redis at {_redacted(url)}: {describe_cause(error)}") from error
-    return redis
+    return live
 
 
 def _redacted(url: str) -> str:
@@ -158,7 +157,7 @@ async def _start_executor(
     event_log: EventLogRepository,
     ledger: LedgerRepository,
     changes: ChangePipeline,
-    redis: Redis,
+    live: LiveClient,
     prices: PriceTable,
     registry: PluginRegistry,
     escalations: EscalationRepository,
@@ -207,7 +206,7 @@ async def _start_executor(
         leases=RunnerLeases(database),
         writer=writer,
         changes=changes,
-        redis=redis,
+        live=live,
         clock=clock,
         runner_id=runner_id,
         new_run=new_run,
@@ -283,6 +282,10 @@ class Application:
         except (OSError, ValueError) as error:
             raise SystemExit(f"invalid --price-table: {error}") from error
         try:
+            parse_model_concurrency(settings.model_concurrency)
+        except ValueError as error:
+            raise SystemExit(f"invalid --model-concurrency: {error}") from error
+        try:
             async_url(settings.effective_database_url)
         except (ArgumentError, ValueError) as error:
             raise SystemExit(f"invalid --database-url: {error}") from error
@@ -334,7 +337,7 @@ class Application:
         if registry is None:
             registry = PluginRegistry.default(settings)
             stack.push_async_callback(registry.aclose)
-        redis_url, redis, database_url, database = await _open_storage(settings, stack)
+        redis_url, live, database_url, database = await _open_storage(settings, stack)
         cache = TrackedCache(
             redis_url,
             [keys.AGENT_KEY_PREFIX, keys.JOB_KEY_PREFIX],
@@ -347,7 +350,7 @@ class Application:
         jobs = JobRepository(database, event_log)
         ledger = LedgerRepository(database)
         changes = ChangePipeline(
-            redis,
+            live,
             cache,
             clock,
             convert.encode_job_event,
@@ -359,7 +362,6 @@ class Application:
         stack.push_async_callback(changes.stop)
         escalations = EscalationRepository(database, event_log)
         status = LiveStatus(
-            redis=redis,
             cache=cache,
             changes=changes,
             jobs=jobs,
@@ -399,7 +401,7 @@ class Application:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         probes: dict[str, Callable[[], Awaitable[object]]] = {
-            "redis": redis.ping,
+            "redis": live.ping,
             "sql": database.ping,
             "sql writes": database.check_writes,
         }
@@ -431,7 +433,7 @@ class Application:
                 event_log=event_log,
                 ledger=ledger,
                 changes=changes,
-                redis=redis,
+                live=live,
                 prices=prices,
                 registry=registry,
                 escalations=escalations,

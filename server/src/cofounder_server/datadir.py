@@ -5,6 +5,9 @@ SQLite file, and both would run the same jobs. The first server holds an exclusi
 ``flock`` on ``DATA_DIR/server.lock`` for its whole life; the kernel drops it when the
 process exits in any way, ``kill -9`` included, so a lock file left by a dead process
 never blocks a restart. The file holds the holder's pid, for the refusal message.
+
+A directory the server created and left holding nothing but its lock file (a start-up that
+failed before anything was written) is removed again when the lock is released.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ class DataDirError(Exception):
 class DataDirLock:
     """An exclusive hold on a data directory. Create with :meth:`acquire`."""
 
-    def __init__(self, directory: Path, fd: int) -> None:
+    def __init__(self, directory: Path, fd: int, created: tuple[Path, ...] = ()) -> None:
         self.directory = directory
         self._fd: int | None = fd
+        self._created = created
+        """The directories :meth:`acquire` made, outermost first."""
 
     @classmethod
     def acquire(cls, directory: Path) -> DataDirLock:
@@ -43,6 +48,7 @@ class DataDirLock:
         """
         if directory.exists() and not directory.is_dir():
             raise DataDirError(f"cannot use data directory {directory}: it exists and is not a directory")
+        created = tuple(reversed([path for path in (directory, *directory.parents) if not path.exists()]))
         try:
             directory.mkdir(parents=True, exist_ok=True)
             # Not O_TRUNC: the file may hold the pid of a running holder.
@@ -68,16 +74,28 @@ class DataDirLock:
         except OSError as error:
             os.close(fd)
             raise DataDirError(f"cannot write to data directory {directory}: {error.strerror}") from error
-        return cls(directory, fd)
+        return cls(directory, fd, created)
 
     def release(self) -> None:
-        """Give the directory up (idempotent). The lock file stays: removing it could let two
-        processes lock two different files of the same name."""
+        """Give the directory up (idempotent). The lock file stays (removing it could let two
+        processes lock two different files of the same name), except in a directory this
+        process created that holds nothing else: that directory goes, while still locked."""
         fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self._remove_if_unused()
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def _remove_if_unused(self) -> None:
+        if not self._created or [entry.name for entry in self.directory.iterdir()] != [LOCK_NAME]:
+            return
+        (self.directory / LOCK_NAME).unlink()
+        # Innermost first; a directory something else was put in meanwhile stays.
+        for path in reversed(self._created):
+            path.rmdir()
 
 
 def _holder_pid(fd: int) -> int | None:

@@ -113,7 +113,9 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
             check.uuid("job_id", request.job_id)
             check.request_id("request_id", request.request_id)
             check.text("reason", request.reason, MAX_REASON_CHARS, required=False)
-        job = await self._jobs.cancel(principal_of(context), request.job_id, request.reason)
+        job = await self._jobs.cancel(
+            principal_of(context), request.job_id, request.reason, request.request_id
+        )
         return pb.CancelJobResponse(job=convert.job_to_proto(job))
 
     async def GetJobStatus(

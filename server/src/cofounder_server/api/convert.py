@@ -14,6 +14,12 @@ from cofounder.agent.v1 import (
     event_pb2,
     job_pb2,
 )
+from cofounder_server.domain.escalations import (
+    DecisionSource,
+    Escalation,
+    EscalationStatus,
+    EscalationTrigger,
+)
 from cofounder_server.domain.events import (
     AgentBudgetExceeded,
     AgentBudgetUpdated,
@@ -27,12 +33,8 @@ from cofounder_server.domain.events import (
     AgentToolCalled,
     AgentWaitingForInput,
     AgentWaking,
-    DecisionSource,
-    Escalation,
     EscalationEvent,
     EscalationEventKind,
-    EscalationStatus,
-    EscalationTrigger,
     EventPayload,
     JobEvent,
     JobStatusChanged,
@@ -49,9 +51,9 @@ from cofounder_server.domain.model import (
     JobStatus,
     JobStatusSnapshot,
 )
-from cofounder_server.events.escalation_feed import EscalationWatchItem
 from cofounder_server.events.feed import Heartbeat
 from cofounder_server.events.hub import EventBatch
+from cofounder_server.services.escalation_feed import EscalationWatchItem
 from cofounder_server.services.job_feed import JobWatchItem
 
 JOB_STATUS_TO_PROTO: dict[JobStatus, job_pb2.JobStatus.ValueType] = {

@@ -12,7 +12,7 @@ from cofounder.agent.v1 import escalation_service_pb2_grpc as pb_grpc
 from cofounder_server.api import convert
 from cofounder_server.api.context import principal_of
 from cofounder_server.api.validation import Validator
-from cofounder_server.events.escalation_feed import EscalationFeed
+from cofounder_server.services.escalation_feed import EscalationFeed
 from cofounder_server.services.escalations import EscalationService
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -1,7 +1,8 @@
 """A committed change: what one SQL transaction did to a job, as everything downstream needs it.
 
-Every store mutation returns one; :class:`~cofounder_server.services.changes.ChangePipeline`
-turns it into the live keys, the fan-out of its events and the runner's notification.
+Every store mutation returns one (of jobs, runs, iterations and escalations alike);
+:class:`~cofounder_server.services.changes.ChangePipeline` turns it into the live keys, the
+fan-out of its events and the runner's notification.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cofounder_server.domain import budget
+from cofounder_server.domain.escalations import Escalation
 from cofounder_server.domain.events import EscalationEvent, JobEvent
 from cofounder_server.domain.model import AgentState, Job
 
@@ -85,6 +87,11 @@ class Change:
     def last_sequence(self) -> int:
         """The newest sequence the change appended (0 when it appended none)."""
         return self.events[-1].sequence if self.events else 0
+
+    @property
+    def escalations(self) -> tuple[Escalation, ...]:
+        """The escalations the change raised or decided, as committed (its feed entries')."""
+        return tuple(entry.escalation for entry in self.feed)
 
 
 LIVE_AGENT_STATES = frozenset({AgentState.WORKING, AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT})

@@ -1,5 +1,7 @@
-"""Escalation rules: which tool errors are worth retrying, how failures are fingerprinted and
-counted, what a human may answer, and what the agent is told about the answer.
+"""Escalations: the question a stuck agent puts to a human (:class:`Escalation`, with its
+status, trigger, options and who decided), and the rules around it: which tool errors are
+worth retrying, how failures are fingerprinted and counted, what a human may answer, and
+what the agent is told about the answer.
 
 Pure functions and values: the executor and the escalation service apply them.
 """
@@ -14,7 +16,77 @@ from enum import StrEnum
 from typing import Any
 
 from cofounder_server.domain.errors import FieldViolation, InvalidArgument
-from cofounder_server.domain.events import DecisionSource, Escalation, EscalationOption, EscalationStatus
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A question from a stuck agent to a human, and its answer."""
+
+    escalation_id: str
+    job_id: str
+    owner_id: str
+    status: EscalationStatus
+    trigger: EscalationTrigger
+    problem: str
+    create_time: datetime
+    attempts: tuple[str, ...] = ()
+    recommended_action: str = ""
+    options: tuple[EscalationOption, ...] = ()
+    error_signature: str = ""
+    resolve_time: datetime | None = None
+    decision: str = ""
+    guidance: str = ""
+    resolved_by: str = ""
+    decision_source: DecisionSource | None = None
+    resolved_via_service: str = ""
+    tool_call_id: str = ""
+    tool_name: str = ""
+    deadline: datetime | None = None
+    default_option: str = ""
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether the agent still waits for this escalation's answer."""
+        return self.status is EscalationStatus.PENDING
+
+
+@dataclass(frozen=True)
+class EscalationOption:
+    """One choice a human can make to resolve an escalation."""
+
+    value: str
+    label: str = ""
+    description: str = ""
+
+
+class EscalationStatus(StrEnum):
+    """Where an escalation stands."""
+
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    """The deadline passed without an answer and without a default option."""
+
+
+class EscalationTrigger(StrEnum):
+    """Why the agent raised an escalation."""
+
+    REPEATED_ERROR = "repeated_error"
+    UNRETRYABLE_ERROR = "unretryable_error"
+    AGENT_QUESTION = "agent_question"
+
+
+class DecisionSource(StrEnum):
+    """Who or what decided an escalation."""
+
+    PERSON = "person"
+    """The job's owner or an operator, in person."""
+    SERVICE = "service"
+    """A service acting for the owner."""
+    DEADLINE = "deadline"
+    """Nobody answered by the deadline."""
+
 
 DEFAULT_MAX_ATTEMPTS = 3
 """Attempts a retryable error signature gets before it escalates."""

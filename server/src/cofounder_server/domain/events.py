@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from cofounder_server.domain.escalations import DecisionSource, Escalation
 from cofounder_server.domain.model import JobOutcome, JobStatus
 
 
@@ -29,35 +30,6 @@ class WakeReason(StrEnum):
 
     SCHEDULED = "scheduled"
     REQUESTED = "requested"
-
-
-class EscalationStatus(StrEnum):
-    """Where an escalation stands."""
-
-    PENDING = "pending"
-    RESOLVED = "resolved"
-    WITHDRAWN = "withdrawn"
-    EXPIRED = "expired"
-    """The deadline passed without an answer and without a default option."""
-
-
-class DecisionSource(StrEnum):
-    """Who or what decided an escalation."""
-
-    PERSON = "person"
-    """The job's owner or an operator, in person."""
-    SERVICE = "service"
-    """A service acting for the owner."""
-    DEADLINE = "deadline"
-    """Nobody answered by the deadline."""
-
-
-class EscalationTrigger(StrEnum):
-    """Why the agent raised an escalation."""
-
-    REPEATED_ERROR = "repeated_error"
-    UNRETRYABLE_ERROR = "unretryable_error"
-    AGENT_QUESTION = "agent_question"
 
 
 class EscalationEventKind(StrEnum):
@@ -78,47 +50,6 @@ _ESCALATION_EVENT_TYPES = {
     EscalationEventKind.RESOLVED: "agent.escalation_resolved",
     EscalationEventKind.WITHDRAWN: "agent.escalation_withdrawn",
 }
-
-
-@dataclass(frozen=True)
-class EscalationOption:
-    """One choice a human can make to resolve an escalation."""
-
-    value: str
-    label: str = ""
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Escalation:
-    """A question from a stuck agent to a human, and its answer."""
-
-    escalation_id: str
-    job_id: str
-    owner_id: str
-    status: EscalationStatus
-    trigger: EscalationTrigger
-    problem: str
-    create_time: datetime
-    attempts: tuple[str, ...] = ()
-    recommended_action: str = ""
-    options: tuple[EscalationOption, ...] = ()
-    error_signature: str = ""
-    resolve_time: datetime | None = None
-    decision: str = ""
-    guidance: str = ""
-    resolved_by: str = ""
-    decision_source: DecisionSource | None = None
-    resolved_via_service: str = ""
-    tool_call_id: str = ""
-    tool_name: str = ""
-    deadline: datetime | None = None
-    default_option: str = ""
-
-    @property
-    def is_pending(self) -> bool:
-        """Whether the agent still waits for this escalation's answer."""
-        return self.status is EscalationStatus.PENDING
 
 
 @dataclass(frozen=True)

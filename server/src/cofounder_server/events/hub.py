@@ -23,22 +23,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection, parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from cofounder_server import jsontext
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import Unavailable
+from cofounder_server.live.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +340,6 @@ class EventHub:
         heartbeat_interval_seconds: float,
         stopping: asyncio.Event,
         subscribe_timeout: float = 5.0,
-        health_check_interval: float = 1.0,
     ) -> None:
         """Configure (not connect). ``stopping``: once set, every watch ends (server shutdown)."""
         if ring_capacity < 1:
@@ -355,12 +348,16 @@ class EventHub:
         self.ring_capacity = ring_capacity
         self.heartbeat_interval = timedelta(seconds=heartbeat_interval_seconds)
         self.stopping = stopping
-        self._url = redis_url
         self._subscribe_timeout = subscribe_timeout
-        self._health_check_interval = health_check_interval
         self._topics: dict[str, Topic] = {}
-        self._connection: AbstractConnection | None = None
-        self._last_received = 0.0
+        self._subscriber = Subscriber(
+            redis_url,
+            client_name=HUB_CLIENT_NAME,
+            on_message=self._received,
+            on_subscribed=self._subscribed,
+            on_connection=self._connection_changed,
+            connect_timeout=subscribe_timeout,
+        )
         self._watchers_changed = asyncio.Event()
         self._watcher_count = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -371,23 +368,20 @@ class EventHub:
         return HubStats(
             topics=len(self._topics),
             watchers=self._watcher_count,
-            connected=self._connection is not None,
+            connected=self._subscriber.connected,
         )
 
     async def start(self) -> None:
         """Start the pub/sub connection (retried in the background) and the heartbeat scheduler."""
-        connected = asyncio.Event()
         self._tasks = [
-            asyncio.create_task(self._maintain_connection(connected), name="event-hub"),
             asyncio.create_task(self._schedule_heartbeats(), name="event-hub-heartbeats"),
             asyncio.create_task(self._wake_all_on_stop(), name="event-hub-stop"),
         ]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._subscribe_timeout):
-                await connected.wait()
+        await self._subscriber.start()
 
     async def stop(self) -> None:
         """Stop the tasks and close the connection; idempotent."""
+        await self._subscriber.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -426,7 +420,7 @@ class EventHub:
             await self._release(topic)
 
     async def _initialize(self, topic: Topic) -> None:
-        await self._send("SUBSCRIBE", topic.channel)
+        await self._subscriber.subscribe(topic.channel)
         try:
             await topic.initialize(self._subscribe_timeout)
         except BaseException as error:
@@ -441,68 +435,26 @@ class EventHub:
         if topic.references > 0 or self._topics.get(topic.channel) is not topic:
             return
         del self._topics[topic.channel]
-        await self._send("UNSUBSCRIBE", topic.channel)
+        await self._subscriber.unsubscribe(topic.channel)
 
-    async def _send(self, *command: str) -> None:
-        # Without a connection, the reconnect subscribes every topic.
-        connection = self._connection
-        # Checked right before sending: send_command would otherwise open a new connection
-        # behind the reader's back.
-        if connection is None or not connection.is_connected:
-            return
-        try:
-            await connection.send_command(*command, check_health=False)
-        except (RedisError, OSError) as error:
-            # The reader sees the broken connection too, reconnects and resubscribes.
-            log.warning("event hub: %s failed: %s", command[0], error)
+    def _connection_changed(self, up: bool) -> None:
+        for topic in list(self._topics.values()):
+            if not up:
+                topic.subscribed.clear()
+            elif topic.ready.done():
+                # Whatever was published while we were away is in SQL.
+                asyncio.create_task(self._catch_up_after_reconnect(topic))  # noqa: RUF006
 
-    async def _maintain_connection(self, connected: asyncio.Event) -> None:
-        options: dict[str, Any] = {
-            **parse_url(self._url),
-            "protocol": 2,  # pub/sub messages as plain replies
-            "socket_timeout": None,  # an idle subscription is normal; health checks find dead ones
-            "socket_connect_timeout": self._subscribe_timeout,
-            "client_name": HUB_CLIENT_NAME,
-            "retry": Retry(NoBackoff(), 0),  # reconnecting (and resubscribing) is ours to do
-        }
-        factory = ConnectionPool(**options)
-        delay = 0.1
-        while True:
-            connection: AbstractConnection | None = None
-            health: asyncio.Task[None] | None = None
-            try:
-                connection = factory.make_connection()  # type: ignore[no-untyped-call]  # unannotated upstream
-                async with asyncio.timeout(self._subscribe_timeout):
-                    await connection.connect()
-                self._connection = connection
-                self._last_received = asyncio.get_running_loop().time()
-                if self._topics:
-                    await connection.send_command("SUBSCRIBE", *self._topics, check_health=False)
-                    for topic in list(self._topics.values()):
-                        if topic.ready.done():
-                            # Whatever was published while we were away is in SQL.
-                            asyncio.create_task(self._catch_up_after_reconnect(topic))  # noqa: RUF006
-                connected.set()
-                delay = 0.1
-                health = asyncio.create_task(self._check_health(connection))
-                await self._receive(connection)
-            except (RedisError, OSError, TimeoutError) as error:
-                log.warning(
-                    "event hub: Redis pub/sub unavailable, retrying: %s: %s", type(error).__name__, error
-                )
-            except Exception:
-                log.exception("event hub: unexpected error on the pub/sub connection")
-            finally:
-                self._connection = None
-                for topic in self._topics.values():
-                    topic.subscribed.clear()
-                if health is not None:
-                    health.cancel()
-                if connection is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await connection.disconnect()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 5.0)
+    def _subscribed(self, channel: str) -> None:
+        topic = self._topics.get(channel)
+        if topic is not None:
+            topic.subscribed.set()
+
+    def _received(self, channel: str, data: bytes) -> None:
+        topic = self._topics.get(channel)
+        if topic is not None:
+            for event in unpack(data):
+                topic.offer(event)
 
     async def _catch_up_after_reconnect(self, topic: Topic) -> None:
         await topic.subscribed.wait()
@@ -510,40 +462,6 @@ class EventHub:
             await topic.catch_up()
         except Exception as error:  # the next heartbeat retries
             log.warning("event hub: cannot catch up %s after reconnecting: %s", topic.channel, error)
-
-    async def _receive(self, connection: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # No read timeout: cancelling a read half-way would desynchronise the parser.
-            # _check_health closes a silent connection instead, which ends this read.
-            reply = await connection.read_response(timeout=float("inf"))
-            self._last_received = loop.time()
-            if not isinstance(reply, list) or len(reply) != 3:
-                continue
-            kind, channel, data = reply
-            if kind == b"message":
-                topic = self._topics.get(channel.decode())
-                if topic is not None:
-                    for event in unpack(data):
-                        topic.offer(event)
-            elif kind == b"subscribe":
-                topic = self._topics.get(channel.decode())
-                if topic is not None:
-                    topic.subscribed.set()
-
-    async def _check_health(self, connection: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self._health_check_interval
-        while True:
-            await asyncio.sleep(interval)
-            silent = loop.time() - self._last_received
-            if silent > 3 * interval:
-                log.warning("event hub: no reply from Redis for %.1f s; reconnecting", silent)
-                await connection.disconnect(nowait=True)
-                return
-            if silent > interval:
-                with contextlib.suppress(RedisError, OSError):
-                    await connection.send_command("PING", check_health=False)
 
     async def _schedule_heartbeats(self) -> None:
         """Mark watchers silent for the heartbeat interval; sleep until the next is due."""

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from cofounder_server import jsontext
 from cofounder_server.clock import Clock
-from cofounder_server.domain.events import (
-    AgentToolCalled,
-    Escalation,
-    EventPayload,
-    PhaseCompleted,
-    PhaseStarted,
-)
+from cofounder_server.domain.escalations import Escalation
+from cofounder_server.domain.events import AgentToolCalled, EventPayload, PhaseCompleted, PhaseStarted
 from cofounder_server.domain.model import JobOutcome
 from cofounder_server.executor.answers import Ask
 from cofounder_server.executor.plugins import Message, Tool, ToolContext, ToolResult, Turn

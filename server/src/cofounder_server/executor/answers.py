@@ -16,15 +16,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from cofounder_server.domain.escalations import Question, attempts_text, delivered_text
-from cofounder_server.domain.events import (
+from cofounder_server.domain.escalations import (
     Escalation,
     EscalationOption,
     EscalationStatus,
     EscalationTrigger,
-    escalation_from_json,
-    to_json,
+    Question,
+    attempts_text,
+    delivered_text,
 )
+from cofounder_server.domain.events import escalation_from_json, to_json
 from cofounder_server.domain.model import AgentState, JobOutcome
 from cofounder_server.executor.parking import Park
 from cofounder_server.executor.plugins import Message, ToolCall

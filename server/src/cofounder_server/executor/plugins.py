@@ -135,9 +135,10 @@ class BrainError(Exception):
     ``retryable`` says whether trying again may help (a timeout, an overloaded API) or not
     (bad credentials, an invalid request). ``signature`` is a normalised description used to
     count retries of the same failure (no ids, timestamps or numbers that vary).
-    ``retry_after``: the provider asked to slow down and said for how many seconds (a rate
-    limit or an overload with ``retry-after``); the executor waits at least that long before
-    trying again and does not count the wait as a failure.
+    ``retry_after`` is set when the provider asked for a pause (a rate limit or overload,
+    with its ``retry-after`` seconds, or the shared default backoff when it gave none): the
+    executor waits at least that many seconds before trying again and does not count the
+    failure like an ordinary one, since the call was refused, not broken.
     """
 
     def __init__(

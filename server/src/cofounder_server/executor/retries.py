@@ -22,8 +22,14 @@ from typing import Any
 
 from cofounder_server import observability
 from cofounder_server.clock import Clock
-from cofounder_server.domain.escalations import ErrorClass, classify_error, error_signature
-from cofounder_server.domain.events import AgentRetrying, Escalation, EscalationTrigger, EventPayload
+from cofounder_server.domain.escalations import (
+    ErrorClass,
+    Escalation,
+    EscalationTrigger,
+    classify_error,
+    error_signature,
+)
+from cofounder_server.domain.events import AgentRetrying, EventPayload
 from cofounder_server.executor.answers import error_escalation, question_escalation
 from cofounder_server.executor.plugins import (
     Brain,

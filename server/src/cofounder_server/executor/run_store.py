@@ -20,11 +20,11 @@ from cofounder_server.clock import Clock
 from cofounder_server.domain import budget
 from cofounder_server.domain.changes import Change, Spend
 from cofounder_server.domain.errors import Unavailable
-from cofounder_server.domain.events import AgentWaitingForInput, Escalation, EventPayload
+from cofounder_server.domain.escalations import Escalation
+from cofounder_server.domain.events import AgentWaitingForInput, EventPayload
 from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.executor.writer import Recorded, RecordWrite, RecordWriter
 from cofounder_server.services.changes import ChangePipeline
-from cofounder_server.services.escalations import change_of
 from cofounder_server.store.checkpoints import CheckpointStore, RunStart
 from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
@@ -158,7 +158,7 @@ class RunStore:
             raise Gone
         for stored in change.escalations:  # only those stored now: a retry raises none again
             observability.metrics.escalations_raised(stored.trigger.value).inc()
-        await self._apply(change_of(change))
+        await self._apply(change)
         for escalation in escalations:
             stores.deadline_raised(escalation.deadline)
 
@@ -170,7 +170,7 @@ class RunStore:
             self.job_id, stores.runner_id, escalation_ids, now=stores.clock.now()
         )
         if change is not None:
-            await self._apply(change_of(change))
+            await self._apply(change)
         return decided, change is not None
 
     async def waiting_again(self, pending: Sequence[str], pause: Pause) -> None:

@@ -42,22 +42,19 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
-
 from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain import budget
 from cofounder_server.domain.changes import Spend
-from cofounder_server.domain.errors import DomainError
+from cofounder_server.domain.errors import DomainError, Unavailable
 from cofounder_server.domain.events import WakeReason
 from cofounder_server.domain.model import AgentState, Job, JobStatus
 from cofounder_server.executor.loop import AgentRun
 from cofounder_server.executor.parking import Park, Parked, ParkingLot, WakeCause
 from cofounder_server.executor.slots import AwakeSlots, Waiting
 from cofounder_server.executor.writer import RecordWriter
-from cofounder_server.live import keys
+from cofounder_server.live.client import LiveClient
+from cofounder_server.live.control import ControlSubscription, ControlVerb
 from cofounder_server.observability import logs
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.checkpoints import RunStart
@@ -111,7 +108,7 @@ class Executor:
         leases: RunnerLeases,
         writer: RecordWriter,
         changes: ChangePipeline,
-        redis: Redis,
+        live: LiveClient,
         clock: Clock,
         runner_id: str,
         new_run: Callable[[Job, RunStart | None, Callable[[int], None]], AgentRun],
@@ -125,12 +122,12 @@ class Executor:
         """``new_run`` builds the run of a claimed or resumed job (with what it starts from,
         when that was read already, and what to tell when its conversation grows);
         ``awake_memory_bytes`` and ``max_running_jobs`` bound the awake agents (:mod:`.slots`);
-        ``redis`` carries the control channel and the ``wake_signal`` keys the sweep reads."""
+        ``live`` carries the control channel and the ``wake_signal`` keys the sweep reads."""
         self._runs = runs
         self._leases = leases
         self._writer = writer
         self._changes = changes
-        self._redis = redis
+        self._live = live
         self._clock = clock
         self.runner_id = runner_id
         self._new_run = new_run
@@ -208,13 +205,12 @@ class Executor:
         await self._leases.renew(self.runner_id, now=now, lease_until=now + self._lease)
         self._last_sweep = now
         self._writer.start()
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
+        control = await self._live.subscribe_control()
         self.lot.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="executor-claims"),
             asyncio.create_task(self._lease_loop(), name="executor-lease"),
-            asyncio.create_task(self._control_loop(pubsub), name="executor-control"),
+            asyncio.create_task(self._control_loop(control), name="executor-control"),
             asyncio.create_task(self._sweep_loop(), name="executor-sweep"),
             asyncio.create_task(self._resume_loop(), name="executor-resumes"),
         ]
@@ -291,33 +287,20 @@ class Executor:
         if not self.lot.notify(job_id) and not self.holds(job_id):
             self._claim_now.set()  # an unowned sleeping job is claimed as an awake one
 
-    async def _control_loop(self, pubsub: PubSub) -> None:
+    async def _control_loop(self, control: ControlSubscription) -> None:
         try:
-            while not self._stopping:
-                try:
-                    message = await pubsub.get_message(timeout=1.0)
-                except (RedisError, OSError) as error:
-                    log.warning("executor control channel: %s; resubscribing", error)
-                    await asyncio.sleep(1.0)
-                    with contextlib.suppress(RedisError, OSError):
-                        await pubsub.subscribe(keys.EXECUTOR_CONTROL_CHANNEL)
-                    continue
-                if message is None:
-                    continue
-                data = message.get("data")
-                text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-                verb, _, job_id = text.partition(" ")
-                if verb == "cancel":
-                    self._cancel(job_id)
-                elif verb == "answer":
-                    self.job_answered(job_id)
-                elif verb == "wake":
-                    self._wake(job_id)
-                elif verb == "released" and job_id != self.runner_id:
+            async for message in control:
+                subject = message.subject
+                if message.verb is ControlVerb.CANCEL:
+                    self._cancel(subject)
+                elif message.verb is ControlVerb.ANSWER:
+                    self.job_answered(subject)
+                elif message.verb is ControlVerb.WAKE:
+                    self._wake(subject)
+                elif message.verb is ControlVerb.RELEASED and subject != self.runner_id:
                     self._claim_now.set()
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            await control.aclose()
 
     # --- the runner lease -----------------------------------------------------------------
 
@@ -614,12 +597,12 @@ class Executor:
         for start in range(0, len(sleeping), WAKE_SIGNAL_BATCH):
             batch = sleeping[start : start + WAKE_SIGNAL_BATCH]
             try:
-                values = await self._redis.mget([keys.wake_signal_key(job_id) for job_id in batch])
-            except (RedisError, OSError) as error:
+                signalled = await self._live.pending_wake_signals(batch)
+            except Unavailable as error:
                 log.info("wake signals not read this sweep: %s", error)
                 return
-            for job_id, value in zip(batch, values, strict=True):
-                if value is not None and await self._changes.take_wake_signal(job_id):
+            for job_id in signalled:
+                if await self._changes.take_wake_signal(job_id):
                     self.lot.notify(job_id)
 
 

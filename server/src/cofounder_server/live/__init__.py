@@ -1,1 +1,3 @@
-"""The Redis live layer: an embedded engine, the key contract, versioned values and a tracked cache."""
+"""The Redis live layer, the only code that speaks Redis: the client the services and the
+executor use (named round trips), the key contract, the executor control channel, versioned
+values, a tracked cache, the pub/sub subscriber and an embedded engine."""

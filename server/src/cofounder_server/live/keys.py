@@ -15,7 +15,7 @@ key                                   value                                     
 
 Pub/sub channels (not keys): ``cofounder:job:{id}:events`` carries each event of a job once
 it is committed, ``cofounder:escalations:events`` each entry of the escalation feed, and
-``cofounder:executor:control`` the cancel and wake requests for the replica running a job.
+``cofounder:executor:control`` the requests to the replica running a job (:mod:`.control`).
 
 Every write of the agent's keys is queued by this module's functions, and only the change
 pipeline (:mod:`cofounder_server.services.changes`) runs them, after the SQL commit.
@@ -34,10 +34,7 @@ import math
 import re
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
-
 from cofounder_server.domain.model import AgentState
-from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.live.versioned import LiveWrites
 
 KEY_PREFIX = "cofounder:"
@@ -104,8 +101,7 @@ ESCALATION_EVENTS_CHANNEL = "cofounder:escalations:events"
 """The pub/sub channel of the escalation feed (every owner's entries)."""
 
 EXECUTOR_CONTROL_CHANNEL = "cofounder:executor:control"
-"""The pub/sub channel of cancel and wake requests to whichever replica runs a job:
-``cancel {job_id}`` / ``wake {job_id}``."""
+"""The pub/sub channel of requests to whichever replica runs a job (:mod:`.control`)."""
 
 
 def format_wake_at(when: datetime) -> str:
@@ -197,11 +193,3 @@ def queue_budget_pct(writes: LiveWrites, job_id: str, pct: int) -> None:
     """Queue ``budget_pct`` = ``pct`` clamped to 0..100 (TTL 90 s), under the same condition
     as :func:`queue_agent_state`."""
     writes.set_if_current(budget_pct_key(job_id), str(min(100, max(0, pct))), BUDGET_PCT_TTL_SECONDS)
-
-
-async def take_wake_signal(redis: Redis, job_id: str) -> bool:
-    """Consume a pending ``wake_signal`` atomically; True if there was one. Raises
-    :class:`~cofounder_server.domain.errors.Unavailable` when Redis cannot be reached."""
-    with unavailable_on_error("take wake signal"):
-        taken = await redis.getdel(wake_signal_key(job_id))
-    return taken is not None

@@ -194,17 +194,12 @@ class TrackedCache:
 
         Raises ``Unavailable`` if Redis is needed (a miss) and cannot be reached.
         """
-        client = self._client
-        if client is None:
-            raise RuntimeError("TrackedCache is not started")
+        client = self._started()
         if not keys:
             return []
         if not self._coherent:
             self._misses += len(keys)
-            with unavailable_on_error("read"):
-                values = await client.mget(keys)
-            # Without decode_responses, values are bytes; redis-py's annotation admits str.
-            return cast(list[bytes | None], values)
+            return await self._read(client, keys)
 
         now = time.monotonic()
         results: list[bytes | None] = [None] * len(keys)
@@ -225,6 +220,23 @@ class TrackedCache:
                 for index in missing[key]:
                     results[index] = value
         return results
+
+    async def read_uncached(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` read from Redis in one round trip, even where memory holds
+        them, and not cached. Raises ``Unavailable``."""
+        return await self._read(self._started(), keys)
+
+    def _started(self) -> Redis:
+        if self._client is None:
+            raise RuntimeError("TrackedCache is not started")
+        return self._client
+
+    @staticmethod
+    async def _read(client: Redis, keys: Sequence[str]) -> list[bytes | None]:
+        with unavailable_on_error("read"):
+            values = await client.mget(keys)
+        # Without decode_responses, values are bytes; redis-py's annotation admits str.
+        return cast(list[bytes | None], values)
 
     def holds(self, key: str) -> bool:
         """Whether a read of ``key`` now would be answered from memory, without Redis."""

@@ -319,6 +319,12 @@ class MetricsServer:
         """The port it listens on."""
         return int(self._server.server_port)
 
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` it listens on, with the port it got when asked for port 0."""
+        host = str(self._server.server_address[0])
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
     async def stop(self) -> None:
         """Stop serving (waits for a scrape in progress)."""
         await asyncio.to_thread(self._server.shutdown)

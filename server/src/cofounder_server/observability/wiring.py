@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import CollectorRegistry
@@ -19,6 +20,8 @@ from cofounder_server.observability.prometheus import (
 )
 from cofounder_server.observability.rpc import Observer, RpcMetrics
 from cofounder_server.observability.tracing import Tracer
+
+log = logging.getLogger(__name__)
 
 
 class Observability:
@@ -87,6 +90,7 @@ class Observability:
             raise SystemExit(f"cannot serve metrics on {listen}: {error}") from error
         stack.push_async_callback(server.stop)
         self.metrics_port = server.port
+        log.info("metrics served on http://%s/metrics", server.address)
 
     async def close(self) -> None:
         """Flush the tracer and uninstall (so a later server in this process starts clean)."""

@@ -32,20 +32,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
 from cofounder_server.domain.changes import Change, RunnerNotice, Spend, visible_agent_state
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import Job
-from cofounder_server.events.escalation_feed import EscalationEventEncoder, wire_escalation_event
+from cofounder_server.events.escalation_events import EscalationEventEncoder, wire_escalation_event
 from cofounder_server.events.hub import WireEvent, pack
 from cofounder_server.events.job_events import JobEventEncoder, wire_event
 from cofounder_server.live import keys
-from cofounder_server.live.connect import unavailable_on_error
+from cofounder_server.live.client import LiveClient, RoundTrip
+from cofounder_server.live.control import ControlMessage, ControlVerb
 from cofounder_server.live.summary import JobSummary, summary_version
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.live.versioned import LiveWrites
@@ -62,9 +60,9 @@ REPAIR_PAGE = 500
 (a restart on an embedded Redis engine rebuilds every parked agent's keys)."""
 
 _CONTROL_VERBS = {
-    RunnerNotice.CANCELLED: "cancel",
-    RunnerNotice.WOKEN: "wake",
-    RunnerNotice.ANSWERED: "answer",
+    RunnerNotice.CANCELLED: ControlVerb.CANCEL,
+    RunnerNotice.WOKEN: ControlVerb.WAKE,
+    RunnerNotice.ANSWERED: ControlVerb.ANSWER,
 }
 
 
@@ -93,7 +91,7 @@ class ChangePipeline:
 
     def __init__(
         self,
-        redis: Redis,
+        live: LiveClient,
         cache: TrackedCache,
         clock: Clock,
         encode: JobEventEncoder,
@@ -103,7 +101,7 @@ class ChangePipeline:
         ledger: LedgerRepository,
         event_log: EventLogRepository,
     ) -> None:
-        self._redis = redis
+        self._live = live
         self._cache = cache
         self._clock = clock
         self._encode = encode
@@ -124,7 +122,7 @@ class ChangePipeline:
 
     async def committed(self, change: Change, notice: RunnerNotice | None = None) -> None:
         """Everything downstream of one committed change; never raises for Redis trouble."""
-        controls = [(_CONTROL_VERBS[notice], change.job_id)] if notice in _CONTROL_VERBS else []
+        controls = [ControlMessage(_CONTROL_VERBS[notice], change.job_id)] if notice in _CONTROL_VERBS else []
         try:
             await self._fan_out([change], controls)
         finally:
@@ -149,9 +147,9 @@ class ChangePipeline:
         spend, progress = await self._ledger.spend_and_progress(job, window_start(now))
         latest = (await self._event_log.job_bounds(job_id)).last_sequence
         summary = JobSummary.of(job, spend)
-        writes = LiveWrites()
+        trip = RoundTrip()
         touched = self._queue_job(
-            writes,
+            trip.writes,
             job,
             summary,
             progress=progress,
@@ -159,7 +157,7 @@ class ChangePipeline:
             sequence=latest,
             now=now,
         )
-        await self._write_rebuilt(writes, touched)
+        await self._write_rebuilt(trip, touched)
         return job, summary, latest
 
     async def rebuild_many(self, job_ids: Sequence[str]) -> None:
@@ -172,12 +170,12 @@ class ChangePipeline:
         now = self._clock.now()
         facts = await self._ledger.spend_and_progress_many(jobs, window_start(now))
         latest = await self._event_log.job_last_sequences([job.job_id for job in jobs])
-        writes = LiveWrites()
+        trip = RoundTrip()
         touched: list[str] = []
         for job in jobs:
             spend, progress = facts[job.job_id]
             touched += self._queue_job(
-                writes,
+                trip.writes,
                 job,
                 JobSummary.of(job, spend),
                 progress=progress,
@@ -185,15 +183,12 @@ class ChangePipeline:
                 sequence=latest[job.job_id],
                 now=now,
             )
-        await self._write_rebuilt(writes, touched)
+        await self._write_rebuilt(trip, touched)
 
-    async def _write_rebuilt(self, writes: LiveWrites, touched: Sequence[str]) -> None:
+    async def _write_rebuilt(self, trip: RoundTrip, touched: Sequence[str]) -> None:
         """Write rebuilt keys in one round trip; the local cache forgets them even on failure."""
         try:
-            with unavailable_on_error("rebuild live keys"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    writes.queue(pipe)
-                    await pipe.execute()
+            await self._live.send(trip, "rebuild live keys")
         finally:
             self._cache.invalidate(touched)
 
@@ -201,7 +196,7 @@ class ChangePipeline:
         """Consume the job's ``wake_signal`` key (set by writers outside this server); False
         also when Redis cannot be reached (the agent wakes on time or by WakeAgent)."""
         try:
-            return await keys.take_wake_signal(self._redis, job_id)
+            return await self._live.take_wake_signal(job_id)
         except Unavailable:
             return False
 
@@ -212,12 +207,10 @@ class ChangePipeline:
         if not job_ids:
             return
         try:
-            with unavailable_on_error("read agent states"):
-                present = await self._redis.mget([keys.state_key(job_id) for job_id in job_ids])
+            missing = await self._live.missing_agent_states(job_ids)
         except Unavailable:
             self._defer(set(job_ids))
             return
-        missing = {job_id for job_id, value in zip(job_ids, present, strict=True) if value is None}
         if missing:
             self._defer(missing)
 
@@ -225,8 +218,9 @@ class ChangePipeline:
         """A stopping executor handed its jobs over: tell the other replicas to claim now (a
         lost message only delays the claim to their next round)."""
         try:
-            with unavailable_on_error("announce released jobs"):
-                await self._redis.publish(keys.EXECUTOR_CONTROL_CHANNEL, f"released {runner_id}")
+            await self._live.publish_control(
+                ControlMessage(ControlVerb.RELEASED, runner_id), "announce released jobs"
+            )
         except Unavailable as error:
             log.warning("could not announce the jobs released by %s: %s", runner_id, error)
 
@@ -253,7 +247,7 @@ class ChangePipeline:
         else:
             runner.job_woken(job)
 
-    async def _fan_out(self, changes: Sequence[Change], controls: list[tuple[str, str]]) -> None:
+    async def _fan_out(self, changes: Sequence[Change], controls: list[ControlMessage]) -> None:
         observability.metrics.events_appended.inc(sum(len(change.events) for change in changes))
         if self.before_live is not None:
             await self.before_live(changes)
@@ -261,7 +255,7 @@ class ChangePipeline:
         touched: list[str] = []
         try:
             now = self._clock.now()
-            writes = LiveWrites()
+            trip = RoundTrip()
             announcements: dict[str, list[WireEvent]] = {}
             feed = [
                 wire_escalation_event(entry, self._encode_escalation)
@@ -273,11 +267,11 @@ class ChangePipeline:
                     announcements.setdefault(change.job_id, []).append(wire_event(event, self._encode))
                 job = change.job
                 if job is None:
-                    touched += self._queue_sequence(writes, change.job_id, change.last_sequence)
+                    touched += self._queue_sequence(trip.writes, change.job_id, change.last_sequence)
                     continue
                 spend = change.spend or await self._ledger.spend_of(job, window_start(now))
                 touched += self._queue_job(
-                    writes,
+                    trip.writes,
                     job,
                     JobSummary.of(job, spend),
                     progress=change.progress,
@@ -286,17 +280,14 @@ class ChangePipeline:
                     now=now,
                     agent_keys=not change.iteration,
                 )
-            with unavailable_on_error("fan out committed changes"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    writes.queue(pipe)
-                    for job_id, events in announcements.items():
-                        pipe.publish(keys.job_events_channel(job_id), pack(events))
-                    if feed:
-                        pipe.publish(keys.ESCALATION_EVENTS_CHANNEL, pack(feed))
-                    for verb, job_id in controls:
-                        pipe.publish(keys.EXECUTOR_CONTROL_CHANNEL, f"{verb} {job_id}")
-                    await pipe.execute()
-        except (Unavailable, RedisError) as error:
+            for job_id, events in announcements.items():
+                trip.announce(keys.job_events_channel(job_id), pack(events))
+            if feed:
+                trip.announce(keys.ESCALATION_EVENTS_CHANNEL, pack(feed))
+            for control in controls:
+                trip.control(control)
+            await self._live.send(trip, "fan out committed changes")
+        except Unavailable as error:
             # Committed is committed: the events are in SQL for every watcher, and the keys
             # are rebuilt from SQL once Redis is back.
             log.warning("live keys and fan-out of %d committed changes deferred: %s", len(changes), error)

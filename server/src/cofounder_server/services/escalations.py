@@ -16,10 +16,9 @@ from datetime import datetime, timedelta
 
 from cofounder_server import observability
 from cofounder_server.clock import Clock
-from cofounder_server.domain.changes import Change, RunnerNotice
+from cofounder_server.domain.changes import RunnerNotice
 from cofounder_server.domain.errors import DomainError, NotFound
-from cofounder_server.domain.escalations import decision_source
-from cofounder_server.domain.events import Escalation, EscalationStatus
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, decision_source
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.domain.pagination import (
     Cursor,
@@ -30,7 +29,7 @@ from cofounder_server.domain.pagination import (
 )
 from cofounder_server.domain.principal import Principal
 from cofounder_server.services.changes import ChangePipeline
-from cofounder_server.store.escalations import Decision, EscalationChange, EscalationRepository
+from cofounder_server.store.escalations import Decision, EscalationRepository
 from cofounder_server.store.idempotency import request_fingerprint
 
 log = logging.getLogger(__name__)
@@ -51,13 +50,6 @@ class ResolveOutcome:
     """The agent waits for input now and continues at once."""
     agent_wake_time: datetime | None
     """The agent sleeps on its budget and acts on the answer when it wakes."""
-
-
-def change_of(change: EscalationChange) -> Change:
-    """The change-pipeline form of an escalation change."""
-    if change.job is not None:
-        return Change.of(change.job, change.events, feed=change.feed)
-    return Change(change.job_id, None, tuple(change.events), feed=tuple(change.feed))
 
 
 class EscalationService:
@@ -121,7 +113,7 @@ class EscalationService:
         )
         if resolved.change is not None:  # None: a retry of a resolve already counted
             _count_decided(resolved.escalation)
-            await self._changes.committed(change_of(resolved.change), RunnerNotice.ANSWERED)
+            await self._changes.committed(resolved.change, RunnerNotice.ANSWERED)
         job = resolved.job
         running = job is not None and job.status is JobStatus.RUNNING
         # Its last answer sets a waiting agent working: it acts on the decision now.
@@ -164,7 +156,7 @@ class DeadlineTimer:
         for change in changes:
             for escalation in change.escalations:
                 _count_decided(escalation)
-            await self._changes.committed(change_of(change), RunnerNotice.ANSWERED)
+            await self._changes.committed(change, RunnerNotice.ANSWERED)
         return len(changes)
 
     async def _run(self) -> None:

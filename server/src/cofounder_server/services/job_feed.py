@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 from cofounder_server.clock import Clock
@@ -80,23 +79,26 @@ class JobEventFeed:
         newest event), ``OutOfRange`` (cursor older than the retained history), and ends
         with ``Unavailable`` as described in :mod:`.feed`.
         """
-        # Checks the owner before anything is subscribed; a cache hit as a rule.
-        await self._status.snapshot(principal, job_id)
+        # Taken before anything is subscribed, so it checks the owner first (a cache hit as a
+        # rule). Its facts are at least as new as its event sequence, and the events continue
+        # right after that sequence: those committed meanwhile reach the watcher as events.
+        snapshot = await self._status.snapshot(principal, job_id)
         source = _JobStream(self._log, self._status, self._encode, job_id)
         async with self._hub.watch(keys.job_events_channel(job_id), source) as watcher:
             topic = watcher.topic
-            # Read before the snapshot's facts, so they are at least as new as it says.
-            latest = topic.last
-            snapshot = await self._status.snapshot(principal, job_id)
-            cursor = latest
+            cursor = snapshot.latest_event_sequence
             if after is not None:
                 bounds = await self._log.job_bounds(job_id)
                 check_cursor(
-                    "after_sequence", after, bounds.pruned_through, max(latest, bounds.last_sequence)
+                    "after_sequence", after, bounds.pruned_through, max(topic.last, bounds.last_sequence)
                 )
                 cursor = after or bounds.pruned_through
-            yield dataclasses.replace(snapshot, latest_event_sequence=latest)
-            if topic.terminal_sequence is not None and cursor >= topic.terminal_sequence:
+            yield snapshot
+            terminal = topic.terminal_sequence
+            if terminal is None and snapshot.job_status.is_terminal:
+                # Ended already; the topic may not have heard of it yet.
+                terminal = snapshot.latest_event_sequence
+            if terminal is not None and cursor >= terminal:
                 return  # the job ended before this cursor: nothing more will come
             async for item in follow(
                 watcher, cursor, source.read_for_watcher, self._clock, end_on_terminal=True

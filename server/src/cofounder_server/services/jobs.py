@@ -70,12 +70,16 @@ class JobService:
         token = encode_page_token(Cursor(*after), fingerprint) if after else ""
         return jobs, token
 
-    async def cancel(self, principal: Principal, job_id: str, reason: str) -> Job:
-        """Cancel a queued or running job; cancelling a cancelled job returns it unchanged."""
+    async def cancel(self, principal: Principal, job_id: str, reason: str, request_id: str = "") -> Job:
+        """Cancel a queued or running job; cancelling a cancelled job returns it unchanged. A
+        retried ``request_id`` returns the job as it stands; the same ``request_id`` with
+        another job or reason is ``AlreadyExists``."""
         change = await self._jobs.cancel(
             job_id,
             owner_scope=principal.owner_scope,
             reason=reason or "cancelled by request",
+            request_id=request_id,
+            fingerprint=request_fingerprint({"job_id": job_id, "reason": reason}),
             now=self._clock.now(),
         )
         if change.events:

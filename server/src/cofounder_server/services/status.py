@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from redis.asyncio import Redis
-
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import shown_percent, window_start
 from cofounder_server.domain.changes import LIVE_AGENT_STATES
@@ -20,7 +18,6 @@ from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import AgentState, JobStatusSnapshot
 from cofounder_server.domain.principal import Principal
 from cofounder_server.live import keys
-from cofounder_server.live.connect import unavailable_on_error
 from cofounder_server.live.summary import JobSummary, decode_summary
 from cofounder_server.live.tracked_cache import TrackedCache
 from cofounder_server.live.versioned import decode
@@ -36,7 +33,6 @@ class LiveStatus:
     def __init__(
         self,
         *,
-        redis: Redis,
         cache: TrackedCache,
         changes: ChangePipeline,
         jobs: JobRepository,
@@ -44,7 +40,6 @@ class LiveStatus:
         event_log: EventLogRepository,
         clock: Clock,
     ) -> None:
-        self._redis = redis
         self._cache = cache
         self._changes = changes
         self._jobs = jobs
@@ -96,8 +91,7 @@ class LiveStatus:
         id costs, and the time taken does not tell whether an id exists.
         """
         if from_memory:
-            with unavailable_on_error("read"):
-                await self._redis.mget(names)
+            await self._cache.read_uncached(names)
 
     async def cover(self, job_id: str, sequence: int) -> None:
         """Make sure the live view is at least as new as event ``sequence``, which is about to

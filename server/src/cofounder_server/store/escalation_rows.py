@@ -9,15 +9,17 @@ from datetime import UTC, datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cofounder_server.domain.events import (
-    AgentEscalationWithdrawn,
+from cofounder_server.domain.escalations import (
     DecisionSource,
     Escalation,
-    EscalationEvent,
-    EscalationEventKind,
     EscalationOption,
     EscalationStatus,
     EscalationTrigger,
+)
+from cofounder_server.domain.events import (
+    AgentEscalationWithdrawn,
+    EscalationEvent,
+    EscalationEventKind,
     EventPayload,
 )
 from cofounder_server.store.events import EventLogRepository

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,9 +20,13 @@ from sqlalchemy import Update, case, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cofounder_server.domain.changes import Change
 from cofounder_server.domain.errors import FailedPrecondition, NotFound
 from cofounder_server.domain.escalations import (
     ALREADY_RESOLVED,
+    DecisionSource,
+    Escalation,
+    EscalationStatus,
     check_decision,
     deadline_outcome,
     delivered_text,
@@ -31,11 +35,8 @@ from cofounder_server.domain.events import (
     AgentEscalationRaised,
     AgentEscalationResolved,
     AgentWaitingForInput,
-    DecisionSource,
-    Escalation,
     EscalationEvent,
     EscalationEventKind,
-    EscalationStatus,
     EventPayload,
     JobEvent,
 )
@@ -68,25 +69,13 @@ class Decision:
     via_service: str = ""
 
 
-@dataclass
-class EscalationChange:
-    """What one transaction did: the escalations as committed, their feed entries, the job's
-    events and (when the agent's state changed) the job as committed."""
-
-    job_id: str
-    escalations: list[Escalation] = field(default_factory=list)
-    feed: list[EscalationEvent] = field(default_factory=list)
-    events: list[JobEvent] = field(default_factory=list)
-    job: Job | None = None
-
-
 @dataclass(frozen=True)
 class Resolved:
     """The outcome of a resolve: the escalation as it stands, its change (``None`` when a
     retried ``request_id`` replayed an earlier resolve) and the job as it stands."""
 
     escalation: Escalation
-    change: EscalationChange | None
+    change: Change | None
     job: Job | None
 
 
@@ -108,10 +97,11 @@ class EscalationRepository:
         *,
         before: Sequence[EventPayload] = (),
         now: datetime,
-    ) -> EscalationChange | None:
+    ) -> Change | None:
         """Record ``escalations`` of the job this runner runs, and set its agent waiting for
         input: ``before`` (e.g. ``agent.retrying``), then ``agent.escalation_raised`` and
-        ``agent.waiting_for_input`` per escalation, in one transaction.
+        ``agent.waiting_for_input`` per escalation, in one transaction. The change's feed
+        holds the escalations stored now.
 
         Raising again after a restart is harmless: escalations already stored (by id) are
         neither stored nor announced twice, and when all of them are decided nothing changes.
@@ -132,7 +122,7 @@ class EscalationRepository:
             known = {str(escalation_id): str(state) for escalation_id, state in rows.all()}
             fresh = [e for e in escalations if e.escalation_id not in known]
             if not fresh and _PENDING not in known.values():
-                return EscalationChange(job_id)  # all decided already: the agent need not wait
+                return Change(job_id, None)  # all decided already: the agent need not wait
             statement = (
                 update(JobRow)
                 .where(*held)
@@ -145,21 +135,19 @@ class EscalationRepository:
             job_row = await _update_returning(session, statement, now)
             if job_row is None:
                 return None
-            change = EscalationChange(job_id, job=job_of(job_row))
+            feed: list[EscalationEvent] = []
             payloads: list[EventPayload] = list(before)
             for escalation in fresh:
                 session.add(new_row(escalation))
-                change.escalations.append(escalation)
-                change.feed.append(
+                feed.append(
                     await self._event_log.append_escalation_event_in(
                         session, EscalationEventKind.RAISED, escalation, now=now
                     )
                 )
                 payloads.append(AgentEscalationRaised(escalation))
                 payloads.append(AgentWaitingForInput(escalation.escalation_id))
-            if payloads:
-                change.events = await self._event_log.append_job_events_in(session, job_id, payloads, now=now)
-            return change
+            events = await self._events_in(session, job_id, payloads, now)
+            return Change.of(job_of(job_row), events, feed=feed)
 
     async def count_for_job(self, job_id: str) -> int:
         """How many escalations the job has raised."""
@@ -256,7 +244,7 @@ class EscalationRepository:
                 )
             )
 
-    async def expire_due(self, *, now: datetime, limit: int = 100) -> builtins.list[EscalationChange]:
+    async def expire_due(self, *, now: datetime, limit: int = 100) -> builtins.list[Change]:
         """Decide every pending escalation whose deadline has passed: with its default option,
         or expired without one, recorded as decided by the deadline. Each fires once, whichever
         replica gets there first."""
@@ -293,7 +281,7 @@ class EscalationRepository:
 
     async def _decided(
         self, session: AsyncSession, escalation: Escalation, pending: Sequence[str], now: datetime
-    ) -> EscalationChange:
+    ) -> Change:
         """The rest of a decision's transaction: its feed entry, and the job no longer
         listing it as pending (a change of the job, so its summary follows). With its last
         pending escalation decided, an agent waiting for input is working again: its runner
@@ -311,13 +299,13 @@ class EscalationRepository:
         statement = update(JobRow).where(JobRow.job_id == escalation.job_id).values(**values)
         job_row = await _update_returning(session, statement, now)
         job = None if job_row is None else job_of(job_row)
-        return EscalationChange(escalation.job_id, [escalation], [feed], job=job)
+        return Change(escalation.job_id, job, feed=(feed,))
 
     # --- delivering -----------------------------------------------------------------------
 
     async def deliver(
         self, job_id: str, runner_id: str, escalation_ids: Sequence[str], *, now: datetime
-    ) -> tuple[builtins.list[Escalation], EscalationChange | None]:
+    ) -> tuple[builtins.list[Escalation], Change | None]:
         """Hand the agent the decisions of ``escalation_ids`` (all of one turn's).
 
         Returns the escalations as they stand. Once none of them is pending, marks the
@@ -375,10 +363,16 @@ class EscalationRepository:
                             delivered=delivered_text(escalation),
                         )
                     )
-            change = EscalationChange(job_id, job=job_of(job_row))
-            if payloads:
-                change.events = await self._event_log.append_job_events_in(session, job_id, payloads, now=now)
-            return escalations, change
+            events = await self._events_in(session, job_id, payloads, now)
+            return escalations, Change.of(job_of(job_row), events)
+
+    async def _events_in(
+        self, session: AsyncSession, job_id: str, payloads: Sequence[EventPayload], now: datetime
+    ) -> builtins.list[JobEvent]:
+        """Append ``payloads`` to the job's log inside ``session`` (none: no write)."""
+        if not payloads:
+            return []
+        return await self._event_log.append_job_events_in(session, job_id, payloads, now=now)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from cofounder_server.domain.errors import NotFound
+from cofounder_server.domain.escalations import Escalation
 from cofounder_server.domain.events import (
-    Escalation,
     EscalationEvent,
     EscalationEventKind,
     EventPayload,
@@ -169,7 +169,7 @@ class EventLogRepository:
                     EventCounterRow.stream.in_(list(streams))
                 )
             )
-            found = {streams[stream]: int(last) for stream, last in rows.tuples()}
+            found = {streams[stream]: int(last) for stream, last in rows}
         return {job_id: found.get(job_id, 0) for job_id in job_ids}
 
     # --- the escalation feed ------------------------------------------------------------

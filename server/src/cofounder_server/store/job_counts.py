@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
-from cofounder_server.domain.events import EscalationStatus
+from cofounder_server.domain.escalations import EscalationStatus
 from cofounder_server.domain.model import JobStatus
 from cofounder_server.observability.prometheus import JobCounts
 from cofounder_server.store.database import Database

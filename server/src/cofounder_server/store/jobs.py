@@ -37,6 +37,8 @@ from cofounder_server.store.models import JobRow
 
 SUBMIT_JOB = "SubmitJob"
 """The idempotency-key operation name of job creation."""
+CANCEL_JOB = "CancelJob"
+"""The idempotency-key operation name of a cancel."""
 
 _CANCELLABLE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -156,6 +158,8 @@ class JobRepository:
         *,
         owner_scope: str | None,
         reason: str,
+        request_id: str = "",
+        fingerprint: str = "",
         now: datetime,
     ) -> Change:
         """Cancel a QUEUED or RUNNING job with its ``job.status_changed`` event, withdrawing
@@ -166,11 +170,69 @@ class JobRepository:
         or one outside ``owner_scope`` and ``FailedPrecondition("JOB_ALREADY_FINISHED")``
         for a READY or FAILED one. The status check is in the UPDATE itself, so a
         concurrent finish or cancel cannot be overwritten.
+
+        With a ``request_id``, a retry of the same request (same ``fingerprint``) returns the
+        job as it stands and changes nothing, even when both attempts race; reusing the
+        ``request_id`` for a different request raises ``AlreadyExists``. A refused cancel
+        keeps no key.
         """
         now = _utc(now)
+        try:
+            async with self._database.write() as session:
+                current_row = (
+                    await session.execute(
+                        select(JobRow.status, JobRow.pending_escalations, JobRow.owner_id)
+                        .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
+                        .with_for_update()
+                    )
+                ).first()
+                if current_row is None:
+                    raise NotFound("job", job_id)
+                previous, pending, owner_id = current_row
+                if request_id and await _cancel_replayed(session, owner_id, request_id, fingerprint):
+                    return Change.of(await _current(session, job_id))
+                change = await self._cancel_in(session, job_id, previous, pending, reason=reason, now=now)
+                if request_id:
+                    record_key(
+                        session,
+                        owner_id=owner_id,
+                        operation=CANCEL_JOB,
+                        request_id=request_id,
+                        fingerprint=fingerprint,
+                        resource_id=job_id,
+                        now=now,
+                    )
+                return change
+        except IntegrityError:
+            if not request_id:
+                raise
+            # A concurrent attempt with the same request_id committed its key first: replay it.
+            async with self._database.read() as session:
+                job = await _current(session, job_id)
+                if not await _cancel_replayed(session, job.owner_id, request_id, fingerprint):
+                    raise
+                return Change.of(job)
+
+    async def _cancel_in(
+        self,
+        session: AsyncSession,
+        job_id: str,
+        previous: str,
+        pending: builtins.list[str],
+        *,
+        reason: str,
+        now: datetime,
+    ) -> Change:
+        """The cancel of a job locked in ``session`` whose status was ``previous``."""
+        withdrawn: builtins.list[EventPayload] = []
+        feed: builtins.list[EscalationEvent] = []
+        if previous in _CANCELLABLE and pending:
+            withdrawn, feed = await withdraw_pending_in(
+                session, self._event_log, job_id, reason=f"the job was cancelled: {reason}", now=now
+            )
         statement = (
             update(JobRow)
-            .where(JobRow.job_id == job_id, JobRow.status.in_(_CANCELLABLE), *_owned_by(owner_scope))
+            .where(JobRow.job_id == job_id, JobRow.status.in_(_CANCELLABLE))
             .values(
                 status=JobStatus.CANCELLED.value,
                 outcome=JobOutcome.CANCELLED.value,
@@ -178,41 +240,25 @@ class JobRepository:
                 end_time=now,
             )
         )
-        async with self._database.write() as session:
-            current_row = (
-                await session.execute(
-                    select(JobRow.status, JobRow.pending_escalations)
-                    .where(JobRow.job_id == job_id, *_owned_by(owner_scope))
-                    .with_for_update()
+        row = await _update_returning(session, statement, now)
+        if row is None:
+            job = await _current(session, job_id)
+            if job.status is not JobStatus.CANCELLED:
+                raise FailedPrecondition(
+                    "JOB_ALREADY_FINISHED", f"job {job_id!r} already finished as {job.status}"
                 )
-            ).first()
-            previous = None if current_row is None else current_row[0]
-            withdrawn: builtins.list[EventPayload] = []
-            feed: builtins.list[EscalationEvent] = []
-            if previous in _CANCELLABLE and current_row is not None and current_row[1]:
-                withdrawn, feed = await withdraw_pending_in(
-                    session, self._event_log, job_id, reason=f"the job was cancelled: {reason}", now=now
-                )
-            row = await _update_returning(session, statement, now)
-            if row is not None:
-                job = job_of(row)
-                event = JobStatusChanged(
-                    status=job.status,
-                    previous_status=None if previous is None else JobStatus(previous),
-                    outcome=job.outcome,
-                    detail=job.outcome_detail,
-                )
-                events = await self._event_log.append_job_events_in(
-                    session, job.job_id, (*withdrawn, event), now=job.update_time
-                )
-                return Change.of(job, events, feed=feed)
-            current = await session.scalar(_select_job(job_id, owner_scope))
-            if current is None:
-                raise NotFound("job", job_id)
-            job = job_of(current)
-        if job.status is JobStatus.CANCELLED:
             return Change.of(job)
-        raise FailedPrecondition("JOB_ALREADY_FINISHED", f"job {job_id!r} already finished as {job.status}")
+        job = job_of(row)
+        event = JobStatusChanged(
+            status=job.status,
+            previous_status=JobStatus(previous),
+            outcome=job.outcome,
+            detail=job.outcome_detail,
+        )
+        events = await self._event_log.append_job_events_in(
+            session, job.job_id, (*withdrawn, event), now=job.update_time
+        )
+        return Change.of(job, events, feed=feed)
 
     @staticmethod
     async def _replay(session: AsyncSession, owner_id: str, request_id: str, fingerprint: str) -> Job | None:
@@ -225,6 +271,23 @@ class JobRepository:
         if row is None:
             raise NotFound("job", job_id)
         return job_of(row)
+
+
+async def _cancel_replayed(session: AsyncSession, owner_id: str, request_id: str, fingerprint: str) -> bool:
+    """Whether this cancel was made before with ``request_id``; ``AlreadyExists`` when the key
+    names another request."""
+    earlier = await replayed_resource_id(
+        session, owner_id=owner_id, operation=CANCEL_JOB, request_id=request_id, fingerprint=fingerprint
+    )
+    return earlier is not None
+
+
+async def _current(session: AsyncSession, job_id: str) -> Job:
+    """The job as it stands (the caller knows it exists)."""
+    row = await session.get(JobRow, job_id, populate_existing=True)
+    if row is None:
+        raise NotFound("job", job_id)
+    return job_of(row)
 
 
 def _owned_by(owner_scope: str | None) -> tuple[ColumnElement[bool], ...]:

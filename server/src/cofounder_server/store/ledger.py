@@ -96,7 +96,7 @@ async def _per_job(
 ) -> dict[str, Any]:
     """``aggregate`` of the rows matching ``where``, by ``job_id`` (jobs without rows absent)."""
     rows = await session.execute(select(job_id, aggregate).where(*where).group_by(job_id))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 async def budget_in(session: AsyncSession, job_id: str, window: datetime) -> tuple[int, int]:

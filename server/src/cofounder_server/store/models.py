@@ -27,12 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cofounder_server.domain.events import (
-    DecisionSource,
-    EscalationEventKind,
-    EscalationStatus,
-    EscalationTrigger,
-)
+from cofounder_server.domain.escalations import DecisionSource, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.events import EscalationEventKind
 from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
 
 # Deterministic constraint names: Alembic needs names to drop or alter constraints later,

@@ -241,7 +241,11 @@ class CancelJobRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     request_id: _builtins.str
-    """Optional idempotency key (at most 128 characters)."""
+    """Optional idempotency key (at most 128 characters): a retry with the same
+    key, job_id and reason returns the job as it stands and changes nothing;
+    the same key with another job_id or reason is ALREADY_EXISTS. A refused
+    cancel (NOT_FOUND, FAILED_PRECONDITION) keeps no key.
+    """
     reason: _builtins.str
     """Why the job is cancelled; stored as the outcome detail. At most 1,000
     characters.

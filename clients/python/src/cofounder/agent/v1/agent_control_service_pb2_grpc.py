@@ -116,6 +116,7 @@ class AgentControlServiceServicer:
     def CancelJob(self, request, context):
         """Stop a job. Idempotent: cancelling a cancelled job returns it unchanged;
         cancelling a job that already finished otherwise is FAILED_PRECONDITION.
+        Idempotent on request_id too: a retry returns the job as it stands.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,6 +34,7 @@ class AgentControlServiceStub:
     CancelJob: _aio.UnaryUnaryMultiCallable[_agent_control_service_pb2.CancelJobRequest, _agent_control_service_pb2.CancelJobResponse]
     """Stop a job. Idempotent: cancelling a cancelled job returns it unchanged;
     cancelling a job that already finished otherwise is FAILED_PRECONDITION.
+    Idempotent on request_id too: a retry returns the job as it stands.
     """
     GetJobStatus: _aio.UnaryUnaryMultiCallable[_agent_control_service_pb2.GetJobStatusRequest, _agent_control_service_pb2.GetJobStatusResponse]
     """The page-reload bootstrap: status, agent state, wake time, budget use,
@@ -135,6 +136,7 @@ class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_agent_control_service_pb2.CancelJobResponse]:
         """Stop a job. Idempotent: cancelling a cancelled job returns it unchanged;
         cancelling a job that already finished otherwise is FAILED_PRECONDITION.
+        Idempotent on request_id too: a retry returns the job as it stands.
         """
 
     @_abc_1.abstractmethod

@@ -9,21 +9,19 @@ its owner), so the feed's sequence advances past entries a watcher may not see.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from cofounder_server.clock import Clock
 from cofounder_server.domain.errors import NotFound
-from cofounder_server.domain.events import Escalation, EscalationEvent
+from cofounder_server.domain.escalations import Escalation
 from cofounder_server.domain.principal import Principal
+from cofounder_server.events.escalation_events import EscalationEventEncoder, wire_escalation_event
 from cofounder_server.events.feed import FeedPage, Heartbeat, check_cursor, follow
 from cofounder_server.events.hub import EventBatch, EventHub, StreamPage, StreamSource, WireEvent
 from cofounder_server.live import keys
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
-
-EscalationEventEncoder = Callable[[EscalationEvent], bytes]
-"""Encodes a feed entry as the API sends it (provided by the API layer)."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +34,6 @@ class EscalationSnapshot:
 
 EscalationWatchItem = EscalationSnapshot | EventBatch | Heartbeat
 """What an escalation watch yields: one snapshot first, then event batches and heartbeats."""
-
-
-def wire_escalation_event(event: EscalationEvent, encode: EscalationEventEncoder) -> WireEvent:
-    """A feed entry as published: encoded once, tagged with its owner and job for filtering."""
-    escalation = event.escalation
-    return WireEvent(event.sequence, encode(event), owner_id=escalation.owner_id, job_id=escalation.job_id)
 
 
 class _FeedStream(StreamSource):
