@@ -9,13 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, EscalationTrigger
 from cofounder_server.domain.events import (
     AgentSleeping,
     AgentThinking,
     AgentWaking,
-    Escalation,
-    EscalationStatus,
-    EscalationTrigger,
     JobStatusChanged,
     PhaseStarted,
     SleepReason,
