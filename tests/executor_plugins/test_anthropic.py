@@ -12,7 +12,8 @@ import pytest
 
 from cofounder_server.config import Settings, load_settings
 from cofounder_server.domain.model import AgentSpec
-from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory, to_messages_api
+from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory, to_messages_api, to_turn
+from cofounder_server.executor.brains.provider_access import response_json
 from cofounder_server.executor.plugins import BrainError, Message, StopReason, ToolCall
 from cofounder_server.executor.registry import PluginConfigError, PluginRegistry
 from standins.model_api import ModelApiStandIn
@@ -366,3 +367,35 @@ def test_the_api_key_setting_stays_out_of_the_settings_repr() -> None:
 
     assert settings.anthropic_api_key == "sk-ant-secret"
     assert "sk-ant-secret" not in repr(settings)
+
+
+def test_a_response_body_that_is_not_a_json_object_is_a_retryable_provider_failure() -> None:
+    for content in (b"<html>bad gateway</html>", b"[1, 2]", b""):
+        with pytest.raises(BrainError) as raised:
+            response_json(content, provider="anthropic")
+        assert raised.value.retryable
+        assert raised.value.signature == "anthropic:bad_response"
+
+
+def test_a_response_without_usage_or_content_is_an_empty_turn_not_a_crash() -> None:
+    turn = to_turn({"stop_reason": "end_turn", "usage": {"input_tokens": "7", "output_tokens": True}}, "m")
+    assert (turn.text, turn.tool_calls, turn.stop_reason) == ("", (), StopReason.END_TURN)
+    assert (turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens) == ("m", 0, 0)
+    turn = to_turn(
+        {
+            "model": "claude-x",
+            "content": [
+                {"type": "text", "text": "a"},
+                {"type": "thinking", "thinking": "hidden"},
+                {"type": "tool_use", "id": "t1", "name": "narrate", "input": "not an object"},
+                "junk",
+            ],
+            "stop_reason": "brand_new_reason",
+            "usage": {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 3},
+        },
+        "m",
+    )
+    assert turn.text == "a"
+    assert turn.tool_calls == (ToolCall(call_id="t1", name="narrate", input={}),)
+    assert turn.stop_reason is StopReason.TOOL_USE  # an unknown reason: judged by content
+    assert (turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens) == ("claude-x", 15, 3)

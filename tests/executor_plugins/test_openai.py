@@ -12,7 +12,12 @@ import pytest
 
 from cofounder_server.config import Settings, load_settings
 from cofounder_server.domain.model import AgentSpec
-from cofounder_server.executor.brains.openai import INVALID_ARGUMENTS, OpenAIBrainFactory, to_chat_messages
+from cofounder_server.executor.brains.openai import (
+    INVALID_ARGUMENTS,
+    OpenAIBrainFactory,
+    to_chat_messages,
+    to_turn,
+)
 from cofounder_server.executor.plugins import BrainError, Message, StopReason, ToolCall
 from cofounder_server.executor.registry import PluginConfigError, PluginRegistry
 from standins.model_api import CHAT_COMPLETIONS_PATH, ModelApiStandIn
@@ -474,3 +479,37 @@ def test_the_api_key_setting_stays_out_of_the_settings_repr() -> None:
 
     assert settings.openai_api_key == "sk-proj-secret"
     assert "sk-proj-secret" not in repr(settings)
+
+
+def test_a_body_without_a_usable_choice_is_a_retryable_failure_and_odd_fields_read_as_empty() -> None:
+    for body in ({}, {"choices": []}, {"choices": ["junk"]}):
+        with pytest.raises(BrainError) as raised:
+            to_turn(body, "m")
+        assert raised.value.retryable
+        assert raised.value.signature == "openai:no_choice"
+    turn = to_turn(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "narrate", "arguments": None},
+                            },
+                            {"id": "c2", "type": "custom", "custom": {"name": "x"}},
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": None,
+        },
+        "gpt-x",
+    )
+    assert turn.text == ""
+    assert turn.tool_calls == (ToolCall(call_id="c1", name="narrate", input={}),)
+    assert turn.stop_reason is StopReason.TOOL_USE
+    assert (turn.usage.model, turn.usage.input_tokens, turn.usage.output_tokens) == ("gpt-x", 0, 0)

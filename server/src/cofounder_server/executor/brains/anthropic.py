@@ -17,12 +17,19 @@ and one gate that honours the API's ``retry-after`` for all of them (see
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cofounder_server import observability
 from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.brains._config import chat_options
-from cofounder_server.executor.brains.provider_access import ModelClients, ProviderGate, status_verdict
+from cofounder_server.executor.brains.provider_access import (
+    ModelClients,
+    ProviderGate,
+    response_json,
+    status_verdict,
+    token_count,
+)
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
     BrainError,
@@ -36,7 +43,6 @@ from cofounder_server.executor.plugins import (
 
 if TYPE_CHECKING:
     from anthropic import AnthropicError, AsyncAnthropic
-    from anthropic.types import Message as ApiMessage
 
 _STOP_REASONS = {
     "end_turn": StopReason.END_TURN,
@@ -100,23 +106,35 @@ def to_tools_api(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
-def to_turn(response: ApiMessage, model: str) -> Turn:
-    """A Messages API response as a :class:`Turn`; ``model`` stands in if the response names none."""
+def to_turn(body: Mapping[str, Any], model: str) -> Turn:
+    """A Messages API response body (the JSON as sent) as a :class:`Turn`; ``model`` stands in
+    if the response names none. Read as plain JSON rather than through the SDK's models: that
+    is a third of the SDK's work per call, and a turn needs few of its fields."""
     texts: list[str] = []
     calls: list[ToolCall] = []
-    for block in response.content:
+    for block in _list(body.get("content")):
         # Other block types (thinking, server tool results) are not part of a Turn.
-        if block.type == "text":
-            texts.append(block.text)
-        elif block.type == "tool_use":
-            calls.append(ToolCall(call_id=block.id, name=block.name, input=dict(block.input)))
-    usage = response.usage
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            arguments = block.get("input")
+            calls.append(
+                ToolCall(
+                    call_id=str(block.get("id", "")),
+                    name=str(block.get("name", "")),
+                    input=arguments if isinstance(arguments, dict) else {},
+                )
+            )
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     # Cached prompt tokens are reported apart from input_tokens, but they are still input
     # the call consumed; leaving them out would let a cached prompt spend under the budget.
-    input_tokens = (
-        usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+    input_tokens = sum(
+        token_count(usage, name)
+        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     )
-    stop_reason = _STOP_REASONS.get(response.stop_reason or "")
+    stop_reason = _STOP_REASONS.get(str(body.get("stop_reason") or ""))
     if stop_reason is None:
         # An unknown (newer) reason: judge by content rather than fail a working call.
         stop_reason = StopReason.TOOL_USE if calls else StopReason.END_TURN
@@ -124,10 +142,16 @@ def to_turn(response: ApiMessage, model: str) -> Turn:
         text="\n".join(texts),
         tool_calls=tuple(calls),
         usage=Usage(
-            model=response.model or model, input_tokens=input_tokens, output_tokens=usage.output_tokens
+            model=str(body.get("model") or model),
+            input_tokens=input_tokens,
+            output_tokens=token_count(usage, "output_tokens"),
         ),
         stop_reason=stop_reason,
     )
+
+
+def _list(value: object) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def to_brain_error(exc: AnthropicError, *, retry_after: float | None = None) -> BrainError:
@@ -183,18 +207,19 @@ class AnthropicBrain:
         messages = to_messages_api(conversation)
         async with self._gate.call(self._model):
             try:
-                response = await self._client.messages.create(
+                response = await self._client.messages.with_raw_response.create(
                     model=self._model,
                     max_tokens=self._max_tokens,
                     messages=messages,  # type: ignore[arg-type]
                     **optional,
                 )
+                content = await response.read()
             except anthropic.APIStatusError as exc:
                 retry_after = self._gate.refused(exc.status_code, exc.response.headers)
                 raise to_brain_error(exc, retry_after=retry_after) from exc
             except anthropic.AnthropicError as exc:
                 raise to_brain_error(exc) from exc
-        return to_turn(response, self._model)
+        return to_turn(response_json(content, provider="anthropic"), self._model)
 
 
 class AnthropicBrainFactory:
@@ -266,6 +291,9 @@ class AnthropicBrainFactory:
                 http_client=anthropic.DefaultAioHttpClient(
                     limits=self._clients.http_limits(), timeout=self._timeout_seconds
                 ),
+                # The SDK's own spans join the server's traces when tracing is on; off, the
+                # SDK would still build their attributes for every call.
+                open_telemetry=None if observability.tracing.enabled else False,
             )
         except anthropic.AnthropicError as exc:
             # E.g. a credentials profile the SDK was pointed at but cannot read.

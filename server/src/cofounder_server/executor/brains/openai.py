@@ -22,14 +22,20 @@ result, what was wrong with the arguments, so it can call again.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.brains._config import chat_options
-from cofounder_server.executor.brains.provider_access import ModelClients, ProviderGate, status_verdict
+from cofounder_server.executor.brains.provider_access import (
+    ModelClients,
+    ProviderGate,
+    response_json,
+    status_verdict,
+    token_count,
+)
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
     BrainError,
@@ -43,7 +49,6 @@ from cofounder_server.executor.plugins import (
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAIError
-    from openai.types.chat import ChatCompletion
 
 _FINISH_REASONS = {
     "stop": StopReason.END_TURN,
@@ -141,37 +146,53 @@ def to_tools_api(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
-def to_turn(response: ChatCompletion, model: str) -> Turn:
-    """A Chat Completions response as a :class:`Turn`; ``model`` stands in if it names none."""
-    if not response.choices:
+def to_turn(body: Mapping[str, Any], model: str) -> Turn:
+    """A Chat Completions response body (the JSON as sent) as a :class:`Turn`; ``model`` stands
+    in if it names none. Read as plain JSON rather than through the SDK's models (see the
+    ``anthropic`` brain's ``to_turn``)."""
+    choices = body.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    if choice is None:
         raise BrainError(
             "the OpenAI-compatible API answered without a choice",
             retryable=True,
             signature="openai:no_choice",
         )
-    choice = response.choices[0]
-    message = choice.message
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
     calls: list[ToolCall] = []
-    for call in message.tool_calls or ():
+    for call in message.get("tool_calls") or ():
         # Other call types (custom tools) are never offered, so never expected.
-        if call.type == "function":
-            calls.append(_tool_call(call.id, call.function.name, call.function.arguments))
-    text = message.content or ""
-    stop_reason = _FINISH_REASONS.get(choice.finish_reason or "")
-    if message.refusal and not (text or calls):
-        text, stop_reason = message.refusal, StopReason.REFUSAL
+        function = call.get("function") if isinstance(call, dict) else None
+        if call.get("type", "function") == "function" and isinstance(function, dict):
+            arguments = function.get("arguments")
+            calls.append(
+                _tool_call(
+                    str(call.get("id", "")),
+                    str(function.get("name", "")),
+                    arguments if isinstance(arguments, str) else "",
+                )
+            )
+    text = message.get("content") or ""
+    text = text if isinstance(text, str) else ""
+    stop_reason = _FINISH_REASONS.get(str(choice.get("finish_reason") or ""))
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal and not (text or calls):
+        text, stop_reason = refusal, StopReason.REFUSAL
     if stop_reason is None:
         # An unknown (newer, or server-specific) reason: judge by content.
         stop_reason = StopReason.TOOL_USE if calls else StopReason.END_TURN
-    usage = response.usage
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     # prompt_tokens already includes the cached ones (prompt_tokens_details.cached_tokens).
-    # Servers that leave fields out get zeros rather than a failed call.
-    input_tokens = getattr(usage, "prompt_tokens", 0) or 0
-    output_tokens = getattr(usage, "completion_tokens", 0) or 0
     return Turn(
         text=text,
         tool_calls=tuple(calls),
-        usage=Usage(model=response.model or model, input_tokens=input_tokens, output_tokens=output_tokens),
+        usage=Usage(
+            model=str(body.get("model") or model),
+            input_tokens=token_count(usage, "prompt_tokens"),
+            output_tokens=token_count(usage, "completion_tokens"),
+        ),
         stop_reason=stop_reason,
     )
 
@@ -258,12 +279,13 @@ class OpenAIBrain:
         messages = to_chat_messages(conversation, self._system)
         async with self._gate.call(self._model):
             try:
-                response = await self._client.chat.completions.create(
+                response = await self._client.chat.completions.with_raw_response.create(
                     model=self._model,
                     messages=messages,  # type: ignore[arg-type]
                     max_completion_tokens=self._max_tokens,
                     **optional,
                 )
+                content = response.content
             except openai.APIStatusError as exc:
                 retry_after = (
                     None if _out_of_quota(exc) else self._gate.refused(exc.status_code, exc.response.headers)
@@ -271,7 +293,7 @@ class OpenAIBrain:
                 raise to_brain_error(exc, retry_after=retry_after) from exc
             except openai.OpenAIError as exc:
                 raise to_brain_error(exc) from exc
-        return to_turn(response, self._model)
+        return to_turn(response_json(content, provider="openai"), self._model)
 
 
 class OpenAIBrainFactory:

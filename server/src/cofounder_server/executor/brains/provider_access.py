@@ -28,7 +28,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+import orjson
+
+from cofounder_server.executor.plugins import BrainError
 
 if TYPE_CHECKING:
     import httpx2
@@ -101,6 +105,29 @@ def _bounded(seconds: float) -> float | None:
     if not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def token_count(usage: Mapping[str, Any], name: str) -> int:
+    """A token count of a response's usage; 0 when absent or not a count (servers that leave
+    fields out get zeros rather than a failed call)."""
+    value = usage.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def response_json(content: bytes, *, provider: str) -> dict[str, Any]:
+    """A successful response's body as a JSON object; a body that is not one is a retryable
+    failure of the provider (a proxy's error page, a truncated answer)."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise BrainError(
+            f"the {provider} API answered with a body that is not a JSON object ({content[:80]!r})",
+            retryable=True,
+            signature=f"{provider}:bad_response",
+        )
+    return body
 
 
 def parse_model_concurrency(text: str) -> dict[str, int]:
