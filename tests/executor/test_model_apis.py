@@ -3,6 +3,7 @@ brains talk to the model-API stand-in over HTTP."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -117,3 +118,53 @@ async def test_a_job_whose_model_api_refuses_the_key_fails_with_the_reason(
     assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_OUTCOME_MODEL_ERROR)
     assert "openai:authentication" in done.outcome_detail
     assert standin.stats.requests == {CHAT_COMPLETIONS_PATH: 1}
+
+
+async def test_a_provider_asking_to_slow_down_is_waited_for_without_counting_as_failures(
+    model_server: Application, standin: ModelApiStandIn, project_id: str
+) -> None:
+    standin.tool_turns = 0
+    refusals = 5  # more than the attempts an ordinary failure gets (brain_retries: 3)
+    standin.fail_next(refusals, 529, retry_after=0.2)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{model_server.port}") as channel:
+        stub = stub_for(channel)
+        job = await submit(stub, project_id, {}, brain="anthropic", model="claude-sonnet-4-5")
+
+        done = await finished(stub, job.job_id)
+        events = await events_of(stub, job.job_id)
+
+    assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_READY, job_pb2.JOB_OUTCOME_COMPLETED)
+    retries = [event for event in events if event.type == "agent.retrying"]
+    assert [(r.agent_retrying.attempt, r.agent_retrying.max_attempts) for r in retries] == [
+        (n, 0) for n in range(1, refusals + 1)
+    ]
+    assert {r.agent_retrying.error_signature for r in retries} == {"anthropic:overloaded"}
+    for retry in retries:  # the next attempt is announced no earlier than the provider asked
+        waited = retry.agent_retrying.next_attempt_time.ToDatetime() - retry.time.ToDatetime()
+        assert waited.total_seconds() >= 0.2
+    statuses = [arrival.status for arrival in standin.stats.arrivals]
+    assert statuses == [529] * refusals + [200]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(standin.stats.arrivals)]
+    assert min(gaps) >= 0.2
+
+
+async def test_a_provider_that_keeps_asking_to_slow_down_fails_the_job_past_the_wait_limit(
+    start_server: Starter, standin: ModelApiStandIn, project_id: str
+) -> None:
+    server = await start_server(
+        anthropic_base_url=standin.base_url,
+        anthropic_api_key="sk-ant-standin",
+        provider_wait_limit_seconds=2.0,
+    )
+    standin.fail_until(standin.clock() + 3600, 429, retry_after=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = stub_for(channel)
+        job = await submit(stub, project_id, {}, brain="anthropic", model="claude-sonnet-4-5")
+
+        done = await finished(stub, job.job_id)
+
+    assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_OUTCOME_MODEL_ERROR)
+    assert "kept asking to slow down" in done.outcome_detail
+    assert "anthropic:rate_limit" in done.outcome_detail
+    # Waited 1 s twice (2 s in all), then gave up at the third refusal.
+    assert [arrival.status for arrival in standin.stats.arrivals] == [429, 429, 429]
