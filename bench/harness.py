@@ -307,13 +307,21 @@ async def health_serving(port: int) -> bool:
 
 
 def server_argv(
-    port: int, data_dir: Path, flags: Sequence[str] = (), core: int | None = None, nice: int = 0
+    port: int,
+    data_dir: Path,
+    flags: Sequence[str] = (),
+    *,
+    core: int | None = None,
+    nice: int = 0,
+    log_level: str | None = "WARNING",
 ) -> list[str]:
-    """The command line of a ``cofounder-server`` on 127.0.0.1:``port`` (warnings only logged)."""
+    """The command line of a ``cofounder-server`` on 127.0.0.1:``port``; ``log_level`` None
+    keeps the server's default."""
+    levels = ["--log-level", log_level] if log_level else []
     return [
         *pinned(core, nice),
         *(PYTHON, "-m", "cofounder_server", "--listen", f"127.0.0.1:{port}"),
-        *("--data-dir", str(data_dir), "--log-level", "WARNING", *flags),
+        *("--data-dir", str(data_dir), *levels, *flags),
     ]
 
 
@@ -330,6 +338,8 @@ class ServerProcess:
     flags: Sequence[str] = ()
     core: int | None = None
     nice: int = 0
+    log_level: str | None = "WARNING"
+    """``--log-level``; None: the server's default."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Added to this environment, from which ``COFOUNDER_*`` variables are removed."""
     port: int = field(default_factory=free_port)
@@ -353,7 +363,9 @@ class ServerProcess:
 
     def argv(self) -> list[str]:
         """The full command line."""
-        return server_argv(self.port, self.data_dir, self.flags, self.core, self.nice)
+        return server_argv(
+            self.port, self.data_dir, self.flags, core=self.core, nice=self.nice, log_level=self.log_level
+        )
 
     async def start(self, within: float = 60.0) -> float:
         """Start, and wait until health says SERVING; the seconds that took."""

@@ -170,7 +170,7 @@ def cofounder_target(workdir: Path, redis_url: str, nice: int) -> Target:
     # An API replica: an agent running the job would finish it, and a finished job's status no
     # longer shows the live keys this benchmark writes.
     flags = ["--redis-url", redis_url, "--executor-enabled", "false"]
-    argv = server_argv(port, workdir / "cofounder-data", flags, SERVER_CORE, nice)
+    argv = server_argv(port, workdir / "cofounder-data", flags, core=SERVER_CORE, nice=nice)
     env = server_environment()
     return Target("cofounder", "cofounder-server GetJobStatus (grpc.aio)", "grpc", port, argv, env)
 
