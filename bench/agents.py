@@ -133,6 +133,43 @@ class Sampler:
         await self._read()
 
 
+@dataclass(frozen=True)
+class Usage:
+    """CPU counters at one moment: both cores, the stand-in and this process (the loader)."""
+
+    at: float
+    cores: dict[int, harness.CoreTicks]
+    standin: float
+    loader: float
+
+
+async def usage(model_api: StandIn) -> Usage:
+    """The counters now."""
+    standin_cpu = (await model_api.stats()).cpu_seconds
+    return Usage(time.monotonic(), harness.core_ticks(), standin_cpu, time.process_time())
+
+
+def shares(before: Usage, after: Usage, measured_cpu: float) -> dict[str, float]:
+    """Where the two cores' time went: the measured process (server or SDK, ``measured_cpu``
+    seconds) on core 0, the stand-in and the loader on core 1, and other work on each (a
+    shared machine's noise)."""
+    seconds = after.at - before.at
+    core0 = harness.core_share(before.cores, after.cores, harness.SERVER_CORE)
+    core1 = harness.core_share(before.cores, after.cores, harness.LOAD_CORE)
+    measured = 100 * measured_cpu / seconds
+    standin_cpu = 100 * (after.standin - before.standin) / seconds
+    loader = 100 * (after.loader - before.loader) / seconds
+    return {
+        "cpu_share_of_core": round(measured / 100, 3),
+        "core0_busy_percent": round(core0.busy, 1),
+        "core0_other_percent": round(max(0.0, core0.tasks - measured), 1),
+        "standin_cpu_percent": round(standin_cpu, 1),
+        "loader_cpu_percent": round(loader, 1),
+        "core1_busy_percent": round(core1.busy, 1),
+        "core1_other_percent": round(max(0.0, core1.tasks - standin_cpu - loader), 1),
+    }
+
+
 def call_rates(samples: Sequence[Sample]) -> dict[str, Any]:
     """Overall and steady calls/s, and the in-flight timeline, from the samples of one phase."""
     total = samples[-1].answered
@@ -193,12 +230,12 @@ async def sdk_phase(args: argparse.Namespace, model_api: StandIn, transport: str
         idle_rss = harness.rss_mib(child.pid)
         await model_api.control(reset_stats=True)
         sampler = Sampler(model_api, child.pid)
-        cores0 = harness.core_ticks()
+        before = await usage(model_api)
         sampler.start()
         child.stdin.write(b"go\n")
         await child.stdin.drain()
         line = await asyncio.wait_for(child.stdout.readline(), args.limit)
-        cores1 = harness.core_ticks()
+        after = await usage(model_api)
         await sampler.stop()
     report = json.loads(line)
     peak = (await model_api.stats()).peak_in_flight
@@ -211,8 +248,7 @@ async def sdk_phase(args: argparse.Namespace, model_api: StandIn, transport: str
         "first_error": report["first_error"],
         "peak_in_flight": peak,
         "peak_in_flight_share": round(peak / args.jobs, 3),
-        "cpu_share_of_core": round(report["cpu_seconds"] / report["seconds"], 3),
-        "core0_busy_percent": round(harness.core_share(cores0, cores1, harness.SERVER_CORE).busy, 1),
+        **shares(before, after, report["cpu_seconds"]),
         **memory_per_agent(sampler.samples, idle_rss),
     }
 
@@ -243,15 +279,27 @@ def job_request(brain: str, project: str, n: int) -> pb.SubmitJobRequest:
 
 async def submit_all(
     stubs: Sequence[pb_grpc.AgentControlServiceStub], requests: Sequence[pb.SubmitJobRequest], in_flight: int
-) -> None:
-    """Every request, ``in_flight`` at a time, round-robin over the stubs (their channels)."""
+) -> int:
+    """Every request, ``in_flight`` at a time, round-robin over the stubs (their channels);
+    UNAVAILABLE is retried after a second (the request id makes it safe). The retries."""
     queue = iter(enumerate(requests))
+    retries = 0
 
     async def worker() -> None:
+        nonlocal retries
         for n, request in queue:
-            await stubs[n % len(stubs)].SubmitJob(request, timeout=120)
+            for attempt in range(10):
+                try:
+                    await stubs[n % len(stubs)].SubmitJob(request, timeout=120)
+                    break
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 9:
+                        raise
+                    retries += 1
+                    await asyncio.sleep(1.0)
 
     await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return retries
 
 
 async def count_jobs(
@@ -314,14 +362,14 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
             requests = [job_request(args.brain, project, n) for n in range(args.jobs)]
             await model_api.control(reset_stats=True)
             sampler = Sampler(model_api, server.pid)
-            cores0, cpu0, loader0 = harness.core_ticks(), harness.cpu_seconds(server.pid), time.process_time()
+            before, cpu0 = await usage(model_api), harness.cpu_seconds(server.pid)
             sampler.start()
-            await submit_all(stubs, requests, args.in_flight)
+            retries = await submit_all(stubs, requests, args.in_flight)
             submitted = time.monotonic() - sampler.started
-            loader_cpu = time.process_time() - loader0
+            loader_cpu = time.process_time() - before.loader
             await until_finished(stubs[0], project, args.limit)
             finished = time.monotonic() - sampler.started
-            cores1, cpu1 = harness.core_ticks(), harness.cpu_seconds(server.pid)
+            after, cpu1 = await usage(model_api), harness.cpu_seconds(server.pid)
             await sampler.stop()
             peak = (await model_api.stats()).peak_in_flight
             ready = len(await count_jobs(stubs[0], project, [job_pb2.JOB_STATUS_READY]))
@@ -341,6 +389,7 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
         "background_load_percent": round(background, 1),
         **rates,
         "submit_seconds": round(submitted, 2),
+        "submit_retries_unavailable": retries,
         "loader_cpu_share_while_submitting": round(loader_cpu / submitted, 3),
         "all_ready_seconds": round(finished, 2),
         "jobs_ready": ready,
@@ -348,8 +397,7 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
         "failures": failures,
         "peak_in_flight": peak,
         "peak_in_flight_share": round(peak / args.jobs, 3),
-        "cpu_share_of_core": round((cpu1 - cpu0) / finished, 3),
-        "core0_busy_percent": round(harness.core_share(cores0, cores1, harness.SERVER_CORE).busy, 1),
+        **shares(before, after, cpu1 - cpu0),
         **memory_per_agent(sampler.samples, idle_rss),
         "rss_idle_after_mib": round(rss_after, 1),
     }
@@ -390,6 +438,9 @@ def summary_line(phase: dict[str, Any]) -> str:
         f"({phase['peak_in_flight_share']:.0%}); CPU {phase['cpu_share_of_core']:.0%} of a core; "
         f"{phase['kib_per_awake_agent']:,.0f} KiB per call in flight"
     )
+    other = max(phase["core0_other_percent"], phase["core1_other_percent"])
+    if other > 10:
+        text += f"; other work took up to {other:.0f} % of a core (noise)"
     if phase["phase"] == "server":
         text += (
             f"; all READY after {phase['all_ready_seconds']:.1f} s ({phase['jobs_ready']:,} READY, "
@@ -412,8 +463,8 @@ def table(runs: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     """One row per phase, median (min-max) over the runs."""
     lines = [
         "| phase | calls/s overall | calls/s steady | peak in flight (share) | CPU of its core | "
-        "KiB per call in flight | all READY s | vs SDK aiohttp | vs SDK default |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "KiB per call in flight | all READY s | vs SDK aiohttp | vs SDK default | other work % core 0 / 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ["server", *(f"sdk-{t}" for t in args.transports)]:
         rows = [run[name] for run in runs]
@@ -434,7 +485,8 @@ def table(runs: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
             f"({spread(values('peak_in_flight_share'), 2)}) | {spread(values('cpu_share_of_core'), 2)} | "
             f"{spread(values('kib_per_awake_agent'))} | "
             f"{spread(values('all_ready_seconds'), 1) if name == 'server' else ''} | "
-            f"{ratios.get('aiohttp', '')} | {ratios.get('default', '')} |"
+            f"{ratios.get('aiohttp', '')} | {ratios.get('default', '')} | "
+            f"{spread(values('core0_other_percent'))} / {spread(values('core1_other_percent'))} |"
         )
     return "\n".join(lines)
 
@@ -494,12 +546,16 @@ def main() -> int:
     harness.enable_uvloop()
     # The loader and the sampler run beside the stand-in, away from the measured core.
     os.sched_setaffinity(0, {harness.LOAD_CORE})
-    runs = [asyncio.run(one_run(args, number)) for number in range(args.runs)]
     settings = {k: v for k, v in vars(args).items() if k != "json_out"}
+    runs: list[dict[str, Any]] = []
     result: dict[str, Any] = {"settings": settings, "runs": runs}
-    result["table_markdown"] = table(runs, args)
-    result["verdict"] = verdict(runs, args)
-    out = harness.write_result(result, args.json_out, default_name="agents")
+    out = harness.result_path(args.json_out, "agents")
+    for number in range(args.runs):
+        runs.append(asyncio.run(one_run(args, number)))
+        # After every run: a later run that fails leaves the earlier ones on record.
+        result["table_markdown"] = table(runs, args)
+        result["verdict"] = verdict(runs, args)
+        harness.write_result(result, out)
     print()
     store = "PostgreSQL" if args.database else "SQLite"
     print(

@@ -207,6 +207,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def result_path(json_out: str | Path | None, default_name: str = "") -> Path | None:
+    """``json_out`` when given, else ``bench/results/<default_name>-<time>.json`` (git-ignored)
+    when ``default_name`` is given, else None."""
+    if json_out:
+        return Path(json_out)
+    if default_name:
+        return REPO / "bench" / "results" / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    return None
+
+
 def write_result(
     result: dict[str, Any],
     json_out: str | Path | None,
@@ -214,18 +224,12 @@ def write_result(
     default_name: str = "",
     machine_facts: Mapping[str, Any] | None = None,
 ) -> Path | None:
-    """Record the machine in ``result["machine"]`` and write ``result`` as JSON.
-
-    To ``json_out`` when given, else to ``bench/results/<default_name>-<time>.json`` when
-    ``default_name`` is given (git-ignored), else nowhere. ``machine_facts`` add to the
-    machine (versions of the stacks compared, ...). Returns the path written.
-    """
+    """Record the machine in ``result["machine"]`` and write ``result`` as JSON to
+    :func:`result_path` (if any). ``machine_facts`` add to the machine (versions of the stacks
+    compared, ...). Returns the path written."""
     result["machine"] = {**machine(), **(machine_facts or {})}
-    if json_out:
-        path = Path(json_out)
-    elif default_name:
-        path = REPO / "bench" / "results" / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    else:
+    path = result_path(json_out, default_name)
+    if path is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
