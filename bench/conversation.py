@@ -180,7 +180,7 @@ class PostgresMeter(Meter):
         if last is None:
             return lsn, None
         return lsn, int(
-            await self._connection.fetchval("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)", lsn, last)
+            await self._connection.fetchval("SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)", lsn, last)
         )
 
     async def stored(self) -> int:
@@ -295,8 +295,13 @@ class Statement:
 
 def statements_in(log: Path, since: float, until: float) -> list[Statement]:
     """SQL statements SQLAlchemy logged between two wall-clock times, with the rows and
-    (approximate) bytes each returned."""
+    (approximate) bytes each returned.
+
+    Concurrent tasks' lines interleave; each line carries its task's context fields (the job
+    a run works for), so rows go to the last statement logged with the same fields.
+    """
     statements: list[Statement] = []
+    last: dict[tuple[tuple[str, str], ...], Statement] = {}
     for raw in log.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(raw)
@@ -307,28 +312,38 @@ def statements_in(log: Path, since: float, until: float) -> list[Statement]:
         at = datetime.fromisoformat(entry["time"]).timestamp()
         if not since <= at <= until:
             continue
-        message = str(entry["message"])
+        message = str(entry.pop("message"))
+        context = tuple(sorted((k, str(v)) for k, v in entry.items() if k not in ("time", "level", "logger")))
         if message.startswith("Row "):
-            if statements:
+            statement = last.get(context)
+            if statement is not None:
                 text = message.removeprefix("Row ")
                 hidden = sum(int(n) for n in ROW_TRUNCATED.findall(text))
-                statements[-1].rows += 1
-                statements[-1].bytes += len(ROW_TRUNCATED.sub("", text)) + hidden
+                statement.rows += 1
+                statement.bytes += len(ROW_TRUNCATED.sub("", text)) + hidden
         elif not message.startswith(SQLA_NOISE):
-            statements.append(Statement(" ".join(message.split())))
+            last[context] = Statement(" ".join(message.split()))
+            statements.append(last[context])
     return statements
 
 
 def resume_reads(statements: Sequence[Statement], agents: int) -> dict[str, Any]:
     """The statements of the resume window, summed, and the ones that returned most."""
-    heaviest = sorted(statements, key=lambda s: s.bytes, reverse=True)[:5]
+    ordered = sorted(statements, key=lambda s: s.bytes, reverse=True)
+    total = sum(s.bytes for s in statements)
     return {
         "statements": len(statements),
         "selects": sum(1 for s in statements if s.sql.upper().startswith(("SELECT", "WITH"))),
         "rows": sum(s.rows for s in statements),
-        "bytes": sum(s.bytes for s in statements),
-        "bytes_per_agent": round(sum(s.bytes for s in statements) / agents),
-        "heaviest": [{"sql": s.sql[:160], "rows": s.rows, "bytes": s.bytes} for s in heaviest],
+        "bytes": total,
+        "bytes_per_agent": round(total / agents),
+        # One statement per agent holding (nearly) everything read: "one query's worth".
+        "share_of_bytes_in_the_largest_statement_per_agent": round(
+            sum(s.bytes for s in ordered[:agents]) / total, 3
+        )
+        if total
+        else None,
+        "heaviest": [{"sql": s.sql[:160], "rows": s.rows, "bytes": s.bytes} for s in ordered[: agents + 2]],
     }
 
 
