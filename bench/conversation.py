@@ -139,10 +139,19 @@ def sqlite_stored_bytes(database: Path) -> int:
 
 
 class Meter:
-    """Reads, at a gate, what the database has written so far and what it stores."""
+    """Reads, at a gate, what the database has written and what it stores.
+
+    :meth:`mark` sets the point :meth:`written` counts from: marking just before the agents
+    are let go leaves out what the server wrote while they were held (its background writes
+    during this script's own readings).
+    """
+
+    async def mark(self) -> None:
+        """Count from now."""
+        raise NotImplementedError
 
     async def written(self) -> tuple[Any, int | None]:
-        """``(state, bytes written since the previous reading or None if unknown)``."""
+        """``(state, bytes written since the mark, or None if that cannot be told)``."""
         raise NotImplementedError
 
     async def stored(self) -> int:
@@ -158,9 +167,12 @@ class SqliteMeter(Meter):
         self._wal = Path(f"{database}-wal")
         self._last: WalState | None = None
 
+    async def mark(self) -> None:
+        self._last = await asyncio.to_thread(wal_state, self._wal)
+
     async def written(self) -> tuple[Any, int | None]:
         state = await asyncio.to_thread(wal_state, self._wal)
-        last, self._last = self._last, state
+        last = self._last
         if last is None or last.salts != state.salts:
             return state, None
         return state, (state.frames - last.frames) * state.frame_bytes
@@ -174,14 +186,16 @@ class PostgresMeter(Meter):
         self._connection = connection
         self._last: str | None = None
 
+    async def mark(self) -> None:
+        self._last = str(await self._connection.fetchval("SELECT pg_current_wal_lsn()::text"))
+
     async def written(self) -> tuple[Any, int | None]:
         lsn = str(await self._connection.fetchval("SELECT pg_current_wal_lsn()::text"))
-        last, self._last = self._last, lsn
+        last = self._last
         if last is None:
             return lsn, None
-        return lsn, int(
-            await self._connection.fetchval("SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)", lsn, last)
-        )
+        difference = "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)"
+        return lsn, int(await self._connection.fetchval(difference, lsn, last))
 
     async def stored(self) -> int:
         tables = await self._connection.fetch(
@@ -385,6 +399,34 @@ async def one_run(args: argparse.Namespace) -> dict[str, Any]:
         await gate.close()
 
 
+async def iterations(gate: Gate, meter: Meter, pid: int, count: int, limit: float) -> list[dict[str, Any]]:
+    """At each of ``count`` gates: what was written since the agents were let go, what is
+    stored, the server's RSS; the agents are let go again except after the last."""
+    barriers: list[dict[str, Any]] = []
+    await meter.mark()
+    released = time.monotonic()
+    for n in range(1, count + 1):
+        await gate.wait(limit)
+        arrived = time.monotonic()
+        state, written = await meter.written()
+        barriers.append(
+            {
+                "iteration": n,
+                "written": written,
+                "stored": await meter.stored(),
+                "rss_mib": round(harness.rss_mib(pid), 1),
+                "seconds_running": round(arrived - released, 3),
+                "seconds_held": round(time.monotonic() - arrived, 3),
+                "wal": str(state),
+            }
+        )
+        if n < count:
+            await meter.mark()
+            released = time.monotonic()
+            await gate.release()
+    return barriers
+
+
 async def measure(
     args: argparse.Namespace, gate: Gate, data_dir: Path, database_url: str, meter: Meter
 ) -> dict[str, Any]:
@@ -395,7 +437,6 @@ async def measure(
     env = {GATE_VARIABLE: str(gate.path), "PYTHONPATH": str(harness.REPO)}
     server = harness.ServerProcess(data_dir, flags, core=harness.SERVER_CORE, env=env)
     kill_at = args.kill_at or args.iterations
-    barriers: list[dict[str, Any]] = []
     result: dict[str, Any] = {"database": "postgresql" if args.database else "sqlite"}
     await server.start()
     try:
@@ -405,25 +446,11 @@ async def measure(
             await finished(stub, "bench-conversation-warmup", 60)
             await asyncio.sleep(1.0)
             idle_rss = harness.rss_mib(server.pid)
-            await meter.written()
             gate.expected, gate.holding = args.agents, True
             config = script(args.iterations, args.result_kb)
             for n in range(args.agents):
                 await submit(stub, "bench-conversation", config, n)
-            for n in range(1, kill_at + 1):
-                await gate.wait(args.limit)
-                state, written = await meter.written()
-                barriers.append(
-                    {
-                        "iteration": n,
-                        "written": written,
-                        "stored": await meter.stored(),
-                        "rss_mib": round(harness.rss_mib(server.pid), 1),
-                        "wal": str(state),
-                    }
-                )
-                if n < kill_at:
-                    await gate.release()
+            barriers = await iterations(gate, meter, server.pid, kill_at, args.limit)
         # Every agent is at the gate with its kill_at-th call in flight: crash the server.
         await server.kill()
         gate.drop()
