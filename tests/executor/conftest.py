@@ -100,17 +100,19 @@ async def start_server(
     executor_settings: Callable[..., Settings], manual_clock: ManualClock, gate: Gate
 ) -> AsyncIterator[Starter]:
     """Start an executor server (``settings`` or overrides); every one is stopped at the end."""
-    started: list[Application] = []
+    started: list[tuple[Application, PluginRegistry]] = []
 
     async def start(settings: Settings | None = None, **overrides: Any) -> Application:
         settings = settings or executor_settings(**overrides)
-        app = await Application.start(settings, clock=manual_clock, plugins=registry_for(settings, gate))
-        started.append(app)
+        registry = registry_for(settings, gate)
+        app = await Application.start(settings, clock=manual_clock, plugins=registry)
+        started.append((app, registry))
         return app
 
     yield start
-    for app in reversed(started):
+    for app, registry in reversed(started):
         await app.stop(grace_seconds=1.0)
+        await registry.aclose()  # a registry handed to the server is its caller's to close
 
 
 @pytest.fixture

@@ -59,35 +59,11 @@ END_TURN_RESPONSE: dict[str, Any] = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("no_ambient_credentials")
+
+
 def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_011CStandIn"}
-
-
-@pytest.fixture(autouse=True)
-def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep the SDK from finding keys, URLs or profiles of the machine running the tests."""
-    for name in (
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_AUTH_TOKEN",
-        "ANTHROPIC_BASE_URL",
-        "ANTHROPIC_PROFILE",
-        "ANTHROPIC_CUSTOM_HEADERS",
-        "ANTHROPIC_IDENTITY_TOKEN",
-        "ANTHROPIC_IDENTITY_TOKEN_FILE",
-        "ANTHROPIC_FEDERATION_RULE_ID",
-        "ANTHROPIC_ORGANIZATION_ID",
-        "ANTHROPIC_CONFIG_DIR",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    # The SDK also looks for credential profiles under the home / XDG config directory.
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[ModelApiStandIn]:
-    async with ModelApiStandIn(record=True) as server:
-        yield server
 
 
 @pytest.fixture

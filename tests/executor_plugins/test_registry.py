@@ -24,7 +24,7 @@ PLUGIN = sample_plugin.__name__
 def test_the_default_registry_has_the_built_ins() -> None:
     registry = PluginRegistry.default(Settings(), entry_points=False)
 
-    assert registry.brain_names() == ["anthropic", "scripted"]
+    assert registry.brain_names() == ["anthropic", "openai", "scripted"]
     assert [tool.spec.name for tool in registry.tools()] == ["ask_human", "narrate"]
     assert registry.tool_specs()[1].name == "narrate"
     assert registry.tool("narrate") is registry.tools()[1]
@@ -45,7 +45,7 @@ def test_an_unknown_brain_is_a_config_error_naming_the_field_and_the_known_brain
     registry = PluginRegistry.default(Settings(), entry_points=False)
 
     with pytest.raises(
-        UnknownBrainError, match=r"unknown brain 'gpt' \(registered: anthropic, scripted\)"
+        UnknownBrainError, match=r"unknown brain 'gpt' \(registered: anthropic, openai, scripted\)"
     ) as caught:
         registry.brain_for(AgentSpec(brain="gpt"))
 
@@ -125,7 +125,7 @@ async def test_entry_point_plugins_load_and_broken_ones_are_logged_and_skipped(
     with caplog.at_level(logging.ERROR, logger="cofounder_server.executor.registry"):
         registry = PluginRegistry.default(Settings())
 
-    assert registry.brain_names() == ["anthropic", "echo", "scripted"]
+    assert registry.brain_names() == ["anthropic", "echo", "openai", "scripted"]
     assert [tool.spec.name for tool in registry.tools()] == ["ask_human", "narrate", "shout"]
     turn = await registry.brain_for(AgentSpec(brain="echo")).think([Message(role="user", text="hi")], [])
     assert turn.text == "echo: hi"

@@ -32,6 +32,7 @@ from cofounder_server.datadir import DataDirError, DataDirLock
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.events.escalation_feed import EscalationFeed
 from cofounder_server.events.hub import EventHub
+from cofounder_server.executor.brains.provider_access import parse_model_concurrency
 from cofounder_server.executor.loop import AgentRun, LoopLimits
 from cofounder_server.executor.prices import PriceTable
 from cofounder_server.executor.registry import PluginRegistry
@@ -265,6 +266,10 @@ class Application:
             prices = PriceTable.parse(settings.price_table)
         except (OSError, ValueError) as error:
             raise SystemExit(f"invalid --price-table: {error}") from error
+        try:
+            parse_model_concurrency(settings.model_concurrency)
+        except ValueError as error:
+            raise SystemExit(f"invalid --model-concurrency: {error}") from error
         try:
             async_url(settings.effective_database_url)
         except (ArgumentError, ValueError) as error:

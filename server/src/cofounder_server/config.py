@@ -176,6 +176,51 @@ class Settings:
     anthropic_timeout_seconds: float = field(
         default=300.0, metadata={"help": "timeout of each Anthropic call; the executor retries, the SDK not"}
     )
+    openai_base_url: str = field(
+        default="",
+        metadata={
+            "help": "OpenAI-compatible API base URL, e.g. http://127.0.0.1:8000/v1 (vLLM) or "
+            "http://127.0.0.1:11434/v1 (Ollama); empty uses the SDK default (or OPENAI_BASE_URL)"
+        },
+    )
+    # repr=False: the key must not appear wherever the settings are printed or logged.
+    openai_api_key: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "API key of the openai brain; empty lets the SDK read OPENAI_API_KEY (a server "
+            "that checks no key accepts any value)"
+        },
+    )
+    openai_max_tokens: int = field(
+        default=8192,
+        metadata={"help": "output-token limit of each openai brain call (sent as max_completion_tokens)"},
+    )
+    openai_timeout_seconds: float = field(
+        default=300.0,
+        metadata={"help": "timeout of each openai brain call; the executor retries, the SDK not"},
+    )
+    model_max_connections: int = field(
+        default=10_000,
+        metadata={
+            "help": "connections each model API client (one per provider, base URL and key, shared by "
+            "every agent) may hold open; calls beyond wait for one; 0: no cap"
+        },
+    )
+    model_concurrency: str = field(
+        default="",
+        metadata={
+            "help": "model calls in flight per model at most, e.g. claude-sonnet-4-5=200,gpt-4.1=100; "
+            "calls beyond wait in order; empty: no limit"
+        },
+    )
+    model_backoff_seconds: float = field(
+        default=2.0,
+        metadata={
+            "help": "after a 429, 529 or 503 without retry-after, how long every call through that "
+            "provider key waits (with retry-after: as long as it says)"
+        },
+    )
     executor_enabled: bool = field(
         default=True,
         metadata={"help": "run agents in this process (false: serve the API only, as a read replica would)"},

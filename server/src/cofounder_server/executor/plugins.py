@@ -120,12 +120,19 @@ class BrainError(Exception):
     ``retryable`` says whether trying again may help (a timeout, an overloaded API) or not
     (bad credentials, an invalid request). ``signature`` is a normalised description used to
     count retries of the same failure (no ids, timestamps or numbers that vary).
+    ``retry_after`` is set when the provider asked for a pause (a rate limit or overload,
+    with its ``retry-after`` seconds, or the shared default backoff when it gave none): the
+    executor waits at least that many seconds before trying again and does not count the
+    failure like an ordinary one, since the call was refused, not broken.
     """
 
-    def __init__(self, message: str, *, retryable: bool, signature: str) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, signature: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.signature = signature
+        self.retry_after = retry_after
 
 
 class Brain(Protocol):

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory
+from cofounder_server.executor.brains.openai import OpenAIBrainFactory
+from cofounder_server.executor.brains.provider_access import ModelClients, parse_model_concurrency
 from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
 from cofounder_server.executor.plugin_errors import PluginConfigError, UnknownBrainError
 from cofounder_server.executor.plugins import Brain, BrainFactory, Tool, ToolFactory, ToolSpec
@@ -65,8 +67,8 @@ class PluginRegistry:
 
     @classmethod
     def default(cls, settings: Settings, *, entry_points: bool = True) -> PluginRegistry:
-        """The built-ins (brains ``scripted`` and ``anthropic``, tools ``ask_human`` and
-        ``narrate``) plus plug-ins.
+        """The built-ins (brains ``scripted``, ``anthropic`` and ``openai``, tools ``ask_human``
+        and ``narrate``) plus plug-ins.
 
         Entry points are loaded first (unless ``entry_points`` is false), then the import
         paths of ``settings.plugins``. Raises :class:`PluginLoadError` if a configured import
@@ -74,14 +76,33 @@ class PluginRegistry:
         """
         registry = cls()
         registry.register_brain("scripted", ScriptedBrainFactory(settings.scripted_turns_dir))
-        anthropic = AnthropicBrainFactory(
-            base_url=settings.anthropic_base_url,
-            api_key=settings.anthropic_api_key,
-            max_tokens=settings.anthropic_max_tokens,
-            timeout_seconds=settings.anthropic_timeout_seconds,
+        # One client and one rate-limit gate per provider account, shared by every job.
+        clients = ModelClients(
+            max_connections=settings.model_max_connections,
+            model_concurrency=parse_model_concurrency(settings.model_concurrency),
+            default_backoff=settings.model_backoff_seconds,
         )
-        registry.register_brain("anthropic", anthropic)
-        registry.add_cleanup(anthropic.aclose)
+        registry.add_cleanup(clients.aclose)
+        registry.register_brain(
+            "anthropic",
+            AnthropicBrainFactory(
+                base_url=settings.anthropic_base_url,
+                api_key=settings.anthropic_api_key,
+                max_tokens=settings.anthropic_max_tokens,
+                timeout_seconds=settings.anthropic_timeout_seconds,
+                clients=clients,
+            ),
+        )
+        registry.register_brain(
+            "openai",
+            OpenAIBrainFactory(
+                base_url=settings.openai_base_url,
+                api_key=settings.openai_api_key,
+                max_tokens=settings.openai_max_tokens,
+                timeout_seconds=settings.openai_timeout_seconds,
+                clients=clients,
+            ),
+        )
         registry.register_tool("ask_human", AskHumanTool)
         registry.register_tool("narrate", NarrateTool)
         if entry_points:

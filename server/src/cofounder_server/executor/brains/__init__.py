@@ -1,1 +1,2 @@
-"""Built-in brains: ``scripted`` (turns from config or a file) and ``anthropic`` (Messages API)."""
+"""Built-in brains: ``scripted`` (turns from config or a file), ``anthropic`` (Messages API)
+and ``openai`` (Chat Completions: OpenAI, vLLM, Ollama, LiteLLM)."""

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.plugin_errors import PluginConfigError
 
 _PLAIN_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -71,3 +72,21 @@ def as_int(value: object, field: str, *, minimum: int) -> int:
     if value < minimum:
         raise PluginConfigError(f"must be at least {minimum}", field=field)
     return value
+
+
+_CONFIG = "agent.config"
+_CHAT_KEYS = frozenset({"system", "max_tokens"})
+
+
+def chat_options(
+    spec: AgentSpec, default_max_tokens: int, *, brain: str, example_model: str
+) -> tuple[str, int]:
+    """The system prompt and output-token limit of a model API brain's ``spec``
+    (``{"system": ..., "max_tokens": ...}``, both optional), which must name a model."""
+    config = as_mapping(spec.config, _CONFIG)
+    check_keys(config, _CHAT_KEYS, _CONFIG)
+    system = as_str(config.get("system", ""), f"{_CONFIG}.system")
+    max_tokens = as_int(config.get("max_tokens", default_max_tokens), f"{_CONFIG}.max_tokens", minimum=1)
+    if not spec.model.strip():
+        raise PluginConfigError(f"the {brain} brain needs a model, e.g. {example_model}", field="agent.model")
+    return system, max_tokens

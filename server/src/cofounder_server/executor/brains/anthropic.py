@@ -9,7 +9,9 @@ Config (``AgentSpec.config``), all optional::
 
 ``AgentSpec.model`` is required. The SDK does not retry (``max_retries=0``): the executor
 owns retries, counts them per error signature and escalates, which SDK-internal retries
-would hide.
+would hide. Every brain of one account shares one SDK client (on the aiohttp transport)
+and one gate that honours the API's ``retry-after`` for all of them (see
+:mod:`~cofounder_server.executor.brains.provider_access`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cofounder_server.domain.model import AgentSpec
-from cofounder_server.executor.brains._config import as_int, as_mapping, as_str, check_keys
+from cofounder_server.executor.brains._config import chat_options
+from cofounder_server.executor.brains.provider_access import ModelClients, ProviderGate, status_verdict
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
     BrainError,
@@ -35,9 +38,6 @@ if TYPE_CHECKING:
     from anthropic import AnthropicError, AsyncAnthropic
     from anthropic.types import Message as ApiMessage
 
-_CONFIG = "agent.config"
-_CONFIG_KEYS = frozenset({"system", "max_tokens"})
-
 _STOP_REASONS = {
     "end_turn": StopReason.END_TURN,
     # Only sent when the request gives stop_sequences (ours never do); a natural end.
@@ -50,22 +50,6 @@ _STOP_REASONS = {
     "model_context_window_exceeded": StopReason.MAX_TOKENS,
     "pause_turn": StopReason.MAX_TOKENS,
     "refusal": StopReason.REFUSAL,
-}
-
-# Normalised error signatures by HTTP status (the names of the API's error types).
-_STATUS_SIGNATURES = {
-    400: "invalid_request",
-    401: "authentication",
-    402: "billing",
-    403: "permission",
-    404: "not_found",
-    408: "timeout",
-    413: "request_too_large",
-    429: "rate_limit",
-    500: "api_error",
-    503: "unavailable",
-    504: "timeout",
-    529: "overloaded",
 }
 
 
@@ -146,20 +130,23 @@ def to_turn(response: ApiMessage, model: str) -> Turn:
     )
 
 
-def to_brain_error(exc: AnthropicError) -> BrainError:
+def to_brain_error(exc: AnthropicError, *, retry_after: float | None = None) -> BrainError:
     """An SDK error as a :class:`BrainError` with a retry verdict and a stable signature.
 
     Rate limits, overload, 5xx, timeouts and lost connections may pass: retryable. Bad
     requests, credentials, permissions and unknown models will not: not retryable.
+    ``retry_after`` is what the gate made of a pause status (see :class:`BrainError`).
     """
     import anthropic
 
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
-        name = _STATUS_SIGNATURES.get(status) or ("server_error" if status >= 500 else f"http_{status}")
-        retryable = status in (408, 429) or status >= 500
+        name, retryable = status_verdict(status)
         return BrainError(
-            f"Anthropic API error {status}: {exc.message}", retryable=retryable, signature=f"anthropic:{name}"
+            f"Anthropic API error {status}: {exc.message}",
+            retryable=retryable,
+            signature=f"anthropic:{name}",
+            retry_after=retry_after,
         )
     if isinstance(exc, anthropic.APITimeoutError):
         return BrainError("Anthropic API call timed out", retryable=True, signature="anthropic:timeout")
@@ -171,10 +158,13 @@ def to_brain_error(exc: AnthropicError) -> BrainError:
 
 
 class AnthropicBrain:
-    """Thinks by calling the Messages API once per turn (non-streaming)."""
+    """Thinks by calling the Messages API once per turn (non-streaming), through its gate."""
 
-    def __init__(self, client: AsyncAnthropic, *, model: str, max_tokens: int, system: str) -> None:
+    def __init__(
+        self, client: AsyncAnthropic, gate: ProviderGate, *, model: str, max_tokens: int, system: str
+    ) -> None:
         self._client = client
+        self._gate = gate
         self._model = model
         self._max_tokens = max_tokens
         self._system = system
@@ -190,36 +180,52 @@ class AnthropicBrain:
             optional["system"] = self._system
         if tools:
             optional["tools"] = to_tools_api(tools)
-        try:
-            response = await self._client.messages.create(
-                model=self._model,
-                max_tokens=self._max_tokens,
-                messages=to_messages_api(conversation),  # type: ignore[arg-type]
-                **optional,
-            )
-        except anthropic.AnthropicError as exc:
-            raise to_brain_error(exc) from exc
+        messages = to_messages_api(conversation)
+        async with self._gate.call(self._model):
+            try:
+                response = await self._client.messages.create(
+                    model=self._model,
+                    max_tokens=self._max_tokens,
+                    messages=messages,  # type: ignore[arg-type]
+                    **optional,
+                )
+            except anthropic.APIStatusError as exc:
+                retry_after = self._gate.refused(exc.status_code, exc.response.headers)
+                raise to_brain_error(exc, retry_after=retry_after) from exc
+            except anthropic.AnthropicError as exc:
+                raise to_brain_error(exc) from exc
         return to_turn(response, self._model)
 
 
 class AnthropicBrainFactory:
-    """Builds :class:`AnthropicBrain` s sharing one SDK client (one connection pool).
+    """Builds :class:`AnthropicBrain` s sharing one SDK client and gate from ``clients``.
 
     Empty ``base_url`` / ``api_key`` leave the choice to the SDK (its defaults, or
-    ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``). Call :meth:`aclose` on shutdown.
+    ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``). Without ``clients`` the factory keeps
+    its own, which :meth:`aclose` closes; shared ``clients`` are closed by their owner.
     """
 
-    def __init__(self, *, base_url: str, api_key: str, max_tokens: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        max_tokens: int,
+        timeout_seconds: float,
+        clients: ModelClients | None = None,
+    ) -> None:
         self._base_url = base_url
         self._api_key = api_key
         self._max_tokens = max_tokens
         self._timeout_seconds = timeout_seconds
-        self._client: AsyncAnthropic | None = None
+        self._owned = clients is None
+        self._clients = clients or ModelClients()
 
     def __call__(self, spec: AgentSpec) -> AnthropicBrain:
         """A brain for ``spec``; raises :class:`PluginConfigError` for a bad spec or missing SDK/key."""
         system, max_tokens = self._options(spec)
-        return AnthropicBrain(self._shared_client(), model=spec.model, max_tokens=max_tokens, system=system)
+        client, gate = self._shared_client()
+        return AnthropicBrain(client, gate, model=spec.model, max_tokens=max_tokens, system=system)
 
     def validate(self, spec: AgentSpec) -> None:
         """Check the model and config without I/O; the SDK and credentials are checked when
@@ -227,39 +233,15 @@ class AnthropicBrainFactory:
         self._options(spec)
 
     def _options(self, spec: AgentSpec) -> tuple[str, int]:
-        """The system prompt and output-token limit of ``spec``, which must name a model."""
-        config = as_mapping(spec.config, _CONFIG)
-        check_keys(config, _CONFIG_KEYS, _CONFIG)
-        system = as_str(config.get("system", ""), f"{_CONFIG}.system")
-        max_tokens = as_int(config.get("max_tokens", self._max_tokens), f"{_CONFIG}.max_tokens", minimum=1)
-        if not spec.model.strip():
+        return chat_options(spec, self._max_tokens, brain="anthropic", example_model="claude-sonnet-4-5")
+
+    def _shared_client(self) -> tuple[AsyncAnthropic, ProviderGate]:
+        if importlib.util.find_spec("anthropic") is None or importlib.util.find_spec("aiohttp") is None:
             raise PluginConfigError(
-                "the anthropic brain needs a model, e.g. claude-sonnet-4-5", field="agent.model"
+                "the anthropic brain is not installed: pip install 'cofounder-server[anthropic]'",
+                field="agent.brain",
             )
-        return system, max_tokens
-
-    def _shared_client(self) -> AsyncAnthropic:
-        client = self._client
-        if client is None:
-            if importlib.util.find_spec("anthropic") is None:
-                raise PluginConfigError(
-                    "the anthropic brain is not installed: pip install 'cofounder-server[anthropic]'",
-                    field="agent.brain",
-                )
-            import anthropic
-
-            try:
-                client = self._client = anthropic.AsyncAnthropic(
-                    api_key=self._api_key or None,
-                    base_url=self._base_url or None,
-                    timeout=self._timeout_seconds,
-                    max_retries=0,
-                )
-            except anthropic.AnthropicError as exc:
-                # E.g. a credentials profile the SDK was pointed at but cannot read.
-                raise PluginConfigError(
-                    f"cannot set up the Anthropic client: {exc}", field="agent.brain"
-                ) from exc
+        client, gate = self._clients.get("anthropic", self._base_url, self._api_key, self._make_client)
         # Without credentials the SDK fails on the first call with a bare TypeError; say it
         # now, when the job is submitted. (``credentials``: token providers of newer SDKs.)
         if (
@@ -270,10 +252,28 @@ class AnthropicBrainFactory:
             raise PluginConfigError(
                 "no Anthropic credentials: set --anthropic-api-key or ANTHROPIC_API_KEY", field="agent.brain"
             )
-        return client
+        return client, gate
+
+    def _make_client(self) -> AsyncAnthropic:
+        import anthropic
+
+        try:
+            return anthropic.AsyncAnthropic(
+                api_key=self._api_key or None,
+                base_url=self._base_url or None,
+                timeout=self._timeout_seconds,
+                max_retries=0,
+                http_client=anthropic.DefaultAioHttpClient(
+                    limits=self._clients.http_limits(), timeout=self._timeout_seconds
+                ),
+            )
+        except anthropic.AnthropicError as exc:
+            # E.g. a credentials profile the SDK was pointed at but cannot read.
+            raise PluginConfigError(
+                f"cannot set up the Anthropic client: {exc}", field="agent.brain"
+            ) from exc
 
     async def aclose(self) -> None:
-        """Close the shared SDK client, if one was made."""
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+        """Close the SDK client if this factory made its own (see the class docstring)."""
+        if self._owned:
+            await self._clients.aclose()
