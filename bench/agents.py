@@ -339,6 +339,7 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
         ]
         if database_url:
             flags += ["--database-url", database_url]
+        flags += args.server_flag
         server = harness.ServerProcess(
             root / "data", flags, core=harness.SERVER_CORE, nice=args.nice, log_level=None
         )
@@ -525,6 +526,13 @@ def main() -> int:
     parser.add_argument("--database", default="", help="PostgreSQL server URL (a throwaway database)")
     parser.add_argument(
         "--transports", default="aiohttp,default", help="SDK transports for the reference (aiohttp,default)"
+    )
+    parser.add_argument(
+        "--server-flag",
+        action="append",
+        default=[],
+        help="one more token on the server's command line, repeated per token (e.g. "
+        "--server-flag=--max-running-jobs --server-flag=1000); the workload as specified uses none",
     )
     parser.add_argument("--channels", type=int, default=4, help="loader channels (default 4)")
     parser.add_argument("--in-flight", type=int, default=64, help="SubmitJob calls in flight (default 64)")
