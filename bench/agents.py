@@ -455,7 +455,7 @@ def spread(values: Sequence[float], digits: int = 0) -> str:
     if not values:
         return "-"
     cell = f"{{:,.{digits}f}}"
-    if len(values) == 1:
+    if min(values) == max(values):
         return cell.format(values[0])
     return f"{cell.format(statistics.median(values))} ({cell.format(min(values))}-{cell.format(max(values))})"
 
