@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -51,7 +52,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ from cofounder.agent.v1 import job_pb2
 SAMPLE_SECONDS = 0.2
 BUDGET = 10**9
 """Microdollars per job and day: far above what a few calls cost."""
-UNFINISHED = [job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING]
+UNFINISHED: list[job_pb2.JobStatus.ValueType] = [job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING]
 
 
 def brain_flags(brain: str, base_url: str) -> list[str]:
@@ -91,7 +92,6 @@ class Sample:
     answered: int
     in_flight: int
     rss_mib: float
-    cpu_seconds: float
 
 
 class Sampler:
@@ -107,12 +107,10 @@ class Sampler:
     async def _read(self) -> None:
         stats = await self._model_api.stats()
         try:
-            rss, cpu = harness.rss_mib(self._pid), harness.cpu_seconds(self._pid)
+            rss = harness.rss_mib(self._pid)
         except OSError:  # the measured process has just exited (the SDK loops, at their end)
-            rss, cpu = 0.0, 0.0
-        self.samples.append(
-            Sample(round(stats.at - self.started, 3), stats.answered, stats.in_flight, rss, cpu)
-        )
+            rss = 0.0
+        self.samples.append(Sample(round(stats.at - self.started, 3), stats.answered, stats.in_flight, rss))
 
     async def _loop(self) -> None:
         while True:
@@ -238,7 +236,7 @@ async def sdk_phase(args: argparse.Namespace, model_api: StandIn, transport: str
         after = await usage(model_api)
         await sampler.stop()
     report = json.loads(line)
-    peak = (await model_api.stats()).peak_in_flight
+    final = await model_api.stats()
     rates = call_rates(sampler.samples)
     return {
         "phase": f"sdk-{transport}",
@@ -246,8 +244,9 @@ async def sdk_phase(args: argparse.Namespace, model_api: StandIn, transport: str
         **rates,
         "errors": report["errors"],
         "first_error": report["first_error"],
-        "peak_in_flight": peak,
-        "peak_in_flight_share": round(peak / args.jobs, 3),
+        "error_answers_at_the_stand_in": final.errors,
+        "peak_in_flight": final.peak_in_flight,
+        "peak_in_flight_share": round(final.peak_in_flight / args.jobs, 3),
         **shares(before, after, report["cpu_seconds"]),
         **memory_per_agent(sampler.samples, idle_rss),
     }
@@ -303,7 +302,7 @@ async def submit_all(
 
 
 async def count_jobs(
-    stub: pb_grpc.AgentControlServiceStub, project: str, statuses: Sequence[int]
+    stub: pb_grpc.AgentControlServiceStub, project: str, statuses: Sequence[job_pb2.JobStatus.ValueType]
 ) -> list[job_pb2.Job]:
     """Every job of ``project`` in one of ``statuses`` (all pages)."""
     jobs: list[job_pb2.Job] = []
@@ -372,7 +371,7 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
             finished = time.monotonic() - sampler.started
             after, cpu1 = await usage(model_api), harness.cpu_seconds(server.pid)
             await sampler.stop()
-            peak = (await model_api.stats()).peak_in_flight
+            final = await model_api.stats()
             ready = len(await count_jobs(stubs[0], project, [job_pb2.JOB_STATUS_READY]))
             ended = await count_jobs(
                 stubs[0], project, [job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELLED]
@@ -396,8 +395,9 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
         "jobs_ready": ready,
         "jobs_failed_or_cancelled": len(ended),
         "failures": failures,
-        "peak_in_flight": peak,
-        "peak_in_flight_share": round(peak / args.jobs, 3),
+        "error_answers_at_the_stand_in": final.errors,
+        "peak_in_flight": final.peak_in_flight,
+        "peak_in_flight_share": round(final.peak_in_flight / args.jobs, 3),
         **shares(before, after, cpu1 - cpu0),
         **memory_per_agent(sampler.samples, idle_rss),
         "rss_idle_after_mib": round(rss_after, 1),
@@ -410,8 +410,10 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
 
 async def one_run(args: argparse.Namespace, number: int) -> dict[str, Any]:
     """The server and each reference transport once, the order flipped on every other run."""
-    phases: list[tuple[str, Callable[[StandIn], Any]]] = [("server", lambda api: server_phase(args, api))]
-    phases += [(f"sdk-{t}", lambda api, t=t: sdk_phase(args, api, t)) for t in args.transports]
+    phases: list[tuple[str, Callable[[StandIn], Awaitable[dict[str, Any]]]]] = [
+        ("server", functools.partial(server_phase, args))
+    ]
+    phases += [(f"sdk-{t}", functools.partial(sdk_phase, args, transport=t)) for t in args.transports]
     if number % 2:
         phases.reverse()
     tool_turns = args.calls_per_job - 1

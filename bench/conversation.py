@@ -219,8 +219,7 @@ class PostgresMeter(Meter):
 async def store(args: argparse.Namespace, data_dir: Path) -> AsyncIterator[tuple[str, Meter]]:
     """The database the server uses (``--database-url``, "" for its SQLite file) and its meter."""
     if not args.database:
-        meter = SqliteMeter(data_dir / "cofounder.db")
-        yield "", meter
+        yield "", SqliteMeter(data_dir / "cofounder.db")
         return
     import asyncpg
     from sqlalchemy.engine import make_url
@@ -382,8 +381,9 @@ async def submit(stub: pb_grpc.AgentControlServiceStub, project: str, config: di
         project_id=project,
         goal=f"Read the code base and summarise it (agent {n}).",
         daily_budget_microdollars=BUDGET,
-        agent=job_pb2.AgentSpec(brain="scripted", model="bench-model", config=config),
+        agent=job_pb2.AgentSpec(brain="scripted", model="bench-model"),
     )
+    request.agent.config.update(config)
     return str((await stub.SubmitJob(request, timeout=60)).job.job_id)
 
 
