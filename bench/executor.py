@@ -104,7 +104,7 @@ async def measure(
         assert app.executor is not None
         writer = app.executor.writer  # the benchmark reads the writer's counters
         if max_batch is not None:
-            writer._max_batch = max_batch  # the reference design: a transaction per iteration
+            writer.max_batch = max_batch  # the reference design: a transaction per iteration
         config = struct_pb2.Struct()
         config.update(script())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
