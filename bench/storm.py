@@ -10,12 +10,13 @@ at once when the window resets, and each makes a model call that takes seconds.
   (``narrate``, with an input of 400 characters), the second ends the turn.
 - **The server** is the real ``Application`` in this process, which is pinned to core 0 (the
   loader and the sampler are this process too, and idle during the storm), on an injected
-  clock so midnight comes when the script says; its default settings, the ``anthropic``
-  brain pointed at the stand-in, the request rate limits off. A price table charges output
-  tokens only, one microdollar each, and every job's daily budget is 100 microdollars: the
-  first answer (~107 output tokens) takes an agent to ~107 % of its budget, so it finishes
-  that turn and sleeps until the next UTC midnight; after the reset its second answer
-  (2 tokens) ends the job.
+  clock so midnight comes when the script says (it moves to a second before midnight, waits
+  for a runner-lease renewal, then to midnight: a jump of hours would find the lease
+  lapsed); its default settings, the ``anthropic`` brain pointed at the stand-in, the request
+  rate limits off. A price table charges output tokens only, one microdollar each, and every
+  job's daily budget is 100 microdollars: the first answer (~107 output tokens) takes an
+  agent to ~107 % of its budget, so it finishes that turn and sleeps until the next UTC
+  midnight; after the reset its second answer (2 tokens) ends the job.
 - **Parking.** ``--agents`` jobs are submitted (64 calls in flight) and the script waits
   until SQL shows every agent sleeping, then for ``--settle`` seconds.
 - **The storm.** The clock jumps to midnight: every budget window resets at once. Measured
@@ -41,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,13 @@ async def storm(app: Any, clock: Any, model_api: Any, root: Path, args: argparse
     from cofounder_server.clock import next_utc_midnight
 
     executor = app.executor
+    # The injected clock stands still while the agents park; a jump of hours would find the
+    # runner lease lapsed (it is renewed on that clock) and make the executor re-read which
+    # jobs are its own in the middle of the storm. So: most of the way now, then wait for a
+    # lease renewal, and only the last second at midnight.
+    midnight = next_utc_midnight(clock.now())
+    await clock.set(midnight - timedelta(seconds=1))
+    await asyncio.sleep(3 * app.settings.lease_seconds / 4)
     lot_order = {entry.job_id: (entry.due, entry.order) for entry in executor.lot}
     pid = os.getpid()
     rss_parked = harness.rss_mib(pid)
@@ -222,7 +230,7 @@ async def storm(app: Any, clock: Any, model_api: Any, root: Path, args: argparse
     started = time.perf_counter()
     sampler.start()
     try:
-        await clock.set(next_utc_midnight(clock.now()))
+        await clock.set(midnight)
 
         async def all_awake() -> bool:
             return len(sampler.woke) >= args.agents
