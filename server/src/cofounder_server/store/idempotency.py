@@ -44,11 +44,15 @@ async def replayed_resource_id(
     if key is None:
         return None
     if key.fingerprint != fingerprint:
-        raise AlreadyExists(
-            "REQUEST_ID_REUSED",
-            f"request_id {request_id!r} was already used for a different {operation} request",
-        )
+        raise reused_key(operation, request_id)
     return key.resource_id
+
+
+def reused_key(operation: str, request_id: str) -> AlreadyExists:
+    """The error for a ``request_id`` already used for a different ``operation`` request."""
+    return AlreadyExists(
+        "REQUEST_ID_REUSED", f"request_id {request_id!r} was already used for a different {operation} request"
+    )
 
 
 def record_key(
