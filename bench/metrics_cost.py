@@ -1,7 +1,7 @@
 """What metrics cost: GetJobStatus throughput and executor iterations/s, metrics off and on.
 
-    .venv/bin/python bench/metrics_cost.py                        # 5 rounds x 10 s per setting
-    .venv/bin/python bench/metrics_cost.py --rounds 2 --duration 2 --jobs 20   # a quick look
+    .venv/bin/python -m bench.metrics_cost                        # 5 rounds x 10 s per setting
+    .venv/bin/python -m bench.metrics_cost --rounds 2 --duration 2 --jobs 20   # a quick look
 
 Both halves compare the server with ``--metrics-listen`` unset (off) and set (on) in the same
 run, interleaved round by round (the order alternates every round) so drift on a shared machine
@@ -17,7 +17,7 @@ the job gauges when its 5 s cache has expired).
   one channel for ``--duration`` seconds after a warm-up, and reads the server's CPU time from
   ``/proc``. Figures: calls per second, server CPU microseconds per call (robust when the
   client, not the server, is the limit), and the share of core 0 the server used.
-* **Executor.** ``bench/executor.py``'s run (``--jobs`` scripted jobs whose brain answers at
+* **Executor.** ``bench.executor``'s run (``--jobs`` scripted jobs whose brain answers at
   once, in this process on core 1) on a fresh server per round: iterations committed per second.
 
 ``cost`` is ``1 - median(on) / median(off)`` for throughput (and ``median(on) / median(off) - 1``
@@ -31,12 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,28 +44,13 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from bench import executor as executor_bench
+from bench import harness
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import executor as executor_bench
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-TWO_CORES = (os.cpu_count() or 1) >= 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (``/proc/PID/stat``)."""
-    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+TWO_CORES = harness.two_cores()
 
 
 class Scraper:
@@ -108,74 +88,56 @@ class Scraper:
 
 
 @dataclass
-class ServerProcess:
-    """A ``cofounder-server`` child process serving the API only."""
+class MeasuredServer:
+    """A ``cofounder-server`` serving the API only, and the job every call reads."""
 
     name: str
-    process: subprocess.Popen[bytes]
-    port: int
+    server: harness.ServerProcess
     metrics_port: int | None
     job_id: str = ""
 
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
-
-def start_server(name: str, workdir: Path, metrics: bool) -> ServerProcess:
-    port = free_port()
-    metrics_port = free_port() if metrics else None
-    argv = [
-        sys.executable,
-        "-m",
-        "cofounder_server",
-        *("--listen", f"127.0.0.1:{port}", "--data-dir", str(workdir / name)),
-        *("--executor-enabled", "false", "--rate-limit-per-second", "0", "--log-level", "WARNING"),
-    ]
+async def start_server(name: str, workdir: Path, metrics: bool) -> MeasuredServer:
+    """Start it (alone on core 0 when there are two) and submit the job every call reads."""
+    metrics_port = harness.free_port() if metrics else None
+    flags = ["--executor-enabled", "false", "--rate-limit-per-second", "0"]
     if metrics_port is not None:
-        argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
-    if TWO_CORES:
-        argv = ["taskset", "-c", "0", *argv]
-    log = (workdir / f"{name}.log").open("wb")
+        flags += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
     # One hash seed for every server: dict and set layouts then differ by setting only.
-    process = subprocess.Popen(argv, stderr=log, env={**os.environ, "PYTHONHASHSEED": "0"})
-    return ServerProcess(name, process, port, metrics_port)
-
-
-async def prepare(server: ServerProcess) -> None:
-    """Wait until the server answers, then submit the job every call reads."""
-    deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = pb_grpc.AgentControlServiceStub(channel)
-        config = struct_pb2.Struct()
-        config.update({"turns": [{"text": "done"}]})
-        request = pb.SubmitJobRequest(
-            project_id="bench",
-            goal="metrics cost",
-            daily_budget_microdollars=10**9,
-            agent=job_pb2.AgentSpec(brain="scripted", model="bench-model", config=config),
-        )
-        while True:
-            try:
-                server.job_id = (await stub.SubmitJob(request, timeout=2)).job.job_id
-                return
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline or server.process.poll() is not None:
-                    raise
-                await asyncio.sleep(0.2)
+    server = harness.ServerProcess(
+        workdir / name,
+        flags,
+        core=harness.SERVER_CORE if TWO_CORES else None,
+        env={"PYTHONHASHSEED": "0"},
+    )
+    await server.start()
+    measured = MeasuredServer(name, server, metrics_port)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AgentControlServiceStub(channel)
+            config = struct_pb2.Struct()
+            config.update({"turns": [{"text": "done"}]})
+            request = pb.SubmitJobRequest(
+                project_id="bench",
+                goal="metrics cost",
+                daily_budget_microdollars=10**9,
+                agent=job_pb2.AgentSpec(brain="scripted", model="bench-model", config=config),
+            )
+            measured.job_id = (await stub.SubmitJob(request, timeout=10)).job.job_id
+    except BaseException:
+        await server.stop()
+        raise
+    return measured
 
 
 async def drive(
-    server: ServerProcess, concurrency: int, seconds: float, warmup: float, during: Any
+    server: MeasuredServer, concurrency: int, seconds: float, warmup: float, during: Any
 ) -> tuple[int, float, float]:
     """``concurrency`` callers in a loop for ``warmup`` seconds, then for ``seconds`` more
     inside ``during`` (an async context manager): (calls completed, wall seconds, server CPU seconds)
     of the second part."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    pid = server.server.pid
+    async with grpc.aio.insecure_channel(server.server.address) as channel:
         stub = pb_grpc.AgentControlServiceStub(channel)
         request = pb.GetJobStatusRequest(job_id=server.job_id)
 
@@ -193,10 +155,10 @@ async def drive(
 
         await load(time.monotonic() + warmup)
         async with during:
-            cpu0, started = cpu_seconds(server.process.pid), time.monotonic()
+            cpu0, started = harness.cpu_seconds(pid), time.monotonic()
             done = await load(started + seconds)
             elapsed = time.monotonic() - started
-            return done, elapsed, cpu_seconds(server.process.pid) - cpu0
+            return done, elapsed, harness.cpu_seconds(pid) - cpu0
 
 
 def summary(off: list[float], on: list[float], higher_is_better: bool = True) -> dict[str, Any]:
@@ -218,9 +180,8 @@ async def get_job_status_rounds(args: Namespace, workdir: Path) -> dict[str, Any
     for round_number in range(args.rounds):
         order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
         for name in order:
-            server = start_server(f"{name}-{round_number + 1}", workdir, metrics=name == "on")
+            server = await start_server(f"{name}-{round_number + 1}", workdir, metrics=name == "on")
             try:
-                await prepare(server)
                 scraping = (
                     Scraper(server.metrics_port, args.scrape_interval)
                     if server.metrics_port is not None
@@ -230,7 +191,7 @@ async def get_job_status_rounds(args: Namespace, workdir: Path) -> dict[str, Any
                     server, args.concurrency, args.duration, args.warmup, scraping
                 )
             finally:
-                server.stop()
+                await server.server.stop(30)
             rates[name].append(calls / elapsed)
             cpu[name].append(seconds / max(1, calls) * 1e6)
             busy[name].append(seconds / elapsed * 100)
@@ -288,26 +249,19 @@ def main() -> int:
     parser.add_argument("--skip", choices=("getjobstatus", "executor"), help="leave one half out")
     parser.add_argument("--json-out", default="", help="also write the result here")
     args = parser.parse_args()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
+    harness.enable_uvloop()
     if TWO_CORES:
-        os.sched_setaffinity(0, {1})  # the load (and the in-process executor server) on core 1
+        os.sched_setaffinity(
+            0, {harness.LOAD_CORE}
+        )  # the load (and the in-process executor server) on core 1
     result: dict[str, Any] = {"rounds": args.rounds, "duration": args.duration}
     with tempfile.TemporaryDirectory(prefix="cofounder-bench-metrics-") as workdir:
         if args.skip != "getjobstatus":
             result["get_job_status"] = asyncio.run(get_job_status_rounds(args, Path(workdir)))
         if args.skip != "executor":
             result["executor"] = asyncio.run(executor_rounds(args))
-    result["machine"] = {
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
+    harness.write_result(result, args.json_out)
     print(json.dumps(result, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -2,9 +2,9 @@
 restart takes to hold them all again, how fast a parked agent reacts to WakeAgent, and the
 midnight wake storm.
 
-    .venv/bin/python bench/parked.py                          # 1,000 agents
-    .venv/bin/python bench/parked.py -n 1000 -n 5000 -n 10000 --idle 30
-    .venv/bin/python bench/parked.py -n 200 --idle 5 --storm 500   # quick look while developing
+    .venv/bin/python -m bench.parked                          # 1,000 agents
+    .venv/bin/python -m bench.parked -n 1000 -n 5000 -n 10000 --idle 30
+    .venv/bin/python -m bench.parked -n 200 --idle 5 --storm 500   # quick look while developing
 
 Stages, for each ``-n``:
 
@@ -48,12 +48,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +61,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from bench import harness
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
@@ -73,7 +70,6 @@ PRICE_TABLE = json.dumps({"default": {"input": 1_000_000, "output": 1_000_000}})
 """One microdollar per token, so a call's cost is its token count."""
 BUDGET = 1_000
 """Daily budget per job, in microdollars: the first call (900 tokens) takes 90 %."""
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IN_FLIGHT = 50
 
 
@@ -120,95 +116,30 @@ def asking_script() -> struct_pb2.Struct:
     return config
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return platform.processor()
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+class ParkedServer:
+    """One ``cofounder-server`` on a data directory, and what the script reads of it."""
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-class ServerProcess:
-    """One ``cofounder-server`` on a data directory, started and stopped by the script."""
-
-    def __init__(self, data_dir: Path, port: int, extra: list[str]) -> None:
+    def __init__(self, data_dir: Path, extra: list[str]) -> None:
         self.data_dir = data_dir
-        self.port = port
-        self.extra = extra
-        self.process: asyncio.subprocess.Process | None = None
+        flags = ["--price-table", PRICE_TABLE, "--rate-limit-per-second", "0"]
+        flags += ["--service-rate-limit-per-second", "0", *extra]
+        self.server = harness.ServerProcess(data_dir, flags)
 
-    async def start(self) -> float:
-        """Start and wait until it answers; seconds it took."""
-        started = time.perf_counter()
-        argv = [
-            sys.executable,
-            "-m",
-            "cofounder_server",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--data-dir",
-            str(self.data_dir),
-            "--price-table",
-            PRICE_TABLE,
-            "--rate-limit-per-second",
-            "0",
-            "--service-rate-limit-per-second",
-            "0",
-            "--log-level",
-            "WARNING",
-            *self.extra,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COFOUNDER_")}
-        log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
-        self.process = await asyncio.create_subprocess_exec(*argv, env=env, stderr=log)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), 60)
-        return time.perf_counter() - started
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        return self.server.pid
+
+    async def start(self) -> float:
+        """Start and wait until it serves; seconds it took."""
+        return await self.server.start()
 
     async def stop(self) -> float:
         """SIGTERM and wait; seconds it took."""
-        if self.process is None or self.process.returncode is not None:
-            return 0.0
-        started = time.perf_counter()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), 60)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-        return time.perf_counter() - started
+        return await self.server.stop()
 
     def sql(self, query: str) -> Any:
         with contextlib.closing(
@@ -268,15 +199,16 @@ class ServerProcess:
         ``share_percent`` of a core."""
         started = time.perf_counter()
         while time.perf_counter() - started < limit:
-            t0, c0 = time.perf_counter(), cpu_seconds(self.pid)
+            t0, c0 = time.perf_counter(), harness.cpu_seconds(self.pid)
             await asyncio.sleep(window)
-            if 100 * (cpu_seconds(self.pid) - c0) / (time.perf_counter() - t0) <= share_percent:
+            if 100 * (harness.cpu_seconds(self.pid) - c0) / (time.perf_counter() - t0) <= share_percent:
                 return
         raise TimeoutError(f"the server's CPU did not fall to {share_percent} % within {limit} s")
 
     async def idle(self, seconds: float) -> dict[str, float]:
         """CPU shares (of one core) of the server and its Redis engine over ``seconds``."""
-        redis = children(self.pid)
+        cpu_seconds = harness.cpu_seconds
+        redis = harness.children(self.pid)
         t0, s0 = time.perf_counter(), cpu_seconds(self.pid)
         r0 = sum(cpu_seconds(p) for p in redis)
         await asyncio.sleep(seconds)
@@ -284,16 +216,8 @@ class ServerProcess:
         return {
             "server_cpu_percent": round(100 * (cpu_seconds(self.pid) - s0) / elapsed, 2),
             "redis_cpu_percent": round(100 * (sum(cpu_seconds(p) for p in redis) - r0) / elapsed, 2),
-            "server_rss_mib": round(rss_mib(self.pid), 1),
+            "server_rss_mib": round(harness.rss_mib(self.pid), 1),
         }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def submit(
@@ -351,19 +275,14 @@ async def wake_latencies(stub: pb_grpc.AgentControlServiceStub, job_ids: list[st
     return latencies
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
 async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="cofounder-bench-parked-"))
-    server = ServerProcess(root / "data", free_port(), args.server_arg)
+    server = ParkedServer(root / "data", args.server_arg)
     result: dict[str, Any] = {"agents": n}
     try:
         await server.start()
         await asyncio.sleep(args.settle)
-        result["load_before_empty"] = load()
+        result["load_before_empty"] = harness.load_average()
         result["empty"] = await server.idle(args.idle)
 
         parked_query = "SELECT count(*) FROM jobs WHERE agent_state IN ('sleeping', 'waiting_for_input')"
@@ -384,7 +303,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
         await asyncio.sleep(args.settle)
-        result["load_before_parked"] = load()
+        result["load_before_parked"] = harness.load_average()
         parked = await server.idle(args.idle)
         parked["kib_per_agent"] = round(
             (parked["server_rss_mib"] - result["empty"]["server_rss_mib"]) * 1024 / n, 2
@@ -413,7 +332,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         result["restart_to_live_keys_seconds"] = keys_at
         result["restart_to_quiet_seconds"] = quiet_at
         await asyncio.sleep(args.settle)
-        result["load_before_restarted"] = load()
+        result["load_before_restarted"] = harness.load_average()
         restarted = await server.idle(args.idle)
         restarted["kib_per_agent"] = round(
             (restarted["server_rss_mib"] - result["empty"]["server_rss_mib"]) * 1024 / n, 2
@@ -427,7 +346,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             result["wake_agent_ms"] = {
                 "count": len(latencies),
                 "p50": round(statistics.median(latencies) * 1000, 1),
-                "p99": round(percentile(latencies, 0.99) * 1000, 1),
+                "p99": round(harness.percentile(latencies, 0.99) * 1000, 1),
                 "max": round(max(latencies) * 1000, 1),
             }
     finally:
@@ -541,13 +460,7 @@ def main() -> int:
     )
     parser.add_argument("--json-out", default="", help="also write the results here")
     args = parser.parse_args()
-    results: dict[str, Any] = {
-        "cpu_model": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "runs": [],
-    }
+    results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "runs": []}
     for n in args.agents or [1000]:
         run = asyncio.run(measure(n, args))
         print(json.dumps(run), flush=True)
@@ -555,9 +468,8 @@ def main() -> int:
     if args.storm:
         results["storm"] = asyncio.run(storm(args.storm, args))
         print(json.dumps(results["storm"]), flush=True)
+    harness.write_result(results, args.json_out)
     print(json.dumps(results, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

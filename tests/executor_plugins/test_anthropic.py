@@ -15,8 +15,7 @@ from cofounder_server.domain.model import AgentSpec
 from cofounder_server.executor.brains.anthropic import AnthropicBrainFactory, to_messages_api
 from cofounder_server.executor.plugins import BrainError, Message, StopReason, ToolCall
 from cofounder_server.executor.registry import PluginConfigError, PluginRegistry
-
-from .anthropic_standin import MessagesApiStandIn
+from standins.model_api import ModelApiStandIn
 
 API_KEY = "sk-ant-api03-standin-key"
 MODEL = "claude-sonnet-5"
@@ -86,15 +85,13 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 @pytest.fixture
-async def standin() -> AsyncIterator[MessagesApiStandIn]:
-    server = MessagesApiStandIn()
-    await server.start()
-    yield server
-    await server.close()
+async def standin() -> AsyncIterator[ModelApiStandIn]:
+    async with ModelApiStandIn(record=True) as server:
+        yield server
 
 
 @pytest.fixture
-async def factory(standin: MessagesApiStandIn) -> AsyncIterator[AnthropicBrainFactory]:
+async def factory(standin: ModelApiStandIn) -> AsyncIterator[AnthropicBrainFactory]:
     made = AnthropicBrainFactory(
         base_url=standin.base_url, api_key=API_KEY, max_tokens=1024, timeout_seconds=5
     )
@@ -126,7 +123,7 @@ CONVERSATION = [
 ]
 
 
-async def test_a_turn_goes_through_the_registry_to_the_api_and_back(standin: MessagesApiStandIn) -> None:
+async def test_a_turn_goes_through_the_registry_to_the_api_and_back(standin: ModelApiStandIn) -> None:
     registry = PluginRegistry.default(
         Settings(anthropic_base_url=standin.base_url, anthropic_api_key=API_KEY), entry_points=False
     )
@@ -191,7 +188,7 @@ async def test_a_turn_goes_through_the_registry_to_the_api_and_back(standin: Mes
 
 
 async def test_defaults_leave_out_system_and_tools_and_use_the_configured_max_tokens(
-    standin: MessagesApiStandIn, factory: AnthropicBrainFactory
+    standin: ModelApiStandIn, factory: AnthropicBrainFactory
 ) -> None:
     standin.reply(END_TURN_RESPONSE)
 
@@ -221,7 +218,7 @@ async def test_defaults_leave_out_system_and_tools_and_use_the_configured_max_to
     ],
 )
 async def test_stop_reasons_map(
-    standin: MessagesApiStandIn, factory: AnthropicBrainFactory, api_reason: str, expected: StopReason
+    standin: ModelApiStandIn, factory: AnthropicBrainFactory, api_reason: str, expected: StopReason
 ) -> None:
     response = copy.deepcopy(END_TURN_RESPONSE)
     response["stop_reason"] = api_reason
@@ -233,7 +230,7 @@ async def test_stop_reasons_map(
 
 
 async def test_cached_prompt_tokens_count_as_input(
-    standin: MessagesApiStandIn, factory: AnthropicBrainFactory
+    standin: ModelApiStandIn, factory: AnthropicBrainFactory
 ) -> None:
     response = copy.deepcopy(END_TURN_RESPONSE)
     response["usage"] = {
@@ -263,7 +260,7 @@ async def test_cached_prompt_tokens_count_as_input(
     ],
 )
 async def test_api_errors_map_to_brain_errors_without_sdk_retries(
-    standin: MessagesApiStandIn,
+    standin: ModelApiStandIn,
     factory: AnthropicBrainFactory,
     status: int,
     kind: str,
@@ -280,7 +277,7 @@ async def test_api_errors_map_to_brain_errors_without_sdk_retries(
     assert len(standin.requests) == 1  # the executor retries, not the SDK
 
 
-async def test_a_call_that_times_out_is_retryable(standin: MessagesApiStandIn) -> None:
+async def test_a_call_that_times_out_is_retryable(standin: ModelApiStandIn) -> None:
     impatient = AnthropicBrainFactory(
         base_url=standin.base_url, api_key=API_KEY, max_tokens=64, timeout_seconds=0.2
     )
@@ -310,7 +307,7 @@ async def test_an_unreachable_api_is_retryable() -> None:
 
 
 async def test_the_sdk_finds_the_key_in_the_environment_when_none_is_configured(
-    standin: MessagesApiStandIn, monkeypatch: pytest.MonkeyPatch
+    standin: ModelApiStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-environment")
     from_env = AnthropicBrainFactory(base_url=standin.base_url, api_key="", max_tokens=64, timeout_seconds=5)
