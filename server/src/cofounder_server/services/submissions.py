@@ -7,8 +7,8 @@ and creates their jobs in one transaction with a constant number of statements
 writes their live keys and announces their first events in one Redis round trip, and
 tells this process's executor. Each caller is answered once its job is committed and gone
 down the pipeline, as a call of its own would be; only the transaction and the round trip
-are shared. The fan-out of a batch runs in a second task, in commit order, while the next
-batch commits.
+are shared. The fan-out runs in a second task, in commit order, while the next batch
+commits; it takes every batch committed meanwhile in one round trip.
 
 A request that is refused (a reused ``request_id``) fails alone. A batch that fails for
 any other reason than an unreachable database is committed again one request at a time,
@@ -19,7 +19,6 @@ whole batch: no request of it was stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -43,6 +42,19 @@ class _Submission:
     done: asyncio.Future[Job] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+@dataclass
+class _Committed:
+    """Committed requests waiting for the fan-out: the changes to announce, the requests
+    to answer once announced."""
+
+    changes: list[Change] = field(default_factory=list)
+    answers: list[tuple[_Submission, Job]] = field(default_factory=list)
+
+    def add(self, other: _Committed) -> None:
+        self.changes += other.changes
+        self.answers += other.answers
+
+
 class SubmissionWriter:
     """The process's one writer of new jobs."""
 
@@ -55,7 +67,8 @@ class SubmissionWriter:
         self._max_batch = max_batch
         self._queue: list[_Submission] = []
         self._ready = asyncio.Event()
-        self._fan_out: asyncio.Queue[tuple[list[Change], list[tuple[_Submission, Job]]]] = asyncio.Queue()
+        self._committed = _Committed()
+        self._announce_ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -73,10 +86,8 @@ class SubmissionWriter:
         self._stopping = True
         self._ready.set()
         await self._writer
-        await self._fan_out.join()
-        self._announcer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._announcer
+        self._announce_ready.set()
+        await self._announcer
         self._writer = self._announcer = None
 
     async def submit(self, creation: JobCreation) -> Job:
@@ -97,13 +108,17 @@ class SubmissionWriter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                self._fan_out.put_nowait(await self._commit(batch))
+                committed = await self._commit(batch)
+                # Only now: the announcer may have taken the one that was current before.
+                self._committed.add(committed)
+                self._announce_ready.set()
             if self._stopping:
                 return
 
-    async def _commit(self, batch: list[_Submission]) -> tuple[list[Change], list[tuple[_Submission, Job]]]:
-        """Commit ``batch``; fail the refused requests now, and return the changes to
-        announce and the requests to answer after the announcement."""
+    async def _commit(self, batch: list[_Submission]) -> _Committed:
+        """Commit ``batch``; fail the refused requests now, and return what to announce and
+        whom to answer after the announcement."""
+        committed = _Committed()
         try:
             outcomes = await self._jobs.create_many(
                 [submission.creation for submission in batch], now=self._clock.now()
@@ -112,40 +127,40 @@ class SubmissionWriter:
             if len(batch) == 1 or isinstance(error, Unavailable):
                 for submission in batch:
                     _fail(submission, error)
-                return [], []
+                return committed
             log.warning("a batch of %d new jobs failed (%s): committing them one by one", len(batch), error)
-            changes: list[Change] = []
-            answers: list[tuple[_Submission, Job]] = []
             for submission in batch:
-                one_changes, one_answers = await self._commit([submission])
-                changes += one_changes
-                answers += one_answers
-            return changes, answers
-        changes = []
-        answers = []
+                committed.add(await self._commit([submission]))
+            return committed
         for submission, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DomainError):
                 _fail(submission, outcome)
                 continue
             job, events = outcome
             if events:
-                changes.append(Change.of(job, events))
-            answers.append((submission, job))
-        return changes, answers
+                committed.changes.append(Change.of(job, events))
+            committed.answers.append((submission, job))
+        return committed
 
     async def _announce(self) -> None:
+        """Announce whatever was committed meanwhile (several batches at a time while
+        Redis answers slower than SQL commits), in commit order."""
         while True:
-            changes, answers = await self._fan_out.get()
-            try:
-                await self._changes.committed_many(changes, RunnerNotice.SUBMITTED)
-            except Exception:
-                # Committed is committed: the jobs are stored, and their callers hear so.
-                log.exception("fan-out of %d new jobs failed", len(changes))
-            finally:
-                for submission, job in answers:
-                    if not submission.done.done():
-                        submission.done.set_result(job)
-                self._fan_out.task_done()
+            await self._announce_ready.wait()
+            self._announce_ready.clear()
+            while self._committed.answers:
+                committed, self._committed = self._committed, _Committed()
+                try:
+                    await self._changes.committed_many(committed.changes, RunnerNotice.SUBMITTED)
+                except Exception:
+                    # Committed is committed: the jobs are stored, and their callers hear so.
+                    log.exception("fan-out of %d new jobs failed", len(committed.changes))
+                finally:
+                    for submission, job in committed.answers:
+                        if not submission.done.done():
+                            submission.done.set_result(job)
+            if self._stopping and self._writer is not None and self._writer.done():
+                return
 
 
 def _fail(submission: _Submission, error: BaseException) -> None:
