@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -28,18 +29,23 @@ class BoundInsert:
     its column type's bind processor for ``dialect``."""
 
     def __init__(self, table: Table, columns: Sequence[str], dialect: Dialect) -> None:
+        """``columns``: at least two."""
+        if len(columns) < 2:
+            raise ValueError("an insert of at least two columns")
         self.sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        self._columns = tuple(columns)
-        self._processors = tuple(
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self._columns
-        )
+        self._values = operator.itemgetter(*columns)
+        processors = (table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns)
+        # Most columns (plain strings and integers) bind as they are.
+        self._processed = [
+            (index, process) for index, process in enumerate(processors) if process is not None
+        ]
 
     def parameters(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The row's values in column order, as the driver must receive them."""
-        return tuple(
-            row[name] if process is None else process(row[name])
-            for name, process in zip(self._columns, self._processors, strict=True)
-        )
+        values = list(self._values(row))
+        for index, process in self._processed:
+            values[index] = process(values[index])
+        return tuple(values)
 
 
 class SqliteThread:
