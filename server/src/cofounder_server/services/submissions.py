@@ -44,8 +44,7 @@ class _Submission:
 
 @dataclass
 class _Committed:
-    """Committed requests waiting for the fan-out: the changes to announce, the requests
-    to answer once announced."""
+    """A committed batch: the changes to announce, the requests to answer once announced."""
 
     changes: list[Change] = field(default_factory=list)
     answers: list[tuple[_Submission, Job]] = field(default_factory=list)
@@ -67,28 +66,22 @@ class SubmissionWriter:
         self._max_batch = max_batch
         self._queue: list[_Submission] = []
         self._ready = asyncio.Event()
-        self._committed = _Committed()
-        self._announce_ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._announcer: asyncio.Task[None] | None = None
         self._stopping = False
 
     def start(self) -> None:
-        """Start the writer and its fan-out task."""
+        """Start the writer task."""
         self._stopping = False
         self._writer = asyncio.create_task(self._write(), name="submission-writer")
-        self._announcer = asyncio.create_task(self._announce(), name="submission-fan-out")
 
     async def stop(self) -> None:
         """Commit and announce what was submitted (the server takes no calls by now), then stop."""
-        if self._writer is None or self._announcer is None:
+        if self._writer is None:
             return
         self._stopping = True
         self._ready.set()
         await self._writer
-        self._announce_ready.set()
-        await self._announcer
-        self._writer = self._announcer = None
+        self._writer = None
 
     async def submit(self, creation: JobCreation) -> Job:
         """Create the job of ``creation`` (or replay the job its ``request_id`` created) and
@@ -108,10 +101,7 @@ class SubmissionWriter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                committed = await self._commit(batch)
-                # Only now: the announcer may have taken the one that was current before.
-                self._committed.add(committed)
-                self._announce_ready.set()
+                await self._announce(await self._commit(batch))
             if self._stopping:
                 return
 
@@ -142,25 +132,16 @@ class SubmissionWriter:
             committed.answers.append((submission, job))
         return committed
 
-    async def _announce(self) -> None:
-        """Announce whatever was committed meanwhile (several batches at a time while
-        Redis answers slower than SQL commits), in commit order."""
-        while True:
-            await self._announce_ready.wait()
-            self._announce_ready.clear()
-            while self._committed.answers:
-                committed, self._committed = self._committed, _Committed()
-                try:
-                    await self._changes.committed_many(committed.changes, RunnerNotice.SUBMITTED)
-                except Exception:
-                    # Committed is committed: the jobs are stored, and their callers hear so.
-                    log.exception("fan-out of %d new jobs failed", len(committed.changes))
-                finally:
-                    for submission, job in committed.answers:
-                        if not submission.done.done():
-                            submission.done.set_result(job)
-            if self._stopping and self._writer is not None and self._writer.done():
-                return
+    async def _announce(self, committed: _Committed) -> None:
+        try:
+            await self._changes.committed_many(committed.changes, RunnerNotice.SUBMITTED)
+        except Exception:
+            # Committed is committed: the jobs are stored, and their callers hear so.
+            log.exception("fan-out of %d new jobs failed", len(committed.changes))
+        finally:
+            for submission, job in committed.answers:
+                if not submission.done.done():
+                    submission.done.set_result(job)
 
 
 def _fail(submission: _Submission, error: BaseException) -> None:
