@@ -332,7 +332,8 @@ def summary(measurements: Sequence[Measurement]) -> dict[str, Any]:
 
 def _spread(runs: dict[int, dict[str, Measurement]], method: str, attribute: str) -> str:
     values = [getattr(pair[method], attribute) for pair in runs.values() if method in pair]
-    return f"{statistics.median(values):,.1f} ({min(values):,.1f}-{max(values):,.1f})"
+    digits = 3 if attribute == "server_ms_per_request" else 1
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
