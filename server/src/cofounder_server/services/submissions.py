@@ -7,8 +7,9 @@ and creates their jobs in one transaction with a constant number of statements
 writes their live keys and announces their first events in one Redis round trip, and
 tells this process's executor. Each caller is answered once its job is committed and gone
 down the pipeline, as a call of its own would be; only the transaction and the round trip
-are shared. The fan-out runs in a second task, in commit order, while the next batch
-commits; it takes every batch committed meanwhile in one round trip.
+are shared. Then the writer takes the next batch, which gathered meanwhile; while callers
+submit concurrently it lets a batch gather a little longer (:data:`HOLD_SECONDS`), so that
+a transaction's fixed cost is shared by more jobs.
 
 A request that is refused (a reused ``request_id``) fails alone. A batch that fails for
 any other reason than an unreachable database is committed again one request at a time,
