@@ -11,9 +11,9 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import event, exc, text
@@ -23,7 +23,10 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from cofounder_server import jsontext, observability
 from cofounder_server.domain.errors import Unavailable
+from cofounder_server.store.sqlite_thread import SqliteThread
 from cofounder_server.store.write_health import WriteHealth
+
+T = TypeVar("T")
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -114,6 +117,7 @@ class Database:
         self._writer = async_sessionmaker(
             engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"}), expire_on_commit=False
         )
+        self._thread: SqliteThread | None = None
 
     @property
     def dialect_name(self) -> str:
@@ -141,6 +145,18 @@ class Database:
         async with unavailable_on_connection_error(), self.observe_writes(), self._writer.begin() as session:
             yield session
         observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
+
+    async def write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """SQLite only: run ``work`` as one write transaction on a plain sqlite3 connection
+        in a worker thread, in one trip (see :mod:`.sqlite_thread`). Outcome and errors as
+        :meth:`write`: ``Unavailable`` when the database cannot be reached."""
+        if self._thread is None:
+            self._thread = SqliteThread(self.engine.url.database or "", configure_sqlite_connection)
+        started = time.perf_counter()
+        async with unavailable_on_connection_error(), self.observe_writes():
+            result = await self._thread.transaction(work)
+        observability.metrics.sql_write_seconds.observe(time.perf_counter() - started)
+        return result
 
     @asynccontextmanager
     async def observe_writes(self) -> AsyncIterator[None]:
@@ -177,6 +193,8 @@ class Database:
 
     async def close(self) -> None:
         """Close every pooled connection. The object must not be used afterwards."""
+        if self._thread is not None:
+            await self._thread.close()
         await self.engine.dispose()
 
 
