@@ -24,6 +24,7 @@ from tests.support import RPC_TIMEOUT, eventually, scripted_agent
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MAX_PAGES = 4_294_967_294  # SQLite's default limit
 
 
 async def test_a_full_database_is_not_serving_until_writes_succeed(
@@ -47,6 +48,9 @@ async def test_a_full_database_is_not_serving_until_writes_succeed(
         page_limit["pages"] = pages
         # New connections for the pool, each with the limit in force.
         await app.database.engine.dispose()
+        # And the writer thread's connection (group commits), which is not the pool's.
+        pragma = f"PRAGMA max_page_count={pages or MAX_PAGES}"
+        await app.database.transact(lambda connection: connection.exec_driver_sql(pragma))
 
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

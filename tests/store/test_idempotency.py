@@ -30,3 +30,17 @@ def test_any_difference_changes_the_fingerprint() -> None:
         new_job(agent=AgentSpec(brain="scripted", model="test-model", config={"turns": ["b", "a"], "n": 2})),
     ]
     assert len({request_fingerprint(variant) for variant in variants}) == len(variants)
+
+
+def test_the_fingerprint_of_a_request_never_changes() -> None:
+    """Keys stored by an earlier release must still match a retry of the same request."""
+    request = new_job(
+        goal="ship ✓",
+        daily_budget_microdollars=5,
+        agent=AgentSpec(
+            brain="scripted",
+            model="m",
+            config={"turns": [{"text": "a", "n": 1.5}], "flag": True, "none": None},
+        ),
+    )
+    assert request_fingerprint(request) == "7035e5405db02038d2d25744c2af6115e71441b037b0cb0c1355e06d49baa37f"

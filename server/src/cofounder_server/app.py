@@ -51,6 +51,7 @@ from cofounder_server.services.escalations import DeadlineTimer, EscalationServi
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
 from cofounder_server.services.status import LiveStatus
+from cofounder_server.services.submissions import SubmissionWriter
 from cofounder_server.store.checkpoints import CheckpointStore, RunStart
 from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.escalations import EscalationRepository
@@ -381,7 +382,11 @@ class Application:
         stack.push_async_callback(hub.stop)
         job_feed = JobEventFeed(event_log, status, hub, clock, convert.encode_job_event)
         escalation_feed = EscalationFeed(event_log, jobs, hub, clock, encode=convert.encode_escalation_event)
-        job_service = JobService(jobs, RunRepository(database, event_log), changes, clock)
+        submissions = SubmissionWriter(jobs, changes, clock)
+        submissions.start()
+        # Stops after the server (the stack unwinds in reverse): every accepted call is answered.
+        stack.push_async_callback(submissions.stop)
+        job_service = JobService(jobs, RunRepository(database, event_log), changes, clock, submissions)
         escalation_service = EscalationService(escalations, changes, clock)
 
         server = grpc.aio.server(options=_server_options(settings), interceptors=[observed.observer])

@@ -76,7 +76,8 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
             labels=dict(request.labels),
         )
         job = await self._jobs.submit(principal, new, request.request_id or None)
-        return pb.SubmitJobResponse(job=convert.job_to_proto(job))
+        # A replayed job has this request's agent config too: the fingerprint covers it.
+        return pb.SubmitJobResponse(job=convert.job_to_proto(job, request.agent.config))
 
     def _check_agent(self, check: Validator, agent: AgentSpec) -> None:
         """The brain must exist and accept its config now: a job it cannot build would only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from cofounder.agent.v1 import (
@@ -103,10 +103,11 @@ def agent_spec_from_proto(spec: job_pb2.AgentSpec) -> AgentSpec:
     return AgentSpec(brain=spec.brain, model=spec.model, config=json_format.MessageToDict(spec.config))
 
 
-def job_to_proto(job: Job) -> job_pb2.Job:
-    """The API view of a stored job."""
-    agent = job_pb2.AgentSpec(brain=job.agent.brain, model=job.agent.model)
-    if job.agent.config:
+def job_to_proto(job: Job, config: struct_pb2.Struct | None = None) -> job_pb2.Job:
+    """The API view of a stored job. ``config``: the agent's config as a message, when the
+    caller holds it (a SubmitJob request): copying it costs less than building it again."""
+    agent = job_pb2.AgentSpec(brain=job.agent.brain, model=job.agent.model, config=config)
+    if config is None and job.agent.config:
         agent.config.update(job.agent.config)
     message = job_pb2.Job(
         job_id=job.job_id,

@@ -31,6 +31,13 @@ class Spend:
         return budget.shown_percent(self.spent, self.budget)
 
 
+def opening_spend(job: Job) -> Spend | None:
+    """Today's spend of a job not changed since it was created (version 1): nothing, of its
+    daily budget, since model calls and top-ups come only after changes (a claim, a sleep).
+    ``None`` for any later version: then the ledger knows."""
+    return Spend(0, job.daily_budget_microdollars) if job.version == 1 else None
+
+
 class RunnerNotice(StrEnum):
     """What the executor must act on after a change (on whichever replica runs the job)."""
 

@@ -38,7 +38,7 @@ return 1
 # SET and "x" a DEL that run only if the newest versioned write before them found its key
 # at the same or an older version (the facts they derive from are current); any other op is
 # a version, compared as in _PUT_IF_NEWER.
-_WRITE_MANY = b"""
+_WRITE_MANY = """
 local stored = 0
 local current_facts = true
 for i, key in ipairs(KEYS) do
@@ -115,9 +115,9 @@ class LiveWrites:
         """Queue the writes on ``pipe`` as one command (nothing if there are none)."""
         if not self._keys:
             return
-        script = pipe.register_script(_WRITE_MANY)
-        pipe.scripts.add(script)  # type: ignore[arg-type]  # the stubs mix up the sync and async Script
-        pipe.evalsha(script.sha, len(self._keys), *self._keys, *self._args)
+        # EVAL, not EVALSHA: a pipeline holding a registered script first asks SCRIPT EXISTS,
+        # a round trip of its own, while Redis caches a script sent with EVAL by its digest.
+        pipe.eval(_WRITE_MANY, len(self._keys), *self._keys, *self._args)
 
 
 _VERSIONED = re.compile(r"([0-9]+):")

@@ -35,7 +35,7 @@ from typing import Protocol
 from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
-from cofounder_server.domain.changes import Change, RunnerNotice, Spend, visible_agent_state
+from cofounder_server.domain.changes import Change, RunnerNotice, Spend, opening_spend, visible_agent_state
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import Job
 from cofounder_server.events.escalation_events import EscalationEventEncoder, wire_escalation_event
@@ -129,10 +129,18 @@ class ChangePipeline:
             # Whatever Redis did: the executor of this process acts on the change.
             self._notify(change, notice)
 
-    async def committed_many(self, changes: Sequence[Change]) -> None:
-        """:meth:`committed` for a group commit's changes (no notices), in one round trip."""
-        if changes:
-            await self._fan_out(changes, [])
+    async def committed_many(self, changes: Sequence[Change], notice: RunnerNotice | None = None) -> None:
+        """:meth:`committed` for a group commit's changes, each with ``notice``, in one round trip."""
+        if not changes:
+            return
+        verb = None if notice is None else _CONTROL_VERBS.get(notice)
+        try:
+            await self._fan_out(
+                changes, [ControlMessage(verb, change.job_id) for change in changes] if verb else []
+            )
+        finally:
+            for change in changes:
+                self._notify(change, notice)
 
     async def rebuild(self, job_id: str, job: Job | None = None) -> tuple[Job, JobSummary, int]:
         """Rewrite the job's live keys from SQL (versioned: a newer change's keys stay);
@@ -269,7 +277,9 @@ class ChangePipeline:
                 if job is None:
                     touched += self._queue_sequence(trip.writes, change.job_id, change.last_sequence)
                     continue
-                spend = change.spend or await self._ledger.spend_of(job, window_start(now))
+                spend = (
+                    change.spend or opening_spend(job) or await self._ledger.spend_of(job, window_start(now))
+                )
                 touched += self._queue_job(
                     trip.writes,
                     job,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
-from cofounder_server.domain.changes import Change, RunnerNotice
+from cofounder_server.domain.changes import RunnerNotice
 from cofounder_server.domain.errors import NotFound
 from cofounder_server.domain.model import Job, JobFilter, NewJob
 from cofounder_server.domain.pagination import (
@@ -16,7 +16,9 @@ from cofounder_server.domain.pagination import (
 )
 from cofounder_server.domain.principal import Principal
 from cofounder_server.services.changes import ChangePipeline
+from cofounder_server.services.submissions import SubmissionWriter
 from cofounder_server.store.idempotency import request_fingerprint
+from cofounder_server.store.job_creation import JobCreation
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.runs import RunRepository
 
@@ -29,21 +31,23 @@ class JobService:
     """
 
     def __init__(
-        self, jobs: JobRepository, runs: RunRepository, changes: ChangePipeline, clock: Clock
+        self,
+        jobs: JobRepository,
+        runs: RunRepository,
+        changes: ChangePipeline,
+        clock: Clock,
+        submissions: SubmissionWriter,
     ) -> None:
+        """``submissions`` creates the jobs of ``submit`` in group commits."""
         self._jobs = jobs
+        self._submissions = submissions
         self._runs = runs
         self._changes = changes
         self._clock = clock
 
     async def submit(self, principal: Principal, new: NewJob, request_id: str | None) -> Job:
         """Store a queued job; a retried ``request_id`` returns the job it created."""
-        job, events = await self._jobs.create(
-            new, request_id=request_id, fingerprint=request_fingerprint(new), now=self._clock.now()
-        )
-        if events:
-            await self._changes.committed(Change.of(job, events), RunnerNotice.SUBMITTED)
-        return job
+        return await self._submissions.submit(JobCreation(new, request_id, request_fingerprint(new)))
 
     async def get(self, principal: Principal, job_id: str) -> Job:
         """The job, or NotFound when it is missing or not the caller's."""

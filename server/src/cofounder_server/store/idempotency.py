@@ -24,13 +24,18 @@ def request_fingerprint(request: object) -> str:
     Two requests get the same fingerprint exactly when their contents are equal, whatever
     the order of keys in their mappings.
     """
-    payload = (
-        dataclasses.asdict(request)
-        if dataclasses.is_dataclass(request) and not isinstance(request, type)
-        else request
+    canonical = json.dumps(
+        _fields(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _fields(value: object) -> object:
+    """Dataclasses as dicts of their fields, at any depth (what ``dataclasses.asdict`` gives
+    JSON, without copying every nested value: the text, and so the digest, is the same)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: _fields(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    return value
 
 
 async def replayed_resource_id(
@@ -44,11 +49,15 @@ async def replayed_resource_id(
     if key is None:
         return None
     if key.fingerprint != fingerprint:
-        raise AlreadyExists(
-            "REQUEST_ID_REUSED",
-            f"request_id {request_id!r} was already used for a different {operation} request",
-        )
+        raise reused_key(operation, request_id)
     return key.resource_id
+
+
+def reused_key(operation: str, request_id: str) -> AlreadyExists:
+    """The error for a ``request_id`` already used for a different ``operation`` request."""
+    return AlreadyExists(
+        "REQUEST_ID_REUSED", f"request_id {request_id!r} was already used for a different {operation} request"
+    )
 
 
 def record_key(

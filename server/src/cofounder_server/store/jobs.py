@@ -8,7 +8,6 @@ the SQL ``WHERE`` clause, so another owner's job behaves exactly like a missing 
 from __future__ import annotations
 
 import builtins
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cofounder_server.domain.changes import Change
-from cofounder_server.domain.errors import FailedPrecondition, NotFound
+from cofounder_server.domain.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
 from cofounder_server.domain.events import EscalationEvent, EventPayload, JobEvent, JobStatusChanged
 from cofounder_server.domain.model import (
     AgentSpec,
@@ -33,12 +32,14 @@ from cofounder_server.store.database import Database
 from cofounder_server.store.escalation_rows import withdraw_pending_in
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
+from cofounder_server.store.job_creation import JobCreation, JobCreations, Replay, job_row, queued_job
 from cofounder_server.store.models import JobRow
 
-SUBMIT_JOB = "SubmitJob"
-"""The idempotency-key operation name of job creation."""
 CANCEL_JOB = "CancelJob"
 """The idempotency-key operation name of a cancel."""
+_CREATE_ATTEMPTS = 3
+"""Tries of a batch of creations that lost a key race: the key it lost is stored (a replay)
+when the next try reads it."""
 
 _CANCELLABLE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -54,9 +55,7 @@ class JobRepository:
         transaction."""
         self._database = database
         self._event_log = event_log
-
-    async def _append(self, session: AsyncSession, job: Job, event: JobStatusChanged) -> list[JobEvent]:
-        return await self._event_log.append_job_events_in(session, job.job_id, (event,), now=job.update_time)
+        self._creations = JobCreations(database)
 
     async def create(
         self,
@@ -73,38 +72,42 @@ class JobRepository:
         job the first attempt created and no events, even when both attempts race; reusing
         the ``request_id`` for a different request raises ``AlreadyExists``.
         """
+        (outcome,) = await self.create_many([JobCreation(new, request_id, fingerprint)], now=now)
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    async def create_many(
+        self, creations: Sequence[JobCreation], *, now: datetime
+    ) -> builtins.list[tuple[Job, builtins.list[JobEvent]] | DomainError]:
+        """:meth:`create` for many requests in one transaction; the outcome of each, in order:
+        the job and its events, or the error that refused the request (``AlreadyExists``,
+        or ``NotFound`` for a key whose job is gone). A request repeating one earlier in
+        ``creations`` gets that request's job. Raises ``Unavailable`` for the whole batch.
+        """
         now = _utc(now)
-        try:
-            async with self._database.write() as session:
-                if request_id is not None:
-                    replayed = await self._replay(session, new.owner_id, request_id, fingerprint)
-                    if replayed is not None:
-                        return replayed, []
-                row = _new_row(new, now)
-                session.add(row)
-                if request_id is not None:
-                    record_key(
-                        session,
-                        owner_id=new.owner_id,
-                        operation=SUBMIT_JOB,
-                        request_id=request_id,
-                        fingerprint=fingerprint,
-                        resource_id=row.job_id,
-                        now=now,
-                    )
-                await session.flush()
-                job = job_of(row)
-                return job, await self._append(session, job, JobStatusChanged(status=job.status))
-        except IntegrityError:
-            # On PostgreSQL a concurrent create with the same key can commit between our
-            # lookup and our insert; its key row wins, and this attempt becomes a replay.
-            if request_id is None:
-                raise
-            async with self._database.read() as session:
-                replayed = await self._replay(session, new.owner_id, request_id, fingerprint)
-            if replayed is None:
-                raise
-            return replayed, []
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            try:
+                committed = await self._creations.commit(creations, now)
+                break
+            except IntegrityError:
+                # On PostgreSQL a concurrent create with the same key can commit between our
+                # lookup and our insert; its key row wins, and the next attempt replays it.
+                if attempt == _CREATE_ATTEMPTS:
+                    raise
+        replays = [decision.job_id for decision in committed.decisions if isinstance(decision, Replay)]
+        replayed = {job.job_id: job for job in await self.get_many(replays)}
+        outcomes: builtins.list[tuple[Job, builtins.list[JobEvent]] | DomainError] = []
+        for index, decision in enumerate(committed.decisions):
+            if isinstance(decision, AlreadyExists):
+                outcomes.append(decision)
+            elif isinstance(decision, Replay):
+                job = replayed.get(decision.job_id)
+                outcomes.append(NotFound("job", decision.job_id) if job is None else (job, []))
+            else:
+                job, event = committed.created[decision]
+                outcomes.append((job, [event] if decision == index else []))
+        return outcomes
 
     async def get(self, job_id: str, *, owner_scope: str | None) -> Job | None:
         """The job, or ``None`` if it does not exist or is outside ``owner_scope``."""
@@ -260,18 +263,6 @@ class JobRepository:
         )
         return Change.of(job, events, feed=feed)
 
-    @staticmethod
-    async def _replay(session: AsyncSession, owner_id: str, request_id: str, fingerprint: str) -> Job | None:
-        job_id = await replayed_resource_id(
-            session, owner_id=owner_id, operation=SUBMIT_JOB, request_id=request_id, fingerprint=fingerprint
-        )
-        if job_id is None:
-            return None
-        row = await session.get(JobRow, job_id)
-        if row is None:
-            raise NotFound("job", job_id)
-        return job_of(row)
-
 
 async def _cancel_replayed(session: AsyncSession, owner_id: str, request_id: str, fingerprint: str) -> bool:
     """Whether this cancel was made before with ``request_id``; ``AlreadyExists`` when the key
@@ -321,27 +312,7 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _new_row(new: NewJob, now: datetime) -> JobRow:
-    return JobRow(
-        job_id=str(uuid.uuid4()),
-        owner_id=new.owner_id,
-        project_id=new.project_id,
-        goal=new.goal,
-        daily_budget_microdollars=new.daily_budget_microdollars,
-        agent_brain=new.agent.brain,
-        agent_model=new.agent.model,
-        agent_config=dict(new.agent.config),
-        labels=dict(new.labels),
-        status=JobStatus.QUEUED.value,
-        outcome=None,
-        outcome_detail="",
-        agent_state=None,
-        wake_at=None,
-        pending_escalations=[],
-        create_time=now,
-        update_time=now,
-        end_time=None,
-        version=1,
-    )
+    return JobRow(**job_row(queued_job(new, now)))
 
 
 def job_of(row: JobRow | Row[Any]) -> Job:
