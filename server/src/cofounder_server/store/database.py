@@ -243,7 +243,8 @@ class _SqliteWriter:
     """One thread with one connection of its own that runs whole write transactions.
 
     SQLite releases the GIL while it works, so the event loop goes on serving agents and
-    calls meanwhile. The connection is opened in the thread on first use and kept.
+    calls meanwhile. The thread and its connection start on first use and again after
+    :meth:`close` (as the engine's pool does).
     """
 
     def __init__(self, url: URL, *, foreign_keys: bool) -> None:
@@ -254,10 +255,12 @@ class _SqliteWriter:
         )
         _install_sqlite_hooks(self._engine, foreign_keys=foreign_keys)
         self._begin_immediate = self._engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._thread: ThreadPoolExecutor | None = None
         self._connection: Connection | None = None
 
     async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, lambda: self._transact(work, args, kwargs))
 
@@ -275,14 +278,19 @@ class _SqliteWriter:
             raise
 
     async def close(self) -> None:
+        """Close the connection and stop the thread (both start again when next needed)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+
         def close() -> None:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
             self._engine.dispose()
 
-        await asyncio.get_running_loop().run_in_executor(self._thread, close)
-        self._thread.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(thread, close)
+        await asyncio.to_thread(thread.shutdown)
 
 
 async def open_database(url: str, *, echo: bool = False, sqlite_foreign_keys: bool = True) -> Database:
