@@ -131,9 +131,10 @@ async def test_a_key_whose_job_is_gone_is_not_found(jobs: JobRepository, databas
 async def test_sqlite_stores_the_bytes_sqlalchemy_stores(
     jobs: JobRepository, event_log: EventLogRepository, database: Database
 ) -> None:
-    """The batch writes over the plain sqlite3 module; the ORM and Core are the reference."""
+    """The batch writes through Core in the writer thread's own connection; the ORM on the
+    pool's connections is the reference."""
     if database.dialect_name != "sqlite":
-        pytest.skip("the worker-thread path is SQLite's")
+        pytest.skip("reads the SQLite file's bytes")
     request = new_job(labels={"team": "growth", "ünï": "✓"})
     job, _ = await jobs.create(request, request_id="req-1", fingerprint="fp", now=T0)
     reference = _new_row(request, T0)
