@@ -47,7 +47,9 @@ class JobService:
 
     async def submit(self, principal: Principal, new: NewJob, request_id: str | None) -> Job:
         """Store a queued job; a retried ``request_id`` returns the job it created."""
-        return await self._submissions.submit(JobCreation(new, request_id, request_fingerprint(new)))
+        # Only a request_id's retries are compared with the request: no key, no fingerprint.
+        fingerprint = "" if request_id is None else request_fingerprint(new)
+        return await self._submissions.submit(JobCreation(new, request_id, fingerprint))
 
     async def get(self, principal: Principal, job_id: str) -> Job:
         """The job, or NotFound when it is missing or not the caller's."""

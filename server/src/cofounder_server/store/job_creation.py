@@ -45,7 +45,8 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class JobCreation:
-    """One request to create a job. ``fingerprint`` identifies the request's contents."""
+    """One request to create a job. ``fingerprint`` identifies the request's contents (compared
+    with a retry of its ``request_id``; empty without one)."""
 
     new: NewJob
     request_id: str | None
