@@ -229,7 +229,7 @@ class Settings:
         default=1024,
         metadata={
             "help": "memory the awake agents of this process may hold, by estimate (an agent waiting on a "
-            "model call with a short conversation ~64 KiB, plus 3x its conversation): agents are admitted "
+            "model call with a short conversation ~64 KiB, plus 2.5x its conversation): agents are admitted "
             "while it lasts and the rest wait in order; parked agents (sleeping, waiting for a person) "
             "hold none"
         },

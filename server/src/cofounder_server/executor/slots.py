@@ -34,16 +34,17 @@ AGENT_BASE_BYTES = 64 * 1024
 """What an awake agent with a short conversation costs while it waits on a model call: its
 run, task, SDK request and response objects and connection state (measured: ~56 KiB per
 agent between 200 and 2,000 agents in flight, bench/README.md)."""
-CONVERSATION_FACTOR = 3
-"""Bytes of memory per byte of conversation: the messages themselves, the provider's request
-built from them while a call is in flight, and the response."""
+CONVERSATION_FACTOR = 2.5
+"""Bytes of memory per byte of conversation: the messages themselves (~1.5: measured 3.5 MiB
+per awake agent holding 150 iterations of 16 KB tool results, bench/README.md), and the
+provider's request built from them while a call is in flight (~1)."""
 NEW_WORK_PER_ROUND = 1000
 """Queued jobs admitted per claim round at most (the claim is one transaction)."""
 
 
 def charge_of(conversation_bytes: int) -> int:
     """The estimated memory of an awake agent whose conversation holds ``conversation_bytes``."""
-    return AGENT_BASE_BYTES + CONVERSATION_FACTOR * max(0, conversation_bytes)
+    return AGENT_BASE_BYTES + int(CONVERSATION_FACTOR * max(0, conversation_bytes))
 
 
 @dataclass(frozen=True, slots=True)
