@@ -121,6 +121,8 @@ async def test_a_scripted_job_moves_the_rpc_executor_model_and_event_metrics(
     assert value(gauges, "cofounder_running_jobs_unleased") == 0
     assert value(gauges, "cofounder_executor_agents_awake") == 0
     assert value(gauges, "cofounder_executor_agents_parked") == 0
+    assert value(gauges, "cofounder_executor_awake_memory_bytes") == 0
+    assert value(gauges, "cofounder_executor_awake_memory_budget_bytes") == 1024 * 2**20
 
 
 async def test_open_streams_awake_agents_and_running_jobs_are_gauges(metered, stub, project_id, gate) -> None:
@@ -139,6 +141,8 @@ async def test_open_streams_awake_agents_and_running_jobs_are_gauges(metered, st
         within=15,
     )
     assert value(samples, "cofounder_rpc_streams_open", method=watch) == 1
+    # One awake agent with a one-message conversation: at least its base charge.
+    assert value(samples, "cofounder_executor_awake_memory_bytes") >= 64 * 1024
     assert value(samples, "cofounder_agents", state="working") == 1
     assert value(samples, "cofounder_lease_holders") == 1
     assert value(samples, "cofounder_running_jobs_unleased") == 0

@@ -448,7 +448,13 @@ class Application:
             settings.metrics_listen,
             stack,
             count_jobs=lambda: count_jobs(database, clock.now()),
-            executor=lambda: None if executor is None else ExecutorGauges(executor.awake, executor.parked),
+            executor=lambda: (
+                None
+                if executor is None
+                else ExecutorGauges(
+                    executor.awake, executor.parked, executor.slots.used, executor.slots.budget
+                )
+            ),
         )
         log.info(
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",

@@ -181,6 +181,9 @@ class ExecutorGauges:
 
     awake: int
     parked: int
+    awake_memory_bytes: int = 0
+    """What the awake agents are charged, by estimate (``executor.slots``)."""
+    awake_memory_budget_bytes: int = 0
 
 
 class StateCollector(Collector):
@@ -278,6 +281,16 @@ class StateCollector(Collector):
                 "cofounder_executor_agents_parked",
                 "Agents parked in this process (sleeping; they cost nothing until woken)",
                 value=executor.parked,
+            )
+            yield GaugeMetricFamily(
+                "cofounder_executor_awake_memory_bytes",
+                "Memory the awake agents of this process hold, by the admission estimate",
+                value=executor.awake_memory_bytes,
+            )
+            yield GaugeMetricFamily(
+                "cofounder_executor_awake_memory_budget_bytes",
+                "Memory the awake agents of this process may hold (--awake-memory-mib)",
+                value=executor.awake_memory_budget_bytes,
             )
 
 
