@@ -35,6 +35,7 @@ from cofounder_server.store.iterations import (
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.models import EventCounterRow, JobEventRow, UsageLedgerRow
+from cofounder_server.store.runners import RunnerLeases
 from cofounder_server.store.runs import Resumed, RunRepository, StillParked
 
 from .support import T0, new_job
@@ -63,8 +64,8 @@ def _store(database: Database, retention: int = 1000) -> _Stores:
     return _Stores(database, retention)
 
 
-async def _queued_job(store: _Stores) -> str:
-    job, _ = await store.jobs.create(new_job(), request_id=None, fingerprint="f", now=T0)
+async def _queued_job(store: _Stores, now: datetime = T0) -> str:
+    job, _ = await store.jobs.create(new_job(), request_id=None, fingerprint="f", now=now)
     return job.job_id
 
 
@@ -304,12 +305,12 @@ async def test_an_ending_waits_for_pending_escalations_to_be_withdrawn(database:
     assert await store.budget_of(job_id, WINDOW) == (700, 0)
 
 
-async def test_queued_jobs_are_claimed_in_one_batch(database: Database) -> None:
+async def test_the_oldest_queued_jobs_are_claimed_in_one_batch(database: Database) -> None:
     store = _store(database)
-    first, second, third = [await _queued_job(store) for _ in range(3)]
     elsewhere = await _running_job(database, store, runner="runner-b")
-    changes = await store.runs.claim_queued([third, elsewhere, first], RUNNER, now=T0)
-    assert [change.job_id for change in changes] == [third, first]  # as asked, the taken one left out
+    first, second, third = [await _queued_job(store, T0 + timedelta(seconds=n)) for n in (1, 2, 3)]
+    changes = await store.runs.claim_next_queued(RUNNER, limit=2, now=T0)
+    assert [change.job_id for change in changes] == [first, second]  # oldest first, the running one not
     for change in changes:
         assert change.job is not None
         assert (change.job.status, change.job.agent_state, change.job.version) == (
@@ -321,10 +322,15 @@ async def test_queued_jobs_are_claimed_in_one_batch(database: Database) -> None:
             JobStatusChanged(status=JobStatus.RUNNING, previous_status=JobStatus.QUEUED)
         ]
         assert [event.sequence for event in change.events] == [2]
-    assert await store.runs.claim_queued([first], "runner-c", now=T0) == []
-    still = await store.jobs.get(second, owner_scope=None)
-    assert still is not None
-    assert still.status is JobStatus.QUEUED
+    rest = await store.runs.claim_next_queued("runner-c", limit=10, now=T0)
+    assert [change.job_id for change in rest] == [third]
+    assert await store.runs.claim_next_queued("runner-c", limit=10, now=T0) == []
+    assert await store.runs.claim_next_queued("runner-c", limit=0, now=T0) == []
+    held = {
+        runner: {job.job_id for job in await RunnerLeases(database).jobs_of(runner)}
+        for runner in (RUNNER, "runner-b", "runner-c")
+    }
+    assert held == {RUNNER: {first, second}, "runner-b": {elsewhere}, "runner-c": {third}}
 
 
 async def test_parked_agents_are_resumed_in_one_batch(database: Database) -> None:

@@ -35,13 +35,13 @@ async def test_a_live_runners_job_is_not_claimable_an_expired_ones_is(database: 
     leases = RunnerLeases(database)
     job_id = await _claimed(database, runs, "runner-a")
     alive = T0 + LEASE
-    assert await runs.claimable("runner-b", parked=PARKED, expired=[], limit=10) == []
+    assert await runs.orphaned("runner-b", parked=PARKED, expired=[], limit=10) == []
     assert await runs.claim(job_id, "runner-b", now=alive) is None
 
     later = alive + timedelta(seconds=1)
     expired = await leases.expired("runner-b", now=later)
     assert expired == ["runner-a"]
-    assert await runs.claimable("runner-b", parked=PARKED, expired=expired, limit=10) == [job_id]
+    assert await runs.orphaned("runner-b", parked=PARKED, expired=expired, limit=10) == [job_id]
     version = (await runs.get(job_id)).version  # type: ignore[union-attr]
     taken = await runs.claim(job_id, "runner-b", now=later)
     assert taken is not None
@@ -49,19 +49,22 @@ async def test_a_live_runners_job_is_not_claimable_an_expired_ones_is(database: 
     assert taken.job is not None
     assert taken.job.version == version
     # Its own job is never offered to a runner as another's, even when its lease looks expired.
-    assert await runs.claimable("runner-b", parked=PARKED, expired=["runner-b"], limit=10) == []
+    assert await runs.orphaned("runner-b", parked=PARKED, expired=["runner-b"], limit=10) == []
     # The runner takes its own job back (after a restart) whatever its lease says.
     assert await runs.claim(job_id, "runner-b", now=later) is not None
 
 
-async def test_queued_jobs_are_claimable_and_parked_ones_are_left_to_bulk_claims(database: Database) -> None:
+async def test_only_awake_running_jobs_are_orphaned_parked_and_queued_ones_are_claimed_otherwise(
+    database: Database,
+) -> None:
     runs = RunRepository(database, EventLogRepository(database, retention_events=1000))
     jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
-    queued, _ = await jobs.create(new_job(), request_id=None, fingerprint="f", now=T0)
+    await jobs.create(new_job(), request_id=None, fingerprint="f", now=T0)
+    awake = await _claimed(database, runs, "runner-gone")
     asleep = await _claimed(database, runs, "runner-gone")
     await runs.set_agent_state(
         asleep, state=AgentState.SLEEPING, wake_at=T0 + timedelta(hours=1), events=[], now=T0
     )
     expired = ["runner-gone"]
-    assert await runs.claimable("runner-b", parked=PARKED, expired=expired, limit=10) == [queued.job_id]
-    assert await runs.claimable("runner-b", parked=PARKED, expired=expired, limit=0) == []
+    assert await runs.orphaned("runner-b", parked=PARKED, expired=expired, limit=10) == [awake]
+    assert await runs.orphaned("runner-b", parked=PARKED, expired=expired, limit=0) == []

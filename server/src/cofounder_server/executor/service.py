@@ -11,10 +11,13 @@ as tasks and parked agents as entries of a parking lot.
   tells the other replicas to claim at once.
 * **Claiming.** Queued jobs, and running jobs that are unowned or whose runner's lease
   expired, are claimed oldest first with conditional UPDATEs, so each runs on exactly one
-  replica. Parked ones (sleeping, waiting for input) are claimed in bulk, any number of them,
-  straight into the parking lot; awake ones only while an awake slot is free. After a
-  restart, a process with the same runner id (kept in the data directory) takes back the
-  jobs that still name it at once.
+  replica. A submission in this process, or a run ending while the queue may hold more,
+  claims the oldest queued jobs that fit the free awake room, in one transaction; everything
+  else (jobs of expired runners, other replicas' submissions) is looked for every claim
+  interval and when a replica hands its jobs over. Parked ones (sleeping, waiting for input)
+  are claimed in bulk, any number of them, straight into the parking lot; awake ones only
+  while there is awake room. After a restart, a process with the same runner id (kept in the
+  data directory) takes back the jobs that still name it at once.
 * **Awake and parked.** Awake agents run as :class:`AgentRun` tasks, at most
   ``max_running_jobs`` at once (:mod:`.slots`). A run that has nothing to do until a time or
   a notification parks (:mod:`.parking`): its task ends, and its job waits in the lot at the
@@ -151,6 +154,12 @@ class Executor:
         """Awake jobs an answer was announced for: if the run parks waiting for input, it
         may have looked for its answers just before this one was committed."""
         self._claim_now = asyncio.Event()
+        self._look_beyond_the_queue = True
+        """Whether the next claim round also looks for jobs other than this process's queue
+        (expired runners' jobs, parked ones, orphans): at start, every interval, on a
+        hand-over, after a resync."""
+        self._queue_may_wait = True
+        """Whether queued jobs may be waiting for awake room: a run that ends then claims."""
         self._resume_mine = True
         self._retry_at: float | None = None
         self._stopping = False
@@ -252,7 +261,8 @@ class Executor:
     # --- changes committed in this process (the change pipeline tells other replicas) ----
 
     def job_submitted(self, job: Job) -> None:
-        """A job was queued: look for work now."""
+        """A job was queued: claim the queue's oldest now."""
+        self._queue_may_wait = True
         self._claim_now.set()
 
     def job_cancelled(self, job: Job) -> None:
@@ -285,7 +295,7 @@ class Executor:
 
     def _wake(self, job_id: str) -> None:
         if not self.lot.notify(job_id) and not self.holds(job_id):
-            self._claim_now.set()  # an unowned sleeping job is claimed as an awake one
+            self._claim_all()  # an unowned sleeping job is claimed as an awake one
 
     async def _control_loop(self, control: ControlSubscription) -> None:
         try:
@@ -298,7 +308,7 @@ class Executor:
                 elif message.verb is ControlVerb.WAKE:
                     self._wake(subject)
                 elif message.verb is ControlVerb.RELEASED and subject != self.runner_id:
-                    self._claim_now.set()
+                    self._claim_all()
         finally:
             await control.aclose()
 
@@ -332,12 +342,17 @@ class Executor:
                 log.info("job %s was taken over while our lease had lapsed: stopping", job_id)
                 self._cancel(job_id)
         self._resume_mine = True
-        self._claim_now.set()
+        self._claim_all()
 
     # --- claiming -----------------------------------------------------------------------
 
+    def _claim_all(self) -> None:
+        self._look_beyond_the_queue = True
+        self._claim_now.set()
+
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        last_beyond = loop.time()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), self._interval)
@@ -347,14 +362,64 @@ class Executor:
             if self._retry_at is not None and loop.time() >= self._retry_at:
                 self._retry_at = None
                 self._resume_mine = True
+            # Also while submissions keep the queue busy, the rest is looked at every interval.
+            beyond = self._look_beyond_the_queue or loop.time() - last_beyond >= self._interval
+            self._look_beyond_the_queue = False
+            if beyond:
+                last_beyond = loop.time()
             try:
-                await self._claim()
+                if beyond:
+                    await self._claim_beyond_the_queue()
+                await self._claim_queued()
             except DomainError as error:
+                self._look_beyond_the_queue = self._look_beyond_the_queue or beyond
                 log.warning("executor cannot claim jobs now: %s", error)
             except Exception:
+                self._look_beyond_the_queue = self._look_beyond_the_queue or beyond
                 log.exception("executor claim loop failed; trying again")
 
-    async def _claim(self) -> None:
+    async def _claim_queued(self) -> None:
+        """Claim the oldest queued jobs that fit the free awake room, in one transaction."""
+        limit = 0 if self._stopping else self.slots.free
+        if limit < 1:
+            # Full, or agents wait in line: the queue is looked at again when room is given back.
+            return
+        self._queue_may_wait = False
+        now = self._clock.now()
+        claimed = await self._runs.claim_next_queued(self.runner_id, limit=limit, now=now)
+        # A job just out of the queue has no checkpoint and has spent nothing: its change says
+        # so, and its run starts from that without reading it.
+        changes = [
+            dataclasses.replace(change, spend=Spend(0, change.job.daily_budget_microdollars))
+            for change in claimed
+            if change.job is not None
+        ]
+        if len(claimed) == limit:
+            self._queue_may_wait = True
+        for change in changes:
+            self.slots.admit(change.job_id)
+        try:
+            await self._changes.committed_many(changes)
+        except BaseException:
+            # Claimed in SQL but not started: taken back as this runner's own next round.
+            for change in changes:
+                self.slots.give_back(change.job_id)
+            self._resume_mine = True
+            self._look_beyond_the_queue = True
+            raise
+        window = budget.window_start(now)
+        for change in changes:
+            assert change.job is not None
+            assert change.spend is not None
+            observability.metrics.lease_claims_queued.inc()
+            if self._stopping:
+                self.slots.give_back(change.job_id)
+                continue
+            self._start_run(change.job, RunStart(None, window, change.spend))
+
+    async def _claim_beyond_the_queue(self) -> None:
+        """Take back this runner's own jobs, claim parked jobs in bulk and orphaned running
+        ones while there is awake room."""
         now = self._clock.now()
         expired = await self._leases.expired(self.runner_id, now=now)
         mine: list[str] = []
@@ -381,7 +446,7 @@ class Executor:
                 await self._changes.parked_claimed([job.job_id for job in parked])
             if len(parked) < PARKED_CLAIM_BATCH:
                 break
-        awake = await self._runs.claimable(
+        awake = await self._runs.orphaned(
             self.runner_id, parked=PARKED_STATES, expired=expired, limit=self.slots.free
         )
         taken: list[str] = []
@@ -400,32 +465,9 @@ class Executor:
                     self.slots.give_back(job_id)
 
     async def _claim_taken(self, taken: list[str], started: set[str]) -> None:
-        """Claim the jobs slots were taken for (``started`` gets each one it runs): the queued
-        ones in one transaction, the running ones (this runner's own after a restart, or
-        orphaned) one by one."""
-        if not taken:
-            return
-        now = self._clock.now()
-        window = budget.window_start(now)
-        # A job just out of the queue has no checkpoint and has spent nothing: its change
-        # says so, and its run starts from that without reading it.
-        queued = [
-            dataclasses.replace(change, spend=Spend(0, change.job.daily_budget_microdollars))
-            for change in await self._runs.claim_queued(taken, self.runner_id, now=now)
-            if change.job is not None
-        ]
-        await self._changes.committed_many(queued)
-        claimed = set()
-        for change in queued:
-            assert change.job is not None
-            assert change.spend is not None
-            claimed.add(change.job_id)
-            observability.metrics.lease_claims_queued.inc()
-            self._start_run(change.job, RunStart(None, window, change.spend))
-            started.add(change.job_id)
+        """Claim the running jobs slots were taken for (this runner's own after a restart, or
+        orphaned), one by one; ``started`` gets each one it runs."""
         for job_id in taken:
-            if job_id in claimed:
-                continue
             claim = await self._runs.claim(job_id, self.runner_id, now=self._clock.now())
             if claim is None or claim.job is None:
                 continue
@@ -473,7 +515,9 @@ class Executor:
                     # now rather than at the next sweep (an answer already taken costs one
                     # read, and the agent parks again).
                     self.lot.notify(run.job_id)
-            if not self._stopping:
+            if not self._stopping and (self._queue_may_wait or self._resume_mine):
+                # Room was given back: queued jobs, or this runner's own waiting for room.
+                self._look_beyond_the_queue = self._look_beyond_the_queue or self._resume_mine
                 self._claim_now.set()
 
     # --- waking parked agents -------------------------------------------------------------

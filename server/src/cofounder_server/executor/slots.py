@@ -111,6 +111,11 @@ class AwakeSlots:
         self._take(job_id, AGENT_BASE_BYTES)
         return True
 
+    def admit(self, job_id: str) -> None:
+        """Admit new work claimed within :attr:`free` (a short conversation), even if agents
+        resumed while the claim was committed took some of that room meanwhile."""
+        self._take(job_id, AGENT_BASE_BYTES)
+
     def charge(self, job_id: str, conversation_bytes: int) -> None:
         """An awake agent's conversation is now this large: its charge follows (admissions
         after it see the memory it holds)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cofounder_server import observability
@@ -71,37 +71,36 @@ class RunRepository:
 
     # --- claims -------------------------------------------------------------------------
 
-    async def claimable(
+    async def orphaned(
         self, runner_id: str, *, parked: Collection[AgentState], expired: Sequence[str], limit: int
     ) -> list[str]:
-        """Ids of jobs to claim as awake agents, oldest first: queued jobs, and running jobs
-        whose agent is not ``parked`` and that no live runner holds (unowned, or of an
-        ``expired`` runner). This runner's own jobs are taken back with
-        :meth:`RunnerLeases.jobs_of` instead."""
+        """Ids of running jobs to take over as awake agents, oldest first: those whose agent is
+        not ``parked`` and that no live runner holds (unowned, or of an ``expired`` runner).
+        Queued jobs are taken with :meth:`claim_next_queued`, this runner's own jobs with
+        :meth:`RunnerLeases.jobs_of`."""
         if limit < 1:
             return []
         awake = or_(
             JobRow.agent_state.is_(None), JobRow.agent_state.not_in([state.value for state in parked])
         )
-        condition = or_(
-            JobRow.status == JobStatus.QUEUED.value,
-            and_(JobRow.status == _RUNNING, awake, _free(runner_id, expired)),
-        )
         query = (
-            select(JobRow.job_id).where(condition).order_by(JobRow.create_time, JobRow.job_id).limit(limit)
+            select(JobRow.job_id)
+            .where(JobRow.status == _RUNNING, awake, _free(runner_id, expired))
+            .order_by(JobRow.create_time, JobRow.job_id)
+            .limit(limit)
         )
         async with self._database.read() as session:
             return [str(job_id) for job_id in await session.scalars(query)]
 
-    async def claim_queued(self, job_ids: Sequence[str], runner_id: str, *, now: datetime) -> list[Change]:
-        """Take every job of ``job_ids`` that is still queued, in one transaction: each becomes
-        RUNNING on ``runner_id`` with its working agent and its ``job.status_changed`` event.
-        The changes come in the order of ``job_ids``; a job claimed elsewhere meanwhile is
-        left out (on PostgreSQL a row another claimer holds is skipped, not waited for)."""
-        if not job_ids:
+    async def claim_next_queued(self, runner_id: str, *, limit: int, now: datetime) -> list[Change]:
+        """Take the ``limit`` oldest queued jobs in one transaction: each becomes RUNNING on
+        ``runner_id`` with its working agent and its ``job.status_changed`` event. The changes
+        come oldest first; on PostgreSQL a row another claimer holds is skipped, not waited
+        for, so replicas claiming at once take different jobs."""
+        if limit < 1:
             return []
         return await self._database.transact(
-            _claim_queued, list(job_ids), runner_id, _utc(now), self._event_log.prune_horizon
+            _claim_next_queued, limit, runner_id, _utc(now), self._event_log.prune_horizon
         )
 
     async def resume_parked(
@@ -338,26 +337,27 @@ class RunRepository:
             return Change.of(job_of(row), stored)
 
 
-def _claim_queued(
-    connection: Connection, job_ids: list[str], runner_id: str, now: datetime, horizon: Horizon
+def _claim_next_queued(
+    connection: Connection, limit: int, runner_id: str, now: datetime, horizon: Horizon
 ) -> list[Change]:
     candidates = (
         select(JobRow.job_id)
-        .where(JobRow.job_id.in_(job_ids), JobRow.status == _QUEUED)
-        .order_by(JobRow.job_id)
+        .where(JobRow.status == _QUEUED)
+        .order_by(JobRow.create_time, JobRow.job_id)
+        .limit(limit)
     )
     if connection.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
-    claimable = list(connection.scalars(candidates))
-    if not claimable:
+    oldest = [str(job_id) for job_id in connection.scalars(candidates)]
+    if not oldest:
         return []
     statement = (
         update(JobRow)
-        .where(JobRow.job_id.in_(claimable), JobRow.status == _QUEUED)
+        .where(JobRow.job_id.in_(oldest), JobRow.status == _QUEUED)
         .values(runner_id=runner_id, status=_RUNNING, agent_state=AgentState.WORKING.value)
     )
     claimed = {job.job_id: job for job in map(job_of, connection.execute(bumped(statement, now)))}
-    jobs = [claimed[job_id] for job_id in job_ids if job_id in claimed]
+    jobs = [claimed[job_id] for job_id in oldest if job_id in claimed]
     started = (JobStatusChanged(status=JobStatus.RUNNING, previous_status=JobStatus.QUEUED),)
     stored = append_job_events(connection, [(job.job_id, started) for job in jobs], now=now, horizon=horizon)
     return [Change.of(job, events) for job, events in zip(jobs, stored, strict=True)]
