@@ -21,6 +21,12 @@ part of the workload; its duration and this process's CPU share while submitting
 reported, to show the loader was not the limit. The run ends when no job of the run is
 QUEUED or RUNNING; then every job must be READY (failures are listed).
 
+With ``--queued-first`` the jobs wait in the queue when the clock starts, as after an outage or
+a deploy: a server with ``--executor-enabled false`` takes the submissions and stops, then the
+clock starts as the server starts again on the same data (its start-up, the SDK's import
+included, is inside the measured time). The memory per awake agent is not given in that mode
+(there is no idle reading of the same process to subtract).
+
 **The reference.** The same SDK alone (``bench.sdk_loops``), a child process alone on core 0
 with the server stopped: ``--jobs`` concurrent loops, each making ``--calls-per-job`` calls the
 way an agent does (its conversation and the server's tool specs in every request), on the
@@ -339,6 +345,8 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
         if database_url:
             flags += ["--database-url", database_url]
         flags += args.server_flag
+        if args.queued_first:
+            return await queued_first_phase(args, model_api, root, flags)
         server = harness.ServerProcess(
             root / "data", flags, core=harness.SERVER_CORE, nice=args.nice, log_level=None
         )
@@ -378,19 +386,98 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
             )
             await asyncio.sleep(2.0)
             rss_after = harness.rss_mib(server.pid)
+    return {
+        **outcome(
+            args, background, sampler=sampler, final=final, ready=ready, ended=ended, finished=finished
+        ),
+        "submit_seconds": round(submitted, 2),
+        "submit_retries_unavailable": retries,
+        "loader_cpu_share_while_submitting": round(loader_cpu / submitted, 3),
+        **shares(before, after, cpu1 - cpu0),
+        **memory_per_agent(sampler.samples, idle_rss),
+        "rss_idle_after_mib": round(rss_after, 1),
+    }
+
+
+async def queued_first_phase(
+    args: argparse.Namespace, model_api: StandIn, root: Path, flags: list[str]
+) -> dict[str, Any]:
+    """``--queued-first``: the jobs submitted to a server that runs none, then the clock
+    started as a server with the executor starts on the same data."""
+    project = f"bench-agents-{uuid.uuid4().hex[:8]}"
+    requests = [job_request(args.brain, project, n) for n in range(args.jobs)]
+    intake = harness.ServerProcess(
+        root / "data", [*flags, "--executor-enabled", "false"], core=harness.SERVER_CORE, nice=args.nice
+    )
+    async with intake, contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(intake.address))
+            for _ in range(args.channels)
+        ]
+        stubs = [pb_grpc.AgentControlServiceStub(channel) for channel in channels]
+        started = time.monotonic()
+        retries = await submit_all(stubs, requests, args.in_flight)
+        submitted = time.monotonic() - started
+    server = harness.ServerProcess(
+        root / "data", flags, core=harness.SERVER_CORE, nice=args.nice, log_level=None
+    )
+    background = await asyncio.to_thread(harness.wait_for_quiet, args.quiet_wait, 10.0)
+    await model_api.control(reset_stats=True)
+    before = await usage(model_api)
+    started = time.monotonic()
+    await server.start()
+    try:
+        sampler = Sampler(model_api, server.pid)
+        sampler.start()
+        sampler.started = started  # the clock started with the process
+        serving = time.monotonic() - started
+        cpu0 = 0.0  # the process is new: all its CPU time is the run's
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AgentControlServiceStub(channel)
+            await until_finished(stub, project, args.limit)
+            finished = time.monotonic() - started
+            after, cpu1 = await usage(model_api), harness.cpu_seconds(server.pid)
+            await sampler.stop()
+            final = await model_api.stats()
+            ready = len(await count_jobs(stub, project, [job_pb2.JOB_STATUS_READY]))
+            ended = await count_jobs(stub, project, [job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELLED])
+        rss_after = harness.rss_mib(server.pid)
+    finally:
+        await server.stop()
+    return {
+        **outcome(
+            args, background, sampler=sampler, final=final, ready=ready, ended=ended, finished=finished
+        ),
+        "queued_first": True,
+        "submit_seconds_before_the_clock": round(submitted, 2),
+        "submit_retries_unavailable": retries,
+        "serving_seconds": round(serving, 2),
+        **shares(before, after, cpu1 - cpu0),
+        "peak_rss_mib": round(max(sample.rss_mib for sample in sampler.samples), 1),
+        "rss_after_mib": round(rss_after, 1),
+    }
+
+
+def outcome(
+    args: argparse.Namespace,
+    background: float,
+    *,
+    sampler: Sampler,
+    final: Any,
+    ready: int,
+    ended: Sequence[Any],
+    finished: float,
+) -> dict[str, Any]:
+    """What every server phase reports: call rates, the peak in flight, how the jobs ended."""
     failures: dict[str, int] = {}
     for job in ended:
         key = f"{job_pb2.JobStatus.Name(job.status)} {job.outcome_detail[:160]}"
         failures[key] = failures.get(key, 0) + 1
-    rates = call_rates(sampler.samples)
     return {
         "phase": "server",
         "database": "postgresql" if args.database else "sqlite",
         "background_load_percent": round(background, 1),
-        **rates,
-        "submit_seconds": round(submitted, 2),
-        "submit_retries_unavailable": retries,
-        "loader_cpu_share_while_submitting": round(loader_cpu / submitted, 3),
+        **call_rates(sampler.samples),
         "all_ready_seconds": round(finished, 2),
         "jobs_ready": ready,
         "jobs_failed_or_cancelled": len(ended),
@@ -398,9 +485,6 @@ async def server_phase(args: argparse.Namespace, model_api: StandIn) -> dict[str
         "error_answers_at_the_stand_in": final.errors,
         "peak_in_flight": final.peak_in_flight,
         "peak_in_flight_share": round(final.peak_in_flight / args.jobs, 3),
-        **shares(before, after, cpu1 - cpu0),
-        **memory_per_agent(sampler.samples, idle_rss),
-        "rss_idle_after_mib": round(rss_after, 1),
     }
 
 
@@ -438,17 +522,22 @@ def summary_line(phase: dict[str, Any]) -> str:
     text = (
         f"{phase.get('calls_per_second_overall', 0):,.0f} calls/s overall, "
         f"{phase.get('calls_per_second_steady', 0):,.0f} steady; peak in flight {phase['peak_in_flight']:,} "
-        f"({phase['peak_in_flight_share']:.0%}); CPU {phase['cpu_share_of_core']:.0%} of a core; "
-        f"{phase['kib_per_awake_agent']:,.0f} KiB per call in flight"
+        f"({phase['peak_in_flight_share']:.0%}); CPU {phase['cpu_share_of_core']:.0%} of a core"
     )
+    if "kib_per_awake_agent" in phase:
+        text += f"; {phase['kib_per_awake_agent']:,.0f} KiB per call in flight"
     other = max(phase["core0_other_percent"], phase["core1_other_percent"])
     if other > 10:
         text += f"; other work took up to {other:.0f} % of a core (noise)"
     if phase["phase"] == "server":
         text += (
             f"; all READY after {phase['all_ready_seconds']:.1f} s ({phase['jobs_ready']:,} READY, "
-            f"{phase['jobs_failed_or_cancelled']} not), submitted in {phase['submit_seconds']:.1f} s"
+            f"{phase['jobs_failed_or_cancelled']} not)"
         )
+        if phase.get("queued_first"):
+            text += f", serving {phase['serving_seconds']:.1f} s after its start"
+        else:
+            text += f", submitted in {phase['submit_seconds']:.1f} s"
     return text
 
 
@@ -535,6 +624,12 @@ def main() -> int:
         default=[],
         help="one more token on the server's command line, repeated per token (e.g. "
         "--server-flag=--max-running-jobs --server-flag=1000); the workload as specified uses none",
+    )
+    parser.add_argument(
+        "--queued-first",
+        action="store_true",
+        help="submit every job before the clock starts (to a server that runs none), then start the "
+        "executing server",
     )
     parser.add_argument("--channels", type=int, default=4, help="loader channels (default 4)")
     parser.add_argument("--in-flight", type=int, default=64, help="SubmitJob calls in flight (default 64)")
