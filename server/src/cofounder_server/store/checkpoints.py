@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Update, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server.domain.changes import Spend
 from cofounder_server.domain.events import EventPayload, JobStatusChanged
 from cofounder_server.domain.model import Job, JobStatus
+from cofounder_server.store.bulk import insert_rows
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository, append_job_events
 from cofounder_server.store.iterations import (
@@ -156,12 +156,9 @@ def _commit(
         if record.job_id in accepted:
             messages += rows.messages
             heads.append(rows.head)
-    if ledger:
-        connection.execute(table_of(UsageLedgerRow).insert(), ledger)
-    if messages:
-        connection.execute(table_of(CheckpointMessageRow).insert(), messages)
-    if heads:
-        connection.execute(_upsert_heads(connection.dialect.name), heads)
+    insert_rows(connection, table_of(UsageLedgerRow), ledger)
+    insert_rows(connection, table_of(CheckpointMessageRow), messages)
+    insert_rows(connection, table_of(CheckpointRow), heads, upsert_key="job_id")
     deferred = {
         record.job_id
         for record in records
@@ -226,18 +223,6 @@ def _transition_statement(transition: Transition, now: datetime) -> Update:
         wake_at=None,
         end_time=now,
         runner_id=None,
-    )
-
-
-def _upsert_heads(dialect_name: str) -> Any:
-    table = table_of(CheckpointRow)
-    insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
-    return insert.on_conflict_do_update(
-        index_elements=[table.c.job_id],
-        set_={
-            name: insert.excluded[name]
-            for name in ("iteration", "message_count", "conversation_bytes", "state", "update_time")
-        },
     )
 
 

@@ -33,6 +33,7 @@ from cofounder_server.domain.events import (
     payload_from_json,
     to_json,
 )
+from cofounder_server.store.bulk import insert_rows
 from cofounder_server.store.database import Database
 from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow, table_of
 
@@ -373,7 +374,7 @@ def append_job_events(
                 .where(EventCounterRow.stream == stream)
                 .values(pruned_through=prune_to)
             )
-    connection.execute(table_of(JobEventRow).insert(), rows)
+    insert_rows(connection, table_of(JobEventRow), rows)
     return stored
 
 
