@@ -20,12 +20,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from standins import postgres
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -420,26 +421,7 @@ class ServerProcess:
 # PostgreSQL
 
 
-@contextlib.asynccontextmanager
-async def throwaway_postgres(url: str) -> AsyncIterator[str]:
+def throwaway_postgres(url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A fresh database on the PostgreSQL server of ``url``, dropped on exit; yields its
     SQLAlchemy URL (``postgresql+asyncpg://...``)."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(url).set(drivername="postgresql")
-    name = f"cofounder_bench_{uuid.uuid4().hex[:10]}"
-    dsn = admin.render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    finally:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+    return postgres.throwaway_postgres(url, prefix="cofounder_bench")
