@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -20,6 +21,14 @@ RPC_TIMEOUT = 10.0
 
 EXTERNAL_REDIS = os.environ.get("COFOUNDER_TEST_REDIS_URL", "")
 EXTERNAL_DATABASE = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 a moment ago, for a process that needs it given up front
+    (or, unused, an address where nothing listens)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def scripted_agent() -> job_pb2.AgentSpec:
