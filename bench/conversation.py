@@ -45,7 +45,6 @@ import itertools
 import json
 import os
 import re
-import sqlite3
 import statistics
 import struct
 import tempfile
@@ -120,8 +119,7 @@ def wal_state(path: Path) -> WalState:
 
 def sqlite_stored_bytes(database: Path) -> int:
     """The sum of the lengths (in bytes) of every value in every table."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        db.execute("PRAGMA busy_timeout = 5000")
+    with harness.read_only_sqlite(database) as db:
         tables = [
             row[0]
             for row in db.execute(

@@ -17,15 +17,20 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from standins import postgres
+
+if TYPE_CHECKING:
+    from cofounder_server.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -417,29 +422,46 @@ class ServerProcess:
 
 
 # --------------------------------------------------------------------------------------------
+# A server in this process
+
+
+def in_process_settings(data_dir: Path, **fields: Any) -> Settings:
+    """Settings of a server that a benchmark starts in its own process: a free port, its data
+    (the SQLite file) in ``data_dir``, warnings only and no rate limits; ``fields`` set the rest."""
+    from cofounder_server.config import Settings
+
+    return replace(
+        Settings(),
+        listen="127.0.0.1:0",
+        data_dir=data_dir,
+        log_level="WARNING",
+        rate_limit_per_second=0.0,
+        service_rate_limit_per_second=0.0,
+        **fields,
+    )
+
+
+@contextlib.contextmanager
+def read_only_sqlite(database: Path) -> Iterator[sqlite3.Connection]:
+    """The SQLite file ``database`` opened read-only beside the server that writes it,
+    waiting up to 5 s for the server's write locks."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        db.execute("PRAGMA busy_timeout = 5000")
+        yield db
+
+
+def sqlite_count(data_dir: Path, query: str) -> int:
+    """The count ``query`` reads from the SQLite file of the server with its data in
+    ``data_dir`` (run it in a thread when the server shares this process's event loop)."""
+    with read_only_sqlite(data_dir / "cofounder.db") as db:
+        return int(db.execute(query).fetchone()[0])
+
+
+# --------------------------------------------------------------------------------------------
 # PostgreSQL
 
 
-@contextlib.asynccontextmanager
-async def throwaway_postgres(url: str) -> AsyncIterator[str]:
+def throwaway_postgres(url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A fresh database on the PostgreSQL server of ``url``, dropped on exit; yields its
     SQLAlchemy URL (``postgresql+asyncpg://...``)."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(url).set(drivername="postgresql")
-    name = f"cofounder_bench_{uuid.uuid4().hex[:10]}"
-    dsn = admin.render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    finally:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+    return postgres.throwaway_postgres(url, prefix="cofounder_bench")

@@ -46,14 +46,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -142,17 +139,11 @@ class ParkedServer:
         return await self.server.stop()
 
     def sql(self, query: str) -> Any:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{self.data_dir / 'cofounder.db'}?mode=ro", uri=True)
-        ) as db:
-            db.execute("PRAGMA busy_timeout = 5000")
+        with harness.read_only_sqlite(self.data_dir / "cofounder.db") as db:
             return db.execute(query).fetchone()[0]
 
     def sql_rows(self, query: str) -> list[Any]:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{self.data_dir / 'cofounder.db'}?mode=ro", uri=True)
-        ) as db:
-            db.execute("PRAGMA busy_timeout = 5000")
+        with harness.read_only_sqlite(self.data_dir / "cofounder.db") as db:
             return db.execute(query).fetchall()
 
     async def count(self, query: str) -> int:
@@ -358,34 +349,19 @@ async def storm(m: int, args: argparse.Namespace) -> dict[str, Any]:
     """The midnight storm on an injected clock, in this process."""
     from cofounder_server.app import Application
     from cofounder_server.clock import ManualClock, next_utc_midnight
-    from cofounder_server.config import Settings
 
     root = Path(tempfile.mkdtemp(prefix="cofounder-bench-storm-"))
     clock = ManualClock(datetime.now(UTC))
-    settings = replace(
-        Settings(),
-        listen="127.0.0.1:0",
-        data_dir=root,
-        log_level="WARNING",
-        price_table=PRICE_TABLE,
-        rate_limit_per_second=0.0,
-        service_rate_limit_per_second=0.0,
-        **dict(args.storm_setting),
-    )
+    settings = harness.in_process_settings(root, price_table=PRICE_TABLE, **dict(args.storm_setting))
     app = await Application.start(settings, clock=clock)
     result: dict[str, Any] = {"agents": m, "max_running_jobs": settings.max_running_jobs}
     executor = app.executor
     assert executor is not None
 
-    def sql(query: str) -> int:
-        with contextlib.closing(sqlite3.connect(f"file:{root / 'cofounder.db'}?mode=ro", uri=True)) as db:
-            db.execute("PRAGMA busy_timeout = 5000")
-            return int(db.execute(query).fetchone()[0])
-
     async def until(query: str, target: int) -> float:
         started = time.perf_counter()
         # In a thread: the server shares this process's event loop.
-        while await asyncio.to_thread(sql, query) < target:
+        while await asyncio.to_thread(harness.sqlite_count, root, query) < target:
             if time.perf_counter() - started > args.limit:
                 raise TimeoutError(query)
             await asyncio.sleep(0.05)

@@ -37,11 +37,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,21 +149,15 @@ async def until(check: Callable[[], Awaitable[bool]], since: float, limit: float
 async def one_run(args: argparse.Namespace) -> dict[str, Any]:
     from cofounder_server.app import Application
     from cofounder_server.clock import ManualClock
-    from cofounder_server.config import Settings
 
     root = Path(tempfile.mkdtemp(prefix="cofounder-bench-storm-"))
     result: dict[str, Any] = {"agents": args.agents, "latency_seconds": args.latency}
     extra = ["--tool-input", TOOL_INPUT]
     async with standin("anthropic", args.latency, 1, core=harness.LOAD_CORE, extra=extra) as model_api:
         clock = ManualClock(datetime.now(UTC))
-        settings = replace(
-            Settings(),
-            listen="127.0.0.1:0",
-            data_dir=root,
-            log_level="WARNING",
+        settings = harness.in_process_settings(
+            root,
             price_table=PRICE_TABLE,
-            rate_limit_per_second=0.0,
-            service_rate_limit_per_second=0.0,
             anthropic_base_url=model_api.base_url,
             anthropic_api_key="sk-ant-bench",
             **({"awake_memory_mib": args.awake_memory_mib} if args.awake_memory_mib else {}),
@@ -184,12 +176,7 @@ def count(root: Path, query: str) -> Callable[[], Awaitable[int]]:
     """An async reader of one count from the server's SQLite file (in a thread: the server
     shares this process's event loop)."""
 
-    def read() -> int:
-        with contextlib.closing(sqlite3.connect(f"file:{root / 'cofounder.db'}?mode=ro", uri=True)) as db:
-            db.execute("PRAGMA busy_timeout = 5000")
-            return int(db.execute(query).fetchone()[0])
-
-    return lambda: asyncio.to_thread(read)
+    return lambda: asyncio.to_thread(harness.sqlite_count, root, query)
 
 
 async def park(app: Any, root: Path, args: argparse.Namespace) -> dict[str, Any]:

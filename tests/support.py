@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.engine import make_url
 
 from cofounder.agent.v1 import job_pb2
+from standins.postgres import throwaway_postgres
 from tests.redis_cleanup import remember_jobs_in
 
 T = TypeVar("T")
@@ -20,6 +21,14 @@ RPC_TIMEOUT = 10.0
 
 EXTERNAL_REDIS = os.environ.get("COFOUNDER_TEST_REDIS_URL", "")
 EXTERNAL_DATABASE = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 a moment ago, for a process that needs it given up front
+    (or, unused, an address where nothing listens)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def scripted_agent() -> job_pb2.AgentSpec:
@@ -50,23 +59,11 @@ async def throwaway_database(prefix: str) -> AsyncIterator[str]:
     if not EXTERNAL_DATABASE:
         yield ""
         return
-    import asyncpg
-
-    admin = make_url(EXTERNAL_DATABASE).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    finally:
-        if EXTERNAL_REDIS:
-            await remember_jobs_in(admin.set(database=name).render_as_string(hide_password=False))
-        connection = await asyncpg.connect(dsn)
+    async with throwaway_postgres(EXTERNAL_DATABASE, prefix=prefix) as url:
         try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            yield url
         finally:
-            await connection.close()
+            if EXTERNAL_REDIS:
+                await remember_jobs_in(
+                    make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+                )

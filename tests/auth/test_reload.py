@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder_server.app import Application
 from tests.auth.support import Caller, new_token, write_principals
-from tests.support import EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_REDIS, RPC_TIMEOUT, eventually, free_port
 
 OLD = Caller("alice", "user", new_token())
 NEW = Caller("alice", "user", new_token())
@@ -63,12 +62,6 @@ async def test_reload_swaps_tokens_on_the_same_connection(
             watch.cancel()
     finally:
         await app.stop(grace_seconds=1.0)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_sighup_reloads_the_running_command(database_url, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ import grpc
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import job_pb2
-from tests.support import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually, free_port
 
 from .conftest import START, stub_for
 from .support import (
@@ -144,12 +143,6 @@ async def test_a_restarted_server_rebuilds_its_parked_agents_live_keys_in_pages(
         await redis.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _spawn(
     data_dir: Path, port: int, redis_url: str, database_url: str, *extra: str
 ) -> asyncio.subprocess.Process:
@@ -202,7 +195,7 @@ async def test_kill_9_then_restart_resumes_and_a_dead_replicas_jobs_are_taken_ov
 ) -> None:
     database_url = fresh_database_url or f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     redis_url = shared_redis_url
-    port = _free_port()
+    port = free_port()
     processes: list[asyncio.subprocess.Process] = []
     try:
 

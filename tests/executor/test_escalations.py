@@ -26,11 +26,11 @@ from cofounder_server.clock import ManualClock
 from cofounder_server.domain.changes import Change
 from cofounder_server.store.database import open_database
 from cofounder_server.store.models import CheckpointMessageRow
-from tests.support import RPC_TIMEOUT, eventually
+from tests.support import RPC_TIMEOUT, eventually, free_port
 
 from .conftest import Starter, stub_for
 from .support import agent_state, events_of, finished, narrate, status_of, submit, turn, types_of
-from .test_durability import _free_port, _ready, _spawn
+from .test_durability import _ready, _spawn
 
 RAISED = ["agent.escalation_raised", "agent.waiting_for_input"]
 STEP = ["agent.thinking", "agent.budget_updated"]
@@ -538,7 +538,7 @@ async def test_a_waiting_agent_survives_kill_9_and_takes_its_answer_once(
     tmp_path: Path, fresh_database_url: str, shared_redis_url: str, project_id
 ) -> None:
     database_url = fresh_database_url or f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-    port = _free_port()
+    port = free_port()
     processes: list[asyncio.subprocess.Process] = []
     config = {"turns": [turn("asking", [ask("q1")]), turn("done")]}
     try:

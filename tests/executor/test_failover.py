@@ -15,8 +15,8 @@ from sqlalchemy import select
 from cofounder.agent.v1 import job_pb2
 from cofounder_server.store.database import open_database
 from cofounder_server.store.models import JobRow
-from tests.integration.server_process import free_port, spawn, stop
-from tests.support import eventually
+from tests.integration.server_process import spawn, stop
+from tests.support import eventually, free_port
 
 from .conftest import stub_for
 from .support import agent_state, status_of, submit, turn, varied_loop

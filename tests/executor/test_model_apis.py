@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -47,6 +48,17 @@ async def model_server(start_server: Starter, standin: ModelApiStandIn) -> Appli
     )
 
 
+async def run_job(
+    server: Application, project_id: str, config: dict[str, Any], *, brain: str, model: str
+) -> tuple[job_pb2.Job, list[Any]]:
+    """Submit a job of ``brain`` on ``model`` to ``server`` and wait for its end: the job then,
+    and its events."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = stub_for(channel)
+        job = await submit(stub, project_id, config, brain=brain, model=model)
+        return await finished(stub, job.job_id), await events_of(stub, job.job_id)
+
+
 @pytest.mark.parametrize(
     ("brain", "model", "path"),
     [("openai", "gpt-4.1", CHAT_COMPLETIONS_PATH), ("anthropic", "claude-sonnet-4-5", MESSAGES_PATH)],
@@ -54,12 +66,7 @@ async def model_server(start_server: Starter, standin: ModelApiStandIn) -> Appli
 async def test_a_job_makes_its_tool_calls_on_the_model_api_and_completes(
     model_server: Application, standin: ModelApiStandIn, project_id: str, *, brain: str, model: str, path: str
 ) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{model_server.port}") as channel:
-        stub = stub_for(channel)
-        job = await submit(stub, project_id, {"system": "Be brief."}, brain=brain, model=model)
-
-        done = await finished(stub, job.job_id)
-        events = await events_of(stub, job.job_id)
+    done, events = await run_job(model_server, project_id, {"system": "Be brief."}, brain=brain, model=model)
 
     assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_READY, job_pb2.JOB_OUTCOME_COMPLETED)
     assert types_of(events)[2:-1] == TOOL_STEP + TOOL_STEP + STEP
@@ -67,7 +74,7 @@ async def test_a_job_makes_its_tool_calls_on_the_model_api_and_completes(
     assert [(c.tool_name, c.is_error) for c in called] == [("narrate", False), ("narrate", False)]
     assert [e.agent_thinking.text for e in events if e.type == "agent.thinking"][-1] == "Done."
     # Each call costs its tokens, which grow with the conversation; the events carry the spend.
-    costs = [cost for _, cost in await ledger(model_server, job.job_id)]
+    costs = [cost for _, cost in await ledger(model_server, done.job_id)]
     assert len(costs) == 3
     assert costs[0] < costs[1] < costs[2]
     spent = [
@@ -90,12 +97,7 @@ async def test_a_rate_limited_call_waits_out_retry_after_and_the_job_completes(
 ) -> None:
     standin.tool_turns = 0
     standin.fail_next(1, 429, retry_after=0.5)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{model_server.port}") as channel:
-        stub = stub_for(channel)
-        job = await submit(stub, project_id, {}, brain="openai", model="gpt-4.1")
-
-        done = await finished(stub, job.job_id)
-        events = await events_of(stub, job.job_id)
+    done, events = await run_job(model_server, project_id, {}, brain="openai", model="gpt-4.1")
 
     assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_READY, job_pb2.JOB_OUTCOME_COMPLETED)
     assert "agent.retrying" in types_of(events)
@@ -109,11 +111,7 @@ async def test_a_job_whose_model_api_refuses_the_key_fails_with_the_reason(
 ) -> None:
     server = await start_server(openai_base_url=f"{standin.base_url}/v1", openai_api_key="sk-revoked")
     standin.reply({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}, status=401)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = stub_for(channel)
-        job = await submit(stub, project_id, {}, brain="openai", model="gpt-4.1")
-
-        done = await finished(stub, job.job_id)
+    done, _ = await run_job(server, project_id, {}, brain="openai", model="gpt-4.1")
 
     assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_OUTCOME_MODEL_ERROR)
     assert "openai:authentication" in done.outcome_detail
@@ -126,12 +124,7 @@ async def test_a_provider_asking_to_slow_down_is_waited_for_without_counting_as_
     standin.tool_turns = 0
     refusals = 5  # more than the attempts an ordinary failure gets (brain_retries: 3)
     standin.fail_next(refusals, 529, retry_after=0.2)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{model_server.port}") as channel:
-        stub = stub_for(channel)
-        job = await submit(stub, project_id, {}, brain="anthropic", model="claude-sonnet-4-5")
-
-        done = await finished(stub, job.job_id)
-        events = await events_of(stub, job.job_id)
+    done, events = await run_job(model_server, project_id, {}, brain="anthropic", model="claude-sonnet-4-5")
 
     assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_READY, job_pb2.JOB_OUTCOME_COMPLETED)
     retries = [event for event in events if event.type == "agent.retrying"]
@@ -157,11 +150,7 @@ async def test_a_provider_that_keeps_asking_to_slow_down_fails_the_job_past_the_
         provider_wait_limit_seconds=2.0,
     )
     standin.fail_until(standin.clock() + 3600, 429, retry_after=1)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = stub_for(channel)
-        job = await submit(stub, project_id, {}, brain="anthropic", model="claude-sonnet-4-5")
-
-        done = await finished(stub, job.job_id)
+    done, _ = await run_job(server, project_id, {}, brain="anthropic", model="claude-sonnet-4-5")
 
     assert (done.status, done.outcome) == (job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_OUTCOME_MODEL_ERROR)
     assert "kept asking to slow down" in done.outcome_detail

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from cofounder_server.executor.brains.provider_access import response_json
 from cofounder_server.executor.plugins import BrainError, Message, StopReason, ToolCall
 from cofounder_server.executor.registry import PluginConfigError, PluginRegistry
 from standins.model_api import ModelApiStandIn
+from tests.executor_plugins.support import GOAL, assert_failed_once, turn_error
+from tests.support import free_port
 
 API_KEY = "sk-ant-api03-standin-key"
 MODEL = "claude-sonnet-5"
@@ -83,7 +84,6 @@ def sent_key(headers: dict[str, str]) -> str:
     return headers.get("authorization", "").removeprefix("Bearer ")
 
 
-GOAL = Message(role="user", text="Build the landing page")
 CONVERSATION = [
     GOAL,
     Message(
@@ -245,13 +245,9 @@ async def test_api_errors_map_to_brain_errors_without_sdk_retries(
 ) -> None:
     standin.reply(error_body(kind, "Something went wrong on request 7d1e"), status=status)
 
-    with pytest.raises(BrainError) as caught:
-        await factory(AgentSpec(brain="anthropic", model=MODEL)).think([GOAL], [])
+    error = await turn_error(factory(AgentSpec(brain="anthropic", model=MODEL)))
 
-    assert (caught.value.retryable, caught.value.signature) == expected
-    assert str(status) in str(caught.value)
-    assert API_KEY not in str(caught.value)
-    assert len(standin.requests) == 1  # the executor retries, not the SDK
+    assert_failed_once(error, expected, status=status, api_key=API_KEY, standin=standin)
 
 
 async def test_a_call_that_times_out_is_retryable(standin: ModelApiStandIn) -> None:
@@ -260,27 +256,21 @@ async def test_a_call_that_times_out_is_retryable(standin: ModelApiStandIn) -> N
     )
     standin.hang()
 
-    with pytest.raises(BrainError) as caught:
-        await impatient(AgentSpec(brain="anthropic", model=MODEL)).think([GOAL], [])
+    error = await turn_error(impatient(AgentSpec(brain="anthropic", model=MODEL)))
     await impatient.aclose()
 
-    assert (caught.value.retryable, caught.value.signature) == (True, "anthropic:timeout")
+    assert (error.retryable, error.signature) == (True, "anthropic:timeout")
 
 
 async def test_an_unreachable_api_is_retryable() -> None:
-    # A port that was just free on loopback: nothing listens there.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     unreachable = AnthropicBrainFactory(
-        base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_tokens=64, timeout_seconds=5
+        base_url=f"http://127.0.0.1:{free_port()}", api_key=API_KEY, max_tokens=64, timeout_seconds=5
     )
 
-    with pytest.raises(BrainError) as caught:
-        await unreachable(AgentSpec(brain="anthropic", model=MODEL)).think([GOAL], [])
+    error = await turn_error(unreachable(AgentSpec(brain="anthropic", model=MODEL)))
     await unreachable.aclose()
 
-    assert (caught.value.retryable, caught.value.signature) == (True, "anthropic:connection")
+    assert (error.retryable, error.signature) == (True, "anthropic:connection")
 
 
 async def test_the_sdk_finds_the_key_in_the_environment_when_none_is_configured(

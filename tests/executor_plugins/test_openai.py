@@ -4,7 +4,6 @@ tool calls, stop reasons, usage, errors and config checks."""
 from __future__ import annotations
 
 import copy
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +20,8 @@ from cofounder_server.executor.brains.openai import (
 from cofounder_server.executor.plugins import BrainError, Message, StopReason, ToolCall
 from cofounder_server.executor.registry import PluginConfigError, PluginRegistry
 from standins.model_api import CHAT_COMPLETIONS_PATH, ModelApiStandIn
+from tests.executor_plugins.support import GOAL, assert_failed_once, turn_error
+from tests.support import free_port
 
 pytestmark = pytest.mark.usefixtures("no_ambient_credentials")
 
@@ -106,7 +107,6 @@ def brain_of(factory: OpenAIBrainFactory, **config: Any) -> Any:
     return factory(AgentSpec(brain="openai", model=MODEL, config=config))
 
 
-GOAL = Message(role="user", text="Build the landing page")
 CONVERSATION = [
     GOAL,
     Message(
@@ -271,10 +271,9 @@ async def test_an_answer_without_choices_is_a_retryable_error(
 ) -> None:
     standin.reply(STOP_RESPONSE | {"choices": []})
 
-    with pytest.raises(BrainError) as caught:
-        await brain_of(factory).think([GOAL], [])
+    error = await turn_error(brain_of(factory))
 
-    assert (caught.value.retryable, caught.value.signature) == (True, "openai:no_choice")
+    assert (error.retryable, error.signature) == (True, "openai:no_choice")
 
 
 @pytest.mark.parametrize("arguments", ['{"text": "unterminated', "[1, 2]", '"just a string"', "null"])
@@ -386,13 +385,9 @@ async def test_api_errors_map_to_brain_errors_without_sdk_retries(
 ) -> None:
     standin.reply(body, status=status)
 
-    with pytest.raises(BrainError) as caught:
-        await brain_of(factory).think([GOAL], [])
+    error = await turn_error(brain_of(factory))
 
-    assert (caught.value.retryable, caught.value.signature) == expected
-    assert str(status) in str(caught.value)
-    assert API_KEY not in str(caught.value)
-    assert len(standin.requests) == 1  # the executor retries, not the SDK
+    assert_failed_once(error, expected, status=status, api_key=API_KEY, standin=standin)
 
 
 async def test_a_call_that_times_out_is_retryable(standin: ModelApiStandIn) -> None:
@@ -401,11 +396,10 @@ async def test_a_call_that_times_out_is_retryable(standin: ModelApiStandIn) -> N
     )
     standin.hang()
 
-    with pytest.raises(BrainError) as caught:
-        await brain_of(impatient).think([GOAL], [])
+    error = await turn_error(brain_of(impatient))
     await impatient.aclose()
 
-    assert (caught.value.retryable, caught.value.signature, caught.value.retry_after) == (
+    assert (error.retryable, error.signature, error.retry_after) == (
         True,
         "openai:timeout",
         None,
@@ -413,18 +407,14 @@ async def test_a_call_that_times_out_is_retryable(standin: ModelApiStandIn) -> N
 
 
 async def test_an_unreachable_api_is_retryable() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     unreachable = OpenAIBrainFactory(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_tokens=64, timeout_seconds=5
+        base_url=f"http://127.0.0.1:{free_port()}/v1", api_key=API_KEY, max_tokens=64, timeout_seconds=5
     )
 
-    with pytest.raises(BrainError) as caught:
-        await brain_of(unreachable).think([GOAL], [])
+    error = await turn_error(brain_of(unreachable))
     await unreachable.aclose()
 
-    assert (caught.value.retryable, caught.value.signature) == (True, "openai:connection")
+    assert (error.retryable, error.signature) == (True, "openai:connection")
 
 
 async def test_the_sdk_finds_key_and_base_url_in_the_environment_when_none_is_configured(

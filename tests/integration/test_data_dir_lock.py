@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2
 
 from cofounder_server.app import Application
 from cofounder_server.datadir import LOCK_NAME
-from tests.integration.server_process import free_port, health_of, run_to_exit, server_argv, spawn, stop
-from tests.support import eventually
+from tests.integration.server_process import health_of, run_to_exit, server_argv, spawn, stop
+from tests.support import eventually, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

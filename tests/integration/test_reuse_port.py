@@ -17,8 +17,8 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc, job_pb2
 from cofounder_server.app import Application
 from cofounder_server.live import keys
-from tests.integration.server_process import free_port, health_of, run_to_exit, spawn, stop
-from tests.support import RPC_TIMEOUT, eventually, scripted_agent
+from tests.integration.server_process import health_of, run_to_exit, spawn, stop
+from tests.support import RPC_TIMEOUT, eventually, free_port, scripted_agent
 
 WATCHERS = 24
 """Connections opened; all landing on one process by chance has odds of 2 in 2**24."""

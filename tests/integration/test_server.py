@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -21,7 +20,14 @@ from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc
 from cofounder_server.app import Application
 from cofounder_server.live.engine import EmbeddedRedis
-from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually, scripted_agent
+from tests.support import (
+    EXTERNAL_DATABASE,
+    EXTERNAL_REDIS,
+    RPC_TIMEOUT,
+    eventually,
+    free_port,
+    scripted_agent,
+)
 
 SERVICES = ("cofounder.agent.v1.AgentControlService", "cofounder.agent.v1.EscalationService")
 
@@ -105,12 +111,6 @@ async def test_health_list_reports_every_service(channel) -> None:
 async def test_a_second_server_cannot_take_the_same_port(app, settings_for) -> None:
     with pytest.raises(SystemExit, match="cannot listen"):
         await Application.start(settings_for(listen=f"127.0.0.1:{app.port}"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def processes_mentioning(text: str) -> list[int]:

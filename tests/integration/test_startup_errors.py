@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cofounder_server.datadir import LOCK_NAME
-from tests.integration.server_process import free_port, run_to_exit, server_argv
+from tests.integration.server_process import run_to_exit, server_argv
+from tests.support import free_port
 
 
 def assert_one_line(code: int, stderr: str, *expected: str) -> None:

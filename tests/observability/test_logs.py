@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -30,16 +29,9 @@ from cofounder_server import cli
 from cofounder_server.observability import logs
 from tests.auth.support import Caller, new_token, write_principals
 from tests.executor.support import TERMINAL, narrate, turn
-from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually
+from tests.support import EXTERNAL_DATABASE, EXTERNAL_REDIS, RPC_TIMEOUT, eventually, free_port
 
 ESCALATION_ID = "6f1c2b9e-3d4a-4e5f-8a7b-9c0d1e2f3a4b"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.mark.skipif(

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from cofounder_server.domain.model import AgentSpec, NewJob
 from cofounder_server.store.database import Database, async_url
+from cofounder_server.store.models import IdempotencyKeyRow
 
 POSTGRES_URL = os.environ.get("COFOUNDER_TEST_DATABASE_URL", "")
 
@@ -45,6 +46,18 @@ def new_job(owner_id: str = "alice", project_id: str = "proj-1", **overrides: An
         labels={"team": "growth"},
     )
     return replace(job, **overrides)
+
+
+def submit_key(resource_id: str) -> IdempotencyKeyRow:
+    """Alice's stored SubmitJob request ``req-1`` (fingerprint ``fp``) that made ``resource_id``."""
+    return IdempotencyKeyRow(
+        owner_id="alice",
+        operation="SubmitJob",
+        request_id="req-1",
+        fingerprint="fp",
+        resource_id=resource_id,
+        create_time=T0,
+    )
 
 
 class PostgresDatabases:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.models import IdempotencyKeyRow
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 from .support import POSTGRES_URL, T0, PostgresDatabases, new_job
 
@@ -137,13 +136,6 @@ async def test_constraint_violations_are_not_reported_as_unavailable(database: D
             session.add(key())
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def _assert_unavailable(url: str) -> None:
     database = await open_database(url)
     jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
@@ -165,7 +157,7 @@ async def _assert_unavailable(url: str) -> None:
 
 
 async def test_postgres_on_a_closed_port_is_unavailable() -> None:
-    await _assert_unavailable(f"postgresql://postgres@127.0.0.1:{_closed_port()}/cofounder")
+    await _assert_unavailable(f"postgresql://postgres@127.0.0.1:{free_port()}/cofounder")
 
 
 async def test_sqlite_in_an_unusable_directory_is_unavailable(tmp_path: Path) -> None:

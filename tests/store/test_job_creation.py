@@ -17,7 +17,7 @@ from cofounder_server.store.job_creation import JobCreation
 from cofounder_server.store.jobs import JobRepository, _new_row
 from cofounder_server.store.models import EventCounterRow, IdempotencyKeyRow, JobEventRow, JobRow, table_of
 
-from .support import T0, new_job
+from .support import T0, new_job, submit_key
 
 
 @pytest.fixture
@@ -111,16 +111,7 @@ async def test_keys_are_scoped_by_owner_within_a_batch(jobs: JobRepository) -> N
 
 async def test_a_key_whose_job_is_gone_is_not_found(jobs: JobRepository, database: Database) -> None:
     async with database.write() as session:
-        session.add(
-            IdempotencyKeyRow(
-                owner_id="alice",
-                operation="SubmitJob",
-                request_id="req-1",
-                fingerprint="fp",
-                resource_id="11111111-1111-4111-8111-111111111111",
-                create_time=T0,
-            )
-        )
+        session.add(submit_key("11111111-1111-4111-8111-111111111111"))
     gone, fresh = await jobs.create_many(
         [JobCreation(new_job(), "req-1", "fp"), JobCreation(new_job(), None, "fp")], now=T0
     )

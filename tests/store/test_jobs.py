@@ -18,7 +18,7 @@ from cofounder_server.store.jobs import JobCursor, JobRepository
 from cofounder_server.store.models import IdempotencyKeyRow, JobRow
 from cofounder_server.store.runs import RunRepository
 
-from .support import T0, new_job, wait_until_blocked
+from .support import T0, new_job, submit_key, wait_until_blocked
 
 ANY = JobFilter()
 
@@ -235,16 +235,7 @@ async def test_create_replays_a_key_committed_by_a_concurrent_transaction(
             version=1,
         )
         session.add(winner)
-        session.add(
-            IdempotencyKeyRow(
-                owner_id="alice",
-                operation="SubmitJob",
-                request_id="req-1",
-                fingerprint="fp",
-                resource_id=winner.job_id,
-                create_time=T0,
-            )
-        )
+        session.add(submit_key(winner.job_id))
         await session.flush()
         # Started while the winner's transaction is open: it must wait for it, then replay.
         loser = asyncio.create_task(jobs.create(request, request_id="req-1", fingerprint="fp", now=T0))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Update, func, select, update
+from sqlalchemy import Connection, Update, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cofounder_server.domain.changes import Spend
@@ -36,8 +36,8 @@ from cofounder_server.store.iterations import (
     rows_of,
 )
 from cofounder_server.store.jobs import bumped, job_of
+from cofounder_server.store.ledger import window_spend, window_sums
 from cofounder_server.store.models import (
-    BudgetAdjustmentRow,
     CheckpointMessageRow,
     CheckpointRow,
     JobRow,
@@ -262,29 +262,11 @@ def starts_in(connection: Connection, jobs: Sequence[Job], window: datetime) -> 
     ids = [job.job_id for job in jobs]
     start = _utc(window)
     checkpoints = _checkpoints(connection, ids)
-    spent = dict(
-        connection.execute(
-            select(UsageLedgerRow.job_id, func.sum(UsageLedgerRow.cost_microdollars))
-            .where(UsageLedgerRow.job_id.in_(ids), UsageLedgerRow.window_start == start)
-            .group_by(UsageLedgerRow.job_id)
-        ).all()
-    )
-    top_ups = dict(
-        connection.execute(
-            select(BudgetAdjustmentRow.job_id, func.sum(BudgetAdjustmentRow.amount_microdollars))
-            .where(BudgetAdjustmentRow.job_id.in_(ids), BudgetAdjustmentRow.window_start == start)
-            .group_by(BudgetAdjustmentRow.job_id)
-        ).all()
-    )
+    spent_sums, top_up_sums = window_sums(ids, start)
+    spent = dict(connection.execute(spent_sums).all())
+    top_ups = dict(connection.execute(top_up_sums).all())
     return {
-        job.job_id: RunStart(
-            checkpoints.get(job.job_id),
-            window,
-            Spend(
-                int(spent.get(job.job_id) or 0),
-                job.daily_budget_microdollars + int(top_ups.get(job.job_id) or 0),
-            ),
-        )
+        job.job_id: RunStart(checkpoints.get(job.job_id), window, window_spend(job, spent, top_ups))
         for job in jobs
     }
 

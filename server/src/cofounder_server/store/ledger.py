@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql import ColumnElement
@@ -56,20 +56,9 @@ class LedgerRepository:
         ids = [job.job_id for job in jobs]
         start = window.astimezone(UTC)
         async with self._database.read() as session:
-            spent = await _per_job(
-                session,
-                UsageLedgerRow.job_id,
-                func.sum(UsageLedgerRow.cost_microdollars),
-                UsageLedgerRow.job_id.in_(ids),
-                UsageLedgerRow.window_start == start,
-            )
-            top_ups = await _per_job(
-                session,
-                BudgetAdjustmentRow.job_id,
-                func.sum(BudgetAdjustmentRow.amount_microdollars),
-                BudgetAdjustmentRow.job_id.in_(ids),
-                BudgetAdjustmentRow.window_start == start,
-            )
+            spent_sums, top_up_sums = window_sums(ids, start)
+            spent = dict((await session.execute(spent_sums)).all())
+            top_ups = dict((await session.execute(top_up_sums)).all())
             newest = await _per_job(
                 session,
                 UsageLedgerRow.job_id,
@@ -77,15 +66,29 @@ class LedgerRepository:
                 UsageLedgerRow.job_id.in_(ids),
             )
         return {
-            job.job_id: (
-                Spend(
-                    int(spent.get(job.job_id) or 0),
-                    job.daily_budget_microdollars + int(top_ups.get(job.job_id) or 0),
-                ),
-                int(newest.get(job.job_id) or 0),
-            )
-            for job in jobs
+            job.job_id: (window_spend(job, spent, top_ups), int(newest.get(job.job_id) or 0)) for job in jobs
         }
+
+
+def window_sums(ids: Sequence[str], start: datetime) -> tuple[Select[str, int], Select[str, int]]:
+    """The statements that read, by job of ``ids``, the cost spent and the top-ups in the
+    budget window that opened at ``start`` (UTC); a job without rows is absent from their
+    results, which :func:`window_spend` reads."""
+    return (
+        select(UsageLedgerRow.job_id, func.sum(UsageLedgerRow.cost_microdollars))
+        .where(UsageLedgerRow.job_id.in_(ids), UsageLedgerRow.window_start == start)
+        .group_by(UsageLedgerRow.job_id),
+        select(BudgetAdjustmentRow.job_id, func.sum(BudgetAdjustmentRow.amount_microdollars))
+        .where(BudgetAdjustmentRow.job_id.in_(ids), BudgetAdjustmentRow.window_start == start)
+        .group_by(BudgetAdjustmentRow.job_id),
+    )
+
+
+def window_spend(job: Job, spent: Mapping[str, Any], top_ups: Mapping[str, Any]) -> Spend:
+    """``job``'s spend and budget from the results of :func:`window_sums`, as ``{job_id: sum}``."""
+    return Spend(
+        int(spent.get(job.job_id) or 0), job.daily_budget_microdollars + int(top_ups.get(job.job_id) or 0)
+    )
 
 
 async def _per_job(

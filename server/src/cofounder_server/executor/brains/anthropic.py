@@ -16,19 +16,17 @@ and one gate that honours the API's ``retry-after`` for all of them (see
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cofounder_server import observability
 from cofounder_server.domain.model import AgentSpec
-from cofounder_server.executor.brains._config import chat_options
-from cofounder_server.executor.brains.provider_access import (
-    ModelClients,
-    ProviderGate,
-    response_json,
-    status_verdict,
-    token_count,
+from cofounder_server.executor.brains.provider_access import ProviderGate, response_json, status_verdict
+from cofounder_server.executor.brains.sdk_brains import (
+    SdkBrain,
+    SdkBrainFactory,
+    response_usage,
+    stop_reason,
 )
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
@@ -38,7 +36,6 @@ from cofounder_server.executor.plugins import (
     ToolCall,
     ToolSpec,
     Turn,
-    Usage,
 )
 
 if TYPE_CHECKING:
@@ -126,27 +123,18 @@ def to_turn(body: Mapping[str, Any], model: str) -> Turn:
                     input=arguments if isinstance(arguments, dict) else {},
                 )
             )
-    usage = body.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
-    # Cached prompt tokens are reported apart from input_tokens, but they are still input
-    # the call consumed; leaving them out would let a cached prompt spend under the budget.
-    input_tokens = sum(
-        token_count(usage, name)
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
-    stop_reason = _STOP_REASONS.get(str(body.get("stop_reason") or ""))
-    if stop_reason is None:
-        # An unknown (newer) reason: judge by content rather than fail a working call.
-        stop_reason = StopReason.TOOL_USE if calls else StopReason.END_TURN
     return Turn(
         text="\n".join(texts),
         tool_calls=tuple(calls),
-        usage=Usage(
-            model=str(body.get("model") or model),
-            input_tokens=input_tokens,
-            output_tokens=token_count(usage, "output_tokens"),
+        # Cached prompt tokens are reported apart from input_tokens, but they are still input
+        # the call consumed; leaving them out would let a cached prompt spend under the budget.
+        usage=response_usage(
+            body,
+            model,
+            input_counts=("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"),
+            output_count="output_tokens",
         ),
-        stop_reason=stop_reason,
+        stop_reason=stop_reason(_STOP_REASONS.get(str(body.get("stop_reason") or "")), calls),
     )
 
 
@@ -181,17 +169,8 @@ def to_brain_error(exc: AnthropicError, *, retry_after: float | None = None) -> 
     return BrainError(f"Anthropic SDK error: {exc}", retryable=False, signature="anthropic:client_error")
 
 
-class AnthropicBrain:
+class AnthropicBrain(SdkBrain["AsyncAnthropic"]):
     """Thinks by calling the Messages API once per turn (non-streaming), through its gate."""
-
-    def __init__(
-        self, client: AsyncAnthropic, gate: ProviderGate, *, model: str, max_tokens: int, system: str
-    ) -> None:
-        self._client = client
-        self._gate = gate
-        self._model = model
-        self._max_tokens = max_tokens
-        self._system = system
 
     async def think(self, conversation: Sequence[Message], tools: Sequence[ToolSpec]) -> Turn:
         """One Messages API call; SDK errors become :class:`BrainError` (see :func:`to_brain_error`)."""
@@ -222,29 +201,13 @@ class AnthropicBrain:
         return to_turn(response_json(content, provider="anthropic"), self._model)
 
 
-class AnthropicBrainFactory:
-    """Builds :class:`AnthropicBrain` s sharing one SDK client and gate from ``clients``.
+class AnthropicBrainFactory(SdkBrainFactory["AsyncAnthropic"]):
+    """Builds :class:`AnthropicBrain` s sharing one SDK client and gate from ``clients``
+    (see :class:`SdkBrainFactory`; the SDK's environment variables are
+    ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``)."""
 
-    Empty ``base_url`` / ``api_key`` leave the choice to the SDK (its defaults, or
-    ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``). Without ``clients`` the factory keeps
-    its own, which :meth:`aclose` closes; shared ``clients`` are closed by their owner.
-    """
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str,
-        max_tokens: int,
-        timeout_seconds: float,
-        clients: ModelClients | None = None,
-    ) -> None:
-        self._base_url = base_url
-        self._api_key = api_key
-        self._max_tokens = max_tokens
-        self._timeout_seconds = timeout_seconds
-        self._owned = clients is None
-        self._clients = clients or ModelClients()
+    provider = "anthropic"
+    example_model = "claude-sonnet-4-5"
 
     def __call__(self, spec: AgentSpec) -> AnthropicBrain:
         """A brain for ``spec``; raises :class:`PluginConfigError` for a bad spec or missing SDK/key."""
@@ -252,21 +215,8 @@ class AnthropicBrainFactory:
         client, gate = self._shared_client()
         return AnthropicBrain(client, gate, model=spec.model, max_tokens=max_tokens, system=system)
 
-    def validate(self, spec: AgentSpec) -> None:
-        """Check the model and config without I/O; the SDK and credentials are checked when
-        a brain is built (the process that runs the job may not be the one that took it)."""
-        self._options(spec)
-
-    def _options(self, spec: AgentSpec) -> tuple[str, int]:
-        return chat_options(spec, self._max_tokens, brain="anthropic", example_model="claude-sonnet-4-5")
-
     def _shared_client(self) -> tuple[AsyncAnthropic, ProviderGate]:
-        if importlib.util.find_spec("anthropic") is None or importlib.util.find_spec("aiohttp") is None:
-            raise PluginConfigError(
-                "the anthropic brain is not installed: pip install 'cofounder-server[anthropic]'",
-                field="agent.brain",
-            )
-        client, gate = self._clients.get("anthropic", self._base_url, self._api_key, self._make_client)
+        client, gate = super()._shared_client()
         # Without credentials the SDK fails on the first call with a bare TypeError; say it
         # now, when the job is submitted. (``credentials``: token providers of newer SDKs.)
         if (
@@ -284,13 +234,7 @@ class AnthropicBrainFactory:
 
         try:
             return anthropic.AsyncAnthropic(
-                api_key=self._api_key or None,
-                base_url=self._base_url or None,
-                timeout=self._timeout_seconds,
-                max_retries=0,
-                http_client=anthropic.DefaultAioHttpClient(
-                    limits=self._clients.http_limits(), timeout=self._timeout_seconds
-                ),
+                **self._client_settings(anthropic.DefaultAioHttpClient),
                 # The SDK's own spans join the server's traces when tracing is on; off, the
                 # SDK would still build their attributes for every call.
                 open_telemetry=None if observability.tracing.enabled else False,
@@ -300,8 +244,3 @@ class AnthropicBrainFactory:
             raise PluginConfigError(
                 f"cannot set up the Anthropic client: {exc}", field="agent.brain"
             ) from exc
-
-    async def aclose(self) -> None:
-        """Close the SDK client if this factory made its own (see the class docstring)."""
-        if self._owned:
-            await self._clients.aclose()

@@ -21,20 +21,18 @@ result, what was wrong with the arguments, so it can call again.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cofounder_server.domain.model import AgentSpec
-from cofounder_server.executor.brains._config import chat_options
-from cofounder_server.executor.brains.provider_access import (
-    ModelClients,
-    ProviderGate,
-    response_json,
-    status_verdict,
-    token_count,
+from cofounder_server.executor.brains.provider_access import response_json, status_verdict
+from cofounder_server.executor.brains.sdk_brains import (
+    SdkBrain,
+    SdkBrainFactory,
+    response_usage,
+    stop_reason,
 )
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.plugins import (
@@ -44,7 +42,6 @@ from cofounder_server.executor.plugins import (
     ToolCall,
     ToolSpec,
     Turn,
-    Usage,
 )
 
 if TYPE_CHECKING:
@@ -175,25 +172,16 @@ def to_turn(body: Mapping[str, Any], model: str) -> Turn:
             )
     text = message.get("content") or ""
     text = text if isinstance(text, str) else ""
-    stop_reason = _FINISH_REASONS.get(str(choice.get("finish_reason") or ""))
+    reason = _FINISH_REASONS.get(str(choice.get("finish_reason") or ""))
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal and not (text or calls):
-        text, stop_reason = refusal, StopReason.REFUSAL
-    if stop_reason is None:
-        # An unknown (newer, or server-specific) reason: judge by content.
-        stop_reason = StopReason.TOOL_USE if calls else StopReason.END_TURN
-    usage = body.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
-    # prompt_tokens already includes the cached ones (prompt_tokens_details.cached_tokens).
+        text, reason = refusal, StopReason.REFUSAL
     return Turn(
         text=text,
         tool_calls=tuple(calls),
-        usage=Usage(
-            model=str(body.get("model") or model),
-            input_tokens=token_count(usage, "prompt_tokens"),
-            output_tokens=token_count(usage, "completion_tokens"),
-        ),
-        stop_reason=stop_reason,
+        # prompt_tokens already includes the cached ones (prompt_tokens_details.cached_tokens).
+        usage=response_usage(body, model, input_counts=("prompt_tokens",), output_count="completion_tokens"),
+        stop_reason=stop_reason(reason, calls),
     )
 
 
@@ -257,17 +245,8 @@ def _out_of_quota(exc: OpenAIError) -> bool:
     return getattr(exc, "code", None) == "insufficient_quota"
 
 
-class OpenAIBrain:
+class OpenAIBrain(SdkBrain["AsyncOpenAI"]):
     """Thinks by calling Chat Completions once per turn (non-streaming), through its gate."""
-
-    def __init__(
-        self, client: AsyncOpenAI, gate: ProviderGate, *, model: str, max_tokens: int, system: str
-    ) -> None:
-        self._client = client
-        self._gate = gate
-        self._model = model
-        self._max_tokens = max_tokens
-        self._system = system
 
     async def think(self, conversation: Sequence[Message], tools: Sequence[ToolSpec]) -> Turn:
         """One Chat Completions call; SDK errors become :class:`BrainError` (see :func:`to_brain_error`)."""
@@ -296,69 +275,27 @@ class OpenAIBrain:
         return to_turn(response_json(content, provider="openai"), self._model)
 
 
-class OpenAIBrainFactory:
-    """Builds :class:`OpenAIBrain` s sharing one SDK client and gate from ``clients``.
+class OpenAIBrainFactory(SdkBrainFactory["AsyncOpenAI"]):
+    """Builds :class:`OpenAIBrain` s sharing one SDK client and gate from ``clients``
+    (see :class:`SdkBrainFactory`; the SDK's environment variables are
+    ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``)."""
 
-    Empty ``base_url`` / ``api_key`` leave the choice to the SDK (its default, or
-    ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``). Without ``clients`` the factory keeps its
-    own, which :meth:`aclose` closes; shared ``clients`` are closed by their owner.
-    """
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str,
-        max_tokens: int,
-        timeout_seconds: float,
-        clients: ModelClients | None = None,
-    ) -> None:
-        self._base_url = base_url
-        self._api_key = api_key
-        self._max_tokens = max_tokens
-        self._timeout_seconds = timeout_seconds
-        self._owned = clients is None
-        self._clients = clients or ModelClients()
+    provider = "openai"
+    example_model = "gpt-4.1"
 
     def __call__(self, spec: AgentSpec) -> OpenAIBrain:
         """A brain for ``spec``; raises :class:`PluginConfigError` for a bad spec or missing SDK/key."""
         system, max_tokens = self._options(spec)
-        if importlib.util.find_spec("openai") is None or importlib.util.find_spec("aiohttp") is None:
-            raise PluginConfigError(
-                "the openai brain is not installed: pip install 'cofounder-server[openai]'",
-                field="agent.brain",
-            )
-        client, gate = self._clients.get("openai", self._base_url, self._api_key, self._make_client)
+        client, gate = self._shared_client()
         return OpenAIBrain(client, gate, model=spec.model, max_tokens=max_tokens, system=system)
-
-    def validate(self, spec: AgentSpec) -> None:
-        """Check the model and config without I/O; the SDK and credentials are checked when
-        a brain is built (the process that runs the job may not be the one that took it)."""
-        self._options(spec)
-
-    def _options(self, spec: AgentSpec) -> tuple[str, int]:
-        return chat_options(spec, self._max_tokens, brain="openai", example_model="gpt-4.1")
 
     def _make_client(self) -> AsyncOpenAI:
         import openai
 
         try:
-            return openai.AsyncOpenAI(
-                api_key=self._api_key or None,
-                base_url=self._base_url or None,
-                timeout=self._timeout_seconds,
-                max_retries=0,
-                http_client=openai.DefaultAioHttpClient(
-                    limits=self._clients.http_limits(), timeout=self._timeout_seconds
-                ),
-            )
+            return openai.AsyncOpenAI(**self._client_settings(openai.DefaultAioHttpClient))
         except openai.OpenAIError as exc:
             # Above all a missing key (a server that checks none accepts any value).
             raise PluginConfigError(
                 f"cannot set up the OpenAI client: {exc} (--openai-api-key sets the key)", field="agent.brain"
             ) from exc
-
-    async def aclose(self) -> None:
-        """Close the SDK client if this factory made its own (see the class docstring)."""
-        if self._owned:
-            await self._clients.aclose()
