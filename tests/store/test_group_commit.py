@@ -374,3 +374,12 @@ async def test_parked_agents_are_resumed_in_one_batch(database: Database) -> Non
     assert before.change is None
     assert before.job.agent_state is AgentState.WORKING
     assert outcome[waiting] == StillParked(AgentState.WAITING_FOR_INPUT, None)
+
+
+async def test_any_queued_says_whether_a_job_waits_in_the_queue(database: Database) -> None:
+    store = _store(database)
+    assert not await store.runs.any_queued()
+    await _queued_job(store)
+    assert await store.runs.any_queued()
+    await store.runs.claim_next_queued(RUNNER, limit=10, now=T0)
+    assert not await store.runs.any_queued()

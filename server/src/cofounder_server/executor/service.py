@@ -384,6 +384,9 @@ class Executor:
         if limit < 1:
             # Full, or agents wait in line: the queue is looked at again when room is given back.
             return
+        if not self._queue_may_wait and not await self._runs.any_queued():
+            # A round of the interval (another replica may have queued jobs): a read, no write.
+            return
         self._queue_may_wait = False
         now = self._clock.now()
         claimed = await self._runs.claim_next_queued(self.runner_id, limit=limit, now=now)

@@ -92,6 +92,13 @@ class RunRepository:
         async with self._database.read() as session:
             return [str(job_id) for job_id in await session.scalars(query)]
 
+    async def any_queued(self) -> bool:
+        """Whether any job is queued (one indexed read: a claim round with nothing to claim
+        takes no write transaction)."""
+        async with self._database.read() as session:
+            found = await session.scalar(select(JobRow.job_id).where(JobRow.status == _QUEUED).limit(1))
+        return found is not None
+
     async def claim_next_queued(self, runner_id: str, *, limit: int, now: datetime) -> list[Change]:
         """Take the ``limit`` oldest queued jobs in one transaction: each becomes RUNNING on
         ``runner_id`` with its working agent and its ``job.status_changed`` event. The changes
