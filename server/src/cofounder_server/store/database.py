@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -239,6 +240,11 @@ class Database:
         await self.engine.dispose()
 
 
+GIL_SWITCH_INTERVAL_SECONDS = 0.001
+"""How long a thread may hold the GIL while another waits for it, once the SQLite writer
+thread runs (Python's default: 5 ms)."""
+
+
 class _SqliteWriter:
     """One thread with one connection of its own that runs whole write transactions.
 
@@ -260,6 +266,11 @@ class _SqliteWriter:
 
     async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._thread is None:
+            # The thread's Python work (building rows, SQLAlchemy's execution) holds the GIL the
+            # event loop needs; at the default 5 ms switch interval the loop waited that long
+            # each time it asked for it (the scripted executor benchmark: ~2,000 iterations/s
+            # against ~2,550 at 1 ms, with the same CPU per iteration).
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, lambda: self._transact(work, args, kwargs))
