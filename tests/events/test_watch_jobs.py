@@ -246,3 +246,28 @@ async def test_invalid_watches_are_refused_with_the_field(jobs_stub, request_fie
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (caught.value.details() or "")
+
+
+async def test_a_change_whose_publish_was_lost_still_reaches_the_watcher(
+    app: Application, jobs_stub, clock, project_id
+) -> None:
+    job = await submit(jobs_stub, project_id)
+    stream = watch_jobs(jobs_stub, project_id)
+    await stream.snapshot_pages()
+
+    # Committed by a replica that died before its change pipeline ran: SQL has it, pub/sub not.
+    repository = JobRepository(app.database, app.event_log)
+    await repository.cancel(job.job_id, owner_scope=None, reason="lost publish", now=clock.now())
+
+    async def tick() -> None:
+        while True:
+            await clock.advance(timedelta(seconds=16))
+            await asyncio.sleep(0.05)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        (change,) = await stream.changes_until(1)
+    finally:
+        ticker.cancel()
+    assert (change.status.job_id, change.kind, change.status.job_status) == (job.job_id, UPDATED, CANCELLED)
+    stream.cancel()
