@@ -152,7 +152,7 @@ class Cofounder(Design):
     async def publisher(self, job_id: str) -> AsyncIterator[Any]:
         # Another replica's executor: the real publishing path (SQL commit, then the change
         # pipeline: last_seq and PUBLISH in one round trip).
-        from cofounder_server.api.convert import encode_escalation_event, encode_job_event
+        from cofounder_server.api.convert import encode_escalation_event, encode_job_event, encode_status
         from cofounder_server.clock import SystemClock
         from cofounder_server.domain.changes import Change
         from cofounder_server.domain.events import AgentThinking
@@ -178,6 +178,7 @@ class Cofounder(Design):
             clock,
             encode_job_event,
             encode_escalation=encode_escalation_event,
+            encode_status=encode_status,
             jobs=JobRepository(database, event_log),
             ledger=LedgerRepository(database),
             event_log=event_log,

@@ -117,3 +117,51 @@ async def test_an_escalation_stream_opened_before_the_escalation_existed_never_s
     finally:
         for call in watchers.values():
             call.cancel()
+
+
+async def next_changes(call) -> list[pb.JobChange]:
+    while True:
+        message = await asyncio.wait_for(call.read(), RPC_TIMEOUT)
+        if message.HasField("changes"):
+            return list(message.changes.changes)
+
+
+async def test_a_fleet_stream_shows_only_the_callers_jobs_and_counts_as_one_stream(
+    auth_app, jobs, project_id
+) -> None:
+    async def submitted(caller) -> str:
+        request = submit_request(project_id)
+        return (await jobs.SubmitJob(request, metadata=caller.metadata(), timeout=RPC_TIMEOUT)).job.job_id
+
+    alices = [await submitted(ALICE) for _ in range(3)]
+    bobs_before = await submitted(BOB)
+    watchers = {
+        name: jobs.WatchJobs(pb.WatchJobsRequest(project_id=project_id), metadata=caller.metadata(acting_for))
+        for name, caller, acting_for in (
+            ("alice", ALICE, None),
+            ("alice-via-service", BILLING, "alice"),
+            ("oncall", ONCALL, None),
+        )
+    }
+    try:
+        snapshots = {name: (await first_message(call)).snapshot for name, call in watchers.items()}
+        for name in ("alice", "alice-via-service"):
+            # Bob's job is not there, not even as a count: the page holds Alice's statuses only.
+            assert sorted(s.job_id for s in snapshots[name].statuses) == sorted(alices), name
+            assert snapshots[name].last
+        assert sorted(s.job_id for s in snapshots["oncall"].statuses) == sorted([*alices, bobs_before])
+        # One stream each, however many jobs: Alice's own, and the service's acting for her.
+        assert auth_app.security.gate.limits.streams.open_streams("alice") == 2
+
+        bobs_after = await submitted(BOB)
+        alices_after = await submitted(ALICE)
+        for name in ("alice", "alice-via-service"):
+            seen = [change.status.job_id for change in await next_changes(watchers[name])]
+            assert seen == [alices_after], name
+        seen_by_operator: list[str] = []
+        while alices_after not in seen_by_operator:
+            seen_by_operator += [c.status.job_id for c in await next_changes(watchers["oncall"])]
+        assert seen_by_operator == [bobs_after, alices_after]
+    finally:
+        for call in watchers.values():
+            call.cancel()

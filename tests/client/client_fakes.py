@@ -152,6 +152,7 @@ class FakeJobs(control_grpc.AgentControlServiceServicer):
         self.by_request_id: dict[str, str] = {}
         self.watch_plans: dict[str, WatchPlan] = {}
         self.watch_connections: defaultdict[str, int] = defaultdict(int)
+        self.fleet_connections = 0
 
     def add(self, job: job_pb2.Job) -> job_pb2.Job:
         self.jobs[job.job_id] = job
@@ -295,6 +296,32 @@ class FakeJobs(control_grpc.AgentControlServiceServicer):
         if plan.hang:
             await asyncio.Event().wait()  # idle until the client goes away
         handler_done()
+
+    async def WatchJobs(self, request: Any, context: Any) -> AsyncIterator[control_pb2.WatchJobsResponse]:
+        """The fleet of every job, scripted per connection: the first lists it in two pages,
+        sends one change and drops (UNAVAILABLE); a resume is OUT_OF_RANGE; a later listing
+        sends one page and stays open."""
+        await self.recorder.record("WatchJobs", request, context)
+        connection, self.fleet_connections = self.fleet_connections, self.fleet_connections + 1
+        statuses = [self._snapshot(job) for job in self.jobs.values()]
+        if request.HasField("after_sequence"):
+            expired = error_info("CURSOR_EXPIRED", oldest_sequence="12")
+            await context.abort_with_status(rich_status(grpc.StatusCode.OUT_OF_RANGE, "expired", expired))
+        if connection == 0:
+            page = control_pb2.JobStatusPage
+            yield control_pb2.WatchJobsResponse(snapshot=page(statuses=statuses[:1], latest_sequence=10))
+            yield control_pb2.WatchJobsResponse(
+                snapshot=page(statuses=statuses[1:], last=True, latest_sequence=10)
+            )
+            change = control_pb2.JobChange(
+                sequence=11, kind=control_pb2.JOB_CHANGE_KIND_UPDATED, status=statuses[0]
+            )
+            yield control_pb2.WatchJobsResponse(changes=control_pb2.JobChangeBatch(changes=[change]))
+            await context.abort_with_status(rich_status(grpc.StatusCode.UNAVAILABLE, "connection reset"))
+        yield control_pb2.WatchJobsResponse(
+            snapshot=control_pb2.JobStatusPage(statuses=statuses, last=True, latest_sequence=20)
+        )
+        await asyncio.Event().wait()  # idle until the client goes away
 
 
 def new_escalation(job_id: str, **fields: Any) -> escalation_pb2.Escalation:

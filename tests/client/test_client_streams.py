@@ -20,8 +20,9 @@ from client_fakes import (
     rich_status,
 )
 
+from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_service_pb2, event_pb2
-from cofounder_client import Client, OutOfRangeError, UnavailableError
+from cofounder_client import Client, FleetSnapshot, OutOfRangeError, UnavailableError
 
 
 async def _server_sees_cancellation(harness: Harness) -> None:
@@ -201,3 +202,31 @@ async def test_follow_counts_streams_failing_right_after_the_snapshot(
             client.follow_job_events(job.job_id, after_sequence=0, max_reconnects=2, initial_backoff=0.01)
         )
     assert len(harness.recorder.calls_to("WatchJobEvents")) == 3
+
+
+async def test_follow_jobs_resumes_after_a_drop_and_lists_again_when_its_cursor_expired(
+    client: Client, harness: Harness
+) -> None:
+    jobs = [harness.jobs.add(new_job()) for _ in range(2)]
+    updates = []
+    async with (
+        asyncio.timeout(RPC_TIMEOUT),
+        contextlib.aclosing(client.follow_jobs(project_id="web", initial_backoff=0.01)) as view,
+    ):
+        async for update in view:
+            updates.append(update)
+            if len(updates) == 3:
+                break
+
+    first, change, relisted = updates
+    assert isinstance(first, FleetSnapshot)
+    assert [s.job_id for s in first.statuses] == [job.job_id for job in jobs]  # both pages, as one
+    assert first.sequence == 10
+    assert isinstance(change, control_pb2.JobChange)
+    assert change.sequence == 11
+    assert isinstance(relisted, FleetSnapshot)
+    assert relisted.sequence == 20
+    requests = [call.request for call in harness.recorder.calls_to("WatchJobs")]
+    # Resumed after the change it had, then listed again once that cursor was gone.
+    assert [r.after_sequence if r.HasField("after_sequence") else None for r in requests] == [None, 11, None]
+    assert {r.project_id for r in requests} == {"web"}

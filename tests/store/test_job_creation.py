@@ -12,7 +12,7 @@ from cofounder_server.domain.errors import AlreadyExists, DomainError, NotFound
 from cofounder_server.domain.events import JobStatusChanged
 from cofounder_server.domain.model import Job, JobStatus
 from cofounder_server.store.database import Database
-from cofounder_server.store.events import EventLogRepository, job_stream
+from cofounder_server.store.events import FLEET_STREAM, EventLogRepository, job_stream
 from cofounder_server.store.job_creation import JobCreation
 from cofounder_server.store.jobs import JobRepository, _new_row
 from cofounder_server.store.models import EventCounterRow, IdempotencyKeyRow, JobEventRow, JobRow, table_of
@@ -54,7 +54,9 @@ async def test_a_batch_creates_each_job_queued_at_version_1_with_its_event_at_se
         counters = dict(
             (await session.execute(select(EventCounterRow.stream, EventCounterRow.last_sequence))).all()
         )
-    assert counters == {job_stream(job.job_id): 1 for job, _ in outcomes}
+    # Each new job is also a change of the fleet feed, in the batch's order.
+    assert counters == {**{job_stream(job.job_id): 1 for job, _ in outcomes}, FLEET_STREAM: 5}
+    assert [events[0].fleet_sequence for _, events in outcomes] == [1, 2, 3, 4, 5]
     assert await count(database, JobEventRow) == 5
 
 
@@ -138,7 +140,9 @@ async def test_sqlite_stores_the_bytes_sqlalchemy_stores(
     assert path
     with sqlite3.connect(path) as connection:
         for table, key in ((JobRow, "job_id"), (JobEventRow, "job_id"), (EventCounterRow, "stream")):
-            names = [column.name for column in table_of(table).columns if column.name != key]
+            # The fleet stamp differs by design: the reference row was not created as a change.
+            skipped = {key, "fleet_sequence"}
+            names = [column.name for column in table_of(table).columns if column.name not in skipped]
             quoted = ", ".join(f"quote({name})" for name in names)
             rows = {
                 found: values

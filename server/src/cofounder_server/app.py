@@ -28,6 +28,7 @@ from cofounder_server.config import Settings
 from cofounder_server.datadir import DataDirError, DataDirLock
 from cofounder_server.domain.errors import Unavailable
 from cofounder_server.domain.model import Job
+from cofounder_server.events.fleet import FleetFanOut
 from cofounder_server.events.hub import EventHub
 from cofounder_server.executor.brains.provider_access import parse_model_concurrency
 from cofounder_server.executor.loop import AgentRun
@@ -48,6 +49,7 @@ from cofounder_server.observability.wiring import Observability
 from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.services.escalation_feed import EscalationFeed
 from cofounder_server.services.escalations import DeadlineTimer, EscalationService
+from cofounder_server.services.fleet_feed import FleetStatuses, FleetStream, JobFleetFeed
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
 from cofounder_server.services.status import LiveStatus
@@ -56,6 +58,7 @@ from cofounder_server.store.checkpoints import CheckpointStore, RunStart
 from cofounder_server.store.database import Database, async_url, open_database
 from cofounder_server.store.escalations import EscalationRepository
 from cofounder_server.store.events import EventLogRepository
+from cofounder_server.store.fleet import FleetRepository
 from cofounder_server.store.job_counts import count_jobs
 from cofounder_server.store.jobs import JobRepository
 from cofounder_server.store.ledger import LedgerRepository
@@ -77,6 +80,24 @@ SERVED_METHODS = (
     *reflection.METHODS,
 )
 """Every method this server serves: the values of the RPC metrics' ``method`` label."""
+
+
+def _fleet_feed(
+    stack: contextlib.AsyncExitStack,
+    hub: EventHub,
+    clock: Clock,
+    *,
+    database: Database,
+    ledger: LedgerRepository,
+    event_log: EventLogRepository,
+) -> JobFleetFeed:
+    """WatchJobs' feed, and the process's fan-out of the fleet feed it shares (stopped with ``stack``)."""
+    fleet = FleetRepository(database)
+    statuses = FleetStatuses(fleet, ledger, event_log, clock, convert.encode_status)
+    stream = FleetStream(fleet, statuses)
+    fan_out = FleetFanOut(hub, stream, stream.read_page, clock)
+    stack.push_async_callback(fan_out.stop)
+    return JobFleetFeed(fleet, statuses, fan_out, hub, clock)
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -356,6 +377,7 @@ class Application:
             clock,
             convert.encode_job_event,
             encode_escalation=convert.encode_escalation_event,
+            encode_status=convert.encode_status,
             jobs=jobs,
             ledger=ledger,
             event_log=event_log,
@@ -393,7 +415,15 @@ class Application:
         server.add_generic_rpc_handlers(
             (
                 service_handler(
-                    AGENT_CONTROL, AgentControlApi(job_service, status, job_feed, registry), security.gate
+                    AGENT_CONTROL,
+                    AgentControlApi(
+                        job_service,
+                        status,
+                        job_feed,
+                        registry,
+                        _fleet_feed(stack, hub, clock, database=database, ledger=ledger, event_log=event_log),
+                    ),
+                    security.gate,
                 ),
                 service_handler(
                     ESCALATIONS, EscalationApi(escalation_service, escalation_feed), security.gate

@@ -13,6 +13,7 @@ from cofounder_client.client import (
     USE_CLIENT_DEFAULT,
     Client,
     EscalationResolution,
+    FleetSnapshot,
     Timeout,
 )
 from cofounder_client.credentials import TLSConfig
@@ -48,6 +49,7 @@ __all__ = [
     "ErrorDetails",
     "EscalationResolution",
     "FailedPreconditionError",
+    "FleetSnapshot",
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",

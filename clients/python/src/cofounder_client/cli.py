@@ -32,8 +32,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
+from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_pb2, job_pb2
-from cofounder_client.client import DEFAULT_TARGET, Client
+from cofounder_client.client import DEFAULT_TARGET, Client, FleetSnapshot
 from cofounder_client.credentials import TLSConfig
 from cofounder_client.errors import CofounderError
 
@@ -206,6 +207,77 @@ async def _watch(client: Client, args: argparse.Namespace) -> None:
             await _emit_all(messages)
 
 
+async def _jobs(client: Client, args: argparse.Namespace) -> None:
+    if not args.watch:
+        async with contextlib.aclosing(
+            client.watch_jobs(project_id=args.project, statuses=args.status)
+        ) as messages:
+            async for message in messages:
+                for status in message.snapshot.statuses:
+                    _emit(status)
+                if message.snapshot.last:
+                    return
+    # A terminal gets a table redrawn in place; a pipe gets JSON lines (what happened, in order).
+    table = _FleetTable() if sys.stdout.isatty() else None
+    async with contextlib.aclosing(
+        client.follow_jobs(project_id=args.project, statuses=args.status)
+    ) as updates:
+        async for update in updates:
+            if table is not None:
+                table.apply(update)
+                table.draw()
+            elif isinstance(update, FleetSnapshot):
+                _emit(
+                    control_pb2.JobStatusPage(
+                        statuses=update.statuses, last=True, latest_sequence=update.sequence
+                    )
+                )
+            else:
+                _emit(update)
+
+
+class _FleetTable:
+    """The fleet view of ``jobs --watch`` on a terminal: one row per job, redrawn in place."""
+
+    _COLUMNS = ("JOB", "STATUS", "AGENT", "BUDGET", "SPENT TODAY", "WAKES", "ESCALATIONS", "SEQ")
+
+    def __init__(self) -> None:
+        self._rows: dict[str, job_pb2.JobStatusSnapshot] = {}
+        self._sequence = 0
+
+    def apply(self, update: FleetSnapshot | control_pb2.JobChange) -> None:
+        if isinstance(update, FleetSnapshot):
+            self._rows = {status.job_id: status for status in update.statuses}
+            self._sequence = update.sequence
+            return
+        if update.kind == control_pb2.JOB_CHANGE_KIND_LEFT:
+            self._rows.pop(update.status.job_id, None)
+        else:
+            self._rows[update.status.job_id] = update.status
+        self._sequence = update.sequence
+
+    def draw(self) -> None:
+        rows = [self._COLUMNS, *(self._row(self._rows[job_id]) for job_id in sorted(self._rows))]
+        widths = [max(len(row[index]) for row in rows) for index in range(len(self._COLUMNS))]
+        lines = ["  ".join(map(str.ljust, row, widths)) for row in rows]
+        lines.append(f"{len(self._rows)} jobs, at sequence {self._sequence}")
+        # Home the cursor, draw, clear the rest of the screen: no flicker, no scrolling.
+        print("\x1b[H" + "\n".join(line + "\x1b[K" for line in lines) + "\n\x1b[J", end="", flush=True)
+
+    @staticmethod
+    def _row(status: job_pb2.JobStatusSnapshot) -> tuple[str, ...]:
+        return (
+            status.job_id,
+            job_pb2.JobStatus.Name(status.job_status).removeprefix("JOB_STATUS_").lower(),
+            job_pb2.AgentState.Name(status.agent_state).removeprefix("AGENT_STATE_").lower(),
+            f"{status.budget_percent}%" if status.HasField("budget_percent") else "-",
+            f"${status.spent_today_microdollars / 1_000_000:.2f}",
+            status.wake_time.ToDatetime().strftime("%H:%M:%S") if status.HasField("wake_time") else "-",
+            str(len(status.pending_escalation_ids)),
+            str(status.latest_event_sequence),
+        )
+
+
 async def _escalations_list(client: Client, args: argparse.Namespace) -> None:
     if args.all:
         async with contextlib.aclosing(
@@ -297,14 +369,7 @@ def _build_parser() -> argparse.ArgumentParser:
     get.add_argument("job_id", metavar="JOB_ID")
 
     list_ = _command(commands, "list", _list, "list jobs, newest first, one per line")
-    list_.add_argument(
-        "--status",
-        action="append",
-        type=_EnumName(job_pb2.JobStatus.DESCRIPTOR, "JOB_STATUS_"),
-        default=[],
-        help="only jobs in this status, e.g. running (repeatable)",
-    )
-    list_.add_argument("--project", default="", help="only jobs of this project")
+    _add_job_filters(list_)
     _add_paging_options(list_)
 
     cancel = _command(commands, "cancel", _cancel, "cancel a job")
@@ -336,6 +401,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help="print individual events (no snapshots or heartbeats) and reconnect when the stream drops",
     )
 
+    jobs = _command(
+        commands, "jobs", _jobs, "print the status of every job (as GetJobStatus); --watch follows them"
+    )
+    _add_job_filters(jobs)
+    jobs.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep following: a table updated in place on a terminal, JSON lines when piped",
+    )
+
+    _add_escalation_commands(commands)
+    return parser
+
+
+def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     escalations = commands.add_parser("escalations", help="read and resolve escalations")
     escalation_commands = escalations.add_subparsers(
         dest="escalation_command", required=True, metavar="COMMAND"
@@ -366,7 +446,6 @@ def _build_parser() -> argparse.ArgumentParser:
     esc_watch.add_argument(
         "--after", type=_non_negative_int, metavar="SEQ", help="feed events after this sequence"
     )
-    return parser
 
 
 def _command(
@@ -420,6 +499,17 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, with_defaults: b
         metavar="SECONDS",
         help="deadline of unary calls (default 10; 0 for none); streams have none",
     )
+
+
+def _add_job_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--status",
+        action="append",
+        type=_EnumName(job_pb2.JobStatus.DESCRIPTOR, "JOB_STATUS_"),
+        default=[],
+        help="only jobs in this status, e.g. running (repeatable)",
+    )
+    parser.add_argument("--project", default="", help="only jobs of this project")
 
 
 def _add_paging_options(parser: argparse.ArgumentParser) -> None:

@@ -92,6 +92,15 @@ _Response = TypeVar("_Response")
 
 
 @dataclass(frozen=True)
+class FleetSnapshot:
+    """Every job of a :meth:`Client.follow_jobs` view as its stream (re)started: replace
+    whatever the view held with these; changes continue after ``sequence``."""
+
+    statuses: tuple[job_pb2.JobStatusSnapshot, ...]
+    sequence: int
+
+
+@dataclass(frozen=True)
 class EscalationResolution:
     """What :meth:`Client.resolve_escalation` returns: the escalation, and when its agent
     acts on the decision."""
@@ -453,6 +462,104 @@ class Client:
                                 yield event
                 return
             except CofounderError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
+                    raise
+                failures += 1
+                delay = min(max_backoff, initial_backoff * 2 ** (failures - 1))
+                # Jitter spreads out the reconnects of many watchers after a server restart.
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def watch_jobs(
+        self,
+        *,
+        project_id: str = "",
+        statuses: Iterable[job_pb2.JobStatus.ValueType] = (),
+        after_sequence: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[control_pb2.WatchJobsResponse, None]:
+        """Stream the status of every job :meth:`list_jobs` would list with the same filters.
+
+        Without ``after_sequence`` the stream opens with ``snapshot`` pages (the last one has
+        ``last`` set and the ``latest_sequence`` changes continue after); then ``changes``
+        batches (each job's status after a change, announced ``ENTERED``, ``UPDATED`` or
+        ``LEFT`` the filter) and ``heartbeat`` messages when idle. The stream does not end by
+        itself. Closing the iterator or cancelling the iterating task cancels the RPC.
+
+        Args:
+            project_id: only jobs of this project; empty for all.
+            statuses: only jobs in one of these statuses; empty for all.
+            after_sequence: instead of the snapshot, the jobs changed after this fleet
+                sequence (each once, as it stands: the feed is coalesced).
+            timeout: deadline in seconds for the whole stream; ``None`` (default) for none.
+
+        Raises:
+            CofounderError: when the stream fails, including mid-iteration.
+        """
+        request = control_pb2.WatchJobsRequest(project_id=project_id, statuses=statuses)
+        if after_sequence is not None:
+            request.after_sequence = after_sequence
+        return self._stream(self._stubs().control.WatchJobs, request, timeout)
+
+    async def follow_jobs(
+        self,
+        *,
+        project_id: str = "",
+        statuses: Iterable[job_pb2.JobStatus.ValueType] = (),
+        max_reconnects: int = 10,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 10.0,
+    ) -> AsyncGenerator[FleetSnapshot | control_pb2.JobChange, None]:
+        """Yield a fleet view: a :class:`FleetSnapshot` of every matching job, then each
+        ``JobChange``, resuming on its own when the stream drops.
+
+        Pages and heartbeats are consumed here. The cursor (the newest change or heartbeat)
+        is tracked, and when the stream fails with ``UNAVAILABLE`` it is reopened after it:
+        the changes missed meanwhile arrive once each, coalesced (each job as it stands).
+        When the server no longer has the cursor (``OUT_OF_RANGE``), the view is listed
+        again: a new :class:`FleetSnapshot` replaces everything held. Reconnects back off
+        exponentially from ``initial_backoff`` up to ``max_backoff`` seconds; after
+        ``max_reconnects`` consecutive failures the last error is raised.
+
+        Args:
+            project_id: as for :meth:`watch_jobs`.
+            statuses: as for :meth:`watch_jobs`; a ``LEFT`` change drops a job from the view.
+            max_reconnects: consecutive failed attempts tolerated; any message resets the count.
+            initial_backoff: delay before the first reconnect, in seconds.
+            max_backoff: upper bound of the delay between reconnects, in seconds.
+
+        Raises:
+            CofounderError: any error other than ``UNAVAILABLE`` and ``OUT_OF_RANGE``, or
+                ``UNAVAILABLE`` once ``max_reconnects`` is exhausted.
+        """
+        statuses = tuple(statuses)
+        cursor: int | None = None
+        failures = 0
+        while True:
+            pages: list[job_pb2.JobStatusSnapshot] = []
+            try:
+                async with contextlib.aclosing(
+                    self.watch_jobs(project_id=project_id, statuses=statuses, after_sequence=cursor)
+                ) as stream:
+                    async for message in stream:
+                        failures = 0
+                        kind = message.WhichOneof("kind")
+                        if kind == "snapshot":
+                            pages.extend(message.snapshot.statuses)
+                            if message.snapshot.last:
+                                cursor = message.snapshot.latest_sequence
+                                yield FleetSnapshot(tuple(pages), cursor)
+                                pages = []
+                        elif kind == "changes":
+                            for change in message.changes.changes:
+                                cursor = max(cursor or 0, change.sequence)
+                                yield change
+                        elif kind == "heartbeat" and cursor is not None:
+                            cursor = max(cursor, message.heartbeat.latest_sequence)
+                return
+            except CofounderError as error:
+                if error.code == grpc.StatusCode.OUT_OF_RANGE and cursor is not None:
+                    cursor = None  # list again
+                    continue
                 if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
                     raise
                 failures += 1

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
+from cofounder.agent.v1 import job_pb2
 from cofounder_server.api import convert
 from cofounder_server.api.context import principal_of
 from cofounder_server.api.validation import (
@@ -23,6 +24,7 @@ from cofounder_server.api.validation import (
 from cofounder_server.domain.model import AgentSpec, JobFilter, NewJob
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.registry import PluginRegistry
+from cofounder_server.services.fleet_feed import JobFleetFeed
 from cofounder_server.services.job_feed import JobEventFeed
 from cofounder_server.services.jobs import JobService
 from cofounder_server.services.status import LiveStatus
@@ -35,12 +37,18 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     """The AgentControlService RPCs."""
 
     def __init__(
-        self, jobs: JobService, status: LiveStatus, feed: JobEventFeed, plugins: PluginRegistry
+        self,
+        jobs: JobService,
+        status: LiveStatus,
+        feed: JobEventFeed,
+        plugins: PluginRegistry,
+        fleet: JobFleetFeed,
     ) -> None:
         self._jobs = jobs
         self._status = status
         self._feed = feed
         self._plugins = plugins
+        self._fleet = fleet
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
         with Validator() as check:
@@ -79,6 +87,14 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
         # A replayed job has this request's agent config too: the fingerprint covers it.
         return pb.SubmitJobResponse(job=convert.job_to_proto(job, request.agent.config))
 
+    @staticmethod
+    def _check_filter(
+        check: Validator, statuses: Iterable[job_pb2.JobStatus.ValueType], project_id: str
+    ) -> None:
+        check.enum_values("statuses", statuses, convert.JOB_STATUS_FROM_PROTO)
+        if project_id:
+            check.pattern("project_id", project_id, PROJECT_ID_RE, _PROJECT_ID_RULE)
+
     def _check_agent(self, check: Validator, agent: AgentSpec) -> None:
         """The brain must exist and accept its config now: a job it cannot build would only
         fail later in the executor, far from the client that sent the bad config."""
@@ -95,15 +111,10 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         with Validator() as check:
-            check.enum_values("statuses", request.statuses, convert.JOB_STATUS_FROM_PROTO)
-            if request.project_id:
-                check.pattern("project_id", request.project_id, PROJECT_ID_RE, _PROJECT_ID_RULE)
+            self._check_filter(check, request.statuses, request.project_id)
             if request.page_size < 0:
                 check.fail("page_size", "must not be negative")
-        job_filter = JobFilter(
-            statuses=frozenset(convert.JOB_STATUS_FROM_PROTO[s] for s in request.statuses),
-            project_id=request.project_id,
-        )
+        job_filter = _filter_of(request.statuses, request.project_id)
         jobs, token = await self._jobs.list(
             principal_of(context), job_filter, request.page_size, request.page_token
         )
@@ -150,3 +161,23 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
         after = request.after_sequence if request.HasField("after_sequence") else None
         async for item in self._feed.watch(principal_of(context), request.job_id, after):
             yield convert.watch_job_item_to_proto(item)
+
+    async def WatchJobs(  # type: ignore[override]
+        self, request: pb.WatchJobsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchJobsResponse | bytes]:
+        with Validator() as check:
+            self._check_filter(check, request.statuses, request.project_id)
+            if request.HasField("after_sequence") and request.after_sequence < 0:
+                check.fail("after_sequence", "must not be negative")
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        job_filter = _filter_of(request.statuses, request.project_id)
+        async for item in self._fleet.watch(principal_of(context), job_filter, after):
+            yield convert.watch_jobs_item_to_proto(item)
+
+
+def _filter_of(statuses: Iterable[job_pb2.JobStatus.ValueType], project_id: str) -> JobFilter:
+    """``ListJobs``' and ``WatchJobs``' filter (validated)."""
+    return JobFilter(
+        statuses=frozenset(convert.JOB_STATUS_FROM_PROTO[s] for s in statuses),
+        project_id=project_id,
+    )

@@ -47,6 +47,7 @@ from cofounder_server.domain.model import (
     AgentSpec,
     AgentState,
     Job,
+    JobChangeKind,
     JobOutcome,
     JobStatus,
     JobStatusSnapshot,
@@ -54,6 +55,7 @@ from cofounder_server.domain.model import (
 from cofounder_server.events.feed import Heartbeat
 from cofounder_server.events.hub import EventBatch
 from cofounder_server.services.escalation_feed import EscalationWatchItem
+from cofounder_server.services.fleet_feed import FleetChangeBatch, FleetSnapshotPage, FleetWatchItem
 from cofounder_server.services.job_feed import JobWatchItem
 
 JOB_STATUS_TO_PROTO: dict[JobStatus, job_pb2.JobStatus.ValueType] = {
@@ -406,5 +408,57 @@ def watch_escalation_item_to_proto(
     return response(
         snapshot=escalation_service_pb2.EscalationSnapshot(
             pending=[escalation_to_proto(e) for e in item.pending], latest_sequence=item.latest_sequence
+        )
+    )
+
+
+def encode_status(snapshot: JobStatusSnapshot) -> bytes:
+    """A job's status as the fleet feed sends it (a ``JobStatusSnapshot`` message)."""
+    return snapshot_to_proto(snapshot).SerializeToString()
+
+
+JOB_CHANGE_KIND_TO_PROTO: dict[JobChangeKind, agent_control_service_pb2.JobChangeKind.ValueType] = {
+    JobChangeKind.ENTERED: agent_control_service_pb2.JOB_CHANGE_KIND_ENTERED,
+    JobChangeKind.UPDATED: agent_control_service_pb2.JOB_CHANGE_KIND_UPDATED,
+    JobChangeKind.LEFT: agent_control_service_pb2.JOB_CHANGE_KIND_LEFT,
+}
+
+_CHANGE_SEQUENCE_FIELD = 1
+_CHANGE_KIND_FIELD = 2
+_CHANGE_STATUS_FIELD = 3
+_BATCH_CHANGES_FIELD = 1
+_RESPONSE_CHANGES_FIELD = 2
+
+
+def _changes_bytes(batch: FleetChangeBatch) -> bytes:
+    """``{changes: {changes: [...]}}`` of a WatchJobs response around the statuses as the
+    fleet entries carry them encoded (shared by every watcher, never decoded here)."""
+    changes = b"".join(
+        _length_delimited(
+            _BATCH_CHANGES_FIELD,
+            _varint(_CHANGE_SEQUENCE_FIELD << 3)
+            + _varint(change.sequence)
+            + _varint(_CHANGE_KIND_FIELD << 3)
+            + _varint(JOB_CHANGE_KIND_TO_PROTO[change.kind])
+            + _length_delimited(_CHANGE_STATUS_FIELD, change.status),
+        )
+        for change in batch.changes
+    )
+    return _length_delimited(_RESPONSE_CHANGES_FIELD, changes)
+
+
+def watch_jobs_item_to_proto(item: FleetWatchItem) -> agent_control_service_pb2.WatchJobsResponse | bytes:
+    """One WatchJobs message (a batch of changes assembled as bytes)."""
+    if isinstance(item, FleetChangeBatch):
+        return _changes_bytes(item)
+    response = agent_control_service_pb2.WatchJobsResponse
+    if isinstance(item, Heartbeat):
+        return response(heartbeat=heartbeat_to_proto(item))
+    assert isinstance(item, FleetSnapshotPage)
+    return response(
+        snapshot=agent_control_service_pb2.JobStatusPage(
+            statuses=[snapshot_to_proto(status) for status in item.statuses],
+            last=item.last,
+            latest_sequence=item.latest_sequence,
         )
     )

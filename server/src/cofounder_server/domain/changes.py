@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from cofounder_server.domain import budget
 from cofounder_server.domain.escalations import Escalation
 from cofounder_server.domain.events import EscalationEvent, JobEvent
-from cofounder_server.domain.model import AgentState, Job
+from cofounder_server.domain.model import AgentState, Job, JobStatusSnapshot
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Change:
     executor's iteration count, which orders summaries written after every model call
     within one job version. An ``iteration`` change recorded a model call and left the job
     row as it was: the agent's state keys stay as the last job change wrote them. ``feed``
-    holds the escalation feed entries the change appended.
+    holds the escalation feed entries the change appended. ``fleet_sequence`` is the change's
+    place in the fleet feed (0: not a change of the job's status, e.g. a replayed request).
     """
 
     job_id: str
@@ -68,6 +70,7 @@ class Change:
     progress: int = 0
     iteration: bool = False
     feed: Sequence[EscalationEvent] = ()
+    fleet_sequence: int = 0
 
     @classmethod
     def of(
@@ -80,8 +83,10 @@ class Change:
         iteration: bool = False,
         feed: Sequence[EscalationEvent] = (),
     ) -> Change:
-        """The change that committed ``job`` (and ``events`` and ``feed`` entries with it)."""
-        return cls(job.job_id, job, tuple(events), spend, progress, iteration, tuple(feed))
+        """The change that committed ``job`` (and ``events`` and ``feed`` entries with it); its
+        fleet sequence is the one its events' append stamped."""
+        fleet = max((event.fleet_sequence for event in events), default=0)
+        return cls(job.job_id, job, tuple(events), spend, progress, iteration, tuple(feed), fleet)
 
     @classmethod
     def appended(cls, events: Sequence[JobEvent]) -> Change:
@@ -103,6 +108,25 @@ class Change:
 
 LIVE_AGENT_STATES = frozenset({AgentState.WORKING, AgentState.SLEEPING, AgentState.WAITING_FOR_INPUT})
 """States of an agent that is still on the job."""
+
+
+def status_of(job: Job, spend: Spend, latest_event_sequence: int, now: datetime) -> JobStatusSnapshot:
+    """The status view of a committed job from the durable record alone (what the fleet feed
+    sends): the stored agent state and wake time, the spend the change knows."""
+    agent_state = visible_agent_state(job)
+    wake_at = job.wake_at if agent_state is AgentState.SLEEPING else None
+    return JobStatusSnapshot(
+        job_id=job.job_id,
+        job_status=job.status,
+        agent_state=agent_state,
+        wake_at=wake_at if wake_at is not None and wake_at > now else None,
+        budget_percent=spend.percent if spend.spent > 0 else None,
+        daily_budget_microdollars=spend.budget,
+        spent_today_microdollars=spend.spent,
+        pending_escalation_ids=job.pending_escalation_ids,
+        latest_event_sequence=latest_event_sequence,
+        outcome=job.outcome,
+    )
 
 
 def visible_agent_state(job: Job) -> AgentState | None:

@@ -236,6 +236,9 @@ class JobEvent:
     sequence: int
     time: datetime
     payload: EventPayload
+    fleet_sequence: int = dataclasses.field(default=0, compare=False)
+    """The fleet feed sequence of the change that appended the event (0 when the append was
+    not a change of the job's status, and for events read back from the log)."""
 
     @property
     def type(self) -> str:

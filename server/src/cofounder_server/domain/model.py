@@ -114,3 +114,14 @@ class JobStatusSnapshot:
     outcome: JobOutcome | None
     live_state_unavailable: bool = False
     """Redis could not be read: the view is the durable record's alone."""
+
+
+class JobChangeKind(StrEnum):
+    """How a change of a job stands to a fleet watch's filter."""
+
+    ENTERED = "entered"
+    """The job is in the view now and the stream had not shown it (new, or newly matching)."""
+    UPDATED = "updated"
+    """The job was in the view and still is."""
+    LEFT = "left"
+    """The job no longer matches the filter."""

@@ -54,16 +54,25 @@ class WireEvent:
     terminal: bool = False
     owner_id: str = ""
     job_id: str = ""
+    project_id: str = ""
+    job_status: str = ""
+    """The job's project and status after the change (fleet feed entries, routed by them)."""
 
 
 def pack(events: Sequence[WireEvent]) -> bytes:
     """One pub/sub message for ``events`` (consecutive events of one stream, so a replica
     publishes a job's share of a group commit at once): a JSON header line with each event's
-    ``[sequence, terminal, owner_id, job_id, length]``, then the encoded events back to back."""
-    header = jsontext.dumps(
-        [[event.sequence, event.terminal, event.owner_id, event.job_id, len(event.data)] for event in events]
-    )
+    ``[sequence, terminal, owner_id, job_id, length]`` (and ``project_id, job_status`` when
+    set), then the encoded events back to back."""
+    header = jsontext.dumps([_header(event) for event in events])
     return header.encode() + b"\n" + b"".join(event.data for event in events)
+
+
+def _header(event: WireEvent) -> list[object]:
+    entry: list[object] = [event.sequence, event.terminal, event.owner_id, event.job_id, len(event.data)]
+    if event.project_id or event.job_status:
+        entry += (event.project_id, event.job_status)
+    return entry
 
 
 def unpack(message: bytes) -> list[WireEvent]:
@@ -77,12 +86,21 @@ def unpack(message: bytes) -> list[WireEvent]:
             return []
         events: list[WireEvent] = []
         offset = 0
-        for sequence, terminal, owner_id, job_id, length in entries:
+        for sequence, terminal, owner_id, job_id, length, *route in entries:
             end = offset + int(length)
-            if end > len(data):
+            if end > len(data) or len(route) not in (0, 2):
                 return []
+            project_id, job_status = route or ("", "")
             events.append(
-                WireEvent(int(sequence), data[offset:end], bool(terminal), str(owner_id), str(job_id))
+                WireEvent(
+                    int(sequence),
+                    data[offset:end],
+                    bool(terminal),
+                    str(owner_id),
+                    str(job_id),
+                    str(project_id),
+                    str(job_status),
+                )
             )
             offset = end
     except (ValueError, TypeError):

@@ -100,6 +100,9 @@ def job_events_channel(job_id: str) -> str:
 ESCALATION_EVENTS_CHANNEL = "cofounder:escalations:events"
 """The pub/sub channel of the escalation feed (every owner's entries)."""
 
+FLEET_CHANNEL = "cofounder:fleet:changes"
+"""The pub/sub channel of the fleet feed: every job's status changes, one entry per change."""
+
 EXECUTOR_CONTROL_CHANNEL = "cofounder:executor:control"
 """The pub/sub channel of requests to whichever replica runs a job (:mod:`.control`)."""
 

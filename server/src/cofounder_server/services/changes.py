@@ -8,7 +8,8 @@ into, in this order:
    change implies (the job's versioned summary and ``last_seq``, the agent's ``state``,
    ``wake_at`` and ``budget_pct`` with the key contract's TTLs, derived from the committed
    values and written only if no newer change got there first), then one PUBLISH per job
-   on its events channel and one for the escalation feed entries, then the cancel, wake or
+   on its events channel, one for the escalation feed entries and one for the fleet feed
+   entries (each job's status as the change committed it), then the cancel, wake or
    answer request on the executor control channel for the replica that runs the job.
    Keys are written before the announcement, so a watcher that has an event never reads
    an older summary from Redis;
@@ -35,10 +36,18 @@ from typing import Protocol
 from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
-from cofounder_server.domain.changes import Change, RunnerNotice, Spend, opening_spend, visible_agent_state
+from cofounder_server.domain.changes import (
+    Change,
+    RunnerNotice,
+    Spend,
+    opening_spend,
+    status_of,
+    visible_agent_state,
+)
 from cofounder_server.domain.errors import NotFound, Unavailable
 from cofounder_server.domain.model import Job
 from cofounder_server.events.escalation_events import EscalationEventEncoder, wire_escalation_event
+from cofounder_server.events.fleet_entries import StatusEncoder, wire_status
 from cofounder_server.events.hub import WireEvent, pack
 from cofounder_server.events.job_events import JobEventEncoder, wire_event
 from cofounder_server.live import keys
@@ -97,6 +106,7 @@ class ChangePipeline:
         encode: JobEventEncoder,
         *,
         encode_escalation: EscalationEventEncoder,
+        encode_status: StatusEncoder,
         jobs: JobRepository,
         ledger: LedgerRepository,
         event_log: EventLogRepository,
@@ -106,6 +116,7 @@ class ChangePipeline:
         self._clock = clock
         self._encode = encode
         self._encode_escalation = encode_escalation
+        self._encode_status = encode_status
         self._jobs = jobs
         self._ledger = ledger
         self._event_log = event_log
@@ -270,6 +281,10 @@ class ChangePipeline:
                 for change in changes
                 for entry in change.feed
             ]
+            fleet: list[WireEvent] = []
+            stored = await self._stored_jobs(
+                [change.job_id for change in changes if change.iteration and change.fleet_sequence]
+            )
             for change in changes:
                 for event in change.events:
                     announcements.setdefault(change.job_id, []).append(wire_event(event, self._encode))
@@ -280,6 +295,9 @@ class ChangePipeline:
                 spend = (
                     change.spend or opening_spend(job) or await self._ledger.spend_of(job, window_start(now))
                 )
+                if change.fleet_sequence:
+                    fleet_job = stored.get(change.job_id, job)
+                    fleet.append(await self._fleet_entry(change, fleet_job, spend, now))
                 touched += self._queue_job(
                     trip.writes,
                     job,
@@ -294,6 +312,8 @@ class ChangePipeline:
                 trip.announce(keys.job_events_channel(job_id), pack(events))
             if feed:
                 trip.announce(keys.ESCALATION_EVENTS_CHANNEL, pack(feed))
+            if fleet:
+                trip.announce(keys.FLEET_CHANNEL, pack(sorted(fleet, key=lambda entry: entry.sequence)))
             for control in controls:
                 trip.control(control)
             await self._live.send(trip, "fan out committed changes")
@@ -308,6 +328,24 @@ class ChangePipeline:
             self._defer(job_ids)
         finally:
             self._cache.invalidate(touched)
+
+    async def _stored_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        """The jobs as stored, for iterations' fleet entries: an iteration's job is its run's
+        copy, which may predate a change made elsewhere (an escalation decided on another
+        replica), and a fleet entry must not show a watcher an older row than it has seen."""
+        if not job_ids:
+            return {}
+        return {job.job_id: job for job in await self._jobs.get_many(job_ids)}
+
+    async def _fleet_entry(self, change: Change, job: Job, spend: Spend, now: datetime) -> WireEvent:
+        """The change's fleet feed entry: the job's status as committed, routed by owner,
+        project and status."""
+        latest = change.last_sequence
+        if not latest:
+            # A change without events (an escalation decided) left the log where it was.
+            latest = (await self._event_log.job_last_sequences([job.job_id]))[job.job_id]
+        status = status_of(job, spend, latest, now)
+        return wire_status(change.fleet_sequence, job, status, self._encode_status)
 
     def _queue_sequence(self, writes: LiveWrites, job_id: str, sequence: int) -> list[str]:
         if sequence <= 0:

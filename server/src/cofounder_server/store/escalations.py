@@ -298,8 +298,14 @@ class EscalationRepository:
             )
         statement = update(JobRow).where(JobRow.job_id == escalation.job_id).values(**values)
         job_row = await _update_returning(session, statement, now)
-        job = None if job_row is None else job_of(job_row)
-        return Change(escalation.job_id, job, feed=(feed,))
+        if job_row is None:
+            return Change(escalation.job_id, None, feed=(feed,))
+        # No event of the job: the decision reaches its log when the agent takes it. Its
+        # pending escalations changed now, so the fleet hears of it now.
+        fleet = await self._event_log.stamp_fleet_in(session, [escalation.job_id])
+        return Change(
+            escalation.job_id, job_of(job_row), feed=(feed,), fleet_sequence=fleet[escalation.job_id]
+        )
 
     # --- delivering -----------------------------------------------------------------------
 

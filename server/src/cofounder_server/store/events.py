@@ -35,7 +35,7 @@ from cofounder_server.domain.events import (
 )
 from cofounder_server.store.bulk import insert_rows
 from cofounder_server.store.database import Database
-from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow, table_of
+from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow, JobRow, table_of
 
 _ADVANCE_COUNTERS = (
     update(EventCounterRow)
@@ -47,6 +47,9 @@ _ADVANCE_COUNTERS = (
 
 ESCALATION_STREAM = "escalations"
 """The counter row of the escalation feed (one feed for every owner)."""
+
+FLEET_STREAM = "fleet"
+"""The counter row of the fleet feed: every change of a job's status, across owners."""
 
 
 def job_stream(job_id: str) -> str:
@@ -98,10 +101,15 @@ class EventLogRepository:
     async def append_job_events(
         self, job_id: str, payloads: Sequence[EventPayload], *, now: datetime
     ) -> list[JobEvent]:
-        """Append ``payloads`` to the job's log in one transaction; ``NotFound`` for a missing job."""
+        """Append ``payloads`` to the job's log in one transaction; ``NotFound`` for a missing job.
+
+        Events appended alone change nothing else about the job (a retry announced): they are
+        not a fleet change, unlike every append inside a change's transaction.
+        """
         try:
             async with self._database.write() as session:
-                return await self.append_job_events_in(session, job_id, payloads, now=now)
+                (events,) = await self.append_many_in(session, [(job_id, payloads)], now=now, fleet=False)
+                return events
         except IntegrityError as error:
             # The foreign key: there is no such job.
             raise NotFound("job", job_id) from error
@@ -126,12 +134,21 @@ class EventLogRepository:
         batches: Sequence[tuple[str, Sequence[EventPayload]]],
         *,
         now: datetime,
+        fleet: bool = True,
     ) -> list[list[JobEvent]]:
         """Append events to several jobs' logs in the caller's transaction, with few statements
         (see :func:`append_job_events`)."""
         return await session.run_sync(
-            lambda sync: append_job_events(sync.connection(), batches, now=now, horizon=self.prune_horizon)
+            lambda sync: append_job_events(
+                sync.connection(), batches, now=now, horizon=self.prune_horizon, fleet=fleet
+            )
         )
+
+    async def stamp_fleet_in(self, session: AsyncSession, job_ids: Sequence[str]) -> dict[str, int]:
+        """Make the jobs' change in the caller's transaction ``session`` a fleet change, for a
+        change that appends no events (appends stamp their jobs themselves); each job's new
+        fleet sequence."""
+        return await session.run_sync(lambda sync: stamp_fleet(sync.connection(), job_ids))
 
     async def read_job_events(self, job_id: str, *, after: int, limit: int) -> JobEventPage:
         """Up to ``limit`` events with sequence > ``after``, in order, and the log's bounds."""
@@ -318,6 +335,7 @@ def append_job_events(
     *,
     now: datetime,
     horizon: Horizon,
+    fleet: bool = True,
 ) -> list[list[JobEvent]]:
     """Append events to several jobs' logs in ``connection``'s transaction; the stored events
     per entry, in order.
@@ -327,12 +345,24 @@ def append_job_events(
     (a group commit's jobs nearly always add the same number of events: the same cached
     statement each time), so a batch of many jobs costs a constant number of statements.
     ``horizon`` is the retention rule (:meth:`EventLogRepository.prune_horizon`). A missing
-    job makes the insert fail with ``IntegrityError`` (its foreign key).
+    job makes the insert fail with ``IntegrityError`` (its foreign key). With ``fleet``, each
+    job's append is its change's entry in the fleet feed (:func:`stamp_fleet`), and the
+    stored events carry its fleet sequence.
     """
     now = _utc(now)
     counts = {job_stream(job_id): len(payloads) for job_id, payloads in batches}
     if len(counts) != len(batches) or not all(counts.values()):
         raise ValueError("each job once, with at least one event")
+    if fleet and connection.dialect.name == "postgresql":
+        # Row locks in one order: the jobs' rows, their counters, then the fleet counter, whose
+        # stamp writes the rows again. A transaction that appends without having changed the
+        # row (a model call recorded) takes the row here, before any counter.
+        connection.execute(
+            select(JobRow.job_id)
+            .where(JobRow.job_id.in_(sorted(job_id for job_id, _ in batches)))
+            .order_by(JobRow.job_id)
+            .with_for_update()
+        )
     by_count: dict[int, list[str]] = {}
     for stream, count in counts.items():
         by_count.setdefault(count, []).append(stream)
@@ -342,6 +372,7 @@ def append_job_events(
         advanced.update((str(stream), (int(last), int(pruned))) for stream, last, pruned in result)
     rows: list[dict[str, Any]] = []
     stored: list[list[JobEvent]] = []
+    fleet_sequences = stamp_fleet(connection, [job_id for job_id, _ in batches]) if fleet else {}
     for job_id, payloads in batches:
         stream = job_stream(job_id)
         if stream in advanced:
@@ -349,8 +380,15 @@ def append_job_events(
         else:
             last, pruned = advance_counter(connection, stream, len(payloads))
         first = last - len(payloads) + 1
+        fleet_sequence = fleet_sequences.get(job_id, 0)
         events = [
-            JobEvent(job_id=job_id, sequence=first + index, time=now, payload=payload)
+            JobEvent(
+                job_id=job_id,
+                sequence=first + index,
+                time=now,
+                payload=payload,
+                fleet_sequence=fleet_sequence,
+            )
             for index, payload in enumerate(payloads)
         ]
         stored.append(events)
@@ -376,6 +414,25 @@ def append_job_events(
             )
     insert_rows(connection, table_of(JobEventRow), rows)
     return stored
+
+
+def stamp_fleet(connection: Connection, job_ids: Sequence[str]) -> dict[str, int]:
+    """Give each job (distinct ids) the next fleet sequence, in ``job_ids`` order, in
+    ``connection``'s transaction; the sequences.
+
+    The ``fleet`` counter row is locked until commit like any stream's, so fleet sequences
+    follow commit order on every replica. A job keeps only its newest: the feed is coalesced.
+    """
+    if not job_ids:
+        return {}
+    last, _ = advance_counter(connection, FLEET_STREAM, len(job_ids))
+    first = last - len(job_ids) + 1
+    sequences = {job_id: first + index for index, job_id in enumerate(job_ids)}
+    connection.execute(
+        update(JobRow).where(JobRow.job_id == bindparam("id")).values(fleet_sequence=bindparam("fleet")),
+        [{"id": job_id, "fleet": sequence} for job_id, sequence in sequences.items()],
+    )
+    return sequences
 
 
 def advance_counter(connection: Connection, stream: str, count: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ inserts jobs, keys, event counters and events with one executemany each, through
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from cofounder_server.domain.errors import AlreadyExists
 from cofounder_server.domain.events import JobEvent, JobStatusChanged, to_json
 from cofounder_server.domain.model import AgentSpec, Job, JobStatus, NewJob
 from cofounder_server.store.database import Database
-from cofounder_server.store.events import job_stream
+from cofounder_server.store.events import FLEET_STREAM, advance_counter, job_stream
 from cofounder_server.store.idempotency import reused_key
 from cofounder_server.store.models import (
     EventCounterRow,
@@ -145,6 +146,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "end_time": None,
         "runner_id": None,
         "version": job.version,
+        "fleet_sequence": 0,
     }
 
 
@@ -207,7 +209,12 @@ class JobCreations:
         prepared = [_rows_of(creation, now) for creation in creations]
         decisions = await self._database.transact(_write, creations, [item.rows for item in prepared])
         created = {
-            index: (prepared[index].job, prepared[index].event)
+            index: (
+                prepared[index].job,
+                dataclasses.replace(
+                    prepared[index].event, fleet_sequence=prepared[index].rows[_JOBS]["fleet_sequence"]
+                ),
+            )
             for index, decision in enumerate(decisions)
             if _creates(index, decision)
         }
@@ -229,6 +236,12 @@ def _write(
         )
         existing = {(owner, request): (print_, job) for owner, request, print_, job in keys}
     decisions = plan(creations, existing)
+    creating = [rows[index] for index, decision in enumerate(decisions) if _creates(index, decision)]
+    if creating:
+        # A new job is a fleet change: it enters every watch of its owner.
+        last, _ = advance_counter(connection, FLEET_STREAM, len(creating))
+        for position, job_rows in enumerate(creating, start=last - len(creating) + 1):
+            job_rows[_JOBS]["fleet_sequence"] = position
     for table, table_rows in _inserted(decisions, rows):
         connection.execute(insert(table), table_rows)
     return decisions

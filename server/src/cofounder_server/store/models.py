@@ -133,6 +133,10 @@ class JobRow(Base):
     # Starts at 1 and grows by one on every change: cached copies (Redis, event payloads)
     # are ordered by it, and the mapper uses it to refuse a flush over a concurrent change.
     version: Mapped[int] = mapped_column(Integer)
+    # The job's place in the fleet feed: the sequence (counter ``fleet``) of its newest
+    # change, stamped in the change's transaction. The feed is coalesced: a job appears once,
+    # at its newest change, so resuming after a cursor reads the jobs whose value is above it.
+    fleet_sequence: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
     __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
@@ -162,6 +166,9 @@ Index("ix_jobs_status_create_time", JobRow.status, JobRow.create_time, JobRow.jo
 
 # The executor's sweep reads the jobs changed since its last turn.
 Index("ix_jobs_update_time", JobRow.update_time)
+# The fleet feed after a cursor, across owners (operators, the feed's own catch-up) or one owner's.
+Index("ix_jobs_fleet_sequence", JobRow.fleet_sequence)
+Index("ix_jobs_owner_id_fleet_sequence", JobRow.owner_id, JobRow.fleet_sequence)
 # A runner's running jobs: taken over together when its lease expires, released together.
 Index("ix_jobs_runner_id_status", JobRow.runner_id, JobRow.status)
 
@@ -192,8 +199,8 @@ class IdempotencyKeyRow(Base):
 
 
 class EventCounterRow(Base):
-    """Where an event stream stands: one row per job log (``job:{id}``) and one for the
-    escalation feed (``escalations``).
+    """Where an event stream stands: one row per job log (``job:{id}``), one for the
+    escalation feed (``escalations``) and one for the fleet feed (``fleet``).
 
     Appends increment ``last_sequence`` in the transaction that inserts the events, so the
     row lock (PostgreSQL) or the write lock (SQLite) hands out sequences without holes, in

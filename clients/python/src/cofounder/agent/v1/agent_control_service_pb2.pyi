@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _JobChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_CHANGE_KIND_UNSPECIFIED: _JobChangeKind.ValueType  # 0
+    """Not known."""
+    JOB_CHANGE_KIND_ENTERED: _JobChangeKind.ValueType  # 1
+    """The job is in the view now and the stream had not shown it: submitted,
+    or its status now matches the filter.
+    """
+    JOB_CHANGE_KIND_UPDATED: _JobChangeKind.ValueType  # 2
+    """The job was in the view and still is."""
+    JOB_CHANGE_KIND_LEFT: _JobChangeKind.ValueType  # 3
+    """The job's status no longer matches the filter: drop it from the view."""
+
+class JobChangeKind(_JobChangeKind, metaclass=_JobChangeKindEnumTypeWrapper):
+    """How a change stands to a WatchJobs stream's filter."""
+
+JOB_CHANGE_KIND_UNSPECIFIED: JobChangeKind.ValueType  # 0
+"""Not known."""
+JOB_CHANGE_KIND_ENTERED: JobChangeKind.ValueType  # 1
+"""The job is in the view now and the stream had not shown it: submitted,
+or its status now matches the filter.
+"""
+JOB_CHANGE_KIND_UPDATED: JobChangeKind.ValueType  # 2
+"""The job was in the view and still is."""
+JOB_CHANGE_KIND_LEFT: JobChangeKind.ValueType  # 3
+"""The job's status no longer matches the filter: drop it from the view."""
+Global___JobChangeKind: _TypeAlias = JobChangeKind  # noqa: Y015
 
 @_typing.final
 class SubmitJobRequest(_message.Message):
@@ -486,3 +519,176 @@ class WatchJobEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___WatchJobEventsResponse: _TypeAlias = WatchJobEventsResponse  # noqa: Y015
+
+@_typing.final
+class WatchJobsRequest(_message.Message):
+    """Request for WatchJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """Only jobs of this project; empty for all of the caller's projects."""
+    after_sequence: _builtins.int
+    """Deliver the jobs changed after this fleet sequence, instead of the
+    snapshot. Unset: the snapshot first, then changes after it. 0: every job
+    in the view, as a change.
+    """
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobStatus.ValueType]:
+        """Only jobs in one of these statuses; empty for all. A job whose status
+        stops matching is announced LEFT.
+        """
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        statuses: _abc.Iterable[_job_pb2.JobStatus.ValueType] | None = ...,
+        after_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "project_id", b"project_id", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
+
+Global___WatchJobsRequest: _TypeAlias = WatchJobsRequest  # noqa: Y015
+
+@_typing.final
+class JobChange(_message.Message):
+    """One change of one job in the fleet feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the fleet feed: increasing within a stream; a stream skips
+    the sequences of changes it does not show. Resume after it.
+    """
+    kind: Global___JobChangeKind.ValueType
+    """How the change stands to the stream's filter."""
+    @_builtins.property
+    def status(self) -> _job_pb2.JobStatusSnapshot:
+        """The job's status after the change, from the durable record (as
+        GetJobStatus reports it from SQL).
+        """
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: Global___JobChangeKind.ValueType = ...,
+        status: _job_pb2.JobStatusSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "sequence", b"sequence", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobChange: _TypeAlias = JobChange  # noqa: Y015
+
+@_typing.final
+class JobChangeBatch(_message.Message):
+    """Changes, in fleet sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobChange]:
+        """One or more changes, each of a different job."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___JobChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobChangeBatch: _TypeAlias = JobChangeBatch  # noqa: Y015
+
+@_typing.final
+class JobStatusPage(_message.Message):
+    """One page of a WatchJobs snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUSES_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    LATEST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    last: _builtins.bool
+    """True on the snapshot's last page (which may be empty)."""
+    latest_sequence: _builtins.int
+    """The fleet sequence the snapshot reflects: changes continue after it."""
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobStatusSnapshot]:
+        """The statuses of matching jobs, ordered by job id; at most 500 a page."""
+
+    def __init__(
+        self,
+        *,
+        statuses: _abc.Iterable[_job_pb2.JobStatusSnapshot] | None = ...,
+        last: _builtins.bool = ...,
+        latest_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "latest_sequence", b"latest_sequence", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatusPage: _TypeAlias = JobStatusPage  # noqa: Y015
+
+@_typing.final
+class WatchJobsResponse(_message.Message):
+    """One message of a WatchJobs stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___JobStatusPage:
+        """The snapshot, in one or more pages; only on a stream without
+        `after_sequence`, before any change.
+        """
+
+    @_builtins.property
+    def changes(self) -> Global___JobChangeBatch:
+        """Changes, in order."""
+
+    @_builtins.property
+    def heartbeat(self) -> _event_pb2.Heartbeat:
+        """Nothing happened for a while; every change up to its
+        `latest_sequence` was delivered (or is not in this stream's view).
+        """
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___JobStatusPage | None = ...,
+        changes: Global___JobChangeBatch | None = ...,
+        heartbeat: _event_pb2.Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "heartbeat", b"heartbeat", "kind", b"kind", "snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "heartbeat", b"heartbeat", "kind", b"kind", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["snapshot", "changes", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchJobsResponse: _TypeAlias = WatchJobsResponse  # noqa: Y015

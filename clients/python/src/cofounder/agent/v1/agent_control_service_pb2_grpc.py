@@ -78,6 +78,11 @@ class AgentControlServiceStub:
                 request_serializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobEventsRequest.SerializeToString,
                 response_deserializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/cofounder.agent.v1.AgentControlService/WatchJobs',
+                request_serializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentControlServiceServicer:
@@ -189,6 +194,52 @@ class AgentControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """Stream the status of every job ListJobs would show the caller with the
+        same filters (a dashboard's fleet view) in one stream: a snapshot of
+        every matching job's status (the fields of GetJobStatus) in pages, then
+        one change per job status change, in commit order, each with its fleet
+        sequence; heartbeats when idle. One stream counts once against the
+        caller's stream limit, however many jobs it covers.
+
+        The fleet feed is coalesced: a stream that resumes after a sequence, or
+        that reads slowly, gets each job changed since then once, as it stands
+        now, in the order of its newest change (older states of the job are
+        skipped, never shown out of order). A job is announced ENTERED when it
+        joins the view (submitted, or its status now matches `statuses`),
+        UPDATED while it stays, and LEFT when its status stops matching. A
+        resumed stream cannot know which jobs its client holds: it announces
+        LEFT once for each job changed outside `statuses`, which a client that
+        does not hold the job ignores. Every job's status changes are also
+        changes of its row in SQL, so nothing is pruned: every cursor from 0 to
+        the newest sequence resumes, on any replica, across restarts.
+
+        Heartbeats, keepalive and how the stream ends are as for
+        WatchJobEvents, with these differences: the stream never ends with OK
+        (the fleet has no terminal event) and never with `WATCHER_TOO_SLOW` (a
+        slow stream is coalesced instead). Resuming means a new WatchJobs with
+        the same filters and `after_sequence` set to the sequence of the last
+        change or heartbeat received (or the snapshot's `latest_sequence`).
+
+        * UNAVAILABLE, ErrorInfo reason `SERVER_SHUTTING_DOWN` or
+        `DEPENDENCY_UNAVAILABLE`, metadata `last_sequence`: resume after
+        `last_sequence` (at once when the server is draining, else with
+        backoff). UNAVAILABLE without metadata: resume after the last sequence
+        received, with backoff.
+        * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+        `oldest_sequence`: reserved for a fleet feed that prunes; this server
+        keeps every cursor valid. A client re-lists: it watches again without
+        `after_sequence`.
+        * INVALID_ARGUMENT: an unknown status, a malformed project id, a
+        negative `after_sequence` or one beyond the newest change. Do not retry
+        unchanged.
+        * RESOURCE_EXHAUSTED (`TOO_MANY_STREAMS`, RetryInfo) and UNAUTHENTICATED
+        as for WatchJobEvents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +277,11 @@ def add_AgentControlServiceServicer_to_server(servicer, server):
                     servicer.WatchJobEvents,
                     request_deserializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobEventsRequest.FromString,
                     response_serializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobEventsResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobsRequest.FromString,
+                    response_serializer=cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -426,6 +482,33 @@ class AgentControlService:
             '/cofounder.agent.v1.AgentControlService/WatchJobEvents',
             cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobEventsRequest.SerializeToString,
             cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cofounder.agent.v1.AgentControlService/WatchJobs',
+            cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobsRequest.SerializeToString,
+            cofounder_dot_agent_dot_v1_dot_agent__control__service__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

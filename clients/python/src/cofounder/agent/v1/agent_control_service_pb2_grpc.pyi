@@ -91,6 +91,48 @@ class AgentControlServiceStub:
       (reason `TOO_MANY_STREAMS`, RetryInfo): the caller has too many open
       streams; retry after the delay. UNAUTHENTICATED: fix the credentials.
     """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_agent_control_service_pb2.WatchJobsRequest, _agent_control_service_pb2.WatchJobsResponse]
+    """Stream the status of every job ListJobs would show the caller with the
+    same filters (a dashboard's fleet view) in one stream: a snapshot of
+    every matching job's status (the fields of GetJobStatus) in pages, then
+    one change per job status change, in commit order, each with its fleet
+    sequence; heartbeats when idle. One stream counts once against the
+    caller's stream limit, however many jobs it covers.
+
+    The fleet feed is coalesced: a stream that resumes after a sequence, or
+    that reads slowly, gets each job changed since then once, as it stands
+    now, in the order of its newest change (older states of the job are
+    skipped, never shown out of order). A job is announced ENTERED when it
+    joins the view (submitted, or its status now matches `statuses`),
+    UPDATED while it stays, and LEFT when its status stops matching. A
+    resumed stream cannot know which jobs its client holds: it announces
+    LEFT once for each job changed outside `statuses`, which a client that
+    does not hold the job ignores. Every job's status changes are also
+    changes of its row in SQL, so nothing is pruned: every cursor from 0 to
+    the newest sequence resumes, on any replica, across restarts.
+
+    Heartbeats, keepalive and how the stream ends are as for
+    WatchJobEvents, with these differences: the stream never ends with OK
+    (the fleet has no terminal event) and never with `WATCHER_TOO_SLOW` (a
+    slow stream is coalesced instead). Resuming means a new WatchJobs with
+    the same filters and `after_sequence` set to the sequence of the last
+    change or heartbeat received (or the snapshot's `latest_sequence`).
+
+    * UNAVAILABLE, ErrorInfo reason `SERVER_SHUTTING_DOWN` or
+      `DEPENDENCY_UNAVAILABLE`, metadata `last_sequence`: resume after
+      `last_sequence` (at once when the server is draining, else with
+      backoff). UNAVAILABLE without metadata: resume after the last sequence
+      received, with backoff.
+    * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+      `oldest_sequence`: reserved for a fleet feed that prunes; this server
+      keeps every cursor valid. A client re-lists: it watches again without
+      `after_sequence`.
+    * INVALID_ARGUMENT: an unknown status, a malformed project id, a
+      negative `after_sequence` or one beyond the newest change. Do not retry
+      unchanged.
+    * RESOURCE_EXHAUSTED (`TOO_MANY_STREAMS`, RetryInfo) and UNAUTHENTICATED
+      as for WatchJobEvents.
+    """
 
 class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """Submit, inspect, steer and watch autonomous agent jobs.
@@ -210,6 +252,54 @@ class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
         * NOT_FOUND: no such job, or another tenant's. RESOURCE_EXHAUSTED
           (reason `TOO_MANY_STREAMS`, RetryInfo): the caller has too many open
           streams; retry after the delay. UNAUTHENTICATED: fix the credentials.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _agent_control_service_pb2.WatchJobsRequest,
+        context: _aio.ServicerContext[_agent_control_service_pb2.WatchJobsRequest, _abc.AsyncIterator[_agent_control_service_pb2.WatchJobsResponse]],
+    ) -> _abc.AsyncIterator[_agent_control_service_pb2.WatchJobsResponse]:
+        """Stream the status of every job ListJobs would show the caller with the
+        same filters (a dashboard's fleet view) in one stream: a snapshot of
+        every matching job's status (the fields of GetJobStatus) in pages, then
+        one change per job status change, in commit order, each with its fleet
+        sequence; heartbeats when idle. One stream counts once against the
+        caller's stream limit, however many jobs it covers.
+
+        The fleet feed is coalesced: a stream that resumes after a sequence, or
+        that reads slowly, gets each job changed since then once, as it stands
+        now, in the order of its newest change (older states of the job are
+        skipped, never shown out of order). A job is announced ENTERED when it
+        joins the view (submitted, or its status now matches `statuses`),
+        UPDATED while it stays, and LEFT when its status stops matching. A
+        resumed stream cannot know which jobs its client holds: it announces
+        LEFT once for each job changed outside `statuses`, which a client that
+        does not hold the job ignores. Every job's status changes are also
+        changes of its row in SQL, so nothing is pruned: every cursor from 0 to
+        the newest sequence resumes, on any replica, across restarts.
+
+        Heartbeats, keepalive and how the stream ends are as for
+        WatchJobEvents, with these differences: the stream never ends with OK
+        (the fleet has no terminal event) and never with `WATCHER_TOO_SLOW` (a
+        slow stream is coalesced instead). Resuming means a new WatchJobs with
+        the same filters and `after_sequence` set to the sequence of the last
+        change or heartbeat received (or the snapshot's `latest_sequence`).
+
+        * UNAVAILABLE, ErrorInfo reason `SERVER_SHUTTING_DOWN` or
+          `DEPENDENCY_UNAVAILABLE`, metadata `last_sequence`: resume after
+          `last_sequence` (at once when the server is draining, else with
+          backoff). UNAVAILABLE without metadata: resume after the last sequence
+          received, with backoff.
+        * OUT_OF_RANGE, ErrorInfo reason `CURSOR_EXPIRED`, metadata
+          `oldest_sequence`: reserved for a fleet feed that prunes; this server
+          keeps every cursor valid. A client re-lists: it watches again without
+          `after_sequence`.
+        * INVALID_ARGUMENT: an unknown status, a malformed project id, a
+          negative `after_sequence` or one beyond the newest change. Do not retry
+          unchanged.
+        * RESOURCE_EXHAUSTED (`TOO_MANY_STREAMS`, RetryInfo) and UNAUTHENTICATED
+          as for WatchJobEvents.
         """
 
 def add_AgentControlServiceServicer_to_server(servicer: AgentControlServiceServicer, server: _aio.Server) -> None: ...
