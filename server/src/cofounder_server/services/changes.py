@@ -282,9 +282,6 @@ class ChangePipeline:
                 for entry in change.feed
             ]
             fleet: list[WireEvent] = []
-            stored = await self._stored_jobs(
-                [change.job_id for change in changes if change.iteration and change.fleet_sequence]
-            )
             for change in changes:
                 for event in change.events:
                     announcements.setdefault(change.job_id, []).append(wire_event(event, self._encode))
@@ -296,8 +293,7 @@ class ChangePipeline:
                     change.spend or opening_spend(job) or await self._ledger.spend_of(job, window_start(now))
                 )
                 if change.fleet_sequence:
-                    fleet_job = stored.get(change.job_id, job)
-                    fleet.append(await self._fleet_entry(change, fleet_job, spend, now))
+                    fleet.append(await self._fleet_entry(change, job, spend, now))
                 touched += self._queue_job(
                     trip.writes,
                     job,
@@ -328,14 +324,6 @@ class ChangePipeline:
             self._defer(job_ids)
         finally:
             self._cache.invalidate(touched)
-
-    async def _stored_jobs(self, job_ids: list[str]) -> dict[str, Job]:
-        """The jobs as stored, for iterations' fleet entries: an iteration's job is its run's
-        copy, which may predate a change made elsewhere (an escalation decided on another
-        replica), and a fleet entry must not show a watcher an older row than it has seen."""
-        if not job_ids:
-            return {}
-        return {job.job_id: job for job in await self._jobs.get_many(job_ids)}
 
     async def _fleet_entry(self, change: Change, job: Job, spend: Spend, now: datetime) -> WireEvent:
         """The change's fleet feed entry: the job's status as committed, routed by owner,

@@ -188,7 +188,8 @@ def _commit(
         if events:
             batches.append((record.job_id, events))
     stored = append_job_events(connection, batches, now=now, horizon=horizon) if batches else []
-    return CommittedBatch(accepted, [event for events in stored for event in events], jobs, deferred)
+    pending = {job_id: tuple(found[job_id][2] or ()) for job_id in accepted}
+    return CommittedBatch(accepted, [event for events in stored for event in events], jobs, deferred, pending)
 
 
 def _apply_transitions(

@@ -136,10 +136,12 @@ class CommittedBatch:
     ``accepted``: the jobs whose records were stored (still this runner's running jobs);
     ``events``: their stored events; ``jobs``: the jobs as committed by a transition;
     ``deferred``: accepted jobs whose ending was not applied because they have pending
-    escalations (their run ends them on its own).
+    escalations (their run ends them on its own); ``pending``: the accepted jobs' pending
+    escalation ids as stored (a run's copy of its job may predate a decision made elsewhere).
     """
 
     accepted: set[str]
     events: list[JobEvent]
     jobs: dict[str, Job] = field(default_factory=dict)
     deferred: set[str] = field(default_factory=set)
+    pending: dict[str, tuple[str, ...]] = field(default_factory=dict)
