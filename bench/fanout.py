@@ -152,50 +152,17 @@ class Cofounder(Design):
     async def publisher(self, job_id: str) -> AsyncIterator[Any]:
         # Another replica's executor: the real publishing path (SQL commit, then the change
         # pipeline: last_seq and PUBLISH in one round trip).
-        from cofounder_server.api.convert import encode_escalation_event, encode_job_event, encode_status
-        from cofounder_server.clock import SystemClock
         from cofounder_server.domain.changes import Change
         from cofounder_server.domain.events import AgentThinking
-        from cofounder_server.live import keys
-        from cofounder_server.live.client import LiveClient
-        from cofounder_server.live.tracked_cache import TrackedCache
-        from cofounder_server.services.changes import ChangePipeline
-        from cofounder_server.store.database import open_database
-        from cofounder_server.store.events import EventLogRepository
-        from cofounder_server.store.jobs import JobRepository
-        from cofounder_server.store.ledger import LedgerRepository
 
-        url = f"redis://127.0.0.1:{self.redis_port}/0"
-        database = await open_database(self.database_url)
-        live = LiveClient(url)
-        cache = TrackedCache(url, [keys.JOB_KEY_PREFIX])
-        await cache.start()
-        clock = SystemClock()
-        event_log = EventLogRepository(database, retention_events=100_000)
-        changes = ChangePipeline(
-            live,
-            cache,
-            clock,
-            encode_job_event,
-            encode_escalation=encode_escalation_event,
-            encode_status=encode_status,
-            jobs=JobRepository(database, event_log),
-            ledger=LedgerRepository(database),
-            event_log=event_log,
-        )
+        async with harness.replica_publisher(self.redis_port, self.database_url) as replica:
 
-        async def publish(index: int) -> None:
-            event = AgentThinking(iteration=index, text=f"t={time.time() * 1000:.3f}")
-            stored = await event_log.append_job_events(job_id, (event,), now=clock.now())
-            await changes.committed(Change.appended(stored))
+            async def publish(index: int) -> None:
+                event = AgentThinking(iteration=index, text=f"t={time.time() * 1000:.3f}")
+                stored = await replica.event_log.append_job_events(job_id, (event,), now=replica.clock.now())
+                await replica.changes.committed(Change.appended(stored))
 
-        try:
             yield publish
-        finally:
-            await changes.stop()
-            await cache.stop()
-            await live.aclose()
-            await database.close()
 
 
 class Predecessor(Design):

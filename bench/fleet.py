@@ -41,20 +41,13 @@ from typing import Any
 from bench import harness
 from bench.fanout import redis_server
 from bench.harness import LOAD_CORE, SERVER_CORE, child_process, pinned
-from cofounder_server.api.convert import encode_escalation_event, encode_job_event, encode_status
-from cofounder_server.clock import SystemClock
 from cofounder_server.domain.changes import Change
 from cofounder_server.domain.events import AgentThinking
 from cofounder_server.domain.model import AgentSpec, Job, NewJob
-from cofounder_server.live import keys
-from cofounder_server.live.client import LiveClient
-from cofounder_server.live.tracked_cache import TrackedCache
-from cofounder_server.services.changes import ChangePipeline
 from cofounder_server.store.database import open_database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.job_creation import JobCreation
 from cofounder_server.store.jobs import JobRepository
-from cofounder_server.store.ledger import LedgerRepository
 
 
 @dataclass(frozen=True)
@@ -95,41 +88,20 @@ async def publisher(redis_port: int, database_url: str) -> AsyncIterator[Any]:
     """Commit one change of a job (an event appended in a transaction that stamps the fleet
     sequence) and run the change pipeline, as another replica's agent does; returns the
     event's sequence and the commit time."""
-    url = f"redis://127.0.0.1:{redis_port}/0"
-    database = await open_database(database_url)
-    live = LiveClient(url)
-    cache = TrackedCache(url, [keys.JOB_KEY_PREFIX])
-    await cache.start()
-    clock = SystemClock()
-    event_log = EventLogRepository(database, retention_events=100_000)
-    changes = ChangePipeline(
-        live,
-        cache,
-        clock,
-        encode_job_event,
-        encode_escalation=encode_escalation_event,
-        encode_status=encode_status,
-        jobs=JobRepository(database, event_log),
-        ledger=LedgerRepository(database),
-        event_log=event_log,
-    )
+    async with harness.replica_publisher(redis_port, database_url) as replica:
 
-    async def commit(job: Job, index: int) -> tuple[int, float]:
-        async with database.write() as session:
-            (events,) = await event_log.append_many_in(
-                session, [(job.job_id, [AgentThinking(iteration=index, text="fleet")])], now=clock.now()
-            )
-        committed = time.time()
-        await changes.committed(Change.of(job, events))
-        return events[0].sequence, committed
+        async def commit(job: Job, index: int) -> tuple[int, float]:
+            async with replica.database.write() as session:
+                (events,) = await replica.event_log.append_many_in(
+                    session,
+                    [(job.job_id, [AgentThinking(iteration=index, text="fleet")])],
+                    now=replica.clock.now(),
+                )
+            committed = time.time()
+            await replica.changes.committed(Change.of(job, events))
+            return events[0].sequence, committed
 
-    try:
         yield commit
-    finally:
-        await changes.stop()
-        await cache.stop()
-        await live.aclose()
-        await database.close()
 
 
 @dataclass

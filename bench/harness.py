@@ -441,6 +441,59 @@ def in_process_settings(data_dir: Path, **fields: Any) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class Publisher:
+    """Another replica's publishing path: its database, event log, clock and change pipeline."""
+
+    database: Any
+    event_log: Any
+    clock: Any
+    changes: Any
+
+
+@contextlib.asynccontextmanager
+async def replica_publisher(redis_port: int, database_url: str) -> AsyncIterator[Publisher]:
+    """The real publishing path of a replica, in this process (SQL commit, then the change
+    pipeline's live keys and PUBLISH in one round trip), on the Redis at ``redis_port`` and
+    the database at ``database_url``; everything closed on exit."""
+    from cofounder_server.api.convert import encode_escalation_event, encode_job_event, encode_status
+    from cofounder_server.clock import SystemClock
+    from cofounder_server.live import keys
+    from cofounder_server.live.client import LiveClient
+    from cofounder_server.live.tracked_cache import TrackedCache
+    from cofounder_server.services.changes import ChangePipeline
+    from cofounder_server.store.database import open_database
+    from cofounder_server.store.events import EventLogRepository
+    from cofounder_server.store.jobs import JobRepository
+    from cofounder_server.store.ledger import LedgerRepository
+
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    database = await open_database(database_url)
+    live = LiveClient(url)
+    cache = TrackedCache(url, [keys.JOB_KEY_PREFIX])
+    await cache.start()
+    clock = SystemClock()
+    event_log = EventLogRepository(database, retention_events=100_000)
+    changes = ChangePipeline(
+        live,
+        cache,
+        clock,
+        encode_job_event,
+        encode_escalation=encode_escalation_event,
+        encode_status=encode_status,
+        jobs=JobRepository(database, event_log),
+        ledger=LedgerRepository(database),
+        event_log=event_log,
+    )
+    try:
+        yield Publisher(database, event_log, clock, changes)
+    finally:
+        await changes.stop()
+        await cache.stop()
+        await live.aclose()
+        await database.close()
+
+
 @contextlib.contextmanager
 def read_only_sqlite(database: Path) -> Iterator[sqlite3.Connection]:
     """The SQLite file ``database`` opened read-only beside the server that writes it,
