@@ -499,7 +499,7 @@ class EventHub:
             # Busy streams keep moving their due time; waking at most every 1/16 interval
             # keeps them from waking this loop on every event.
             wake_at = max(min(pending), now + step) if pending else now + self.heartbeat_interval
-            await _first(self.clock.sleep_until(wake_at), self._watchers_changed.wait())
+            await first_of(self.clock.sleep_until(wake_at), self._watchers_changed.wait())
 
     async def _wake_all_on_stop(self) -> None:
         await self.stopping.wait()
@@ -508,7 +508,8 @@ class EventHub:
                 watcher.wake.set()
 
 
-async def _first(*awaitables: Awaitable[Any]) -> None:
+async def first_of(*awaitables: Awaitable[Any]) -> None:
+    """Wait until the first of ``awaitables`` is done; cancel the others."""
     tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

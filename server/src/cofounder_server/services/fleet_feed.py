@@ -11,10 +11,8 @@ the length of an outage, and lets the feed keep every cursor valid without a log
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from cofounder_server.clock import Clock
 from cofounder_server.domain.budget import window_start
@@ -25,7 +23,7 @@ from cofounder_server.domain.principal import Principal
 from cofounder_server.events.feed import FeedPage, Heartbeat, interrupted
 from cofounder_server.events.fleet import FleetFanOut, FleetScope
 from cofounder_server.events.fleet_entries import StatusEncoder, wire_status
-from cofounder_server.events.hub import EventHub, StreamPage, StreamSource, WireEvent
+from cofounder_server.events.hub import EventHub, StreamPage, StreamSource, WireEvent, first_of
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.fleet import FleetJob, FleetRepository
 from cofounder_server.store.ledger import LedgerRepository
@@ -247,7 +245,7 @@ class JobFleetFeed:
                     due = now + interval
                     continue
                 watcher.wake.clear()
-                await _first(watcher.wake.wait(), self._clock.sleep_until(due))
+                await first_of(watcher.wake.wait(), self._clock.sleep_until(due))
 
     async def _snapshot(
         self, owner_scope: str | None, job_filter: JobFilter, start: int, view: _View
@@ -264,12 +262,3 @@ class JobFleetFeed:
             if last:
                 return
             after_job_id = jobs[-1].job.job_id
-
-
-async def _first(*awaitables: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
