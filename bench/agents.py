@@ -53,7 +53,6 @@ import contextlib
 import functools
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -66,6 +65,7 @@ from typing import Any
 import grpc
 
 from bench import harness
+from bench.harness import spread
 from bench.sdk_loops import API_KEY, MODEL
 from bench.standin import StandIn, standin
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
@@ -539,16 +539,6 @@ def summary_line(phase: dict[str, Any]) -> str:
         else:
             text += f", submitted in {phase['submit_seconds']:.1f} s"
     return text
-
-
-def spread(values: Sequence[float], digits: int = 0) -> str:
-    """``median (min-max)``."""
-    if not values:
-        return "-"
-    cell = f"{{:,.{digits}f}}"
-    if min(values) == max(values):
-        return cell.format(values[0])
-    return f"{cell.format(statistics.median(values))} ({cell.format(min(values))}-{cell.format(max(values))})"
 
 
 def table(runs: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:

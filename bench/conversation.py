@@ -58,6 +58,7 @@ from typing import Any
 import grpc
 
 from bench import harness
+from bench.harness import spread
 from bench.plugins import GATE_VARIABLE
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
@@ -528,12 +529,6 @@ def per_iteration(barriers: Sequence[dict[str, Any]], args: argparse.Namespace) 
         ),
         "bytes_stored_per_iteration": figures(stored),
     }
-
-
-def spread(values: Sequence[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:,.0f}"
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -188,6 +189,16 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 # --------------------------------------------------------------------------------------------
 # The machine and the result file
+
+
+def spread(values: Sequence[float], digits: int = 0) -> str:
+    """``median (min-max)`` of a figure over runs (one value, or all equal: that value; none: -)."""
+    if not values:
+        return "-"
+    cell = f"{{:,.{digits}f}}"
+    if min(values) == max(values):
+        return cell.format(values[0])
+    return f"{cell.format(statistics.median(values))} ({cell.format(min(values))}-{cell.format(max(values))})"
 
 
 def cpu_model() -> str:

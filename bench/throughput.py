@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -36,6 +35,7 @@ import grpc
 
 from bench import harness
 from bench.agents import count_jobs, database, submit_all, until_finished
+from bench.harness import spread
 from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
@@ -112,12 +112,6 @@ async def one_run(args: argparse.Namespace, number: int) -> dict[str, Any]:
             print(f"run {number + 1} {name}: {result[name]}", flush=True)
     result["ratio"] = round(result["ready"]["jobs_per_second"] / result["submit_only"]["jobs_per_second"], 2)
     return result
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    """``median (min-max)``."""
-    cell = f"{{:,.{digits}f}}"
-    return f"{cell.format(statistics.median(values))} ({cell.format(min(values))}-{cell.format(max(values))})"
 
 
 def main() -> int:
