@@ -371,12 +371,12 @@ class Executor:
                 if beyond:
                     await self._claim_beyond_the_queue()
                 await self._claim_queued()
-            except DomainError as error:
+            except Exception as error:
                 self._look_beyond_the_queue = self._look_beyond_the_queue or beyond
-                log.warning("executor cannot claim jobs now: %s", error)
-            except Exception:
-                self._look_beyond_the_queue = self._look_beyond_the_queue or beyond
-                log.exception("executor claim loop failed; trying again")
+                if isinstance(error, DomainError):
+                    log.warning("executor cannot claim jobs now: %s", error)
+                else:
+                    log.exception("executor claim loop failed; trying again")
 
     async def _claim_queued(self) -> None:
         """Claim the oldest queued jobs that fit the free awake room, in one transaction."""
@@ -397,8 +397,8 @@ class Executor:
             for change in claimed
             if change.job is not None
         ]
-        if len(claimed) == limit:
-            self._queue_may_wait = True
+        # A full claim may have left more behind.
+        self._queue_may_wait = self._queue_may_wait or len(claimed) == limit
         for change in changes:
             self.slots.admit(change.job_id)
         try:

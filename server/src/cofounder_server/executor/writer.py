@@ -66,7 +66,7 @@ class RecordWrite:
     committed: Job | None = None
     """The job as the record's transition committed it."""
 
-    def change(self, events: list[JobEvent], job: Job | None, pending: tuple[str, ...] | None) -> Change:
+    def change(self, events: list[JobEvent], job: Job | None, pending: tuple[str, ...]) -> Change:
         """The committed record as a change (with the events it appended): a change of the
         job when a transition committed ``job``, else an iteration that left the row as it
         was, with the ``pending`` escalations the row holds (the run's copy may predate a
@@ -74,7 +74,7 @@ class RecordWrite:
         if job is not None:
             return Change.of(job, events, spend=self.spend, progress=self.progress)
         stored = self.job
-        if pending is not None and pending != stored.pending_escalation_ids:
+        if pending != stored.pending_escalation_ids:
             stored = dataclasses.replace(stored, pending_escalation_ids=pending)
         return Change.of(stored, events, spend=self.spend, progress=self.progress, iteration=True)
 
@@ -205,9 +205,7 @@ class RecordWriter:
                 continue
             write.committed = committed.jobs.get(write.job_id)
             changes.append(
-                write.change(
-                    by_job.get(write.job_id, []), write.committed, committed.pending.get(write.job_id)
-                )
+                write.change(by_job.get(write.job_id, []), write.committed, committed.pending[write.job_id])
             )
             _resolve(write, Recorded.DEFERRED if write.job_id in committed.deferred else Recorded.STORED)
         self._fan_out.put_nowait(changes)

@@ -428,14 +428,6 @@ def stamp_fleet(connection: Connection, job_ids: Sequence[str]) -> dict[str, int
     last, _ = advance_counter(connection, FLEET_STREAM, len(job_ids))
     first = last - len(job_ids) + 1
     sequences = {job_id: first + index for index, job_id in enumerate(job_ids)}
-    if connection.dialect.name == "sqlite":
-        # Plain values of types SQLite takes as they are: no per-row work in SQLAlchemy (see
-        # store/bulk.py for why that matters on the writer thread).
-        connection.exec_driver_sql(
-            f"UPDATE {JobRow.__tablename__} SET fleet_sequence = ? WHERE job_id = ?",
-            [(sequence, job_id) for job_id, sequence in sequences.items()],
-        )
-        return sequences
     connection.execute(
         update(JobRow).where(JobRow.job_id == bindparam("id")).values(fleet_sequence=bindparam("fleet")),
         [{"id": job_id, "fleet": sequence} for job_id, sequence in sequences.items()],

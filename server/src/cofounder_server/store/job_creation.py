@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, Table, select
 
 from cofounder_server.domain.errors import AlreadyExists
 from cofounder_server.domain.events import JobEvent, JobStatusChanged, to_json
 from cofounder_server.domain.model import AgentSpec, Job, JobStatus, NewJob
+from cofounder_server.store.bulk import insert_rows
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import FLEET_STREAM, advance_counter, job_stream
 from cofounder_server.store.idempotency import reused_key
@@ -243,7 +244,7 @@ def _write(
         for position, job_rows in enumerate(creating, start=last - len(creating) + 1):
             job_rows[_JOBS]["fleet_sequence"] = position
     for table, table_rows in _inserted(decisions, rows):
-        connection.execute(insert(table), table_rows)
+        insert_rows(connection, table, table_rows)
     return decisions
 
 
