@@ -156,9 +156,7 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     ) -> AsyncIterator[pb.WatchJobEventsResponse | bytes]:
         with Validator() as check:
             check.uuid("job_id", request.job_id)
-            if request.HasField("after_sequence") and request.after_sequence < 0:
-                check.fail("after_sequence", "must not be negative")
-        after = request.after_sequence if request.HasField("after_sequence") else None
+            after = check.after_sequence(request)
         async for item in self._feed.watch(principal_of(context), request.job_id, after):
             yield convert.watch_job_item_to_proto(item)
 
@@ -167,9 +165,7 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
     ) -> AsyncIterator[pb.WatchJobsResponse | bytes]:
         with Validator() as check:
             self._check_filter(check, request.statuses, request.project_id)
-            if request.HasField("after_sequence") and request.after_sequence < 0:
-                check.fail("after_sequence", "must not be negative")
-        after = request.after_sequence if request.HasField("after_sequence") else None
+            after = check.after_sequence(request)
         job_filter = _filter_of(request.statuses, request.project_id)
         async for item in self._fleet.watch(principal_of(context), job_filter, after):
             yield convert.watch_jobs_item_to_proto(item)

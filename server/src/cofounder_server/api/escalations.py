@@ -82,9 +82,7 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
         with Validator() as check:
             if request.job_id:
                 check.uuid("job_id", request.job_id)
-            if request.HasField("after_sequence") and request.after_sequence < 0:
-                check.fail("after_sequence", "must not be negative")
-        after = request.after_sequence if request.HasField("after_sequence") else None
+            after = check.after_sequence(request)
         items = self._feed.watch(principal_of(context), request.job_id or None, after)
         async for item in items:
             yield convert.watch_escalation_item_to_proto(item)

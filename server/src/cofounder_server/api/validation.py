@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Container, Iterable, Mapping
 from types import TracebackType
+from typing import Literal, Protocol
 
 from google.protobuf import struct_pb2
 
@@ -28,6 +29,15 @@ MAX_LABELS = 32
 MAX_LABEL_VALUE_CHARS = 256
 MAX_AGENT_CONFIG_BYTES = 256 * 1024
 MAX_BUDGET_MICRODOLLARS = 10**12
+
+
+class Resumable(Protocol):
+    """A watch request with an optional ``after_sequence`` cursor."""
+
+    @property
+    def after_sequence(self) -> int: ...
+
+    def HasField(self, field_name: Literal["after_sequence"]) -> bool: ...
 
 
 class Validator:
@@ -58,6 +68,15 @@ class Validator:
             self.fail(field, "is required")
         elif not UUID_RE.fullmatch(value):
             self.fail(field, "must be a canonical lower-case UUID")
+
+    def after_sequence(self, request: Resumable) -> int | None:
+        """A watch's optional resume cursor (``after_sequence``): not negative; ``None`` when
+        unset (start from now, or from a snapshot)."""
+        if not request.HasField("after_sequence"):
+            return None
+        if request.after_sequence < 0:
+            self.fail("after_sequence", "must not be negative")
+        return request.after_sequence
 
     def request_id(self, field: str, value: str) -> None:
         """An optional idempotency key."""
