@@ -10,7 +10,7 @@ COPY server server
 # The model SDKs and OpenTelemetry; `--build-arg EXTRAS=` builds the server alone.
 ARG EXTRAS=anthropic,openai,otel
 # Both local projects in one resolution: the server's cofounder-client is the one beside it.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python "./server[${EXTRAS}]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python "./server${EXTRAS:+[${EXTRAS}]}"
 
 FROM python:${PYTHON_VERSION}-slim
 ARG EXTRAS=anthropic,openai,otel
@@ -21,7 +21,7 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /var/l
 # builder's resolution (--no-index), hence no pins here.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels "cofounder-server[${EXTRAS}]"
+    pip install --no-cache-dir --no-index --find-links /wheels "cofounder-server${EXTRAS:+[${EXTRAS}]}"
 COPY deploy/docker/healthcheck.py /usr/local/lib/cofounder/healthcheck.py
 # A container is reached from outside its network namespace: listen on every interface. The
 # server still refuses a non-loopback address without --auth-tokens-file (or the explicit
