@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,17 @@ def test_grafana_provisions_the_shipped_dashboard() -> None:
     provider = yaml.safe_load((COMPOSE_DIR / "grafana/provisioning/dashboards/cofounder.yaml").read_text())
     assert provider["providers"][0]["options"]["path"] == mounts["../../ops/grafana"]
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed (.ci/run installs it)"
+)
+def test_promtool_accepts_the_prometheus_configuration(tmp_path: Path) -> None:
+    config = COMPOSE_DIR / "prometheus.yml"
+    subprocess.run(["promtool", "check", "config", str(config)], check=True, capture_output=True, timeout=60)
+    broken = tmp_path / "prometheus.yml"
+    broken.write_text(config.read_text().replace("scrape_interval: 15s", "scrape_interval: fifteen"))
+    result = subprocess.run(
+        ["promtool", "check", "config", str(broken)], check=False, capture_output=True, timeout=60
+    )
+    assert result.returncode != 0
