@@ -1,19 +1,28 @@
-"""The ``cofounder-server`` command (and ``cofounder-server hash-token``)."""
+"""The ``cofounder-server`` command (and ``cofounder-server hash-token`` and ``migrate``)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cofounder_server.app import Application
 from cofounder_server.auth.tokens import hash_token
-from cofounder_server.config import Settings, load_settings
+from cofounder_server.causes import describe_cause
+from cofounder_server.config import ENV_PREFIX, Settings, load_settings
+from cofounder_server.domain.errors import Unavailable
 from cofounder_server.observability import logs
+from cofounder_server.store.database import async_url
+from cofounder_server.store.migrate import upgrade_to_head
 
 HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
 
@@ -56,11 +65,60 @@ def hash_token_command(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stder
     return 0
 
 
+def _migrate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cofounder-server migrate",
+        description="Create or upgrade the SQL schema to the newest revision, then exit. The "
+        "server does the same at start-up under a lock; run this first in a deployment so a "
+        "failing migration stops the rollout before any replica is replaced.",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="DATABASE_URL",
+        help=f"SQLAlchemy URL of the shared database (default: ${ENV_PREFIX}DATABASE_URL)",
+    )
+    return parser
+
+
+def migrate_command(argv: Sequence[str], environ: Mapping[str, str], stdout: TextIO, stderr: TextIO) -> int:
+    """``cofounder-server migrate``: 0 once the schema is at head; 1 if the database cannot be
+    reached; 2 on bad usage (no URL, or one that cannot be parsed)."""
+    parser = _migrate_parser()
+    args = parser.parse_args(argv)
+    url = args.database_url or environ.get(f"{ENV_PREFIX}DATABASE_URL", "")
+    if not url:
+        print(
+            f"cofounder-server migrate: needs --database-url or {ENV_PREFIX}DATABASE_URL (a server "
+            "on its embedded SQLite file migrates it at start-up)",
+            file=stderr,
+        )
+        return 2
+    try:
+        async_url(url)
+    except (ArgumentError, ValueError) as error:
+        print(f"cofounder-server migrate: invalid --database-url: {error}", file=stderr)
+        return 2
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        before, after = asyncio.run(upgrade_to_head(url))
+    except Unavailable as error:
+        cause = describe_cause(error)
+        print(f"cofounder-server migrate: cannot reach the database {shown}: {cause}", file=stderr)
+        return 1
+    if before == after:
+        print(f"schema of {shown} already at revision {after}", file=stdout)
+    else:
+        print(f"schema of {shown} upgraded from revision {before or '(none)'} to {after}", file=stdout)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse settings, start the server, and block until it stops."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["hash-token"]:
         return hash_token_command(args[1:], sys.stdin, sys.stdout, sys.stderr)
+    if args[:1] == ["migrate"]:
+        return migrate_command(args[1:], os.environ, sys.stdout, sys.stderr)
     settings = load_settings(args)
     if settings.log_format not in logs.FORMATS:
         raise SystemExit(

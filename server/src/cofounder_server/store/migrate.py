@@ -1,6 +1,7 @@
 """Schema migrations: Alembic, driven from code, with the scripts shipped in this package.
 
-The server calls :func:`upgrade_to_head` at start-up. To write a new revision, upgrade a
+The server calls :func:`upgrade_to_head` at start-up, and ``cofounder-server migrate`` calls it
+alone (a deployment's migration step before its replicas roll). To write a new revision, upgrade a
 scratch database to head, change ``models.py``, then run::
 
     from alembic import command
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -67,17 +69,20 @@ async def migration_connection(url: str) -> AsyncIterator[AsyncConnection]:
         await database.close()
 
 
-async def upgrade_to_head(url: str) -> None:
+async def upgrade_to_head(url: str) -> tuple[str | None, str | None]:
     """Create or upgrade the schema at ``url`` to the newest revision.
 
-    Idempotent and safe to run from several processes at once. Raises ``Unavailable`` when
-    the database cannot be reached.
+    Returns the revision before and after (``None``: no schema yet). Idempotent and safe to
+    run from several processes at once. Raises ``Unavailable`` when the database cannot be
+    reached.
     """
     config = alembic_config(url)
     async with migration_connection(url) as connection:
-        await connection.run_sync(_upgrade, config)
+        return await connection.run_sync(_upgrade, config)
 
 
-def _upgrade(connection: Connection, config: Config) -> None:
+def _upgrade(connection: Connection, config: Config) -> tuple[str | None, str | None]:
+    before = MigrationContext.configure(connection).get_current_revision()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+    return before, MigrationContext.configure(connection).get_current_revision()
