@@ -68,6 +68,8 @@ def _version() -> str:
         return "0+unknown"
 
 
+_ID_HELP: Final = "the id, or a unique prefix of it (at least 4 characters)"
+
 _EPILOG = """\
 output: JSON lines when stdout is not a terminal or with --json (for scripts); on a terminal,
 text for people and a live view for `watch`. Ids may be shortened to a unique prefix
@@ -154,7 +156,11 @@ def _client(args: argparse.Namespace, target: str | None = None) -> Client:
 
 def _for_people(args: argparse.Namespace) -> bool:
     """Text for a person (a terminal, no --json) rather than JSON lines for a program."""
-    return not args.json and sys.stdout.isatty()
+    return not args.json and _stdout_is_terminal()
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def _emit(message: Message) -> None:
@@ -458,7 +464,8 @@ async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) ->
         status = escalation_pb2.EscalationStatus.Name(escalation.status).removeprefix("ESCALATION_STATUS_")
         raise _UsageError(f"escalation {escalation.escalation_id} is {status.lower()}, not pending")
     values = [option.value for option in escalation.options]
-    _print_lines(terminal.question_lines(escalation))
+    # The dialogue goes to stderr: stdout stays the resolved escalation, as with --decision.
+    print("\n".join(terminal.question_lines(escalation)), file=sys.stderr, flush=True)
     default = escalation.recommended_action if escalation.recommended_action in values else ""
     prompt = f"choice [1-{len(values)}" + (f", Enter for {default}" if default else "") + "]: "
     while True:
@@ -472,14 +479,14 @@ async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) ->
         if answer in values:
             decision = answer
             break
-        print(f"choose a number from 1 to {len(values)} or one of: {', '.join(values)}", flush=True)
+        print(f"choose a number from 1 to {len(values)} or one of: {', '.join(values)}", file=sys.stderr)
     if not guidance:
         guidance = (await _read_line("guidance for the agent (optional): ")).strip()
     return decision, guidance
 
 
 async def _read_line(prompt: str) -> str:
-    print(prompt, end="", flush=True)
+    print(prompt, end="", file=sys.stderr, flush=True)
     # In a thread: reading a terminal blocks, and the event loop must keep the channel alive.
     line: str = await asyncio.to_thread(sys.stdin.readline)
     if not line:
@@ -548,29 +555,29 @@ def _build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     get = _command(commands, "get", _get, "print a job")
-    get.add_argument("job_id", metavar="JOB_ID")
+    get.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
 
     list_ = _command(commands, "list", _list, "list jobs, newest first, one per line")
     _add_job_filters(list_)
     _add_paging_options(list_)
 
     cancel = _command(commands, "cancel", _cancel, "cancel a job")
-    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     cancel.add_argument("--reason", default="", help="why; stored with the job")
     cancel.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     status = _command(commands, "status", _status, "print a job's live status")
-    status.add_argument("job_id", metavar="JOB_ID")
+    status.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
 
     wake = _command(commands, "wake", _wake, "wake a sleeping agent")
-    wake.add_argument("job_id", metavar="JOB_ID")
+    wake.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     wake.add_argument(
         "--top-up-microdollars", type=_non_negative_int, default=0, metavar="N", help="budget to add today"
     )
     wake.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     watch = _command(commands, "watch", _watch, "stream a job's events until it ends")
-    watch.add_argument("job_id", metavar="JOB_ID")
+    watch.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     watch.add_argument(
         "--after",
         type=_non_negative_int,
@@ -641,10 +648,10 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
     _add_paging_options(esc_list)
 
     esc_get = _command(escalation_commands, "get", _escalations_get, "print an escalation")
-    esc_get.add_argument("escalation_id", metavar="ESCALATION_ID")
+    esc_get.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
 
     resolve = _command(escalation_commands, "resolve", _escalations_resolve, "answer an escalation")
-    resolve.add_argument("escalation_id", metavar="ESCALATION_ID")
+    resolve.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
     resolve.add_argument(
         "--decision",
         help="the value of one of the escalation's options (default: show them and ask, on a terminal)",
