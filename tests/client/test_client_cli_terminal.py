@@ -234,3 +234,51 @@ async def test_connection_options_are_explained_once(capsys: pytest.CaptureFixtu
     assert "--ca-file" not in help_text
     assert "--decision" in help_text
     assert "see cofounder --help" in help_text
+
+
+async def test_watch_on_a_terminal_draws_the_live_view(
+    harness: Harness, capsys: pytest.CaptureFixture[str], terminal: None
+) -> None:
+    job = harness.jobs.add(new_job("web", "Ship it"))
+    harness.jobs.watch_plans[job.job_id] = WatchPlan(events=[event(job.job_id, n) for n in range(1, 4)])
+
+    assert await run_cli(harness, "watch", job.job_id[:8]) == 0
+    # Off a real terminal rich draws the last frame only.
+    text = capsys.readouterr().out
+    assert f"job {job.job_id} · web" in text
+    assert "Ship it" in text
+    assert "thinking: step 3" in text
+
+
+async def test_watch_without_rich_prints_plain_lines_and_a_hint(
+    harness: Harness, capsys: pytest.CaptureFixture[str], terminal: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # import rich.console fails
+    job = harness.jobs.add(new_job("web", "Ship it"))
+    harness.jobs.watch_plans[job.job_id] = WatchPlan(events=[event(job.job_id, n) for n in range(1, 3)])
+
+    assert await run_cli(harness, "watch", job.job_id, "--after", "0") == 0
+    captured = capsys.readouterr()
+    assert "pip install 'cofounder-client[cli]'" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == f"job {job.job_id} (web): Ship it"
+    assert lines[1].startswith("status: ")
+    assert [line.split("  ")[-1] for line in lines[2:]] == ["thinking: step 1", "thinking: step 2"]
+
+
+async def test_fleet_and_escalation_feed_on_a_terminal(
+    harness: Harness, capsys: pytest.CaptureFixture[str], terminal: None
+) -> None:
+    job = harness.jobs.add(new_job(status=job_pb2.JOB_STATUS_RUNNING))
+    escalation = harness.escalations.add(new_escalation(job.job_id))
+
+    assert await run_cli(harness, "jobs") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["JOB", "STATUS", "AGENT"]
+    assert row.split()[:2] == [job.job_id, "running"]
+
+    assert await run_cli(harness, "escalations", "watch", "--job", job.job_id, "--after", "0") == 0
+    pending, raised = capsys.readouterr().out.splitlines()
+    short = escalation.escalation_id[:8]
+    assert pending == f"pending   {short}  job {job.job_id[:8]}  Which database?"
+    assert raised == f"raised    {short}  job {job.job_id[:8]}  Which database?"
