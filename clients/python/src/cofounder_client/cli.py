@@ -617,9 +617,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--pace",
         type=float,
-        default=8.0,
+        default=10.0,
         metavar="SECONDS",
-        help="how long the demo waits before it tops up the budget and before it answers (default 8)",
+        help="how long the demo waits before it tops up the budget and before it answers (default 10)",
     )
     demo.add_argument(
         "--data-dir",

@@ -141,9 +141,8 @@ async def _top_up(client: Client, view: JobView, output: LiveOutput, pace: float
     short = view.job_id[:8]
     async for remaining in _countdown(pace):
         view.note = (
-            f"the agent sleeps on its budget until the window resets; topping it up with "
-            f"{dollars(DEMO_TOP_UP_MICRODOLLARS)} in {remaining}s "
-            f"(cofounder wake {short} --top-up-microdollars {DEMO_TOP_UP_MICRODOLLARS})"
+            f"topping up the budget with {dollars(DEMO_TOP_UP_MICRODOLLARS)} in {remaining}s "
+            f"(as: cofounder wake {short} --top-up-microdollars {DEMO_TOP_UP_MICRODOLLARS})"
         )
         output.changed(view, None)
     try:
@@ -157,10 +156,7 @@ async def _top_up(client: Client, view: JobView, output: LiveOutput, pace: float
 
 async def _answer(client: Client, view: JobView, output: LiveOutput, escalation_id: str, pace: float) -> None:
     async for remaining in _countdown(pace):
-        view.note = (
-            f"answering {DEMO_ANSWER!r} in {remaining}s; or answer yourself: "
-            f"cofounder escalations resolve {escalation_id[:8]}"
-        )
+        view.note = f"answering {DEMO_ANSWER!r} in {remaining}s, unless you answer first"
         output.changed(view, None)
     try:
         await client.resolve_escalation(escalation_id, decision=DEMO_ANSWER, guidance="Approved by the demo.")

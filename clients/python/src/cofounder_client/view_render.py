@@ -52,7 +52,7 @@ def render_job_view(view: JobView, now: datetime) -> RenderableType:
             "wakes",
             Text.assemble(
                 ("in " + format_countdown((view.wake_time - now).total_seconds()), "magenta"),
-                f"  (at {view.wake_time.strftime('%Y-%m-%d %H:%M:%S UTC')}; wake it earlier with `wake`)",
+                f"  (at {view.wake_time.strftime('%Y-%m-%d %H:%M:%S UTC')}, or when woken)",
             ),
         )
     if view.phase:
