@@ -40,6 +40,7 @@ from cofounder.agent.v1 import escalation_pb2, job_pb2
 from cofounder_client import terminal
 from cofounder_client.client import DEFAULT_TARGET, Client, FleetSnapshot
 from cofounder_client.credentials import TLSConfig
+from cofounder_client.demo import DemoFailedError, run_demo_command
 from cofounder_client.errors import CofounderError
 from cofounder_client.ids import AmbiguousIdError, resolve_escalation_id, resolve_job_id
 from cofounder_client.live import RICH_HINT, LiveOutput, PlainOutput, follow_view, rich_output
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(error)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except DemoFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, _UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -121,8 +125,6 @@ class _UsageError(Exception):
 
 async def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
-        from cofounder_client.demo import run_demo_command
-
         # The demo may start a server of its own before there is anything to connect to.
         await run_demo_command(args, lambda target: _client(args, target), for_people=_for_people(args))
         return

@@ -31,6 +31,7 @@ from cofounder_client.view import JobView, dollars
 __all__ = [
     "DEMO_BUDGET_MICRODOLLARS",
     "DEMO_TOP_UP_MICRODOLLARS",
+    "DemoFailedError",
     "demo_turns",
     "run_demo",
     "run_demo_command",
@@ -41,6 +42,10 @@ DEMO_TOP_UP_MICRODOLLARS: Final = 3_000_000
 DEMO_ANSWER: Final = "publish"
 DEMO_PROJECT: Final = "demo"
 _MODEL: Final = "claude-sonnet-4"  # priced by the server's built-in table: $3 / $15 per million
+
+
+class DemoFailedError(Exception):
+    """The demo's job did not end ready."""
 
 
 def demo_turns() -> list[dict[str, Any]]:
@@ -193,8 +198,9 @@ async def run_demo_command(
             target = await stack.enter_async_context(_embedded_server(args.data_dir))
         async with make_client(target) as client:
             view = await run_demo(client, output, pace=args.pace)
-    if not view.finished:
-        raise RuntimeError("the demo job did not finish")
+    if view.job_status != job_pb2.JOB_STATUS_READY:
+        status = job_pb2.JobStatus.Name(view.job_status).removeprefix("JOB_STATUS_").lower()
+        raise DemoFailedError(f"the demo job {view.job_id} ended {status}, not ready")
 
 
 @contextlib.asynccontextmanager
