@@ -559,7 +559,7 @@ def _build_parser() -> argparse.ArgumentParser:
     get = _command(commands, "get", _get, "print a job")
     get.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
 
-    list_ = _command(commands, "list", _list, "list jobs, newest first, one per line")
+    list_ = _command(commands, "list", _list, "list jobs, newest first (a table on a terminal)")
     _add_job_filters(list_)
     _add_paging_options(list_)
 
@@ -578,18 +578,25 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     wake.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
-    watch = _command(commands, "watch", _watch, "stream a job's events until it ends")
+    watch = _command(
+        commands,
+        "watch",
+        _watch,
+        "follow a job until it ends: a live view on a terminal, JSON lines when piped",
+    )
     watch.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     watch.add_argument(
         "--after",
         type=_non_negative_int,
         metavar="SEQ",
-        help="events after this sequence (0: all retained history; default: live events only)",
+        help="events after this sequence (0: all retained history; default: live events only, "
+        "or in the live view the last few)",
     )
     watch.add_argument(
         "--follow",
         action="store_true",
-        help="print individual events (no snapshots or heartbeats) and reconnect when the stream drops",
+        help="JSON: print individual events (no snapshots or heartbeats) and reconnect when the stream "
+        "drops (the live view always does)",
     )
 
     jobs = _command(
@@ -638,7 +645,12 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
         dest="escalation_command", required=True, metavar="COMMAND"
     )
 
-    esc_list = _command(escalation_commands, "list", _escalations_list, "list escalations, one per line")
+    esc_list = _command(
+        escalation_commands,
+        "list",
+        _escalations_list,
+        "list escalations, newest first (a table on a terminal)",
+    )
     esc_list.add_argument("--job", default="", metavar="JOB_ID", help="only this job's escalations")
     esc_list.add_argument(
         "--status",
