@@ -89,7 +89,7 @@ async def test_terminal_shows_set_fields_and_tables(
     text = capsys.readouterr().out
     assert "UNSPECIFIED" not in text
     assert "attempts" not in text
-    assert "options[1].value: postgres" in text.splitlines()
+    assert "options[1]: postgres: PostgreSQL" in text.splitlines()
     assert "status: pending" in text.splitlines()
 
     assert await run_cli(harness, "list", "--project", "web") == 0

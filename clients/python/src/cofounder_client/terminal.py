@@ -156,6 +156,8 @@ def _fields(message: Message, prefix: str) -> list[tuple[str, str]]:
         elif field.is_repeated:
             if field.message_type is None:
                 pairs.append((name, ", ".join(_scalar(field, item) for item in value)))
+            elif field.message_type.full_name == escalation_pb2.EscalationOption.DESCRIPTOR.full_name:
+                pairs.extend((f"{name}[{index}]", _option(option)) for index, option in enumerate(value, 1))
             else:
                 for index, item in enumerate(value, 1):
                     pairs.extend(_fields(item, f"{name}[{index}]."))
@@ -164,6 +166,13 @@ def _fields(message: Message, prefix: str) -> list[tuple[str, str]]:
         else:
             pairs.append((name, _scalar(field, value)))
     return pairs
+
+
+def _option(option: escalation_pb2.EscalationOption) -> str:
+    text = option.value
+    if option.label and option.label != option.value:
+        text += f": {option.label}"
+    return text + (f" ({option.description})" if option.description else "")
 
 
 def _is_leaf(value: Message) -> bool:
