@@ -23,7 +23,7 @@ from cofounder_client.view import JobView
 from cofounder_client.view_render import render_job_view
 from cofounder_server.app import Application
 from cofounder_server.config import Settings
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, throwaway_database
 
 # Starting a server (Redis engine, migrations) and running the job on a loaded machine.
 DEMO_DEADLINE = 90.0
@@ -36,11 +36,18 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+async def fresh_database_url() -> AsyncIterator[str]:
+    """A database of the test's own: its executor must not run other tests' queued jobs."""
+    async with throwaway_database("cofounder_cli") as url:
+        yield url
+
+
+@pytest.fixture
 async def executor_app(
-    settings_for: Callable[..., Settings], database_url: str
+    settings_for: Callable[..., Settings], fresh_database_url: str
 ) -> AsyncIterator[Application]:
     """A server that runs agents, on the real clock."""
-    app = await Application.start(settings_for(database_url, executor_enabled=True))
+    app = await Application.start(settings_for(fresh_database_url, executor_enabled=True))
     yield app
     await app.stop(grace_seconds=1.0)
 
@@ -130,9 +137,9 @@ def _render(view: JobView, now: datetime) -> str:
 
 
 async def test_live_view_resumes_across_a_server_restart(
-    settings_for: Callable[..., Settings], database_url: str
+    settings_for: Callable[..., Settings], fresh_database_url: str
 ) -> None:
-    settings = settings_for(database_url, executor_enabled=True, listen=f"127.0.0.1:{free_port()}")
+    settings = settings_for(fresh_database_url, executor_enabled=True, listen=f"127.0.0.1:{free_port()}")
     app = await Application.start(settings)
     out, err = io.StringIO(), io.StringIO()
     try:
