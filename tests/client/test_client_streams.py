@@ -21,7 +21,7 @@ from client_fakes import (
 )
 
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
-from cofounder.agent.v1 import escalation_service_pb2, event_pb2
+from cofounder.agent.v1 import escalation_service_pb2, event_pb2, job_pb2
 from cofounder_client import Client, FleetSnapshot, OutOfRangeError, UnavailableError
 
 
@@ -230,3 +230,31 @@ async def test_follow_jobs_resumes_after_a_drop_and_lists_again_when_its_cursor_
     # Resumed after the change it had, then listed again once that cursor was gone.
     assert [r.after_sequence if r.HasField("after_sequence") else None for r in requests] == [None, 11, None]
     assert {r.project_id for r in requests} == {"web"}
+
+
+async def test_follow_job_yields_each_connections_snapshot_and_reports_reconnects(
+    client: Client, harness: Harness
+) -> None:
+    job = harness.jobs.add(new_job())
+    harness.jobs.watch_plans[job.job_id] = WatchPlan(
+        events=[event(job.job_id, n) for n in range(1, 4)], drops=[1]
+    )
+    reconnects: list[tuple[str, int, float]] = []
+
+    items: list[job_pb2.JobStatusSnapshot | event_pb2.JobEvent] = []
+    await drain(
+        client.follow_job(
+            job.job_id,
+            after_sequence=0,
+            initial_backoff=0.01,
+            on_reconnect=lambda error, attempt, delay: reconnects.append((error.code.name, attempt, delay)),
+        ),
+        items,
+    )
+
+    kinds = [type(item).__name__ for item in items]
+    assert kinds == ["JobStatusSnapshot", "JobEvent", "JobStatusSnapshot", "JobEvent", "JobEvent"]
+    assert [item.sequence for item in items if isinstance(item, event_pb2.JobEvent)] == [1, 2, 3]
+    ((code, attempt, delay),) = reconnects
+    assert (code, attempt) == ("UNAVAILABLE", 1)
+    assert 0.005 <= delay <= 0.01  # the first backoff, with jitter

@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from importlib import metadata
 from pathlib import Path
 
 ENV_PREFIX = "COFOUNDER_"
@@ -353,6 +354,14 @@ def from_environment(environ: Mapping[str, str], base: Settings | None = None) -
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 
+def server_version() -> str:
+    """The installed ``cofounder-server`` package's version."""
+    try:
+        return metadata.version("cofounder-server")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cofounder-server`` argument parser, one flag per setting."""
     parser = argparse.ArgumentParser(
@@ -360,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the cofounder control plane gRPC server.",
         epilog="Every flag can also be set with the environment variable COFOUNDER_<NAME>.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {server_version()}")
     for f in fields(Settings):
         default = f.default
         # A switch may be given bare (``--flag``) or with a value (``--flag false``).

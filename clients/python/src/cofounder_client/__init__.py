@@ -14,6 +14,7 @@ from cofounder_client.client import (
     Client,
     EscalationResolution,
     FleetSnapshot,
+    ReconnectHook,
     Timeout,
 )
 from cofounder_client.credentials import TLSConfig
@@ -55,6 +56,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "ReconnectHook",
     "ResourceExhaustedError",
     "TLSConfig",
     "Timeout",

@@ -1,8 +1,10 @@
 """``cofounder``: the command-line client of the control plane.
 
-Every command prints its result as JSON (the protobuf JSON mapping, with the proto field
-names), one object per line, so output pipes into ``jq``. Errors go to stderr as
-``error: CODE: message`` followed by any field violations, and set the exit status:
+When stdout is not a terminal (or with ``--json``), every command prints its result as JSON
+(the protobuf JSON mapping, with the proto field names), one object per line, so output pipes
+into ``jq``. On a terminal it prints for people: the fields that are set, tables for lists,
+a live view for ``watch``. Errors go to stderr as ``error: CODE: message`` followed by any
+field violations, and set the exit status:
 
 ====  =====================================================================
 0     success
@@ -25,6 +27,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
+from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,9 +37,14 @@ from google.protobuf.message import Message
 
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_pb2, job_pb2
+from cofounder_client import terminal
 from cofounder_client.client import DEFAULT_TARGET, Client, FleetSnapshot
 from cofounder_client.credentials import TLSConfig
+from cofounder_client.demo import DemoFailedError, run_demo_command
 from cofounder_client.errors import CofounderError
+from cofounder_client.ids import AmbiguousIdError, resolve_escalation_id, resolve_job_id
+from cofounder_client.live import RICH_HINT, LiveOutput, PlainOutput, follow_view, rich_output
+from cofounder_client.view import JobView
 
 __all__ = ["exit_code_for", "main"]
 
@@ -46,10 +54,31 @@ EXIT_INTERRUPTED: Final = 130
 
 _Handler = Callable[[Client, argparse.Namespace], Awaitable[None]]
 
+# Reconnects of a followed stream: about two minutes of outage (a server restart) before
+# giving up, retrying at least every 5 s.
+_MAX_RECONNECTS: Final = 30
+_MAX_BACKOFF: Final = 5.0
+# Events before the current one that the live view lists when it opens.
+_RECENT_EVENTS: Final = 8
+
+
+def _version() -> str:
+    try:
+        return _metadata.version("cofounder-client")
+    except _metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+_ID_HELP: Final = "the id, or a unique prefix of it (at least 4 characters)"
+
 _EPILOG = """\
+output: JSON lines when stdout is not a terminal or with --json (for scripts); on a terminal,
+text for people and a live view for `watch`. Ids may be shortened to a unique prefix
+(at least 4 characters).
+
 environment: COFOUNDER_TARGET, COFOUNDER_TOKEN and COFOUNDER_ON_BEHALF_OF supply defaults for
 --target, --token and --on-behalf-of (prefer COFOUNDER_TOKEN: arguments are visible to other
-local users). Connection options may also follow the command.
+local users). Connection options and --json may also follow the command.
 
 exit status: 0 success, 1 unexpected failure, 2 usage error, 10+N gRPC status code N
 (13 INVALID_ARGUMENT, 15 NOT_FOUND, 19 FAILED_PRECONDITION, 24 UNAVAILABLE, ...), 130 interrupted.
@@ -75,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(error)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except (OSError, ValueError) as error:
+    except DemoFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, _UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     return 0
@@ -87,13 +119,21 @@ def exit_code_for(error: CofounderError) -> int:
     return EXIT_RPC_BASE + code_number
 
 
+class _UsageError(Exception):
+    """A usage error found after parsing (exit status 2)."""
+
+
 async def _run(args: argparse.Namespace) -> None:
+    if args.command == "demo":
+        # The demo may start a server of its own before there is anything to connect to.
+        await run_demo_command(args, lambda target: _client(args, target), for_people=_for_people(args))
+        return
     handler: _Handler = args.handler
     async with _client(args) as client:
         await handler(client, args)
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _client(args: argparse.Namespace, target: str | None = None) -> Client:
     tls: TLSConfig | bool = False
     if args.ca_file or args.cert_file or args.key_file or args.server_name:
         tls = TLSConfig.from_files(
@@ -105,7 +145,7 @@ def _client(args: argparse.Namespace) -> Client:
     elif args.tls:
         tls = True
     return Client(
-        args.target,
+        target or args.target or DEFAULT_TARGET,
         token=args.token,
         on_behalf_of=args.on_behalf_of,
         tls=tls,
@@ -116,12 +156,33 @@ def _client(args: argparse.Namespace) -> Client:
 # --- output --------------------------------------------------------------------------------
 
 
+def _for_people(args: argparse.Namespace) -> bool:
+    """Text for a person (a terminal, no --json) rather than JSON lines for a program."""
+    return not args.json and _stdout_is_terminal()
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def _emit(message: Message) -> None:
     document = json_format.MessageToDict(
         message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
     )
     # Flushed per line so `cofounder watch ... | jq` shows events as they arrive.
     print(json.dumps(document), flush=True)
+
+
+def _show(args: argparse.Namespace, message: Message) -> None:
+    """One result: JSON for programs, its set fields as lines for people."""
+    if _for_people(args):
+        _print_lines(terminal.format_record(message))
+    else:
+        _emit(message)
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    print("\n".join(lines), flush=True)
 
 
 def _print_error(error: CofounderError) -> None:
@@ -137,6 +198,33 @@ def _print_error(error: CofounderError) -> None:
 async def _emit_all(messages: AsyncIterator[Message]) -> None:
     async for message in messages:
         _emit(message)
+
+
+def _print_reconnect(target: str) -> Callable[[CofounderError, int, float], None]:
+    def report(error: CofounderError, attempt: int, delay: float) -> None:
+        # On stderr, so stdout stays the stream's output.
+        print(
+            f"reconnecting to {target} (attempt {attempt} of {_MAX_RECONNECTS}, next in {delay:.1f}s): "
+            f"{error.code.name}: {error.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
+async def _job_id(client: Client, text: str) -> str:
+    try:
+        return await resolve_job_id(client, text)
+    except AmbiguousIdError as error:
+        raise _UsageError(str(error)) from None
+
+
+async def _escalation_id(client: Client, text: str) -> str:
+    try:
+        return await resolve_escalation_id(client, text)
+    except AmbiguousIdError as error:
+        raise _UsageError(str(error)) from None
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -156,11 +244,11 @@ async def _submit(client: Client, args: argparse.Namespace) -> None:
         labels=dict(args.label),
         request_id=args.request_id,
     )
-    _emit(job)
+    _show(args, job)
 
 
 async def _get(client: Client, args: argparse.Namespace) -> None:
-    _emit(await client.get_job(args.job_id))
+    _show(args, await client.get_job(await _job_id(client, args.job_id)))
 
 
 async def _list(client: Client, args: argparse.Namespace) -> None:
@@ -168,59 +256,119 @@ async def _list(client: Client, args: argparse.Namespace) -> None:
         async with contextlib.aclosing(
             client.iter_jobs(page_size=args.page_size, statuses=args.status, project_id=args.project)
         ) as jobs:
-            await _emit_all(jobs)
+            if _for_people(args):
+                _print_lines(terminal.job_rows([job async for job in jobs]))
+            else:
+                await _emit_all(jobs)
         return
     page = await client.list_jobs(
         page_size=args.page_size, page_token=args.page_token, statuses=args.status, project_id=args.project
     )
-    for job in page.jobs:
-        _emit(job)
+    if _for_people(args):
+        _print_lines(terminal.job_rows(page.jobs))
+    else:
+        for job in page.jobs:
+            _emit(job)
     _report_next_page(page.next_page_token)
 
 
 async def _cancel(client: Client, args: argparse.Namespace) -> None:
-    _emit(await client.cancel_job(args.job_id, reason=args.reason, request_id=args.request_id))
+    job_id = await _job_id(client, args.job_id)
+    _show(args, await client.cancel_job(job_id, reason=args.reason, request_id=args.request_id))
 
 
 async def _status(client: Client, args: argparse.Namespace) -> None:
-    _emit(await client.get_job_status(args.job_id))
+    _show(args, await client.get_job_status(await _job_id(client, args.job_id)))
 
 
 async def _wake(client: Client, args: argparse.Namespace) -> None:
-    _emit(
+    job_id = await _job_id(client, args.job_id)
+    _show(
+        args,
         await client.wake_agent(
-            args.job_id, top_up_microdollars=args.top_up_microdollars, request_id=args.request_id
-        )
+            job_id, top_up_microdollars=args.top_up_microdollars, request_id=args.request_id
+        ),
     )
 
 
 async def _watch(client: Client, args: argparse.Namespace) -> None:
-    if args.follow:
+    job_id = await _job_id(client, args.job_id)
+    if _for_people(args):
+        await _watch_live(client, job_id, args)
+    elif args.follow:
+        # One unary call first: a server that cannot be reached at all is an error at once,
+        # not a minute of silent reconnects.
+        await client.get_job_status(job_id)
         async with contextlib.aclosing(
-            client.follow_job_events(args.job_id, after_sequence=args.after)
+            client.follow_job_events(
+                job_id,
+                after_sequence=args.after,
+                max_reconnects=_MAX_RECONNECTS,
+                max_backoff=_MAX_BACKOFF,
+                on_reconnect=_print_reconnect(client.target),
+            )
         ) as events:
             await _emit_all(events)
     else:
         async with contextlib.aclosing(
-            client.watch_job_events(args.job_id, after_sequence=args.after)
+            client.watch_job_events(job_id, after_sequence=args.after)
         ) as messages:
             await _emit_all(messages)
 
 
+async def _watch_live(client: Client, job_id: str, args: argparse.Namespace) -> None:
+    view = JobView(job_id, recent=_RECENT_EVENTS)
+    # The job first: an unreachable server or an unknown job is an error at once.
+    view.apply_job(await client.get_job(job_id))
+    after = args.after
+    if after is None:
+        latest = (await client.get_job_status(job_id)).latest_event_sequence
+        after = max(0, latest - _RECENT_EVENTS)
+    await follow_view(
+        client,
+        view,
+        _live_output(),
+        after_sequence=after,
+        max_reconnects=_MAX_RECONNECTS,
+        max_backoff=_MAX_BACKOFF,
+    )
+
+
+def _live_output() -> LiveOutput:
+    output = rich_output()
+    if output is None:
+        print(RICH_HINT, file=sys.stderr)
+        return PlainOutput()
+    return output
+
+
 async def _jobs(client: Client, args: argparse.Namespace) -> None:
     if not args.watch:
+        statuses: list[job_pb2.JobStatusSnapshot] = []
         async with contextlib.aclosing(
             client.watch_jobs(project_id=args.project, statuses=args.status)
         ) as messages:
             async for message in messages:
                 for status in message.snapshot.statuses:
-                    _emit(status)
+                    if _for_people(args):
+                        statuses.append(status)
+                    else:
+                        _emit(status)
                 if message.snapshot.last:
-                    return
+                    break
+        if _for_people(args):
+            _print_lines(terminal.format_table(terminal.FLEET_HEADER, map(terminal.fleet_row, statuses)))
+        return
     # A terminal gets a table redrawn in place; a pipe gets JSON lines (what happened, in order).
-    table = _FleetTable() if sys.stdout.isatty() else None
+    table = _FleetTable() if _for_people(args) else None
     async with contextlib.aclosing(
-        client.follow_jobs(project_id=args.project, statuses=args.status)
+        client.follow_jobs(
+            project_id=args.project,
+            statuses=args.status,
+            max_reconnects=_MAX_RECONNECTS,
+            max_backoff=_MAX_BACKOFF,
+            on_reconnect=_print_reconnect(client.target),
+        )
     ) as updates:
         async for update in updates:
             if table is not None:
@@ -239,8 +387,6 @@ async def _jobs(client: Client, args: argparse.Namespace) -> None:
 class _FleetTable:
     """The fleet view of ``jobs --watch`` on a terminal: one row per job, redrawn in place."""
 
-    _COLUMNS = ("JOB", "STATUS", "AGENT", "BUDGET", "SPENT TODAY", "WAKES", "ESCALATIONS", "SEQ")
-
     def __init__(self) -> None:
         self._rows: dict[str, job_pb2.JobStatusSnapshot] = {}
         self._sequence = 0
@@ -257,51 +403,53 @@ class _FleetTable:
         self._sequence = update.sequence
 
     def draw(self) -> None:
-        rows = [self._COLUMNS, *(self._row(self._rows[job_id]) for job_id in sorted(self._rows))]
-        widths = [max(len(row[index]) for row in rows) for index in range(len(self._COLUMNS))]
-        lines = ["  ".join(map(str.ljust, row, widths)) for row in rows]
+        lines = terminal.format_table(
+            terminal.FLEET_HEADER, (terminal.fleet_row(self._rows[job_id]) for job_id in sorted(self._rows))
+        )
         lines.append(f"{len(self._rows)} jobs, at sequence {self._sequence}")
         # Home the cursor, draw, clear the rest of the screen: no flicker, no scrolling.
         print("\x1b[H" + "\n".join(line + "\x1b[K" for line in lines) + "\n\x1b[J", end="", flush=True)
 
-    @staticmethod
-    def _row(status: job_pb2.JobStatusSnapshot) -> tuple[str, ...]:
-        return (
-            status.job_id,
-            job_pb2.JobStatus.Name(status.job_status).removeprefix("JOB_STATUS_").lower(),
-            job_pb2.AgentState.Name(status.agent_state).removeprefix("AGENT_STATE_").lower(),
-            f"{status.budget_percent}%" if status.HasField("budget_percent") else "-",
-            f"${status.spent_today_microdollars / 1_000_000:.2f}",
-            status.wake_time.ToDatetime().strftime("%H:%M:%S") if status.HasField("wake_time") else "-",
-            str(len(status.pending_escalation_ids)),
-            str(status.latest_event_sequence),
-        )
-
 
 async def _escalations_list(client: Client, args: argparse.Namespace) -> None:
+    job_id = await _job_id(client, args.job) if args.job else ""
     if args.all:
         async with contextlib.aclosing(
-            client.iter_escalations(job_id=args.job, statuses=args.status, page_size=args.page_size)
+            client.iter_escalations(job_id=job_id, statuses=args.status, page_size=args.page_size)
         ) as escalations:
-            await _emit_all(escalations)
+            if _for_people(args):
+                _print_lines(terminal.escalation_rows([escalation async for escalation in escalations]))
+            else:
+                await _emit_all(escalations)
         return
     page = await client.list_escalations(
-        job_id=args.job, statuses=args.status, page_size=args.page_size, page_token=args.page_token
+        job_id=job_id, statuses=args.status, page_size=args.page_size, page_token=args.page_token
     )
-    for escalation in page.escalations:
-        _emit(escalation)
+    if _for_people(args):
+        _print_lines(terminal.escalation_rows(page.escalations))
+    else:
+        for escalation in page.escalations:
+            _emit(escalation)
     _report_next_page(page.next_page_token)
 
 
 async def _escalations_get(client: Client, args: argparse.Namespace) -> None:
-    _emit(await client.get_escalation(args.escalation_id))
+    _show(args, await client.get_escalation(await _escalation_id(client, args.escalation_id)))
 
 
 async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None:
+    interactive = args.decision is None
+    if interactive and not sys.stdin.isatty():
+        # Checked before any call: a script without --decision must not hang on a prompt.
+        raise _UsageError("--decision is required when standard input is not a terminal")
+    escalation_id = await _escalation_id(client, args.escalation_id)
+    decision, guidance = args.decision, args.guidance
+    if interactive:
+        decision, guidance = await _ask_decision(await client.get_escalation(escalation_id), guidance)
     resolution = await client.resolve_escalation(
-        args.escalation_id, decision=args.decision, guidance=args.guidance, request_id=args.request_id
+        escalation_id, decision=decision, guidance=guidance, request_id=args.request_id
     )
-    _emit(resolution.escalation)
+    _show(args, resolution.escalation)
     # On stderr, so stdout stays the escalation.
     if resolution.agent_waiting:
         print("agent: waiting for this answer; it continues now", file=sys.stderr)
@@ -312,11 +460,53 @@ async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None
         print("agent: not waiting (the job is not running)", file=sys.stderr)
 
 
+async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) -> tuple[str, str]:
+    """Show the question and read the choice (a number or an option value) and guidance."""
+    if escalation.status != escalation_pb2.ESCALATION_STATUS_PENDING:
+        status = escalation_pb2.EscalationStatus.Name(escalation.status).removeprefix("ESCALATION_STATUS_")
+        raise _UsageError(f"escalation {escalation.escalation_id} is {status.lower()}, not pending")
+    values = [option.value for option in escalation.options]
+    # The dialogue goes to stderr: stdout stays the resolved escalation, as with --decision.
+    print("\n".join(terminal.question_lines(escalation)), file=sys.stderr, flush=True)
+    default = escalation.recommended_action if escalation.recommended_action in values else ""
+    prompt = f"choice [1-{len(values)}" + (f", Enter for {default}" if default else "") + "]: "
+    while True:
+        answer = (await _read_line(prompt)).strip()
+        if not answer and default:
+            decision = default
+            break
+        if answer.isdigit() and 1 <= int(answer) <= len(values):
+            decision = values[int(answer) - 1]
+            break
+        if answer in values:
+            decision = answer
+            break
+        print(f"choose a number from 1 to {len(values)} or one of: {', '.join(values)}", file=sys.stderr)
+    if not guidance:
+        guidance = (await _read_line("guidance for the agent (optional): ")).strip()
+    return decision, guidance
+
+
+async def _read_line(prompt: str) -> str:
+    print(prompt, end="", file=sys.stderr, flush=True)
+    # In a thread: reading a terminal blocks, and the event loop must keep the channel alive.
+    line: str = await asyncio.to_thread(sys.stdin.readline)
+    if not line:
+        raise _UsageError("no choice made (end of input)")
+    return line
+
+
 async def _escalations_watch(client: Client, args: argparse.Namespace) -> None:
+    job_id = await _job_id(client, args.job) if args.job else ""
     async with contextlib.aclosing(
-        client.watch_escalations(job_id=args.job, after_sequence=args.after)
+        client.watch_escalations(job_id=job_id, after_sequence=args.after)
     ) as messages:
-        await _emit_all(messages)
+        if _for_people(args):
+            async for message in messages:
+                for line in terminal.escalation_watch_lines(message):
+                    print(line, flush=True)
+        else:
+            await _emit_all(messages)
 
 
 def _report_next_page(token: str) -> None:
@@ -331,10 +521,11 @@ def _report_next_page(token: str) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cofounder",
-        description="Command-line client of the cofounder control plane. Prints JSON, one object per line.",
+        description="Command-line client of the cofounder control plane.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_connection_options(parser, with_defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -366,39 +557,46 @@ def _build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     get = _command(commands, "get", _get, "print a job")
-    get.add_argument("job_id", metavar="JOB_ID")
+    get.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
 
-    list_ = _command(commands, "list", _list, "list jobs, newest first, one per line")
+    list_ = _command(commands, "list", _list, "list jobs, newest first (a table on a terminal)")
     _add_job_filters(list_)
     _add_paging_options(list_)
 
     cancel = _command(commands, "cancel", _cancel, "cancel a job")
-    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     cancel.add_argument("--reason", default="", help="why; stored with the job")
     cancel.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     status = _command(commands, "status", _status, "print a job's live status")
-    status.add_argument("job_id", metavar="JOB_ID")
+    status.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
 
     wake = _command(commands, "wake", _wake, "wake a sleeping agent")
-    wake.add_argument("job_id", metavar="JOB_ID")
+    wake.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     wake.add_argument(
         "--top-up-microdollars", type=_non_negative_int, default=0, metavar="N", help="budget to add today"
     )
     wake.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
-    watch = _command(commands, "watch", _watch, "stream a job's events until it ends")
-    watch.add_argument("job_id", metavar="JOB_ID")
+    watch = _command(
+        commands,
+        "watch",
+        _watch,
+        "follow a job until it ends: a live view on a terminal, JSON lines when piped",
+    )
+    watch.add_argument("job_id", metavar="JOB_ID", help=_ID_HELP)
     watch.add_argument(
         "--after",
         type=_non_negative_int,
         metavar="SEQ",
-        help="events after this sequence (0: all retained history; default: live events only)",
+        help="events after this sequence (0: all retained history; default: live events only, "
+        "or in the live view the last few)",
     )
     watch.add_argument(
         "--follow",
         action="store_true",
-        help="print individual events (no snapshots or heartbeats) and reconnect when the stream drops",
+        help="JSON: print individual events (no snapshots or heartbeats) and reconnect when the stream "
+        "drops (the live view always does)",
     )
 
     jobs = _command(
@@ -412,6 +610,32 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     _add_escalation_commands(commands)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a one-minute demo job and watch it live",
+        description=(
+            "Start a server (embedded, in a temporary data dir; or the one at --target / "
+            "COFOUNDER_TARGET) and run a scripted job on it while the live view shows it: the "
+            "agent works, spends its budget, sleeps on it, is woken with a top-up, asks a "
+            "question that is answered, and finishes."
+        ),
+    )
+    demo.set_defaults(handler=None)
+    _add_connection_options(demo, with_defaults=False)
+    demo.add_argument(
+        "--pace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the demo waits before it tops up the budget and before it answers (default 10)",
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="data directory of the embedded server (default: a temporary one, removed afterwards)",
+    )
     return parser
 
 
@@ -421,7 +645,12 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
         dest="escalation_command", required=True, metavar="COMMAND"
     )
 
-    esc_list = _command(escalation_commands, "list", _escalations_list, "list escalations, one per line")
+    esc_list = _command(
+        escalation_commands,
+        "list",
+        _escalations_list,
+        "list escalations, newest first (a table on a terminal)",
+    )
     esc_list.add_argument("--job", default="", metavar="JOB_ID", help="only this job's escalations")
     esc_list.add_argument(
         "--status",
@@ -433,11 +662,14 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
     _add_paging_options(esc_list)
 
     esc_get = _command(escalation_commands, "get", _escalations_get, "print an escalation")
-    esc_get.add_argument("escalation_id", metavar="ESCALATION_ID")
+    esc_get.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
 
     resolve = _command(escalation_commands, "resolve", _escalations_resolve, "answer an escalation")
-    resolve.add_argument("escalation_id", metavar="ESCALATION_ID")
-    resolve.add_argument("--decision", required=True, help="the value of one of the escalation's options")
+    resolve.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
+    resolve.add_argument(
+        "--decision",
+        help="the value of one of the escalation's options (default: show them and ask, on a terminal)",
+    )
     resolve.add_argument("--guidance", default="", help="free-text guidance for the agent")
     resolve.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
@@ -451,53 +683,75 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
 def _command(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: _Handler, help_: str
 ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=help_, description=help_)
+    parser = commands.add_parser(
+        name, help=help_, description=help_, epilog="connection and output options: see cofounder --help"
+    )
     parser.set_defaults(handler=handler)
     _add_connection_options(parser, with_defaults=False)
     return parser
 
 
 def _add_connection_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
-    # The options are declared on the top-level parser (with defaults) and again on every
-    # command (without), so they work on either side of the command name; SUPPRESS keeps a
-    # command's parser from overwriting values given before the command.
+    # The options are declared on the top-level parser (with defaults and help) and again on
+    # every command (without either), so they work on either side of the command name but are
+    # explained once, in `cofounder --help`. SUPPRESS keeps a command's parser from
+    # overwriting values given before the command.
     def default(value: object) -> object:
         return value if with_defaults else argparse.SUPPRESS
 
-    group = parser.add_argument_group("connection")
+    def help_(text: str) -> str:
+        return text if with_defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("connection and output (also accepted after the command)")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help=help_("print JSON lines even on a terminal (the default when stdout is not a terminal)"),
+    )
     group.add_argument(
         "--target",
-        default=default(os.environ.get("COFOUNDER_TARGET", DEFAULT_TARGET)),
-        help=f"server host:port (env COFOUNDER_TARGET; default {DEFAULT_TARGET})",
+        # Unset unless given: the demo starts a server of its own when no target is given.
+        default=default(os.environ.get("COFOUNDER_TARGET")),
+        help=help_(f"server host:port (env COFOUNDER_TARGET; default {DEFAULT_TARGET})"),
     )
     group.add_argument(
         "--token",
         default=default(os.environ.get("COFOUNDER_TOKEN")),
-        help="bearer token (env COFOUNDER_TOKEN)",
+        help=help_("bearer token (env COFOUNDER_TOKEN)"),
     )
     group.add_argument(
         "--on-behalf-of",
         default=default(os.environ.get("COFOUNDER_ON_BEHALF_OF")),
         metavar="USER_ID",
-        help="end user a trusted backend acts for (env COFOUNDER_ON_BEHALF_OF)",
+        help=help_("end user a trusted backend acts for (env COFOUNDER_ON_BEHALF_OF)"),
     )
     group.add_argument(
-        "--tls", action="store_true", default=default(False), help="use TLS, verifying against system roots"
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help=help_("use TLS, verifying against system roots"),
     )
     group.add_argument(
-        "--ca-file", default=default(None), help="CA bundle (PEM) for the server; implies --tls"
+        "--ca-file", default=default(None), help=help_("CA bundle (PEM) for the server; implies --tls")
     )
-    group.add_argument("--cert-file", default=default(None), help="client certificate (PEM) for mutual TLS")
-    group.add_argument("--key-file", default=default(None), help="client private key (PEM) for mutual TLS")
     group.add_argument(
-        "--server-name", default=default(None), help="expected name in the server certificate; implies --tls"
+        "--cert-file", default=default(None), help=help_("client certificate (PEM) for mutual TLS")
+    )
+    group.add_argument(
+        "--key-file", default=default(None), help=help_("client private key (PEM) for mutual TLS")
+    )
+    group.add_argument(
+        "--server-name",
+        default=default(None),
+        help=help_("expected name in the server certificate; implies --tls"),
     )
     group.add_argument(
         "--timeout",
         type=float,
         default=default(10.0),
         metavar="SECONDS",
-        help="deadline of unary calls (default 10; 0 for none); streams have none",
+        help=help_("deadline of unary calls (default 10; 0 for none); streams have none"),
     )
 
 

@@ -12,7 +12,7 @@ import enum
 import json
 import random
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as _importlib_metadata
@@ -36,6 +36,7 @@ __all__ = [
     "ON_BEHALF_OF_HEADER",
     "USE_CLIENT_DEFAULT",
     "Client",
+    "ReconnectHook",
 ]
 
 DEFAULT_TARGET: Final = "localhost:50051"
@@ -86,6 +87,10 @@ USE_CLIENT_DEFAULT: Final = _UseClientDefault.TOKEN
 
 Timeout: TypeAlias = float | Literal[_UseClientDefault.TOKEN] | None
 """A per-call deadline in seconds, ``None`` for none, or :data:`USE_CLIENT_DEFAULT`."""
+
+ReconnectHook: TypeAlias = Callable[[CofounderError, int, float], None]
+"""Called by the ``follow_*`` methods before a reconnect: the error, the attempt number
+(from 1) and the delay before it in seconds."""
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -405,7 +410,7 @@ class Client:
             request.after_sequence = after_sequence
         return self._stream(self._stubs().control.WatchJobEvents, request, timeout)
 
-    async def follow_job_events(
+    async def follow_job(
         self,
         job_id: str,
         *,
@@ -413,15 +418,14 @@ class Client:
         max_reconnects: int = 10,
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
-    ) -> AsyncGenerator[event_pb2.JobEvent, None]:
-        """Yield a job's events one by one, reconnecting transparently when the stream drops.
+        on_reconnect: ReconnectHook | None = None,
+    ) -> AsyncGenerator[job_pb2.JobStatusSnapshot | event_pb2.JobEvent, None]:
+        """Yield a job's live view: the ``JobStatusSnapshot`` each connection opens with, then
+        its events one by one, reconnecting transparently when the stream drops.
 
-        Snapshots and heartbeats are consumed here. The last delivered sequence is tracked, and
-        when the stream fails with ``UNAVAILABLE`` (server restart, connection loss) it is
-        reopened after that sequence, so every event is yielded once, in order. Reconnects
-        back off exponentially from ``initial_backoff`` up to ``max_backoff`` seconds; after
-        ``max_reconnects`` consecutive failures the last error is raised. The iteration ends
-        when the server ends the stream (after the job's terminal event).
+        What :meth:`follow_job_events` does, plus the snapshots: after a reconnect the new
+        snapshot says how the job stands now (budget, agent state, pending escalations), so a
+        view rebuilt from it is current again. Heartbeats are consumed here.
 
         Args:
             job_id: the job to follow.
@@ -430,6 +434,8 @@ class Client:
                 resets the count.
             initial_backoff: delay before the first reconnect, in seconds.
             max_backoff: upper bound of the delay between reconnects, in seconds.
+            on_reconnect: called before each reconnect with the error, the attempt number
+                (from 1) and the delay in seconds, e.g. to tell a person the stream is retrying.
 
         Raises:
             CofounderError: any error other than ``UNAVAILABLE``, or ``UNAVAILABLE`` once
@@ -448,10 +454,12 @@ class Client:
                             # Events or heartbeats mean the stream works; a server failing
                             # right after each snapshot keeps counting towards the limit.
                             failures = 0
-                        if kind == "snapshot" and cursor is None:
-                            # Live-only watch: pin the cursor so a reconnect neither replays
-                            # history nor skips events published while reconnecting.
-                            cursor = message.snapshot.latest_event_sequence
+                        if kind == "snapshot":
+                            if cursor is None:
+                                # Live-only watch: pin the cursor so a reconnect neither replays
+                                # history nor skips events published while reconnecting.
+                                cursor = message.snapshot.latest_event_sequence
+                            yield message.snapshot
                         elif kind == "events":
                             for event in message.events.events:
                                 # A resumed stream starts after the cursor; the check guards
@@ -465,9 +473,53 @@ class Client:
                 if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
                     raise
                 failures += 1
-                delay = min(max_backoff, initial_backoff * 2 ** (failures - 1))
-                # Jitter spreads out the reconnects of many watchers after a server restart.
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await _back_off(error, failures, initial_backoff, max_backoff, on_reconnect)
+
+    async def follow_job_events(
+        self,
+        job_id: str,
+        *,
+        after_sequence: int | None = None,
+        max_reconnects: int = 10,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 10.0,
+        on_reconnect: ReconnectHook | None = None,
+    ) -> AsyncGenerator[event_pb2.JobEvent, None]:
+        """Yield a job's events one by one, reconnecting transparently when the stream drops.
+
+        Snapshots and heartbeats are consumed here. The last delivered sequence is tracked, and
+        when the stream fails with ``UNAVAILABLE`` (server restart, connection loss) it is
+        reopened after that sequence, so every event is yielded once, in order. Reconnects
+        back off exponentially from ``initial_backoff`` up to ``max_backoff`` seconds; after
+        ``max_reconnects`` consecutive failures the last error is raised. The iteration ends
+        when the server ends the stream (after the job's terminal event).
+
+        Args:
+            job_id: the job to follow.
+            after_sequence: as for :meth:`watch_job_events`.
+            max_reconnects: consecutive failed attempts tolerated; an event batch or heartbeat
+                resets the count.
+            initial_backoff: delay before the first reconnect, in seconds.
+            max_backoff: upper bound of the delay between reconnects, in seconds.
+            on_reconnect: as for :meth:`follow_job`.
+
+        Raises:
+            CofounderError: any error other than ``UNAVAILABLE``, or ``UNAVAILABLE`` once
+                ``max_reconnects`` is exhausted.
+        """
+        async with contextlib.aclosing(
+            self.follow_job(
+                job_id,
+                after_sequence=after_sequence,
+                max_reconnects=max_reconnects,
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+                on_reconnect=on_reconnect,
+            )
+        ) as items:
+            async for item in items:
+                if isinstance(item, event_pb2.JobEvent):
+                    yield item
 
     def watch_jobs(
         self,
@@ -508,6 +560,7 @@ class Client:
         max_reconnects: int = 10,
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
+        on_reconnect: ReconnectHook | None = None,
     ) -> AsyncGenerator[FleetSnapshot | control_pb2.JobChange, None]:
         """Yield a fleet view: a :class:`FleetSnapshot` of every matching job, then each
         ``JobChange``, resuming on its own when the stream drops.
@@ -526,6 +579,7 @@ class Client:
             max_reconnects: consecutive failed attempts tolerated; any message resets the count.
             initial_backoff: delay before the first reconnect, in seconds.
             max_backoff: upper bound of the delay between reconnects, in seconds.
+            on_reconnect: as for :meth:`follow_job`.
 
         Raises:
             CofounderError: any error other than ``UNAVAILABLE`` and ``OUT_OF_RANGE``, or
@@ -563,9 +617,7 @@ class Client:
                 if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
                     raise
                 failures += 1
-                delay = min(max_backoff, initial_backoff * 2 ** (failures - 1))
-                # Jitter spreads out the reconnects of many watchers after a server restart.
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await _back_off(error, failures, initial_backoff, max_backoff, on_reconnect)
 
     # --- EscalationService ---------------------------------------------------------------
 
@@ -742,6 +794,21 @@ class Client:
             # Reached on aclose(), on cancellation of the iterating task and on errors alike;
             # a no-op once the call has finished, otherwise the server sees the cancellation.
             call.cancel()
+
+
+async def _back_off(
+    error: CofounderError,
+    failures: int,
+    initial_backoff: float,
+    max_backoff: float,
+    on_reconnect: ReconnectHook | None,
+) -> None:
+    """Wait before reconnect number ``failures``: exponential, capped, with jitter."""
+    # Jitter spreads out the reconnects of many watchers after a server restart.
+    delay = min(max_backoff, initial_backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+    if on_reconnect is not None:
+        on_reconnect(error, failures, delay)
+    await asyncio.sleep(delay)
 
 
 def _request_id(request_id: str | None) -> str:
