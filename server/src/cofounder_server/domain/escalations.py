@@ -352,6 +352,8 @@ def _open_question(
             return f"`answer_schema` must be at most {MAX_ANSWER_SCHEMA_CHARS} characters of JSON"
         return Question(question, (), "", deadline, "", AnswerKind.VALUE, schema_json)
     limit = MAX_ANSWER_CHARS if max_chars is None else max_chars
+    if isinstance(limit, float) and limit.is_integer():  # JSON has one number type
+        limit = int(limit)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ANSWER_CHARS:
         return f"`max_answer_chars` must be an integer from 1 to {MAX_ANSWER_CHARS}"
     return Question(question, (), "", deadline, "", AnswerKind.TEXT, "", limit)
