@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import json
 import os
 import sys
@@ -298,8 +299,66 @@ async def _escalations_get(client: Client, args: argparse.Namespace) -> None:
 
 
 async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None:
+    await _resolve(
+        client,
+        args,
+        decision=args.decision,
+        guidance=args.guidance,
+        answer=args.answer,
+        arguments_digest=args.digest,
+        edited_arguments_json=args.edit_json,
+    )
+
+
+async def _escalations_approve(client: Client, args: argparse.Namespace) -> None:
+    escalation = await client.get_escalation(args.escalation_id)
+    call = escalation.tool_call
+    edited = "" if args.edit_json is None else json.dumps(args.edit_json, sort_keys=True)
+    _review(escalation.tool_name, call.arguments_json, edited)
+    await _resolve(
+        client,
+        args,
+        decision="approve_for_job" if args.for_job else "approve",
+        guidance=args.guidance,
+        # The digest of the call shown above, unless the one reviewed earlier is given.
+        arguments_digest=args.digest or call.arguments_digest,
+        edited_arguments_json=edited,
+    )
+
+
+async def _escalations_reject(client: Client, args: argparse.Namespace) -> None:
+    await _resolve(client, args, decision="reject", guidance=args.message)
+
+
+def _review(tool: str, arguments_json: str, edited_json: str) -> None:
+    """Show the call being approved on stderr: its arguments and, when editing, the diff."""
+    arguments = json.loads(arguments_json or "{}")
+    print(f"call: {tool} {json.dumps(arguments, indent=2, sort_keys=True)}", file=sys.stderr)
+    if edited_json:
+        before = json.dumps(arguments, indent=2, sort_keys=True).splitlines()
+        after = json.dumps(json.loads(edited_json), indent=2, sort_keys=True).splitlines()
+        diff = difflib.unified_diff(before, after, "arguments", "edited", lineterm="")
+        print("\n".join(diff), file=sys.stderr)
+
+
+async def _resolve(
+    client: Client,
+    args: argparse.Namespace,
+    *,
+    decision: str = "",
+    guidance: str = "",
+    answer: str = "",
+    arguments_digest: str = "",
+    edited_arguments_json: str = "",
+) -> None:
     resolution = await client.resolve_escalation(
-        args.escalation_id, decision=args.decision, guidance=args.guidance, request_id=args.request_id
+        args.escalation_id,
+        decision=decision,
+        guidance=guidance,
+        answer=answer,
+        arguments_digest=arguments_digest,
+        edited_arguments_json=edited_arguments_json,
+        request_id=args.request_id,
     )
     _emit(resolution.escalation)
     # On stderr, so stdout stays the escalation.
@@ -437,9 +496,40 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
 
     resolve = _command(escalation_commands, "resolve", _escalations_resolve, "answer an escalation")
     resolve.add_argument("escalation_id", metavar="ESCALATION_ID")
-    resolve.add_argument("--decision", required=True, help="the value of one of the escalation's options")
+    answer = resolve.add_mutually_exclusive_group(required=True)
+    answer.add_argument("--decision", default="", help="the value of one of the escalation's options")
+    answer.add_argument(
+        "--answer", default="", help="free text, or a JSON value, for a question that asks one"
+    )
     resolve.add_argument("--guidance", default="", help="free-text guidance for the agent")
+    resolve.add_argument("--digest", default="", help="approving a tool call: its arguments_digest")
+    resolve.add_argument("--edit-json", default="", metavar="JSON", help="approve with these arguments")
     resolve.add_argument("--request-id", help="idempotency key (default: a random UUID)")
+
+    approve = _command(
+        escalation_commands,
+        "approve",
+        _escalations_approve,
+        "approve a tool call waiting for approval (shows its arguments, and the diff of an edit)",
+    )
+    approve.add_argument("escalation_id", metavar="ESCALATION_ID")
+    approve.add_argument(
+        "--digest", default="", help="the arguments_digest you reviewed (default: that of the call shown)"
+    )
+    approve.add_argument(
+        "--edit-json",
+        type=_json_object,
+        metavar="JSON",
+        help="run the call with these arguments instead (JSON object, or @file)",
+    )
+    approve.add_argument("--for-job", action="store_true", help="approve this tool for the rest of the job")
+    approve.add_argument("--guidance", default="", help="a message for the agent")
+    approve.add_argument("--request-id", help="idempotency key (default: a random UUID)")
+
+    reject = _command(escalation_commands, "reject", _escalations_reject, "reject a tool call: it never runs")
+    reject.add_argument("escalation_id", metavar="ESCALATION_ID")
+    reject.add_argument("--message", default="", help="what the agent is told, besides that it was rejected")
+    reject.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     esc_watch = _command(escalation_commands, "watch", _escalations_watch, "stream escalation events")
     esc_watch.add_argument("--job", default="", metavar="JOB_ID", help="only this job's escalations")
