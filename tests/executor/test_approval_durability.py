@@ -107,6 +107,7 @@ async def test_killed_while_waiting_then_approved_elsewhere_the_call_runs_once_o
         events = await events_of(stub, job.job_id)
     assert executions("a") == [{"key": "a"}]
     assert types_of(events).count("agent.tool.called") == 1
+    assert types_of(events).count("agent.thinking") == 2  # no earlier step was done again
     assert types_of(events).count("agent.tool.approved") == 1
     told = (await tool_messages(SimpleNamespace(database_url=servers.database_url), job.job_id))["count-a"]
     assert told.endswith("counted a +1")

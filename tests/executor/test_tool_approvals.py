@@ -95,6 +95,18 @@ async def test_an_approved_call_runs_once_after_approval_with_its_events(
     status = await agent_state(stub, job.job_id, job_pb2.AGENT_STATE_WAITING_FOR_INPUT)
     assert list(status.pending_escalation_ids) == [raised.escalation_id]
     assert executions("a") == []  # asked, not run
+    watch = escalations.WatchEscalations(
+        escalation_service_pb2.WatchEscalationsRequest(job_id=job.job_id, after_sequence=0),
+        timeout=RPC_TIMEOUT,
+    )
+    first = await watch.read()
+    (watched,) = first.snapshot.pending
+    assert watched.tool_call.arguments_digest == raised.tool_call.arguments_digest
+    events_batch = await watch.read()
+    assert (
+        events_batch.events.events[0].escalation.tool_call.arguments_json == raised.tool_call.arguments_json
+    )
+    watch.cancel()
 
     response = await decide(
         escalations, raised.escalation_id, "approve", arguments_digest=raised.tool_call.arguments_digest

@@ -42,7 +42,7 @@ class ApprovalRunner:
 
     async def settle(self, escalation: Escalation, state: LoopState, pause: Pause) -> Message:
         """The result of the call ``escalation`` decided (see the module docstring)."""
-        told = approval_text(escalation)
+        told = truncate_middle(approval_text(escalation), self._limits.result_limit)
         if not escalation.approved:
             return self._message(escalation, told, is_error=True)
         execution = await self._store.start_tool_call(escalation, pause)
