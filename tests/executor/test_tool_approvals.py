@@ -6,6 +6,7 @@ deadline decides as the policy says. The ``counter`` tool counts its executions 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, job_pb2
 from cofounder_server.app import Application
 from cofounder_server.clock import ManualClock
+from cofounder_server.store.tool_executions import ToolExecutionRepository
 from tests.executor_plugins.counting_tool import DIRECTORY_VARIABLE, executions
 from tests.support import RPC_TIMEOUT
 
@@ -454,3 +456,43 @@ async def test_the_policy_is_kept_with_the_job(server: Application, stub, projec
     )
     plain = await submit(stub, project_id, {"turns": [turn("done")]})
     assert not (await get_job(stub, plain.job_id)).agent.HasField("tool_approval")
+
+
+async def test_an_approval_delivered_before_the_process_stops_runs_its_call_once_after_it(
+    start_server, executor_settings, project_id, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = executor_settings()
+    first = await start_server(settings)
+    stalled = asyncio.Event()
+    start = ToolExecutionRepository.start
+
+    async def stall(self: ToolExecutionRepository, escalation: Any, runner_id: str, *, now: Any) -> Any:
+        stalled.set()
+        await asyncio.Event().wait()  # the process stops here: delivered, not started
+
+    monkeypatch.setattr(ToolExecutionRepository, "start", stall)
+    config = {"turns": [turn("counting", [count("a")]), turn("done")]}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        from .conftest import stub_for
+
+        job = await submit(stub_for(channel), project_id, config, tool_approval=policy())
+        (raised,) = await pending_of(escalations_stub(channel), job.job_id)
+        await decide(
+            escalations_stub(channel),
+            raised.escalation_id,
+            "approve",
+            arguments_digest=raised.tool_call.arguments_digest,
+        )
+        await asyncio.wait_for(stalled.wait(), RPC_TIMEOUT)
+    await first.stop(grace_seconds=0.5)
+    assert executions("a") == []
+
+    monkeypatch.setattr(ToolExecutionRepository, "start", start)
+    second = await start_server(settings)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        stub = stub_for(channel)
+        assert (await finished(stub, job.job_id)).status == job_pb2.JOB_STATUS_READY
+        events = await events_of(stub, job.job_id)
+    assert executions("a") == [{"key": "a"}]
+    assert types_of(events).count("agent.tool.approved") == 1  # delivered once, before the stop
+    assert types_of(events).count("agent.tool.called") == 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 
-from cofounder_server.clock import Clock
 from cofounder_server.domain.escalations import Escalation, ToolExecutionState, approval_text
 from cofounder_server.domain.events import AgentToolCalled, EventPayload, PhaseCompleted, PhaseStarted
 from cofounder_server.executor.plugins import Message, Tool, ToolContext
@@ -34,11 +33,10 @@ INTERRUPTED = (
 class ApprovalRunner:
     """Settles one run's decided tool approvals (``answers.ApprovedCalls``)."""
 
-    def __init__(self, store: RunStore, tools: dict[str, Tool], limits: LoopLimits, clock: Clock) -> None:
+    def __init__(self, store: RunStore, tools: dict[str, Tool], limits: LoopLimits) -> None:
         self._store = store
         self._tools = tools
         self._limits = limits
-        self._clock = clock
 
     async def settle(self, escalation: Escalation, state: LoopState, pause: Pause) -> Message:
         """The result of the call ``escalation`` decided (see the module docstring)."""

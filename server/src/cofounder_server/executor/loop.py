@@ -319,7 +319,7 @@ class AgentRun:
         return True, None
 
     def _approvals(self, tools: dict[str, Tool]) -> ApprovalRunner:
-        return ApprovalRunner(self.store, tools, self._limits, self._clock)
+        return ApprovalRunner(self.store, tools, self._limits)
 
     def _grew(self, added: Sequence[Message]) -> None:
         self.size += sum(message.size() for message in added)
