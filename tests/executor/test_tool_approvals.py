@@ -16,13 +16,17 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import select
 
+from cofounder.agent.v1 import agent_control_service_pb2 as pb
 from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, job_pb2
 from cofounder_server.app import Application
 from cofounder_server.clock import ManualClock
+from cofounder_server.store.database import open_database
+from cofounder_server.store.models import ToolExecutionRow
 from cofounder_server.store.tool_executions import ToolExecutionRepository
 from tests.executor_plugins.counting_tool import DIRECTORY_VARIABLE, executions
-from tests.support import RPC_TIMEOUT
+from tests.support import RPC_TIMEOUT, eventually
 
 from .conftest import START as START_TIME
 from .support import agent_state, events_of, finished, get_job, status_of, submit, turn, types_of
@@ -496,3 +500,35 @@ async def test_an_approval_delivered_before_the_process_stops_runs_its_call_once
     assert executions("a") == [{"key": "a"}]
     assert types_of(events).count("agent.tool.approved") == 1  # delivered once, before the stop
     assert types_of(events).count("agent.tool.called") == 1
+
+
+async def test_a_job_cancelled_while_its_approved_call_runs_gets_no_event_after_its_end(
+    server: Application, stub, escalations, project_id, counts: Path
+) -> None:
+    config = {"turns": [turn("counting", [count("h", hold=True)]), turn("done")]}
+    job = await submit(stub, project_id, config, tool_approval=policy())
+    (raised,) = await pending_of(escalations, job.job_id)
+    await decide(
+        escalations, raised.escalation_id, "approve", arguments_digest=raised.tool_call.arguments_digest
+    )
+    await eventually(lambda: asyncio.to_thread((counts / "h.started").exists), bool)
+    await stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id), timeout=RPC_TIMEOUT)
+    (counts / "h.release").touch()
+    assert await eventually(lambda: execution_state(server, raised.escalation_id), lambda s: s == "done")
+    events = await events_of(stub, job.job_id)
+    assert events[-1].type == "job.status_changed"
+    assert events[-1].job_status_changed.status == job_pb2.JOB_STATUS_CANCELLED
+    assert "agent.tool.called" not in types_of(events)
+    assert executions("h") == [{"hold": True, "key": "h"}]
+
+
+async def execution_state(app: Application, escalation_id: str) -> str | None:
+    """The stored state of an approved call's execution."""
+    database = await open_database(app.database_url)
+    try:
+        async with database.read() as session:
+            return await session.scalar(
+                select(ToolExecutionRow.state).where(ToolExecutionRow.escalation_id == escalation_id)
+            )
+    finally:
+        await database.close()

@@ -179,13 +179,16 @@ class RunStore:
 
     async def start_tool_call(self, escalation: Escalation, pause: Pause) -> Execution:
         """Take an approved call to ``running`` (committed) unless a run did already; where
-        its execution stands. Rides out SQL trouble: the call must not run uncommitted."""
+        its execution stands. Rides out SQL trouble: the call must not run uncommitted.
+        :class:`Gone` when the job no longer runs here: the call does not start."""
         stores = self._stores
         execution = await self._until_committed(
             "the start of an approved call",
             lambda: stores.tool_executions.start(escalation, stores.runner_id, now=stores.clock.now()),
             pause,
         )
+        if execution is None:
+            raise Gone
         return execution
 
     async def finish_tool_call(
@@ -196,7 +199,12 @@ class RunStore:
         change = await self._until_committed(
             "an approved call's result",
             lambda: stores.tool_executions.finish(
-                self.job_id, escalation.escalation_id, result, is_error, events, now=stores.clock.now()
+                self.job_id,
+                stores.runner_id,
+                escalation.escalation_id,
+                (result, is_error),
+                events,
+                now=stores.clock.now(),
             ),
             pause,
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cofounder_server.domain.approvals import APPROVE_FOR_JOB
 from cofounder_server.domain.changes import Change
@@ -29,9 +30,10 @@ from cofounder_server.domain.events import (
     AgentToolRejected,
     EventPayload,
 )
+from cofounder_server.domain.model import JobStatus
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository
-from cofounder_server.store.models import ToolExecutionRow
+from cofounder_server.store.models import JobRow, ToolExecutionRow
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,14 @@ class ToolExecutionRepository:
         self._database = database
         self._event_log = event_log
 
-    async def start(self, escalation: Escalation, runner_id: str, *, now: datetime) -> Execution:
+    async def start(self, escalation: Escalation, runner_id: str, *, now: datetime) -> Execution | None:
         """Take the approved call of ``escalation`` to ``running`` (committed before this
-        returns) if nobody did; otherwise where it stands."""
+        returns) if nobody did; otherwise where it stands. ``None``, and nothing starts, when
+        the job is no longer running here (cancelled, ended, taken over)."""
         now = now.astimezone(UTC)
         async with self._database.write() as session:
+            if not await _held(session, escalation.job_id, runner_id):
+                return None
             taken = await session.execute(
                 update(ToolExecutionRow)
                 .where(
@@ -145,17 +150,21 @@ class ToolExecutionRepository:
     async def finish(
         self,
         job_id: str,
+        runner_id: str,
         escalation_id: str,
-        result: str,
-        is_error: bool,
+        outcome: tuple[str, bool],
         events: list[EventPayload],
         *,
         now: datetime,
     ) -> Change | None:
-        """Keep the call's result (``done``) and append ``events`` to the job's log, in one
-        transaction; ``None`` when it was done already (nothing is appended twice)."""
+        """Keep the call's result and whether it is an error (``done``) and append ``events``
+        to the job's log, in one transaction; ``None`` when it was done already (nothing is
+        appended twice) or the job is no longer running here (its log has ended or goes on
+        elsewhere: the result is kept, the events are not appended)."""
         now = now.astimezone(UTC)
+        result, is_error = outcome
         async with self._database.write() as session:
+            held = await _held(session, job_id, runner_id)
             done = await session.execute(
                 update(ToolExecutionRow)
                 .where(
@@ -167,7 +176,16 @@ class ToolExecutionRepository:
                 )
                 .execution_options(synchronize_session=False)
             )
-            if not done.rowcount:  # type: ignore[attr-defined]
+            if not done.rowcount or not held:  # type: ignore[attr-defined]
                 return None
             stored = await self._event_log.append_job_events_in(session, job_id, events, now=now)
         return Change.appended(stored)
+
+
+async def _held(session: AsyncSession, job_id: str, runner_id: str) -> bool:
+    """Whether the job runs here: its row locked first, as every transaction of a job does."""
+    row = await session.execute(
+        select(JobRow.status, JobRow.runner_id).where(JobRow.job_id == job_id).with_for_update()
+    )
+    found = row.first()
+    return found is not None and found.status == JobStatus.RUNNING.value and found.runner_id == runner_id
