@@ -300,7 +300,9 @@ class Escalation(_message.Message):
     error_signature: _builtins.str
     """Normalised signature of the failing error, when raised by retries."""
     decision: _builtins.str
-    """The chosen option value; empty while pending."""
+    """The chosen option value; empty while pending, and for a free-text or
+    value `answer`.
+    """
     guidance: _builtins.str
     """Free-text guidance the human added for the agent."""
     resolved_by: _builtins.str
@@ -339,7 +341,9 @@ class Escalation(_message.Message):
 
     @_builtins.property
     def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___EscalationOption]:
-        """The choices offered; a resolution must pick one of their values."""
+        """The choices offered; a resolution must pick one of their values. Empty
+        for a question answered in free text or with a value (`answer_kind`).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
