@@ -392,7 +392,13 @@ class FakeEscalations(escalation_grpc.EscalationServiceServicer):
     ) -> escalation_service_pb2.ResolveEscalationResponse:
         await self.recorder.record("ResolveEscalation", request, context)
         escalation = await self._escalation(request.escalation_id, context)
-        if request.decision not in {o.value for o in escalation.options}:
+        takes_answer = escalation.answer_kind in (
+            escalation_pb2.ESCALATION_ANSWER_KIND_TEXT,
+            escalation_pb2.ESCALATION_ANSWER_KIND_VALUE,
+        )
+        if not (takes_answer and request.answer) and request.decision not in {
+            o.value for o in escalation.options
+        }:
             await context.abort_with_status(
                 rich_status(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -410,6 +416,8 @@ class FakeEscalations(escalation_grpc.EscalationServiceServicer):
         escalation.status = escalation_pb2.ESCALATION_STATUS_RESOLVED
         escalation.decision = request.decision
         escalation.guidance = request.guidance
+        escalation.answer = request.answer
+        escalation.tool_call.approved_arguments_json = request.edited_arguments_json
         escalation.resolved_by = "user-1"
         response = escalation_service_pb2.ResolveEscalationResponse(
             escalation=escalation, agent_waiting=self.agent_wake_time is None

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from client_fakes import RPC_TIMEOUT, Harness, WatchPlan, event, new_escalation, new_job
 
-from cofounder.agent.v1 import job_pb2
+from cofounder.agent.v1 import escalation_pb2, job_pb2
 from cofounder_client.cli import main
 
 
@@ -204,6 +204,57 @@ async def test_escalation_commands(harness: Harness, capsys: pytest.CaptureFixtu
     )
 
 
+async def test_tool_approvals_show_the_call_and_approve_or_reject_it(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = harness.jobs.add(new_job())
+    arguments = '{"amount":1,"key":"a"}'
+    approval = escalation_pb2.Escalation(
+        tool_name="counter",
+        tool_call=escalation_pb2.ToolCallReview(arguments_json=arguments, arguments_digest="d" * 64),
+        options=[escalation_pb2.EscalationOption(value=v) for v in ("approve", "approve_for_job", "reject")],
+    )
+    first = harness.escalations.add(new_escalation(job.job_id))
+    first.ClearField("options")
+    first.MergeFrom(approval)
+    second = harness.escalations.add(new_escalation(job.job_id))
+    second.ClearField("options")
+    second.MergeFrom(approval)
+
+    edit = '{"key": "a", "amount": 5}'
+    assert await run_cli(harness, "escalations", "approve", first.escalation_id, "--edit-json", edit) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith('call: counter {\n  "amount": 1,\n  "key": "a"\n}\n')
+    assert '-  "amount": 1,\n+  "amount": 5,' in captured.err
+    (approved,) = json_lines(captured.out)
+    assert approved["tool_call"]["approved_arguments_json"] == '{"amount": 5, "key": "a"}'
+    assert await run_cli(harness, "escalations", "reject", second.escalation_id, "--message", "not now") == 0
+    assert (
+        await run_cli(
+            harness, "escalations", "approve", first.escalation_id, "--for-job", "--digest", "e" * 64
+        )
+        == 0
+    )
+    capsys.readouterr()
+    edited, rejected, for_job = [c.request for c in harness.recorder.calls_to("ResolveEscalation")]
+    assert (edited.decision, edited.arguments_digest) == ("approve", "d" * 64)
+    assert json.loads(edited.edited_arguments_json) == {"key": "a", "amount": 5}
+    assert (rejected.decision, rejected.guidance, rejected.arguments_digest) == ("reject", "not now", "")
+    assert (for_job.decision, for_job.arguments_digest) == ("approve_for_job", "e" * 64)
+
+
+async def test_resolve_sends_a_free_text_answer(harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    job = harness.jobs.add(new_job())
+    question = harness.escalations.add(
+        new_escalation(job.job_id, answer_kind=escalation_pb2.ESCALATION_ANSWER_KIND_TEXT)
+    )
+    assert await run_cli(harness, "escalations", "resolve", question.escalation_id, "--answer", "v2") == 0
+    (resolved,) = json_lines(capsys.readouterr().out)
+    assert resolved["answer"] == "v2"
+    (request,) = [c.request for c in harness.recorder.calls_to("ResolveEscalation")]
+    assert (request.decision, request.answer) == ("", "v2")
+
+
 _SUBMIT = ["submit", "--project", "p", "--goal", "g", "--brain", "b"]
 
 
@@ -219,6 +270,9 @@ _SUBMIT = ["submit", "--project", "p", "--goal", "g", "--brain", "b"]
         ["watch", "j", "--after", "-1"],
         ["--timeout", "-1", "get", "j"],
         ["escalations"],
+        ["escalations", "resolve", "e"],  # neither --decision nor --answer
+        ["escalations", "resolve", "e", "--decision", "a", "--answer", "b"],
+        ["escalations", "approve", "e", "--edit-json", "[1]"],
         [],
     ],
 )

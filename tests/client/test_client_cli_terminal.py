@@ -193,7 +193,8 @@ async def test_resolve_without_decision_or_terminal_is_a_usage_error(
     monkeypatch.setattr(sys, "stdin", io.StringIO("1\n"))
 
     assert await run_cli(harness, "escalations", "resolve", escalation.escalation_id) == 2
-    assert "--decision is required when standard input is not a terminal" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "--decision or --answer is required when standard input is not a terminal" in error
     assert harness.recorder.calls == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -63,6 +64,21 @@ async def test_every_payload_type_round_trips(jobs_stub, project_id, event_log) 
         deadline=NOW,
         default_option="red",
     )
+    approval = dataclasses.replace(
+        raised,
+        escalation_id="e2",
+        trigger=escalations.EscalationTrigger.TOOL_APPROVAL,
+        tool_call_id="call-2",
+        tool_name="deploy",
+        arguments_json='{"env":"prod"}',
+        arguments_digest="ab" * 32,
+        input_schema_json='{"type":"object"}',
+        approved_arguments_json='{"env":"staging"}',
+        answer_kind=escalations.AnswerKind.VALUE,
+        answer_schema_json='{"type":"string"}',
+        answer_max_chars=10,
+        answer='"x"',
+    )
     payloads = [
         model.AgentThinking(1, "hmm"),
         model.AgentToolCalled(1, "shell", '{"cmd": "ls"}', "a b", is_error=True),
@@ -77,6 +93,21 @@ async def test_every_payload_type_round_trips(jobs_stub, project_id, event_log) 
             "e1", "red", "go", "local", escalations.DecisionSource.SERVICE, "billing", "Answered: red."
         ),
         model.AgentEscalationWithdrawn("e1", "the job was cancelled"),
+        model.AgentEscalationRaised(approval),
+        model.AgentToolApprovalRequested("e2", "deploy", "call-2", '{"env":"prod"}', "ab" * 32),
+        model.AgentToolApproved(
+            "e2",
+            "deploy",
+            "call-2",
+            '{"env":"staging"}',
+            True,
+            True,
+            "local",
+            escalations.DecisionSource.PERSON,
+        ),
+        model.AgentToolRejected(
+            "e2", "deploy", "call-2", "Rejected by local", "", escalations.DecisionSource.DEADLINE
+        ),
         model.AgentBuildPaused("budget"),
         model.PhaseStarted("build"),
         model.PhaseCompleted("build"),

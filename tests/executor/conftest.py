@@ -23,6 +23,7 @@ from cofounder_server.config import Settings
 from cofounder_server.executor.brains.scripted import ScriptedBrainFactory
 from cofounder_server.executor.registry import PluginRegistry
 from cofounder_server.live.engine import EmbeddedRedis
+from tests.executor_plugins.counting_tool import CountingTool
 from tests.support import EXTERNAL_REDIS, RPC_TIMEOUT, throwaway_database
 
 from .support import BrokenTool, DeployTool, EchoTool, FlakyTool, Gate, GatedBrain
@@ -89,6 +90,7 @@ def registry_for(settings: Settings, gate: Gate) -> PluginRegistry:
     registry.register_tool("broken", BrokenTool)
     registry.register_tool("flaky", FlakyTool)
     registry.register_tool("deploy", DeployTool)
+    registry.register_tool("counter", CountingTool)
     return registry
 
 

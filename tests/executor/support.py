@@ -56,6 +56,7 @@ async def submit(
     budget: int = 10**9,
     brain: str = "scripted",
     model: str = "m",
+    tool_approval: job_pb2.ToolApprovalPolicy | None = None,
 ) -> job_pb2.Job:
     struct = struct_pb2.Struct()
     struct.update(dict(config))
@@ -63,7 +64,7 @@ async def submit(
         project_id=project_id,
         goal="Ship the landing page",
         daily_budget_microdollars=budget,
-        agent=job_pb2.AgentSpec(brain=brain, model=model, config=struct),
+        agent=job_pb2.AgentSpec(brain=brain, model=model, config=struct, tool_approval=tool_approval),
     )
     return (await stub.SubmitJob(request, timeout=RPC_TIMEOUT)).job
 

@@ -149,7 +149,7 @@ async def test_a_turn_goes_through_the_registry_to_the_api_and_back(standin: Mod
     assert tools["narrate"]["input_schema"]["required"] == ["text"]
     assert tools["narrate"]["description"]
     # The agent can ask a person through the built-in ask_human tool.
-    assert tools["ask_human"]["input_schema"]["required"] == ["question", "options"]
+    assert tools["ask_human"]["input_schema"]["required"] == ["question"]
     assert "deadline_seconds" in tools["ask_human"]["input_schema"]["properties"]
 
     assert turn.text == "I'll start by planning the page.\nThen I'll build it."

@@ -171,7 +171,7 @@ async def test_a_turn_goes_through_the_registry_to_the_api_and_back(standin: Mod
     assert {tool["type"] for tool in tools.values()} == {"function"}
     assert tools["narrate"]["function"]["parameters"]["required"] == ["text"]
     assert tools["narrate"]["function"]["description"]
-    assert tools["ask_human"]["function"]["parameters"]["required"] == ["question", "options"]
+    assert tools["ask_human"]["function"]["parameters"]["required"] == ["question"]
 
     assert turn.text == "I'll start by planning the page."
     assert turn.tool_calls == (

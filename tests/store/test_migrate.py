@@ -47,7 +47,7 @@ async def test_upgrade_creates_the_schema_at_head(empty_url: str) -> None:
 
     await upgrade_to_head(empty_url)
 
-    assert await _on(empty_url, _current_revision) == _head() == "0007"
+    assert await _on(empty_url, _current_revision) == _head() == "0008"
     assert {"jobs", "idempotency_keys", "job_events", "escalation_events", "event_counters"} <= await _on(
         empty_url, _table_names
     )

@@ -16,8 +16,9 @@ from cofounder_server.domain.escalations import (
     EscalationStatus,
     EscalationTrigger,
     Question,
+    Resolution,
     RetryCounts,
-    check_decision,
+    check_resolution,
     classify_error,
     deadline_outcome,
     delivered_text,
@@ -134,9 +135,9 @@ def test_a_bad_question_says_what_is_wrong(tool_input: dict[str, object], compla
 
 
 def test_a_decision_must_be_an_option_value() -> None:
-    check_decision(ESCALATION, "pg")
+    assert check_resolution(ESCALATION, Resolution("pg")) == ""
     with pytest.raises(InvalidArgument) as raised:
-        check_decision(ESCALATION, "mysql")
+        check_resolution(ESCALATION, Resolution("mysql"))
     (violation,) = raised.value.violations
     assert violation.field == "decision"
     assert "pg, sqlite" in violation.description

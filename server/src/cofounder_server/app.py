@@ -65,6 +65,7 @@ from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.migrate import upgrade_to_head
 from cofounder_server.store.runners import RunnerLeases
 from cofounder_server.store.runs import RunRepository
+from cofounder_server.store.tool_executions import ToolExecutionRepository
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ async def _start_executor(
         clock=clock,
         runner_id=runner_id,
         deadline_raised=deadlines.raised,
+        tool_executions=ToolExecutionRepository(database, event_log),
     )
     limits = LoopLimits(
         max_tool_calls=settings.max_tool_calls,

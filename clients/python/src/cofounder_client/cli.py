@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import json
 import os
 import sys
@@ -438,16 +439,88 @@ async def _escalations_get(client: Client, args: argparse.Namespace) -> None:
 
 
 async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None:
-    interactive = args.decision is None
+    interactive = not (args.decision or args.answer)
     if interactive and not sys.stdin.isatty():
-        # Checked before any call: a script without --decision must not hang on a prompt.
-        raise _UsageError("--decision is required when standard input is not a terminal")
+        # Checked before any call: a script without an answer must not hang on a prompt.
+        raise _UsageError("--decision or --answer is required when standard input is not a terminal")
     escalation_id = await _escalation_id(client, args.escalation_id)
-    decision, guidance = args.decision, args.guidance
+    decision, answer, guidance, digest = args.decision, args.answer, args.guidance, args.digest
     if interactive:
-        decision, guidance = await _ask_decision(await client.get_escalation(escalation_id), guidance)
+        escalation = await client.get_escalation(escalation_id)
+        if escalation.HasField("tool_call"):
+            call = escalation.tool_call
+            _review(escalation.tool_name, call.arguments_json, args.edit_json)
+            # The person chooses after seeing this call: approving names its digest.
+            digest = digest or call.arguments_digest
+        if escalation.options:
+            decision, guidance = await _ask_decision(escalation, guidance)
+        else:
+            answer = await _ask_answer(escalation)
+    await _resolve(
+        client,
+        escalation_id,
+        args,
+        decision=decision,
+        guidance=guidance,
+        answer=answer,
+        arguments_digest=digest,
+        edited_arguments_json=args.edit_json,
+    )
+
+
+async def _escalations_approve(client: Client, args: argparse.Namespace) -> None:
+    escalation_id = await _escalation_id(client, args.escalation_id)
+    escalation = await client.get_escalation(escalation_id)
+    call = escalation.tool_call
+    edited = "" if args.edit_json is None else json.dumps(args.edit_json, sort_keys=True)
+    _review(escalation.tool_name, call.arguments_json, edited)
+    await _resolve(
+        client,
+        escalation_id,
+        args,
+        decision="approve_for_job" if args.for_job else "approve",
+        guidance=args.guidance,
+        # The digest of the call shown above, unless the one reviewed earlier is given.
+        arguments_digest=args.digest or call.arguments_digest,
+        edited_arguments_json=edited,
+    )
+
+
+async def _escalations_reject(client: Client, args: argparse.Namespace) -> None:
+    escalation_id = await _escalation_id(client, args.escalation_id)
+    await _resolve(client, escalation_id, args, decision="reject", guidance=args.message)
+
+
+def _review(tool: str, arguments_json: str, edited_json: str) -> None:
+    """Show the call being approved on stderr: its arguments and, when editing, the diff."""
+    arguments = json.loads(arguments_json or "{}")
+    print(f"call: {tool} {json.dumps(arguments, indent=2, sort_keys=True)}", file=sys.stderr)
+    if edited_json:
+        before = json.dumps(arguments, indent=2, sort_keys=True).splitlines()
+        after = json.dumps(json.loads(edited_json), indent=2, sort_keys=True).splitlines()
+        diff = difflib.unified_diff(before, after, "arguments", "edited", lineterm="")
+        print("\n".join(diff), file=sys.stderr)
+
+
+async def _resolve(
+    client: Client,
+    escalation_id: str,
+    args: argparse.Namespace,
+    *,
+    decision: str = "",
+    guidance: str = "",
+    answer: str = "",
+    arguments_digest: str = "",
+    edited_arguments_json: str = "",
+) -> None:
     resolution = await client.resolve_escalation(
-        escalation_id, decision=decision, guidance=guidance, request_id=args.request_id
+        escalation_id,
+        decision=decision,
+        guidance=guidance,
+        answer=answer,
+        arguments_digest=arguments_digest,
+        edited_arguments_json=edited_arguments_json,
+        request_id=args.request_id,
     )
     _show(args, resolution.escalation)
     # On stderr, so stdout stays the escalation.
@@ -462,9 +535,7 @@ async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None
 
 async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) -> tuple[str, str]:
     """Show the question and read the choice (a number or an option value) and guidance."""
-    if escalation.status != escalation_pb2.ESCALATION_STATUS_PENDING:
-        status = escalation_pb2.EscalationStatus.Name(escalation.status).removeprefix("ESCALATION_STATUS_")
-        raise _UsageError(f"escalation {escalation.escalation_id} is {status.lower()}, not pending")
+    _require_pending(escalation)
     values = [option.value for option in escalation.options]
     # The dialogue goes to stderr: stdout stays the resolved escalation, as with --decision.
     print("\n".join(terminal.question_lines(escalation)), file=sys.stderr, flush=True)
@@ -485,6 +556,23 @@ async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) ->
     if not guidance:
         guidance = (await _read_line("guidance for the agent (optional): ")).strip()
     return decision, guidance
+
+
+async def _ask_answer(escalation: escalation_pb2.Escalation) -> str:
+    """Show a question without options and read its answer (free text, or a JSON value)."""
+    _require_pending(escalation)
+    print("\n".join(terminal.question_lines(escalation)), file=sys.stderr, flush=True)
+    while True:
+        answer = (await _read_line("answer: ")).strip()
+        if answer:
+            return answer
+        print("an answer is required", file=sys.stderr)
+
+
+def _require_pending(escalation: escalation_pb2.Escalation) -> None:
+    if escalation.status != escalation_pb2.ESCALATION_STATUS_PENDING:
+        status = escalation_pb2.EscalationStatus.Name(escalation.status).removeprefix("ESCALATION_STATUS_")
+        raise _UsageError(f"escalation {escalation.escalation_id} is {status.lower()}, not pending")
 
 
 async def _read_line(prompt: str) -> str:
@@ -666,12 +754,44 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
 
     resolve = _command(escalation_commands, "resolve", _escalations_resolve, "answer an escalation")
     resolve.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
-    resolve.add_argument(
+    answer = resolve.add_mutually_exclusive_group()
+    answer.add_argument(
         "--decision",
+        default="",
         help="the value of one of the escalation's options (default: show them and ask, on a terminal)",
     )
+    answer.add_argument(
+        "--answer", default="", help="free text, or a JSON value, for a question that asks one"
+    )
     resolve.add_argument("--guidance", default="", help="free-text guidance for the agent")
+    resolve.add_argument("--digest", default="", help="approving a tool call: its arguments_digest")
+    resolve.add_argument("--edit-json", default="", metavar="JSON", help="approve with these arguments")
     resolve.add_argument("--request-id", help="idempotency key (default: a random UUID)")
+
+    approve = _command(
+        escalation_commands,
+        "approve",
+        _escalations_approve,
+        "approve a tool call waiting for approval (shows its arguments, and the diff of an edit)",
+    )
+    approve.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
+    approve.add_argument(
+        "--digest", default="", help="the arguments_digest you reviewed (default: that of the call shown)"
+    )
+    approve.add_argument(
+        "--edit-json",
+        type=_json_object,
+        metavar="JSON",
+        help="run the call with these arguments instead (JSON object, or @file)",
+    )
+    approve.add_argument("--for-job", action="store_true", help="approve this tool for the rest of the job")
+    approve.add_argument("--guidance", default="", help="a message for the agent")
+    approve.add_argument("--request-id", help="idempotency key (default: a random UUID)")
+
+    reject = _command(escalation_commands, "reject", _escalations_reject, "reject a tool call: it never runs")
+    reject.add_argument("escalation_id", metavar="ESCALATION_ID", help=_ID_HELP)
+    reject.add_argument("--message", default="", help="what the agent is told, besides that it was rejected")
+    reject.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     esc_watch = _command(escalation_commands, "watch", _escalations_watch, "stream escalation events")
     esc_watch.add_argument("--job", default="", metavar="JOB_ID", help="only this job's escalations")

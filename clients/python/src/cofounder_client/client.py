@@ -684,8 +684,11 @@ class Client:
         self,
         escalation_id: str,
         *,
-        decision: str,
+        decision: str = "",
         guidance: str = "",
+        answer: str = "",
+        arguments_digest: str = "",
+        edited_arguments_json: str = "",
         request_id: str | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> EscalationResolution:
@@ -694,8 +697,17 @@ class Client:
         Args:
             escalation_id: the escalation to resolve.
             decision: the ``value`` of one of the escalation's options (anything else is
-                ``INVALID_ARGUMENT``).
-            guidance: free-text guidance for the agent.
+                ``INVALID_ARGUMENT``); for a tool approval ``approve``, ``approve_for_job``
+                or ``reject``. Empty for a question that takes an ``answer``.
+            guidance: free-text guidance for the agent (for a rejected tool call, the
+                agent's message).
+            answer: the free-text answer, or the JSON value (as text) matching the
+                question's ``answer_schema_json``.
+            arguments_digest: to approve a tool call, the ``tool_call.arguments_digest`` of
+                the call you reviewed (another one is ``FAILED_PRECONDITION``,
+                ``TOOL_CALL_DIGEST_MISMATCH``).
+            edited_arguments_json: approve the call with these arguments instead (a JSON
+                object matching the tool's input schema).
             request_id: idempotency key; a random UUID when omitted.
             timeout: deadline in seconds for this call.
 
@@ -712,6 +724,9 @@ class Client:
             request_id=_request_id(request_id),
             decision=decision,
             guidance=guidance,
+            answer=answer,
+            arguments_digest=arguments_digest,
+            edited_arguments_json=edited_arguments_json,
         )
         response = await self._unary(self._stubs().escalations.ResolveEscalation, request, timeout)
         return EscalationResolution(

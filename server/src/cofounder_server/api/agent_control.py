@@ -21,6 +21,8 @@ from cofounder_server.api.validation import (
     PROJECT_ID_RE,
     Validator,
 )
+from cofounder_server.domain.approvals import check_policy
+from cofounder_server.domain.errors import InvalidArgument
 from cofounder_server.domain.model import AgentSpec, JobFilter, NewJob
 from cofounder_server.executor.plugin_errors import PluginConfigError
 from cofounder_server.executor.registry import PluginRegistry
@@ -69,6 +71,9 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
                 )
                 check.text("agent.model", request.agent.model, MAX_MODEL_CHARS, required=False)
                 check.struct("agent.config", request.agent.config)
+                timeout = request.agent.tool_approval.on_timeout
+                if timeout not in convert.APPROVAL_TIMEOUT_FROM_PROTO:
+                    check.fail("agent.tool_approval.on_timeout", f"{timeout} is not a valid value")
             check.labels("labels", request.labels)
         # Then the brain checks its config, which the checks above made safe to convert.
         agent = convert.agent_spec_from_proto(request.agent)
@@ -97,7 +102,13 @@ class AgentControlApi(pb_grpc.AgentControlServiceServicer):
 
     def _check_agent(self, check: Validator, agent: AgentSpec) -> None:
         """The brain must exist and accept its config now: a job it cannot build would only
-        fail later in the executor, far from the client that sent the bad config."""
+        fail later in the executor, far from the client that sent the bad config. So must
+        its tool approval policy."""
+        if agent.tool_approval is not None:
+            try:
+                check_policy(agent.tool_approval)
+            except InvalidArgument as error:
+                check.violations += error.violations
         try:
             self._plugins.validate(agent)
         except PluginConfigError as error:

@@ -14,7 +14,9 @@ from cofounder.agent.v1 import (
     event_pb2,
     job_pb2,
 )
+from cofounder_server.domain.approvals import ApprovalTimeout, ToolApprovalPolicy
 from cofounder_server.domain.escalations import (
+    AnswerKind,
     DecisionSource,
     Escalation,
     EscalationStatus,
@@ -30,7 +32,10 @@ from cofounder_server.domain.events import (
     AgentRetrying,
     AgentSleeping,
     AgentThinking,
+    AgentToolApprovalRequested,
+    AgentToolApproved,
     AgentToolCalled,
+    AgentToolRejected,
     AgentWaitingForInput,
     AgentWaking,
     EscalationEvent,
@@ -100,9 +105,36 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     )
 
 
+APPROVAL_TIMEOUT_FROM_PROTO: dict[job_pb2.ToolApprovalTimeout.ValueType, ApprovalTimeout] = {
+    job_pb2.TOOL_APPROVAL_TIMEOUT_UNSPECIFIED: ApprovalTimeout.REJECT,
+    job_pb2.TOOL_APPROVAL_TIMEOUT_REJECT: ApprovalTimeout.REJECT,
+    job_pb2.TOOL_APPROVAL_TIMEOUT_APPROVE: ApprovalTimeout.APPROVE,
+}
+APPROVAL_TIMEOUT_TO_PROTO: dict[ApprovalTimeout, job_pb2.ToolApprovalTimeout.ValueType] = {
+    ApprovalTimeout.REJECT: job_pb2.TOOL_APPROVAL_TIMEOUT_REJECT,
+    ApprovalTimeout.APPROVE: job_pb2.TOOL_APPROVAL_TIMEOUT_APPROVE,
+}
+
+
+def tool_approval_from_proto(policy: job_pb2.ToolApprovalPolicy) -> ToolApprovalPolicy:
+    """The domain policy of a request (its timeout enum checked by the caller)."""
+    return ToolApprovalPolicy(
+        tools=tuple(policy.tools),
+        deadline_seconds=policy.deadline_seconds,
+        on_timeout=APPROVAL_TIMEOUT_FROM_PROTO[policy.on_timeout],
+    )
+
+
 def agent_spec_from_proto(spec: job_pb2.AgentSpec) -> AgentSpec:
     """The domain agent spec of a request."""
-    return AgentSpec(brain=spec.brain, model=spec.model, config=json_format.MessageToDict(spec.config))
+    return AgentSpec(
+        brain=spec.brain,
+        model=spec.model,
+        config=json_format.MessageToDict(spec.config),
+        tool_approval=tool_approval_from_proto(spec.tool_approval)
+        if spec.HasField("tool_approval")
+        else None,
+    )
 
 
 def job_to_proto(job: Job, config: struct_pb2.Struct | None = None) -> job_pb2.Job:
@@ -111,6 +143,15 @@ def job_to_proto(job: Job, config: struct_pb2.Struct | None = None) -> job_pb2.J
     agent = job_pb2.AgentSpec(brain=job.agent.brain, model=job.agent.model, config=config)
     if config is None and job.agent.config:
         agent.config.update(job.agent.config)
+    policy = job.agent.tool_approval
+    if policy is not None:
+        agent.tool_approval.CopyFrom(
+            job_pb2.ToolApprovalPolicy(
+                tools=policy.tools,
+                deadline_seconds=policy.deadline_seconds,
+                on_timeout=APPROVAL_TIMEOUT_TO_PROTO[policy.on_timeout],
+            )
+        )
     message = job_pb2.Job(
         job_id=job.job_id,
         owner_id=job.owner_id,
@@ -124,6 +165,7 @@ def job_to_proto(job: Job, config: struct_pb2.Struct | None = None) -> job_pb2.J
         create_time=timestamp(job.create_time),
         update_time=timestamp(job.update_time),
         labels=job.labels,
+        approved_tools=job.approved_tools,
     )
     if job.end_time is not None:
         message.end_time.CopyFrom(timestamp(job.end_time))
@@ -188,6 +230,13 @@ ESCALATION_TRIGGER_TO_PROTO: dict[EscalationTrigger, escalation_pb2.EscalationTr
     EscalationTrigger.REPEATED_ERROR: escalation_pb2.ESCALATION_TRIGGER_REPEATED_ERROR,
     EscalationTrigger.UNRETRYABLE_ERROR: escalation_pb2.ESCALATION_TRIGGER_UNRETRYABLE_ERROR,
     EscalationTrigger.AGENT_QUESTION: escalation_pb2.ESCALATION_TRIGGER_AGENT_QUESTION,
+    EscalationTrigger.TOOL_APPROVAL: escalation_pb2.ESCALATION_TRIGGER_TOOL_APPROVAL,
+}
+
+ANSWER_KIND_TO_PROTO: dict[AnswerKind, escalation_pb2.EscalationAnswerKind.ValueType] = {
+    AnswerKind.OPTION: escalation_pb2.ESCALATION_ANSWER_KIND_OPTION,
+    AnswerKind.TEXT: escalation_pb2.ESCALATION_ANSWER_KIND_TEXT,
+    AnswerKind.VALUE: escalation_pb2.ESCALATION_ANSWER_KIND_VALUE,
 }
 
 ESCALATION_EVENT_KIND_TO_PROTO: dict[
@@ -224,7 +273,21 @@ def escalation_to_proto(escalation: Escalation) -> escalation_pb2.Escalation:
         tool_call_id=escalation.tool_call_id,
         tool_name=escalation.tool_name,
         default_option=escalation.default_option,
+        answer_kind=ANSWER_KIND_TO_PROTO[escalation.answer_kind],
+        answer_schema_json=escalation.answer_schema_json,
+        answer_max_chars=escalation.answer_max_chars,
+        answer=escalation.answer,
     )
+    if escalation.trigger is EscalationTrigger.TOOL_APPROVAL:
+        message.tool_call.CopyFrom(
+            escalation_pb2.ToolCallReview(
+                arguments_json=escalation.arguments_json,
+                arguments_digest=escalation.arguments_digest,
+                input_schema_json=escalation.input_schema_json,
+                approved_arguments_json=escalation.approved_arguments_json,
+                edits="\n".join(escalation.edits()),
+            )
+        )
     if escalation.resolve_time is not None:
         message.resolve_time.CopyFrom(timestamp(escalation.resolve_time))
     if escalation.deadline is not None:
@@ -257,6 +320,34 @@ def _payload_to_proto(payload: EventPayload) -> tuple[str, Message]:
                 input_json=payload.input_json,
                 result=payload.result,
                 is_error=payload.is_error,
+            )
+        case AgentToolApprovalRequested():
+            return "agent_tool_approval_requested", event_pb2.AgentToolApprovalRequested(
+                escalation_id=payload.escalation_id,
+                tool_name=payload.tool_name,
+                call_id=payload.call_id,
+                arguments_json=payload.arguments_json,
+                arguments_digest=payload.arguments_digest,
+            )
+        case AgentToolApproved():
+            return "agent_tool_approved", event_pb2.AgentToolApproved(
+                escalation_id=payload.escalation_id,
+                tool_name=payload.tool_name,
+                call_id=payload.call_id,
+                arguments_json=payload.arguments_json,
+                edited=payload.edited,
+                for_job=payload.for_job,
+                approved_by=payload.approved_by,
+                decision_source=DECISION_SOURCE_TO_PROTO[payload.decision_source],
+            )
+        case AgentToolRejected():
+            return "agent_tool_rejected", event_pb2.AgentToolRejected(
+                escalation_id=payload.escalation_id,
+                tool_name=payload.tool_name,
+                call_id=payload.call_id,
+                message=payload.message,
+                rejected_by=payload.rejected_by,
+                decision_source=DECISION_SOURCE_TO_PROTO[payload.decision_source],
             )
         case AgentBudgetUpdated():
             return "agent_budget_updated", event_pb2.AgentBudgetUpdated(

@@ -12,12 +12,16 @@ from cofounder.agent.v1 import escalation_service_pb2_grpc as pb_grpc
 from cofounder_server.api import convert
 from cofounder_server.api.context import principal_of
 from cofounder_server.api.validation import Validator
+from cofounder_server.domain.approvals import MAX_ARGUMENTS_CHARS, is_digest
+from cofounder_server.domain.escalations import Resolution
 from cofounder_server.services.escalation_feed import EscalationFeed
 from cofounder_server.services.escalations import EscalationService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_GUIDANCE_CHARS = 10_000
 MAX_DECISION_CHARS = 128
+MAX_ANSWER_CHARS = 256 * 1024
+"""The longest answer text a resolve may carry (a question's own limit is checked after)."""
 
 
 class EscalationApi(pb_grpc.EscalationServiceServicer):
@@ -58,12 +62,25 @@ class EscalationApi(pb_grpc.EscalationServiceServicer):
         with Validator() as check:
             check.uuid("escalation_id", request.escalation_id)
             check.request_id("request_id", request.request_id)
-            check.text("decision", request.decision, MAX_DECISION_CHARS, required=True)
+            check.text("decision", request.decision, MAX_DECISION_CHARS, required=False)
             check.text("guidance", request.guidance, MAX_GUIDANCE_CHARS, required=False)
+            if not request.decision and not request.answer:
+                check.fail("decision", "is required (or `answer`, for a question that takes one)")
+            if request.arguments_digest and not is_digest(request.arguments_digest):
+                check.fail("arguments_digest", "must be 64 lower-case hex digits (SHA-256)")
+            if len(request.edited_arguments_json) > MAX_ARGUMENTS_CHARS:
+                check.fail("edited_arguments_json", f"must be at most {MAX_ARGUMENTS_CHARS} characters")
+            if len(request.answer) > MAX_ANSWER_CHARS:
+                check.fail("answer", f"must be at most {MAX_ANSWER_CHARS} characters")
         outcome = await self._escalations.resolve(
             principal_of(context),
             request.escalation_id,
-            request.decision,
+            Resolution(
+                decision=request.decision,
+                answer=request.answer,
+                arguments_digest=request.arguments_digest,
+                edited_arguments_json=request.edited_arguments_json,
+            ),
             request.guidance,
             request.request_id,
         )

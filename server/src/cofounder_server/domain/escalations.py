@@ -8,6 +8,7 @@ Pure functions and values: the executor and the escalation service apply them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from cofounder_server.domain.errors import FieldViolation, InvalidArgument
+from cofounder_server.domain.approvals import (
+    APPROVE_FOR_JOB,
+    APPROVING,
+    DIGEST_MISMATCH,
+    canonical_json,
+    check_edited_arguments,
+    edits_between,
+    is_digest,
+    parse_json,
+    schema_problem,
+    schema_violation,
+)
+from cofounder_server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -43,11 +56,44 @@ class Escalation:
     tool_name: str = ""
     deadline: datetime | None = None
     default_option: str = ""
+    arguments_json: str = ""
+    """A tool approval's call arguments as the agent gave them (canonical JSON)."""
+    arguments_digest: str = ""
+    """SHA-256 of ``arguments_json``: what an approval names."""
+    input_schema_json: str = ""
+    """A tool approval's tool input schema, which edited arguments must match."""
+    approved_arguments_json: str = ""
+    """The arguments a reviewer approved instead of the agent's (canonical JSON)."""
+    answer_kind: AnswerKind = field(default_factory=lambda: AnswerKind.OPTION)
+    answer_schema_json: str = ""
+    """The JSON Schema a VALUE answer must match."""
+    answer_max_chars: int = 0
+    """The longest TEXT answer."""
+    answer: str = ""
+    """The free-text or JSON answer given (TEXT and VALUE answers)."""
 
     @property
     def is_pending(self) -> bool:
         """Whether the agent still waits for this escalation's answer."""
         return self.status is EscalationStatus.PENDING
+
+    @property
+    def approved(self) -> bool:
+        """Whether this is a tool approval that was approved (by a person or the deadline)."""
+        return (
+            self.trigger is EscalationTrigger.TOOL_APPROVAL
+            and self.status is EscalationStatus.RESOLVED
+            and self.decision in APPROVING
+        )
+
+    @property
+    def final_arguments_json(self) -> str:
+        """The arguments an approved call runs with: the reviewer's edit, or the agent's."""
+        return self.approved_arguments_json or self.arguments_json
+
+    def edits(self) -> list[str]:
+        """What a reviewer's edit of the arguments changed, one line per field."""
+        return edits_between(self.arguments_json, self.approved_arguments_json)
 
 
 @dataclass(frozen=True)
@@ -75,6 +121,29 @@ class EscalationTrigger(StrEnum):
     REPEATED_ERROR = "repeated_error"
     UNRETRYABLE_ERROR = "unretryable_error"
     AGENT_QUESTION = "agent_question"
+    TOOL_APPROVAL = "tool_approval"
+
+
+class AnswerKind(StrEnum):
+    """What kind of answer resolves an escalation."""
+
+    OPTION = "option"
+    """One of its options."""
+    TEXT = "text"
+    """Free text of at most ``answer_max_chars``."""
+    VALUE = "value"
+    """A JSON value matching ``answer_schema_json``."""
+
+
+class ToolExecutionState(StrEnum):
+    """Where an approved tool call's single execution stands (durable: a restart reads it)."""
+
+    APPROVED = "approved"
+    """Approved; not started."""
+    RUNNING = "running"
+    """Started. Found so after a restart: interrupted, and it may or may not have completed."""
+    DONE = "done"
+    """Finished; its result is kept."""
 
 
 class DecisionSource(StrEnum):
@@ -97,6 +166,9 @@ MAX_OPTION_VALUE = 128
 MAX_QUESTION = 10_000
 MAX_ATTEMPT_TEXT = 1_000
 MAX_DEADLINE = timedelta(days=30)
+MAX_ANSWER_CHARS = 10_000
+"""The longest free-text answer a question may ask for (and its default limit)."""
+MAX_ANSWER_SCHEMA_CHARS = 64 * 1024
 
 ALREADY_RESOLVED = "ESCALATION_ALREADY_RESOLVED"
 """``ErrorInfo`` reason of a resolve that comes after the escalation was decided."""
@@ -188,6 +260,9 @@ class Question:
     deadline_seconds: float | None = None
     """How long to wait for an answer, from when the question is raised."""
     default: str = ""
+    answer_kind: AnswerKind = AnswerKind.OPTION
+    answer_schema_json: str = ""
+    answer_max_chars: int = 0
 
     def deadline(self, raised: datetime) -> datetime | None:
         """The deadline of the question raised at ``raised``."""
@@ -203,6 +278,12 @@ def parse_question(tool_input: Mapping[str, Any]) -> Question | str:
     if len(question) > MAX_QUESTION:
         return f"`question` must be at most {MAX_QUESTION} characters"
     raw_options = tool_input.get("options")
+    schema = tool_input.get("answer_schema")
+    max_chars = tool_input.get("max_answer_chars")
+    if raw_options is None:
+        return _open_question(question.strip(), schema, max_chars, tool_input)
+    if schema is not None or max_chars is not None:
+        return "`answer_schema` and `max_answer_chars` are for questions without `options`"
     if not isinstance(raw_options, list) or not 1 <= len(raw_options) <= MAX_OPTIONS:
         return f"`options` must be a list of 1 to {MAX_OPTIONS} options"
     options: list[EscalationOption] = []
@@ -240,13 +321,120 @@ def parse_question(tool_input: Mapping[str, Any]) -> Question | str:
     return Question(question.strip(), tuple(options), str(recommended), deadline, str(default))
 
 
-def check_decision(escalation: Escalation, decision: str) -> None:
-    """Raise ``InvalidArgument`` (on ``decision``, listing the allowed values) unless
-    ``decision`` is one of the escalation's option values."""
+def _deadline_of(tool_input: Mapping[str, Any]) -> float | str | None:
+    seconds = tool_input.get("deadline_seconds")
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        return "`deadline_seconds` must be a positive number"
+    if seconds > MAX_DEADLINE.total_seconds():
+        return f"`deadline_seconds` must be at most {int(MAX_DEADLINE.total_seconds())}"
+    return float(seconds)
+
+
+def _open_question(
+    question: str, schema: Any, max_chars: Any, tool_input: Mapping[str, Any]
+) -> Question | str:
+    """A question answered in free text, or with a value matching ``schema``."""
+    if tool_input.get("recommended") or tool_input.get("default"):
+        return "`recommended` and `default` name option values: they need `options`"
+    deadline = _deadline_of(tool_input)
+    if isinstance(deadline, str):
+        return deadline
+    if schema is not None:
+        if max_chars is not None:
+            return "`max_answer_chars` is for free-text answers, not with `answer_schema`"
+        problem = schema_problem(schema)
+        if problem is not None:
+            return f"`answer_schema` {problem}"
+        schema_json = canonical_json(schema)
+        if len(schema_json) > MAX_ANSWER_SCHEMA_CHARS:
+            return f"`answer_schema` must be at most {MAX_ANSWER_SCHEMA_CHARS} characters of JSON"
+        return Question(question, (), "", deadline, "", AnswerKind.VALUE, schema_json)
+    limit = MAX_ANSWER_CHARS if max_chars is None else max_chars
+    if isinstance(limit, float) and limit.is_integer():  # JSON has one number type
+        limit = int(limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ANSWER_CHARS:
+        return f"`max_answer_chars` must be an integer from 1 to {MAX_ANSWER_CHARS}"
+    return Question(question, (), "", deadline, "", AnswerKind.TEXT, "", limit)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a resolve asks for, besides who decides."""
+
+    decision: str = ""
+    answer: str = ""
+    arguments_digest: str = ""
+    edited_arguments_json: str = ""
+
+
+def check_resolution(escalation: Escalation, resolution: Resolution) -> str:
+    """Check a resolve against the escalation; return the edited arguments it approves
+    (canonical JSON; "" without an edit). Raises ``InvalidArgument`` naming the field (no
+    option, an answer that does not fit, arguments that do not match the tool's schema), and
+    ``FailedPrecondition`` (:data:`DIGEST_MISMATCH`) for an approval of another call."""
+    if escalation.answer_kind is not AnswerKind.OPTION:
+        _check_answer(escalation, resolution)
+        return ""
+    if resolution.answer:
+        raise InvalidArgument([FieldViolation("answer", "this escalation takes one of its options")])
     allowed = [option.value for option in escalation.options]
-    if decision not in allowed:
+    if resolution.decision not in allowed:
         rule = f"must be one of the escalation's option values: {', '.join(allowed)}"
         raise InvalidArgument([FieldViolation("decision", rule)])
+    approving = escalation.trigger is EscalationTrigger.TOOL_APPROVAL and resolution.decision in APPROVING
+    if resolution.edited_arguments_json and not approving:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "edited_arguments_json", "only an approval of a tool call takes edited arguments"
+                )
+            ]
+        )
+    if not approving:
+        return ""
+    if not resolution.arguments_digest:
+        raise InvalidArgument(
+            [FieldViolation("arguments_digest", "is required to approve a tool call: the call's digest")]
+        )
+    if not is_digest(resolution.arguments_digest):
+        raise InvalidArgument([FieldViolation("arguments_digest", "must be 64 lower-case hex digits")])
+    edited = ""
+    if resolution.edited_arguments_json:
+        edited = check_edited_arguments(resolution.edited_arguments_json, escalation.input_schema_json)
+    if escalation.is_pending and resolution.arguments_digest != escalation.arguments_digest:
+        raise FailedPrecondition(
+            DIGEST_MISMATCH,
+            f"the digest {resolution.arguments_digest} is not that of the call waiting for approval "
+            f"({escalation.arguments_digest}): look at the call again before approving it",
+            metadata={
+                "escalation_id": escalation.escalation_id,
+                "arguments_digest": escalation.arguments_digest,
+            },
+        )
+    return "" if edited == escalation.arguments_json else edited
+
+
+def _check_answer(escalation: Escalation, resolution: Resolution) -> None:
+    """An answer of a question that takes free text or a value, and nothing else."""
+    for name in ("decision", "arguments_digest", "edited_arguments_json"):
+        if getattr(resolution, name):
+            raise InvalidArgument([FieldViolation(name, "this escalation takes an `answer`, not an option")])
+    if not resolution.answer.strip():
+        raise InvalidArgument([FieldViolation("answer", "is required")])
+    if escalation.answer_kind is AnswerKind.TEXT:
+        limit = escalation.answer_max_chars or MAX_ANSWER_CHARS
+        if len(resolution.answer) > limit:
+            raise InvalidArgument([FieldViolation("answer", f"must be at most {limit} characters")])
+        return
+    value = parse_json(resolution.answer, "answer")
+    schema = json.loads(escalation.answer_schema_json) if escalation.answer_schema_json else {}
+    problem = schema_violation(schema, value)
+    if problem is not None:
+        raise InvalidArgument(
+            [FieldViolation("answer", f"does not match the question's schema at {problem}")]
+        )
 
 
 def decision_source(*, acting_service: str | None) -> DecisionSource:
@@ -269,9 +457,53 @@ def _label(escalation: Escalation, value: str) -> str:
     return value
 
 
+def decided_by(escalation: Escalation) -> str:
+    """Who decided, in words: the person, or the service and whom it acted for."""
+    if escalation.decision_source is DecisionSource.SERVICE:
+        return f"service {escalation.resolved_via_service} acting for {escalation.resolved_by}"
+    return escalation.resolved_by or "a person"
+
+
+def approval_text(escalation: Escalation) -> str:
+    """What the agent is told of a decided tool approval, before any result of the call."""
+    tool = escalation.tool_name
+    deadline = escalation.decision_source is DecisionSource.DEADLINE
+    if not escalation.approved:
+        if deadline:
+            return (
+                f"Nobody answered the request to approve this call of {tool} by its deadline, "
+                "so it was rejected: the tool did not run."
+            )
+        text = f"Rejected by {decided_by(escalation)}: this call of {tool} did not run."
+        if escalation.guidance:
+            text += f"\nReviewer's message: {escalation.guidance}"
+        return text
+    who = (
+        "Nobody answered by the deadline; the policy approves on timeout"
+        if deadline
+        else (f"Approved by {decided_by(escalation)}")
+    )
+    text = f"{who}: this call of {tool} ran"
+    edits = escalation.edits()
+    if edits:
+        text += " with EDITED arguments, not yours. What the reviewer changed:\n" + "\n".join(
+            f"- {line}" for line in edits
+        )
+        text += f"\nThe call ran with {escalation.final_arguments_json}."
+    else:
+        text += " as you asked."
+    if escalation.decision == APPROVE_FOR_JOB:
+        text += f"\n{tool} is approved for the rest of the job."
+    if escalation.guidance:
+        text += f"\nReviewer's message: {escalation.guidance}"
+    return text
+
+
 def delivered_text(escalation: Escalation) -> str:
     """The tool result the agent receives for a decided escalation. It says who decided:
     a deadline is never presented as a person's choice."""
+    if escalation.trigger is EscalationTrigger.TOOL_APPROVAL:
+        return approval_text(escalation)
     if escalation.decision_source is DecisionSource.DEADLINE:
         if escalation.status is EscalationStatus.EXPIRED:
             return (
@@ -282,11 +514,13 @@ def delivered_text(escalation: Escalation) -> str:
             f"No answer by the deadline; the default {_label(escalation, escalation.decision)} "
             "was applied. Nobody chose it."
         )
-    if escalation.decision_source is DecisionSource.SERVICE:
-        who = f"service {escalation.resolved_via_service} acting for {escalation.resolved_by}"
+    who = decided_by(escalation)
+    if escalation.answer_kind is AnswerKind.TEXT:
+        text = f"Answered by {who}:\n{escalation.answer}"
+    elif escalation.answer_kind is AnswerKind.VALUE:
+        text = f"Answered by {who} with the value: {escalation.answer}"
     else:
-        who = escalation.resolved_by or "a person"
-    text = f"Answered by {who}: {_label(escalation, escalation.decision)}."
+        text = f"Answered by {who}: {_label(escalation, escalation.decision)}."
     if escalation.guidance:
         text += f"\nGuidance: {escalation.guidance}"
     return text

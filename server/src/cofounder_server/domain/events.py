@@ -74,6 +74,47 @@ class AgentToolCalled:
 
 
 @dataclass(frozen=True)
+class AgentToolApprovalRequested:
+    """A tool call waits for a person's approval; it has not run."""
+
+    TYPE: ClassVar[str] = "agent.tool.approval_requested"
+    escalation_id: str
+    tool_name: str
+    call_id: str
+    arguments_json: str
+    arguments_digest: str
+
+
+@dataclass(frozen=True)
+class AgentToolApproved:
+    """A tool call waiting for approval was approved; it runs once, with ``arguments_json``."""
+
+    TYPE: ClassVar[str] = "agent.tool.approved"
+    escalation_id: str
+    tool_name: str
+    call_id: str
+    arguments_json: str
+    edited: bool = False
+    for_job: bool = False
+    approved_by: str = ""
+    decision_source: DecisionSource | None = None
+
+
+@dataclass(frozen=True)
+class AgentToolRejected:
+    """A tool call waiting for approval was rejected (by a person or the deadline): it never
+    runs."""
+
+    TYPE: ClassVar[str] = "agent.tool.rejected"
+    escalation_id: str
+    tool_name: str
+    call_id: str
+    message: str
+    rejected_by: str = ""
+    decision_source: DecisionSource | None = None
+
+
+@dataclass(frozen=True)
 class AgentBudgetUpdated:
     """A model call was recorded in the usage ledger."""
 
@@ -203,6 +244,9 @@ class JobStatusChanged:
 EventPayload = (
     AgentThinking
     | AgentToolCalled
+    | AgentToolApprovalRequested
+    | AgentToolApproved
+    | AgentToolRejected
     | AgentBudgetUpdated
     | AgentSleeping
     | AgentWaking

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from cofounder_server.domain.approvals import ToolApprovalPolicy
+
 
 class JobStatus(StrEnum):
     """Lifecycle of a job as stored in SQL."""
@@ -52,6 +54,8 @@ class AgentSpec:
     brain: str
     model: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    tool_approval: ToolApprovalPolicy | None = None
+    """Which tool calls wait for a person's approval; ``None``: none do."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class Job:
     version: int
     pending_escalation_ids: tuple[str, ...] = ()
     """Escalations the agent waits on, oldest first."""
+    approved_tools: tuple[str, ...] = ()
+    """Tools a reviewer approved for the rest of the job: their calls no longer wait."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The tool-call cap ends the job (ITERATION_LIMIT) once the job has made ``max_too
 Repetition detection looks at the newest calls: the same call (name and input)
 ``REPETITION_LIMIT`` times within ``REPETITION_WINDOW`` is not run again; the agent is told
 so once (steered), and a repetition after that ends the job (REPETITION). Results are cut in
-the middle when long. A call that needs a person becomes an :class:`~.answers.Ask`.
+the middle when long. A call that needs a person becomes an :class:`~.answers.Ask`: a question,
+a failure retrying cannot fix, or a call of a tool the job's policy puts under approval
+(not run until approved, see :mod:`.approvals`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from cofounder_server.clock import Clock
 from cofounder_server.domain.escalations import Escalation
 from cofounder_server.domain.events import AgentToolCalled, EventPayload, PhaseCompleted, PhaseStarted
 from cofounder_server.domain.model import JobOutcome
-from cofounder_server.executor.answers import Ask
+from cofounder_server.executor.answers import Ask, approval_escalation
 from cofounder_server.executor.plugins import Message, Tool, ToolContext, ToolResult, Turn
 from cofounder_server.executor.retries import attempt_tool
 from cofounder_server.executor.run_state import LoopLimits, LoopState
@@ -87,8 +89,25 @@ async def act(
             )
         else:
             state.tool_calls += 1
+            policy = store.job.agent.tool_approval
+            tool = tools.get(call.name)
+            if (
+                tool is not None
+                and policy is not None
+                and policy.needs_approval(call.name, store.job.approved_tools)
+            ):
+                # Not run: the call waits for its own approval, its result once decided.
+                asks.append(
+                    Ask(
+                        call,
+                        approval_escalation(
+                            store, call, tool.spec, policy, iteration=state.iteration, now=clock.now()
+                        ),
+                    )
+                )
+                continue
             attempted = await attempt_tool(
-                tools.get(call.name),
+                tool,
                 call,
                 context,
                 state,

@@ -14,8 +14,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Protocol
 
+from cofounder_server.domain.approvals import (
+    APPROVE,
+    APPROVE_FOR_JOB,
+    REJECT,
+    ToolApprovalPolicy,
+    canonical_json,
+    digest_of,
+)
 from cofounder_server.domain.escalations import (
     Escalation,
     EscalationOption,
@@ -28,9 +37,10 @@ from cofounder_server.domain.escalations import (
 from cofounder_server.domain.events import escalation_from_json, to_json
 from cofounder_server.domain.model import AgentState, JobOutcome
 from cofounder_server.executor.parking import Park
-from cofounder_server.executor.plugins import Message, ToolCall
+from cofounder_server.executor.plugins import Message, ToolCall, ToolSpec
 from cofounder_server.executor.run_state import LoopState
 from cofounder_server.executor.run_store import Pause, RunStore
+from cofounder_server.executor.text import truncate_middle
 
 ERROR_OPTIONS = (
     EscalationOption("retry", "Retry", "The cause is fixed: run the call again."),
@@ -38,6 +48,22 @@ ERROR_OPTIONS = (
     EscalationOption("stop", "Stop", "End the turn; the agent reports what it has."),
 )
 """What a person may decide about a failing tool call."""
+
+APPROVAL_OPTIONS = (
+    EscalationOption(APPROVE, "Approve", "Run this call (with edited arguments, if given)."),
+    EscalationOption(APPROVE_FOR_JOB, "Approve for the job", "Run this call and later calls of this tool."),
+    EscalationOption(REJECT, "Reject", "Do not run it; the guidance tells the agent why."),
+)
+"""What a person may decide about a call waiting for approval."""
+
+
+class ApprovedCalls(Protocol):
+    """Settles decided tool approvals (see ``executor.approvals``)."""
+
+    async def settle(self, escalation: Escalation, state: LoopState, pause: Pause) -> Message:
+        """The tool result of the call ``escalation`` decided: the call's own result once
+        approved (it runs at most once), or the rejection."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,43 @@ def question_escalation(
         tool_name=call.name,
         deadline=question.deadline(now),
         default_option=question.default,
+        answer_kind=question.answer_kind,
+        answer_schema_json=question.answer_schema_json,
+        answer_max_chars=question.answer_max_chars,
+    )
+
+
+def approval_escalation(
+    store: RunStore,
+    call: ToolCall,
+    spec: ToolSpec,
+    policy: ToolApprovalPolicy,
+    *,
+    iteration: int,
+    now: datetime,
+) -> Escalation:
+    """The escalation of a call that waits for approval: the call exactly as the agent asked
+    (canonical JSON arguments and their digest), the tool's input schema for edits, and the
+    policy's deadline with the decision it applies."""
+    job = store.job
+    arguments = canonical_json(dict(call.input))
+    deadline = now + timedelta(seconds=policy.deadline_seconds) if policy.deadline_seconds else None
+    return Escalation(
+        escalation_id=escalation_id(job.job_id, iteration, call),
+        job_id=job.job_id,
+        owner_id=job.owner_id,
+        status=EscalationStatus.PENDING,
+        trigger=EscalationTrigger.TOOL_APPROVAL,
+        problem=f"The agent wants to run {call.name} with {truncate_middle(arguments, 2000)}",
+        create_time=now,
+        options=APPROVAL_OPTIONS,
+        tool_call_id=call.call_id,
+        tool_name=call.name,
+        deadline=deadline,
+        default_option=policy.default_decision,
+        arguments_json=arguments,
+        arguments_digest=digest_of(arguments),
+        input_schema_json=canonical_json(dict(spec.input_schema)),
     )
 
 
@@ -116,13 +179,15 @@ def await_later(asks: list[Ask], state: LoopState, max_escalations: int) -> tupl
     waits for them too), or end the job if they pass the cap on escalations."""
     if not asks:
         return None
-    if state.escalations + len(asks) > max_escalations:
+    # Approvals are the job's policy, not the agent being stuck: they do not count.
+    counted = [ask for ask in asks if ask.escalation.trigger is not EscalationTrigger.TOOL_APPROVAL]
+    if counted and state.escalations + len(counted) > max_escalations:
         return (
             JobOutcome.ESCALATION_LIMIT,
             f"the agent needed a person more than {max_escalations} times "
-            f"({asks[-1].escalation.problem[:200]})",
+            f"({counted[-1].escalation.problem[:200]})",
         )
-    state.escalations += len(asks)
+    state.escalations += len(counted)
     state.awaiting = [
         {"call_id": ask.call.call_id, "tool_name": ask.call.name, "escalation": to_json(ask.escalation)}
         for ask in asks
@@ -131,7 +196,7 @@ def await_later(asks: list[Ask], state: LoopState, max_escalations: int) -> tupl
 
 
 async def take_answers(
-    store: RunStore, state: LoopState, messages: list[Message], pause: Pause
+    store: RunStore, state: LoopState, messages: list[Message], pause: Pause, approved: ApprovedCalls
 ) -> Park | None:
     """Take the decisions of the last turn's escalations, once all are made: each becomes the
     result of its tool call (delivered once, in one transaction), appended to ``messages``.
@@ -154,6 +219,10 @@ async def take_answers(
     by_id = {escalation.escalation_id: escalation for escalation in decided}
     for entry, asked in zip(state.awaiting, escalations, strict=True):
         escalation = by_id[asked.escalation_id]
+        if escalation.trigger is EscalationTrigger.TOOL_APPROVAL:
+            # An approved call runs now (once, whatever restarts happen); a rejected one never.
+            messages.append(await approved.settle(escalation, state, pause))
+            continue
         messages.append(
             Message(
                 role="tool",

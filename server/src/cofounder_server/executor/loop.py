@@ -42,6 +42,7 @@ from cofounder_server.domain.events import (
 from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
 from cofounder_server.executor.acting import act, tool_call_limit
 from cofounder_server.executor.answers import Ask, await_later, take_answers
+from cofounder_server.executor.approvals import ApprovalRunner
 from cofounder_server.executor.budget_sleep import BudgetWindow, park_until_midnight, sleep_until_midnight
 from cofounder_server.executor.parking import Park
 from cofounder_server.executor.plugins import Brain, Message, StopReason, Tool, ToolSpec, Turn
@@ -132,8 +133,9 @@ class AgentRun:
             # The answers come first: taking them needs neither the conversation nor the
             # brain, and the person who answered sees the agent take them that much sooner.
             answers: list[Message] = []
+            tools = {tool.spec.name: tool for tool in self._plugins.tools()}
             if state.awaiting:  # the answers of the last turn, or a wait that goes on
-                park = await take_answers(self.store, state, answers, self._pause)
+                park = await take_answers(self.store, state, answers, self._pause, self._approvals(tools))
                 if park is not None:
                     return park
             if checkpoint is None:
@@ -150,7 +152,6 @@ class AgentRun:
             except Exception as error:  # unknown brain, bad config: the job cannot run
                 await self._end_alone(JobOutcome.MODEL_ERROR, f"cannot build the brain: {error}")
                 return None
-            tools = {tool.spec.name: tool for tool in self._plugins.tools()}
             specs = [tool.spec for tool in tools.values()]
             return await self._loop(
                 brain=brain,
@@ -209,7 +210,7 @@ class AgentRun:
             if window.should_sleep:
                 return await park_until_midnight(store, clock, self._pause)
             if state.awaiting:
-                park = await take_answers(store, state, messages, self._pause)
+                park = await take_answers(store, state, messages, self._pause, self._approvals(tools))
                 if park is not None:
                     return park
 
@@ -316,6 +317,9 @@ class AgentRun:
             await store.finish(ending_of(*step.outcome), [], self._pause)
         log.info("job %s ended: %s %s", self.job_id, *step.outcome)
         return True, None
+
+    def _approvals(self, tools: dict[str, Tool]) -> ApprovalRunner:
+        return ApprovalRunner(self.store, tools, self._limits)
 
     def _grew(self, added: Sequence[Message]) -> None:
         self.size += sum(message.size() for message in added)

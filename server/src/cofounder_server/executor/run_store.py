@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from cofounder_server import observability
 from cofounder_server.clock import Clock
@@ -31,8 +32,11 @@ from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.iterations import Ending, RunRecord
 from cofounder_server.store.ledger import LedgerRepository
 from cofounder_server.store.runs import RunRepository
+from cofounder_server.store.tool_executions import Execution, ToolExecutionRepository
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 Pause = Callable[[float], Awaitable[None]]
 """Waits that long unless the run is stopped meanwhile (then raises)."""
@@ -173,6 +177,40 @@ class RunStore:
             await self._apply(change)
         return decided, change is not None
 
+    async def start_tool_call(self, escalation: Escalation, pause: Pause) -> Execution:
+        """Take an approved call to ``running`` (committed) unless a run did already; where
+        its execution stands. Rides out SQL trouble: the call must not run uncommitted.
+        :class:`Gone` when the job no longer runs here: the call does not start."""
+        stores = self._stores
+        execution = await self._until_committed(
+            "the start of an approved call",
+            lambda: stores.tool_executions.start(escalation, stores.runner_id, now=stores.clock.now()),
+            pause,
+        )
+        if execution is None:
+            raise Gone
+        return execution
+
+    async def finish_tool_call(
+        self, escalation: Escalation, result: str, is_error: bool, events: list[EventPayload], pause: Pause
+    ) -> None:
+        """Keep an approved call's result with its events (once)."""
+        stores = self._stores
+        change = await self._until_committed(
+            "an approved call's result",
+            lambda: stores.tool_executions.finish(
+                self.job_id,
+                stores.runner_id,
+                escalation.escalation_id,
+                (result, is_error),
+                events,
+                now=stores.clock.now(),
+            ),
+            pause,
+        )
+        if change is not None:
+            await stores.changes.committed(change)
+
     async def waiting_again(self, pending: Sequence[str], pause: Pause) -> None:
         """The agent woke (its budget window reset) while escalations are still pending: it
         waits for input again."""
@@ -182,9 +220,7 @@ class RunStore:
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _until_committed(
-        self, what: str, transition: Callable[[], Awaitable[Change | None]], pause: Pause
-    ) -> Change | None:
+    async def _until_committed(self, what: str, transition: Callable[[], Awaitable[_T]], pause: Pause) -> _T:
         """Commit a transition that follows a committed iteration, riding out SQL trouble (a
         busy database, a PostgreSQL failover): giving up would redo the run from its
         checkpoint and repeat a model call that was paid for."""
@@ -229,6 +265,7 @@ class RunStores:
         changes: ChangePipeline,
         clock: Clock,
         runner_id: str,
+        tool_executions: ToolExecutionRepository,
         deadline_raised: Callable[[datetime | None], None] = lambda _: None,
     ) -> None:
         """``deadline_raised`` tells the process's deadline timer of a new escalation's
@@ -243,6 +280,7 @@ class RunStores:
         self.clock = clock
         self.runner_id = runner_id
         self.deadline_raised = deadline_raised
+        self.tool_executions = tool_executions
 
     def for_job(self, job: Job) -> RunStore:
         """The store of a run of ``job``."""

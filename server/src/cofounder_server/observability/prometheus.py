@@ -42,7 +42,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
-ESCALATION_TRIGGERS = ("repeated_error", "unretryable_error", "agent_question")
+ESCALATION_TRIGGERS = ("repeated_error", "unretryable_error", "agent_question", "tool_approval")
 """The ``trigger`` label values (``EscalationTrigger``), bound up front so each series exists
 from zero."""
 

@@ -18,7 +18,7 @@ from cofounder_server import observability
 from cofounder_server.clock import Clock
 from cofounder_server.domain.changes import RunnerNotice
 from cofounder_server.domain.errors import DomainError, NotFound
-from cofounder_server.domain.escalations import Escalation, EscalationStatus, decision_source
+from cofounder_server.domain.escalations import Escalation, EscalationStatus, Resolution, decision_source
 from cofounder_server.domain.model import AgentState, JobStatus
 from cofounder_server.domain.pagination import (
     Cursor,
@@ -90,19 +90,37 @@ class EscalationService:
         return found, token
 
     async def resolve(
-        self, principal: Principal, escalation_id: str, decision: str, guidance: str, request_id: str
+        self,
+        principal: Principal,
+        escalation_id: str,
+        resolution: Resolution,
+        guidance: str,
+        request_id: str,
     ) -> ResolveOutcome:
-        """Decide a pending escalation; see ``EscalationRepository.resolve`` for the errors."""
+        """Decide a pending escalation (an option, an answer, or an approval of a tool call
+        with its digest and perhaps edited arguments); see ``EscalationRepository.resolve``
+        for the errors."""
         chosen = Decision(
-            decision=decision,
+            decision=resolution.decision,
             guidance=guidance,
             resolved_by=principal.principal_id,
             source=decision_source(acting_service=principal.acting_service),
             via_service=principal.acting_service or "",
+            answer=resolution.answer,
+            arguments_digest=resolution.arguments_digest,
+            edited_arguments_json=resolution.edited_arguments_json,
         )
-        fingerprint = request_fingerprint(
-            {"escalation_id": escalation_id, "decision": decision, "guidance": guidance}
-        )
+        request: dict[str, str] = {
+            "escalation_id": escalation_id,
+            "decision": resolution.decision,
+            "guidance": guidance,
+        }
+        # Only what a resolve of an option did not have joins the fingerprint: an option's
+        # retried request_id matches as it did before.
+        for name in ("answer", "arguments_digest", "edited_arguments_json"):
+            if getattr(resolution, name):
+                request[name] = getattr(resolution, name)
+        fingerprint = request_fingerprint(request)
         resolved = await self._escalations.resolve(
             escalation_id,
             chosen,

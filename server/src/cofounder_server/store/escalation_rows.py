@@ -10,6 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cofounder_server.domain.escalations import (
+    AnswerKind,
     DecisionSource,
     Escalation,
     EscalationOption,
@@ -83,6 +84,14 @@ def new_row(escalation: Escalation) -> EscalationRow:
         decision_source=None,
         resolved_via_service="",
         delivered_time=None,
+        arguments_json=escalation.arguments_json,
+        arguments_digest=escalation.arguments_digest,
+        input_schema_json=escalation.input_schema_json,
+        approved_arguments_json="",
+        answer_kind=escalation.answer_kind.value,
+        answer_schema_json=escalation.answer_schema_json,
+        answer_max_chars=escalation.answer_max_chars,
+        answer="",
     )
 
 
@@ -110,4 +119,12 @@ def to_escalation(row: EscalationRow) -> Escalation:
         tool_name=row.tool_name,
         deadline=row.deadline,
         default_option=row.default_option,
+        arguments_json=row.arguments_json,
+        arguments_digest=row.arguments_digest,
+        input_schema_json=row.input_schema_json,
+        approved_arguments_json=row.approved_arguments_json,
+        answer_kind=AnswerKind(row.answer_kind),
+        answer_schema_json=row.answer_schema_json,
+        answer_max_chars=row.answer_max_chars,
+        answer=row.answer,
     )

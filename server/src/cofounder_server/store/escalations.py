@@ -20,6 +20,7 @@ from sqlalchemy import Update, case, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cofounder_server.domain.approvals import APPROVE_FOR_JOB
 from cofounder_server.domain.changes import Change
 from cofounder_server.domain.errors import FailedPrecondition, NotFound
 from cofounder_server.domain.escalations import (
@@ -27,7 +28,8 @@ from cofounder_server.domain.escalations import (
     DecisionSource,
     Escalation,
     EscalationStatus,
-    check_decision,
+    Resolution,
+    check_resolution,
     deadline_outcome,
     delivered_text,
 )
@@ -47,6 +49,11 @@ from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.idempotency import record_key, replayed_resource_id
 from cofounder_server.store.jobs import _update_returning, job_of
 from cofounder_server.store.models import EscalationRow, JobRow
+from cofounder_server.store.tool_executions import (
+    approval_events,
+    approval_requested,
+    approved_execution,
+)
 
 RESOLVE_ESCALATION = "ResolveEscalation"
 """The idempotency-key operation name of a resolve."""
@@ -67,6 +74,12 @@ class Decision:
     resolved_by: str
     source: DecisionSource
     via_service: str = ""
+    answer: str = ""
+    """The free-text or JSON answer (for questions that take one)."""
+    arguments_digest: str = ""
+    """The digest of the tool call an approval approves."""
+    edited_arguments_json: str = ""
+    """The arguments an approval approves instead of the agent's."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,7 @@ class EscalationRepository:
                     )
                 )
                 payloads.append(AgentEscalationRaised(escalation))
+                payloads += approval_requested(escalation)
                 payloads.append(AgentWaitingForInput(escalation.escalation_id))
             events = await self._events_in(session, job_id, payloads, now)
             return Change.of(job_of(job_row), events, feed=feed)
@@ -193,7 +207,16 @@ class EscalationRepository:
                     )
                     if replayed is not None:
                         return Resolved(to_escalation(row), None, await _job(session, row.job_id))
-                check_decision(to_escalation(row), decision.decision)
+                asked = to_escalation(row)
+                edited = check_resolution(
+                    asked,
+                    Resolution(
+                        decision.decision,
+                        decision.answer,
+                        decision.arguments_digest,
+                        decision.edited_arguments_json,
+                    ),
+                )
                 pending = await _lock_job(session, row.job_id)
                 statement = _decide(
                     escalation_id,
@@ -204,7 +227,7 @@ class EscalationRepository:
                     source=decision.source,
                     via_service=decision.via_service,
                     now=now,
-                )
+                ).values(answer=decision.answer, approved_arguments_json=edited)
                 updated = await _update_escalation(session, statement)
                 if updated is None:
                     await session.refresh(row)
@@ -291,6 +314,12 @@ class EscalationRepository:
         )
         remaining = [i for i in pending if i != escalation.escalation_id]
         values: dict[str, Any] = {"pending_escalations": remaining}
+        if escalation.approved and escalation.decision == APPROVE_FOR_JOB:
+            approved = await session.scalar(
+                select(JobRow.approved_tools).where(JobRow.job_id == escalation.job_id)
+            )
+            if escalation.tool_name not in (approved or ()):
+                values["approved_tools"] = [*(approved or ()), escalation.tool_name]
         if not remaining:
             values["agent_state"] = case(
                 (JobRow.agent_state == AgentState.WAITING_FOR_INPUT.value, AgentState.WORKING.value),
@@ -358,6 +387,9 @@ class EscalationRepository:
                     .execution_options(synchronize_session=False)
                 )
                 if marked.rowcount:  # type: ignore[attr-defined]
+                    payloads += approval_events(escalation)
+                    if escalation.approved:
+                        session.add(approved_execution(escalation, now))
                     payloads.append(
                         AgentEscalationResolved(
                             escalation_id=escalation.escalation_id,

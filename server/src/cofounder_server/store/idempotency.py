@@ -32,9 +32,17 @@ def request_fingerprint(request: object) -> str:
 
 def _fields(value: object) -> object:
     """Dataclasses as dicts of their fields, at any depth (what ``dataclasses.asdict`` gives
-    JSON, without copying every nested value: the text, and so the digest, is the same)."""
+    JSON, without copying every nested value: the text, and so the digest, is the same).
+    A field left at its default ``None`` is left out: a field added to a request later keeps
+    the fingerprints of requests that do not use it."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _fields(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        return {
+            field.name: _fields(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if not (field.default is None and getattr(value, field.name) is None)
+        }
+    if isinstance(value, tuple):
+        return [_fields(item) for item in value]
     return value
 
 

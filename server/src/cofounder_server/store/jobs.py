@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Row, Select, Update, select, tuple_, updat
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cofounder_server.domain.approvals import ToolApprovalPolicy
 from cofounder_server.domain.changes import Change
 from cofounder_server.domain.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
 from cofounder_server.domain.events import EscalationEvent, EventPayload, JobEvent, JobStatusChanged
@@ -324,7 +325,12 @@ def job_of(row: JobRow | Row[Any]) -> Job:
         project_id=row.project_id,
         goal=row.goal,
         daily_budget_microdollars=row.daily_budget_microdollars,
-        agent=AgentSpec(brain=row.agent_brain, model=row.agent_model, config=config),
+        agent=AgentSpec(
+            brain=row.agent_brain,
+            model=row.agent_model,
+            config=config,
+            tool_approval=ToolApprovalPolicy.from_json(row.tool_approval),
+        ),
         labels={str(key): str(value) for key, value in row.labels.items()},
         status=JobStatus(row.status),
         outcome=None if row.outcome is None else JobOutcome(row.outcome),
@@ -336,4 +342,5 @@ def job_of(row: JobRow | Row[Any]) -> Job:
         end_time=row.end_time,
         version=row.version,
         pending_escalation_ids=tuple(row.pending_escalations or ()),
+        approved_tools=tuple(row.approved_tools or ()),
     )

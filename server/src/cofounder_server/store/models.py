@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -27,7 +28,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cofounder_server.domain.escalations import DecisionSource, EscalationStatus, EscalationTrigger
+from cofounder_server.domain.escalations import (
+    AnswerKind,
+    DecisionSource,
+    EscalationStatus,
+    EscalationTrigger,
+    ToolExecutionState,
+)
 from cofounder_server.domain.events import EscalationEventKind
 from cofounder_server.domain.model import AgentState, JobOutcome, JobStatus
 
@@ -82,6 +89,8 @@ def _in_values(
         | EscalationStatus
         | EscalationTrigger
         | DecisionSource
+        | AnswerKind
+        | ToolExecutionState
     ],
 ) -> str:
     return f"{column} IN ({', '.join(repr(member.value) for member in values)})"
@@ -137,6 +146,10 @@ class JobRow(Base):
     # change, stamped in the change's transaction. The feed is coalesced: a job appears once,
     # at its newest change, so resuming after a cursor reads the jobs whose value is above it.
     fleet_sequence: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The job's tool approval policy (``ToolApprovalPolicy.to_json``), NULL: none; and the
+    # tools a reviewer approved for the rest of the job, in the order approved.
+    tool_approval: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
+    approved_tools: Mapped[list[str]] = mapped_column(JSONDocument, server_default="[]")
 
     __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
@@ -286,6 +299,17 @@ class EscalationRow(Base):
     decision_source: Mapped[str | None] = mapped_column(String(16))
     resolved_via_service: Mapped[str] = mapped_column(String(255))
     delivered_time: Mapped[datetime | None]
+    # A tool approval's call: the agent's arguments, their digest, the tool's input schema,
+    # and the reviewer's edit of them. Questions' answers beyond options: the kind, the
+    # schema a value must match, the longest text, and the answer given.
+    arguments_json: Mapped[str] = mapped_column(Text, server_default="")
+    arguments_digest: Mapped[str] = mapped_column(String(64), server_default="")
+    input_schema_json: Mapped[str] = mapped_column(Text, server_default="")
+    approved_arguments_json: Mapped[str] = mapped_column(Text, server_default="")
+    answer_kind: Mapped[str] = mapped_column(String(16), server_default=AnswerKind.OPTION.value)
+    answer_schema_json: Mapped[str] = mapped_column(Text, server_default="")
+    answer_max_chars: Mapped[int] = mapped_column(Integer, server_default="0")
+    answer: Mapped[str] = mapped_column(Text, server_default="")
 
     __table_args__ = (
         CheckConstraint(_in_values("state", EscalationStatus), name="state"),
@@ -294,6 +318,7 @@ class EscalationRow(Base):
             f"decision_source IS NULL OR {_in_values('decision_source', DecisionSource)}",
             name="decision_source",
         ),
+        CheckConstraint(_in_values("answer_kind", AnswerKind), name="answer_kind"),
     )
 
 
@@ -312,6 +337,34 @@ Index(
     EscalationRow.escalation_id.desc(),
 )
 Index("ix_escalations_state_deadline", EscalationRow.state, EscalationRow.deadline)
+
+
+class ToolExecutionRow(Base):
+    """The execution of an approved tool call: ``approved`` (not started), ``running`` (a
+    process took it; if it died, the call may or may not have completed), ``done`` (its
+    result kept). Taking a call from ``approved`` to ``running`` is one conditional
+    ``UPDATE``, committed before the tool runs: a call runs at most once, whatever restarts
+    and replicas do."""
+
+    __tablename__ = "tool_executions"
+
+    escalation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("escalations.escalation_id"), primary_key=True
+    )
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.job_id"))
+    call_id: Mapped[str] = mapped_column(String(255))
+    tool_name: Mapped[str] = mapped_column(String(255))
+    arguments_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    result: Mapped[str] = mapped_column(Text)
+    is_error: Mapped[bool] = mapped_column(Boolean)
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    update_time: Mapped[datetime]
+
+    __table_args__ = (CheckConstraint(_in_values("state", ToolExecutionState), name="state"),)
+
+
+Index("ix_tool_executions_job_id", ToolExecutionRow.job_id)
 
 
 class UsageLedgerRow(Base):

@@ -1,8 +1,9 @@
 """The ``ask_human`` tool: the agent asks the job's owner a question and waits for the answer.
 
 The question becomes an escalation (problem, options, recommended option, optional deadline
-and default). The agent waits, holding nothing, until someone resolves it or the deadline
-passes; the answer, saying who or what decided, is the call's result.
+and default; or, without options, a free-text answer or a JSON value matching a schema).
+The agent waits, holding nothing, until someone resolves it or the deadline passes; the
+answer, saying who or what decided, is the call's result.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cofounder_server.domain.escalations import (
+    MAX_ANSWER_CHARS,
     MAX_DEADLINE,
     MAX_OPTION_VALUE,
     MAX_OPTIONS,
@@ -24,9 +26,11 @@ _SPEC = ToolSpec(
     description=(
         "Ask the person responsible for this job to decide something you cannot or should not "
         "decide alone (a missing credential, an irreversible or costly step, an ambiguous goal). "
-        "Offer the choices as `options`; say which you recommend. You wait until someone answers; "
-        "the answer names who decided. With `deadline_seconds`, nobody answering by then applies "
-        "`default` if you gave one, and otherwise you are told that nobody answered."
+        "Offer the choices as `options`; say which you recommend. Without `options` the person "
+        "answers in free text (up to `max_answer_chars`), or, with `answer_schema` (a JSON "
+        "Schema), with a JSON value matching it. You wait until someone answers; the answer names "
+        "who decided. With `deadline_seconds`, nobody answering by then applies `default` (an "
+        "option value) if you gave one, and otherwise you are told that nobody answered."
     ),
     input_schema={
         "type": "object",
@@ -51,6 +55,16 @@ _SPEC = ToolSpec(
                     "additionalProperties": False,
                 },
             },
+            "answer_schema": {
+                "type": "object",
+                "description": "Without `options`: a JSON Schema the answer must match.",
+            },
+            "max_answer_chars": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_ANSWER_CHARS,
+                "description": "Without `options`: the longest free-text answer (the default is the most).",
+            },
             "recommended": {"type": "string", "description": "The option value you recommend."},
             "deadline_seconds": {
                 "type": "number",
@@ -63,7 +77,7 @@ _SPEC = ToolSpec(
                 "description": "The option value applied if nobody answers by the deadline.",
             },
         },
-        "required": ["question", "options"],
+        "required": ["question"],
         "additionalProperties": False,
     },
 )

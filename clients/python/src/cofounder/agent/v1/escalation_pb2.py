@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cofounder/agent/v1/escalation.proto\x12\x12\x63ofounder.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x10\x45scalationOption\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xa8\x05\n\nEscalation\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.cofounder.agent.v1.EscalationStatus\x12\x36\n\x07trigger\x18\x05 \x01(\x0e\x32%.cofounder.agent.v1.EscalationTrigger\x12\x0f\n\x07problem\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x03(\t\x12\x1a\n\x12recommended_action\x18\x08 \x01(\t\x12\x35\n\x07options\x18\t \x03(\x0b\x32$.cofounder.agent.v1.EscalationOption\x12\x17\n\x0f\x65rror_signature\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65\x63ision\x18\r \x01(\t\x12\x10\n\x08guidance\x18\x0e \x01(\t\x12\x13\n\x0bresolved_by\x18\x0f \x01(\t\x12;\n\x0f\x64\x65\x63ision_source\x18\x10 \x01(\x0e\x32\".cofounder.agent.v1.DecisionSource\x12\x1c\n\x14resolved_via_service\x18\x11 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x12 \x01(\t\x12\x11\n\ttool_name\x18\x13 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x66\x61ult_option\x18\x15 \x01(\t*\xb4\x01\n\x10\x45scalationStatus\x12!\n\x1d\x45SCALATION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45SCALATION_STATUS_PENDING\x10\x01\x12\x1e\n\x1a\x45SCALATION_STATUS_RESOLVED\x10\x02\x12\x1f\n\x1b\x45SCALATION_STATUS_WITHDRAWN\x10\x03\x12\x1d\n\x19\x45SCALATION_STATUS_EXPIRED\x10\x04*\x88\x01\n\x0e\x44\x65\x63isionSource\x12\x1f\n\x1b\x44\x45\x43ISION_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45\x43ISION_SOURCE_PERSON\x10\x01\x12\x1b\n\x17\x44\x45\x43ISION_SOURCE_SERVICE\x10\x02\x12\x1c\n\x18\x44\x45\x43ISION_SOURCE_DEADLINE\x10\x03*\xaf\x01\n\x11\x45scalationTrigger\x12\"\n\x1e\x45SCALATION_TRIGGER_UNSPECIFIED\x10\x00\x12%\n!ESCALATION_TRIGGER_REPEATED_ERROR\x10\x01\x12(\n$ESCALATION_TRIGGER_UNRETRYABLE_ERROR\x10\x02\x12%\n!ESCALATION_TRIGGER_AGENT_QUESTION\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cofounder/agent/v1/escalation.proto\x12\x12\x63ofounder.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x0eToolCallReview\x12\x16\n\x0e\x61rguments_json\x18\x01 \x01(\t\x12\x18\n\x10\x61rguments_digest\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x1f\n\x17\x61pproved_arguments_json\x18\x04 \x01(\t\x12\r\n\x05\x65\x64its\x18\x05 \x01(\t\"E\n\x10\x45scalationOption\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xe4\x06\n\nEscalation\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.cofounder.agent.v1.EscalationStatus\x12\x36\n\x07trigger\x18\x05 \x01(\x0e\x32%.cofounder.agent.v1.EscalationTrigger\x12\x0f\n\x07problem\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x03(\t\x12\x1a\n\x12recommended_action\x18\x08 \x01(\t\x12\x35\n\x07options\x18\t \x03(\x0b\x32$.cofounder.agent.v1.EscalationOption\x12\x17\n\x0f\x65rror_signature\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65\x63ision\x18\r \x01(\t\x12\x10\n\x08guidance\x18\x0e \x01(\t\x12\x13\n\x0bresolved_by\x18\x0f \x01(\t\x12;\n\x0f\x64\x65\x63ision_source\x18\x10 \x01(\x0e\x32\".cofounder.agent.v1.DecisionSource\x12\x1c\n\x14resolved_via_service\x18\x11 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x12 \x01(\t\x12\x11\n\ttool_name\x18\x13 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x66\x61ult_option\x18\x15 \x01(\t\x12\x35\n\ttool_call\x18\x16 \x01(\x0b\x32\".cofounder.agent.v1.ToolCallReview\x12=\n\x0b\x61nswer_kind\x18\x17 \x01(\x0e\x32(.cofounder.agent.v1.EscalationAnswerKind\x12\x1a\n\x12\x61nswer_schema_json\x18\x18 \x01(\t\x12\x18\n\x10\x61nswer_max_chars\x18\x19 \x01(\x05\x12\x0e\n\x06\x61nswer\x18\x1a \x01(\t*\xb4\x01\n\x10\x45scalationStatus\x12!\n\x1d\x45SCALATION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45SCALATION_STATUS_PENDING\x10\x01\x12\x1e\n\x1a\x45SCALATION_STATUS_RESOLVED\x10\x02\x12\x1f\n\x1b\x45SCALATION_STATUS_WITHDRAWN\x10\x03\x12\x1d\n\x19\x45SCALATION_STATUS_EXPIRED\x10\x04*\x88\x01\n\x0e\x44\x65\x63isionSource\x12\x1f\n\x1b\x44\x45\x43ISION_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45\x43ISION_SOURCE_PERSON\x10\x01\x12\x1b\n\x17\x44\x45\x43ISION_SOURCE_SERVICE\x10\x02\x12\x1c\n\x18\x44\x45\x43ISION_SOURCE_DEADLINE\x10\x03*\xd5\x01\n\x11\x45scalationTrigger\x12\"\n\x1e\x45SCALATION_TRIGGER_UNSPECIFIED\x10\x00\x12%\n!ESCALATION_TRIGGER_REPEATED_ERROR\x10\x01\x12(\n$ESCALATION_TRIGGER_UNRETRYABLE_ERROR\x10\x02\x12%\n!ESCALATION_TRIGGER_AGENT_QUESTION\x10\x03\x12$\n ESCALATION_TRIGGER_TOOL_APPROVAL\x10\x04*\xa4\x01\n\x14\x45scalationAnswerKind\x12&\n\"ESCALATION_ANSWER_KIND_UNSPECIFIED\x10\x00\x12!\n\x1d\x45SCALATION_ANSWER_KIND_OPTION\x10\x01\x12\x1f\n\x1b\x45SCALATION_ANSWER_KIND_TEXT\x10\x02\x12 \n\x1c\x45SCALATION_ANSWER_KIND_VALUE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cofounder.agent.v1.escalation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ESCALATIONSTATUS']._serialized_start=847
-  _globals['_ESCALATIONSTATUS']._serialized_end=1027
-  _globals['_DECISIONSOURCE']._serialized_start=1030
-  _globals['_DECISIONSOURCE']._serialized_end=1166
-  _globals['_ESCALATIONTRIGGER']._serialized_start=1169
-  _globals['_ESCALATIONTRIGGER']._serialized_end=1344
-  _globals['_ESCALATIONOPTION']._serialized_start=92
-  _globals['_ESCALATIONOPTION']._serialized_end=161
-  _globals['_ESCALATION']._serialized_start=164
-  _globals['_ESCALATION']._serialized_end=844
+  _globals['_ESCALATIONSTATUS']._serialized_start=1179
+  _globals['_ESCALATIONSTATUS']._serialized_end=1359
+  _globals['_DECISIONSOURCE']._serialized_start=1362
+  _globals['_DECISIONSOURCE']._serialized_end=1498
+  _globals['_ESCALATIONTRIGGER']._serialized_start=1501
+  _globals['_ESCALATIONTRIGGER']._serialized_end=1714
+  _globals['_ESCALATIONANSWERKIND']._serialized_start=1717
+  _globals['_ESCALATIONANSWERKIND']._serialized_end=1881
+  _globals['_TOOLCALLREVIEW']._serialized_start=93
+  _globals['_TOOLCALLREVIEW']._serialized_end=234
+  _globals['_ESCALATIONOPTION']._serialized_start=236
+  _globals['_ESCALATIONOPTION']._serialized_end=305
+  _globals['_ESCALATION']._serialized_start=308
+  _globals['_ESCALATION']._serialized_end=1176
 # @@protoc_insertion_point(module_scope)

@@ -112,6 +112,11 @@ class _EscalationTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Esc
     """An error that retrying cannot fix (e.g. missing credentials)."""
     ESCALATION_TRIGGER_AGENT_QUESTION: _EscalationTrigger.ValueType  # 3
     """The agent asked a human a question."""
+    ESCALATION_TRIGGER_TOOL_APPROVAL: _EscalationTrigger.ValueType  # 4
+    """The agent called a tool whose calls need approval (the job's
+    AgentSpec.tool_approval): the call waits, not run, for a decision
+    `approve`, `approve_for_job` or `reject`. See `tool_call`.
+    """
 
 class EscalationTrigger(_EscalationTrigger, metaclass=_EscalationTriggerEnumTypeWrapper):
     """Why the agent raised an escalation."""
@@ -124,7 +129,95 @@ ESCALATION_TRIGGER_UNRETRYABLE_ERROR: EscalationTrigger.ValueType  # 2
 """An error that retrying cannot fix (e.g. missing credentials)."""
 ESCALATION_TRIGGER_AGENT_QUESTION: EscalationTrigger.ValueType  # 3
 """The agent asked a human a question."""
+ESCALATION_TRIGGER_TOOL_APPROVAL: EscalationTrigger.ValueType  # 4
+"""The agent called a tool whose calls need approval (the job's
+AgentSpec.tool_approval): the call waits, not run, for a decision
+`approve`, `approve_for_job` or `reject`. See `tool_call`.
+"""
 Global___EscalationTrigger: _TypeAlias = EscalationTrigger  # noqa: Y015
+
+class _EscalationAnswerKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EscalationAnswerKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EscalationAnswerKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ESCALATION_ANSWER_KIND_UNSPECIFIED: _EscalationAnswerKind.ValueType  # 0
+    """One of the options (escalations stored before answer kinds existed)."""
+    ESCALATION_ANSWER_KIND_OPTION: _EscalationAnswerKind.ValueType  # 1
+    """One of the options: ResolveEscalationRequest.decision."""
+    ESCALATION_ANSWER_KIND_TEXT: _EscalationAnswerKind.ValueType  # 2
+    """Free text of at most `answer_max_chars` characters:
+    ResolveEscalationRequest.answer.
+    """
+    ESCALATION_ANSWER_KIND_VALUE: _EscalationAnswerKind.ValueType  # 3
+    """A JSON value matching `answer_schema_json`:
+    ResolveEscalationRequest.answer, as JSON text.
+    """
+
+class EscalationAnswerKind(_EscalationAnswerKind, metaclass=_EscalationAnswerKindEnumTypeWrapper):
+    """What kind of answer an escalation takes."""
+
+ESCALATION_ANSWER_KIND_UNSPECIFIED: EscalationAnswerKind.ValueType  # 0
+"""One of the options (escalations stored before answer kinds existed)."""
+ESCALATION_ANSWER_KIND_OPTION: EscalationAnswerKind.ValueType  # 1
+"""One of the options: ResolveEscalationRequest.decision."""
+ESCALATION_ANSWER_KIND_TEXT: EscalationAnswerKind.ValueType  # 2
+"""Free text of at most `answer_max_chars` characters:
+ResolveEscalationRequest.answer.
+"""
+ESCALATION_ANSWER_KIND_VALUE: EscalationAnswerKind.ValueType  # 3
+"""A JSON value matching `answer_schema_json`:
+ResolveEscalationRequest.answer, as JSON text.
+"""
+Global___EscalationAnswerKind: _TypeAlias = EscalationAnswerKind  # noqa: Y015
+
+@_typing.final
+class ToolCallReview(_message.Message):
+    """The tool call a tool approval is about, exactly as the agent asked for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_DIGEST_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    APPROVED_ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    EDITS_FIELD_NUMBER: _builtins.int
+    arguments_json: _builtins.str
+    """The arguments as the agent gave them: canonical JSON (keys sorted, no
+    insignificant spaces).
+    """
+    arguments_digest: _builtins.str
+    """SHA-256 (lower-case hex) of `arguments_json`. Approving names it
+    (ResolveEscalationRequest.arguments_digest), so an approval applies to
+    the call the reviewer saw and no other.
+    """
+    input_schema_json: _builtins.str
+    """The tool's input schema (JSON Schema), which edited arguments must match."""
+    approved_arguments_json: _builtins.str
+    """The arguments the reviewer approved instead (canonical JSON), when they
+    edited them; empty otherwise.
+    """
+    edits: _builtins.str
+    """What the edit changed, one line per changed field (`path: old -> new`);
+    empty unless edited. The agent is told the same.
+    """
+    def __init__(
+        self,
+        *,
+        arguments_json: _builtins.str = ...,
+        arguments_digest: _builtins.str = ...,
+        input_schema_json: _builtins.str = ...,
+        approved_arguments_json: _builtins.str = ...,
+        edits: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_arguments_json", b"approved_arguments_json", "arguments_digest", b"arguments_digest", "arguments_json", b"arguments_json", "edits", b"edits", "input_schema_json", b"input_schema_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallReview: _TypeAlias = ToolCallReview  # noqa: Y015
 
 @_typing.final
 class EscalationOption(_message.Message):
@@ -185,6 +278,11 @@ class Escalation(_message.Message):
     TOOL_NAME_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     DEFAULT_OPTION_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    ANSWER_KIND_FIELD_NUMBER: _builtins.int
+    ANSWER_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    ANSWER_MAX_CHARS_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
     escalation_id: _builtins.str
     """Server-assigned identifier: a lower-case canonical UUID."""
     job_id: _builtins.str
@@ -202,7 +300,9 @@ class Escalation(_message.Message):
     error_signature: _builtins.str
     """Normalised signature of the failing error, when raised by retries."""
     decision: _builtins.str
-    """The chosen option value; empty while pending."""
+    """The chosen option value; empty while pending, and for a free-text or
+    value `answer`.
+    """
     guidance: _builtins.str
     """Free-text guidance the human added for the agent."""
     resolved_by: _builtins.str
@@ -225,13 +325,25 @@ class Escalation(_message.Message):
     """The option value applied at the deadline; empty: none (the agent is told
     nobody answered).
     """
+    answer_kind: Global___EscalationAnswerKind.ValueType
+    """What kind of answer resolves it."""
+    answer_schema_json: _builtins.str
+    """The JSON Schema an ESCALATION_ANSWER_KIND_VALUE answer must match."""
+    answer_max_chars: _builtins.int
+    """The longest ESCALATION_ANSWER_KIND_TEXT answer, in characters."""
+    answer: _builtins.str
+    """The free-text or JSON answer given; empty while pending and for option
+    answers.
+    """
     @_builtins.property
     def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the agent already tried, one entry per attempt."""
 
     @_builtins.property
     def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___EscalationOption]:
-        """The choices offered; a resolution must pick one of their values."""
+        """The choices offered; a resolution must pick one of their values. Empty
+        for a question answered in free text or with a value (`answer_kind`).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -245,6 +357,12 @@ class Escalation(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """When the escalation resolves itself if nobody answers; unset: it waits
         until answered or the job ends.
+        """
+
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallReview:
+        """The tool call waiting for approval (trigger
+        ESCALATION_TRIGGER_TOOL_APPROVAL); unset otherwise.
         """
 
     def __init__(
@@ -271,10 +389,15 @@ class Escalation(_message.Message):
         tool_name: _builtins.str = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         default_option: _builtins.str = ...,
+        tool_call: Global___ToolCallReview | None = ...,
+        answer_kind: Global___EscalationAnswerKind.ValueType = ...,
+        answer_schema_json: _builtins.str = ...,
+        answer_max_chars: _builtins.int = ...,
+        answer: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "resolve_time", b"resolve_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "resolve_time", b"resolve_time", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "decision", b"decision", "decision_source", b"decision_source", "default_option", b"default_option", "error_signature", b"error_signature", "escalation_id", b"escalation_id", "guidance", b"guidance", "job_id", b"job_id", "options", b"options", "owner_id", b"owner_id", "problem", b"problem", "recommended_action", b"recommended_action", "resolve_time", b"resolve_time", "resolved_by", b"resolved_by", "resolved_via_service", b"resolved_via_service", "status", b"status", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_kind", b"answer_kind", "answer_max_chars", b"answer_max_chars", "answer_schema_json", b"answer_schema_json", "attempts", b"attempts", "create_time", b"create_time", "deadline", b"deadline", "decision", b"decision", "decision_source", b"decision_source", "default_option", b"default_option", "error_signature", b"error_signature", "escalation_id", b"escalation_id", "guidance", b"guidance", "job_id", b"job_id", "options", b"options", "owner_id", b"owner_id", "problem", b"problem", "recommended_action", b"recommended_action", "resolve_time", b"resolve_time", "resolved_by", b"resolved_by", "resolved_via_service", b"resolved_via_service", "status", b"status", "tool_call", b"tool_call", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,15 +27,15 @@ from cofounder.agent.v1 import event_pb2 as cofounder_dot_agent_dot_v1_dot_event
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+cofounder/agent/v1/escalation_service.proto\x12\x12\x63ofounder.agent.v1\x1a#cofounder/agent/v1/escalation.proto\x1a\x1e\x63ofounder/agent/v1/event.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x14GetEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\"K\n\x15GetEscalationResponse\x12\x32\n\nescalation\x18\x01 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\"\x87\x01\n\x16ListEscalationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x36\n\x08statuses\x18\x04 \x03(\x0e\x32$.cofounder.agent.v1.EscalationStatus\"g\n\x17ListEscalationsResponse\x12\x33\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x1e.cofounder.agent.v1.Escalation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x18ResolveEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x10\n\x08guidance\x18\x04 \x01(\t\"\x9b\x01\n\x19ResolveEscalationResponse\x12\x32\n\nescalation\x18\x01 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\x12\x15\n\ragent_waiting\x18\x02 \x01(\x08\x12\x33\n\x0f\x61gent_wake_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x17WatchEscalationsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\xc6\x01\n\x0f\x45scalationEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x35\n\x04kind\x18\x03 \x01(\x0e\x32\'.cofounder.agent.v1.EscalationEventKind\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\nescalation\x18\x05 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\"^\n\x12\x45scalationSnapshot\x12/\n\x07pending\x18\x01 \x03(\x0b\x32\x1e.cofounder.agent.v1.Escalation\x12\x17\n\x0flatest_sequence\x18\x02 \x01(\x03\"K\n\x14\x45scalationEventBatch\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.cofounder.agent.v1.EscalationEvent\"\xce\x01\n\x18WatchEscalationsResponse\x12:\n\x08snapshot\x18\x01 \x01(\x0b\x32&.cofounder.agent.v1.EscalationSnapshotH\x00\x12:\n\x06\x65vents\x18\x02 \x01(\x0b\x32(.cofounder.agent.v1.EscalationEventBatchH\x00\x12\x32\n\theartbeat\x18\x03 \x01(\x0b\x32\x1d.cofounder.agent.v1.HeartbeatH\x00\x42\x06\n\x04kind*\xa7\x01\n\x13\x45scalationEventKind\x12%\n!ESCALATION_EVENT_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x45SCALATION_EVENT_KIND_RAISED\x10\x01\x12\"\n\x1e\x45SCALATION_EVENT_KIND_RESOLVED\x10\x02\x12#\n\x1f\x45SCALATION_EVENT_KIND_WITHDRAWN\x10\x03\x32\xc8\x03\n\x11\x45scalationService\x12\x64\n\rGetEscalation\x12(.cofounder.agent.v1.GetEscalationRequest\x1a).cofounder.agent.v1.GetEscalationResponse\x12j\n\x0fListEscalations\x12*.cofounder.agent.v1.ListEscalationsRequest\x1a+.cofounder.agent.v1.ListEscalationsResponse\x12p\n\x11ResolveEscalation\x12,.cofounder.agent.v1.ResolveEscalationRequest\x1a-.cofounder.agent.v1.ResolveEscalationResponse\x12o\n\x10WatchEscalations\x12+.cofounder.agent.v1.WatchEscalationsRequest\x1a,.cofounder.agent.v1.WatchEscalationsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+cofounder/agent/v1/escalation_service.proto\x12\x12\x63ofounder.agent.v1\x1a#cofounder/agent/v1/escalation.proto\x1a\x1e\x63ofounder/agent/v1/event.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x14GetEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\"K\n\x15GetEscalationResponse\x12\x32\n\nescalation\x18\x01 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\"\x87\x01\n\x16ListEscalationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x36\n\x08statuses\x18\x04 \x03(\x0e\x32$.cofounder.agent.v1.EscalationStatus\"g\n\x17ListEscalationsResponse\x12\x33\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x1e.cofounder.agent.v1.Escalation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb2\x01\n\x18ResolveEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x10\n\x08guidance\x18\x04 \x01(\t\x12\x18\n\x10\x61rguments_digest\x18\x05 \x01(\t\x12\x1d\n\x15\x65\x64ited_arguments_json\x18\x06 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x07 \x01(\t\"\x9b\x01\n\x19ResolveEscalationResponse\x12\x32\n\nescalation\x18\x01 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\x12\x15\n\ragent_waiting\x18\x02 \x01(\x08\x12\x33\n\x0f\x61gent_wake_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x17WatchEscalationsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\xc6\x01\n\x0f\x45scalationEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x35\n\x04kind\x18\x03 \x01(\x0e\x32\'.cofounder.agent.v1.EscalationEventKind\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\nescalation\x18\x05 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\"^\n\x12\x45scalationSnapshot\x12/\n\x07pending\x18\x01 \x03(\x0b\x32\x1e.cofounder.agent.v1.Escalation\x12\x17\n\x0flatest_sequence\x18\x02 \x01(\x03\"K\n\x14\x45scalationEventBatch\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.cofounder.agent.v1.EscalationEvent\"\xce\x01\n\x18WatchEscalationsResponse\x12:\n\x08snapshot\x18\x01 \x01(\x0b\x32&.cofounder.agent.v1.EscalationSnapshotH\x00\x12:\n\x06\x65vents\x18\x02 \x01(\x0b\x32(.cofounder.agent.v1.EscalationEventBatchH\x00\x12\x32\n\theartbeat\x18\x03 \x01(\x0b\x32\x1d.cofounder.agent.v1.HeartbeatH\x00\x42\x06\n\x04kind*\xa7\x01\n\x13\x45scalationEventKind\x12%\n!ESCALATION_EVENT_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x45SCALATION_EVENT_KIND_RAISED\x10\x01\x12\"\n\x1e\x45SCALATION_EVENT_KIND_RESOLVED\x10\x02\x12#\n\x1f\x45SCALATION_EVENT_KIND_WITHDRAWN\x10\x03\x32\xc8\x03\n\x11\x45scalationService\x12\x64\n\rGetEscalation\x12(.cofounder.agent.v1.GetEscalationRequest\x1a).cofounder.agent.v1.GetEscalationResponse\x12j\n\x0fListEscalations\x12*.cofounder.agent.v1.ListEscalationsRequest\x1a+.cofounder.agent.v1.ListEscalationsResponse\x12p\n\x11ResolveEscalation\x12,.cofounder.agent.v1.ResolveEscalationRequest\x1a-.cofounder.agent.v1.ResolveEscalationResponse\x12o\n\x10WatchEscalations\x12+.cofounder.agent.v1.WatchEscalationsRequest\x1a,.cofounder.agent.v1.WatchEscalationsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cofounder.agent.v1.escalation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ESCALATIONEVENTKIND']._serialized_start=1476
-  _globals['_ESCALATIONEVENTKIND']._serialized_end=1643
+  _globals['_ESCALATIONEVENTKIND']._serialized_start=1550
+  _globals['_ESCALATIONEVENTKIND']._serialized_end=1717
   _globals['_GETESCALATIONREQUEST']._serialized_start=169
   _globals['_GETESCALATIONREQUEST']._serialized_end=214
   _globals['_GETESCALATIONRESPONSE']._serialized_start=216
@@ -44,20 +44,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTESCALATIONSREQUEST']._serialized_end=429
   _globals['_LISTESCALATIONSRESPONSE']._serialized_start=431
   _globals['_LISTESCALATIONSRESPONSE']._serialized_end=534
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=536
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=641
-  _globals['_RESOLVEESCALATIONRESPONSE']._serialized_start=644
-  _globals['_RESOLVEESCALATIONRESPONSE']._serialized_end=799
-  _globals['_WATCHESCALATIONSREQUEST']._serialized_start=801
-  _globals['_WATCHESCALATIONSREQUEST']._serialized_end=890
-  _globals['_ESCALATIONEVENT']._serialized_start=893
-  _globals['_ESCALATIONEVENT']._serialized_end=1091
-  _globals['_ESCALATIONSNAPSHOT']._serialized_start=1093
-  _globals['_ESCALATIONSNAPSHOT']._serialized_end=1187
-  _globals['_ESCALATIONEVENTBATCH']._serialized_start=1189
-  _globals['_ESCALATIONEVENTBATCH']._serialized_end=1264
-  _globals['_WATCHESCALATIONSRESPONSE']._serialized_start=1267
-  _globals['_WATCHESCALATIONSRESPONSE']._serialized_end=1473
-  _globals['_ESCALATIONSERVICE']._serialized_start=1646
-  _globals['_ESCALATIONSERVICE']._serialized_end=2102
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=537
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=715
+  _globals['_RESOLVEESCALATIONRESPONSE']._serialized_start=718
+  _globals['_RESOLVEESCALATIONRESPONSE']._serialized_end=873
+  _globals['_WATCHESCALATIONSREQUEST']._serialized_start=875
+  _globals['_WATCHESCALATIONSREQUEST']._serialized_end=964
+  _globals['_ESCALATIONEVENT']._serialized_start=967
+  _globals['_ESCALATIONEVENT']._serialized_end=1165
+  _globals['_ESCALATIONSNAPSHOT']._serialized_start=1167
+  _globals['_ESCALATIONSNAPSHOT']._serialized_end=1261
+  _globals['_ESCALATIONEVENTBATCH']._serialized_start=1263
+  _globals['_ESCALATIONEVENTBATCH']._serialized_end=1338
+  _globals['_WATCHESCALATIONSRESPONSE']._serialized_start=1341
+  _globals['_WATCHESCALATIONSRESPONSE']._serialized_end=1547
+  _globals['_ESCALATIONSERVICE']._serialized_start=1720
+  _globals['_ESCALATIONSERVICE']._serialized_end=2176
 # @@protoc_insertion_point(module_scope)

@@ -172,14 +172,39 @@ class ResolveEscalationRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     GUIDANCE_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_DIGEST_FIELD_NUMBER: _builtins.int
+    EDITED_ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
     escalation_id: _builtins.str
     """The escalation to resolve."""
     request_id: _builtins.str
     """Optional idempotency key (at most 128 characters)."""
     decision: _builtins.str
-    """The chosen option's `value`; must be one of the escalation's options."""
+    """The chosen option's `value`; must be one of the escalation's options.
+    Empty for an escalation that takes a free-text or JSON `answer`.
+    """
     guidance: _builtins.str
-    """Free-text guidance for the agent, at most 10,000 characters."""
+    """Free-text guidance for the agent, at most 10,000 characters. For a
+    rejected tool call, the message the agent receives.
+    """
+    arguments_digest: _builtins.str
+    """To approve a tool call (`approve` or `approve_for_job`): the
+    `tool_call.arguments_digest` of the call the reviewer saw. Required
+    then; one that is not the escalation's is FAILED_PRECONDITION with
+    ErrorInfo reason TOOL_CALL_DIGEST_MISMATCH, and nothing is recorded.
+    """
+    edited_arguments_json: _builtins.str
+    """Approve the tool call with these arguments instead (a JSON object, at
+    most 256 KiB), which must match the tool's input schema
+    (INVALID_ARGUMENT naming the failing path otherwise; nothing is
+    recorded). Only with an approving decision.
+    """
+    answer: _builtins.str
+    """The answer of an escalation that asks for free text (at most its
+    `answer_max_chars`) or for a value (JSON text matching its
+    `answer_schema_json`: INVALID_ARGUMENT naming the failing path
+    otherwise; nothing is recorded). Empty for option answers.
+    """
     def __init__(
         self,
         *,
@@ -187,10 +212,13 @@ class ResolveEscalationRequest(_message.Message):
         request_id: _builtins.str = ...,
         decision: _builtins.str = ...,
         guidance: _builtins.str = ...,
+        arguments_digest: _builtins.str = ...,
+        edited_arguments_json: _builtins.str = ...,
+        answer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "escalation_id", b"escalation_id", "guidance", b"guidance", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "arguments_digest", b"arguments_digest", "decision", b"decision", "edited_arguments_json", b"edited_arguments_json", "escalation_id", b"escalation_id", "guidance", b"guidance", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

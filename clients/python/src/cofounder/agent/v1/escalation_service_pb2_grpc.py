@@ -90,7 +90,10 @@ class EscalationServiceServicer:
 
         Errors: a decision that is not one of the option values is
         INVALID_ARGUMENT with a BadRequest listing the allowed values, and
-        nothing is recorded. Repeating a call with the same request_id returns
+        nothing is recorded. So are an answer that does not fit the question
+        and edited tool arguments that do not match the tool's input schema;
+        an approval naming another digest than the tool call's is
+        FAILED_PRECONDITION (TOOL_CALL_DIGEST_MISMATCH). Repeating a call with the same request_id returns
         the first call's result. Any other resolve of an escalation that is no
         longer pending (resolved, expired or withdrawn) is FAILED_PRECONDITION
         with ErrorInfo reason ESCALATION_ALREADY_RESOLVED; its metadata carries

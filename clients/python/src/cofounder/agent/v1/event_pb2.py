@@ -27,49 +27,55 @@ from cofounder.agent.v1 import job_pb2 as cofounder_dot_agent_dot_v1_dot_job__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ofounder/agent/v1/event.proto\x12\x12\x63ofounder.agent.v1\x1a#cofounder/agent/v1/escalation.proto\x1a\x1c\x63ofounder/agent/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x08\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0e\x61gent_thinking\x18\n \x01(\x0b\x32!.cofounder.agent.v1.AgentThinkingH\x00\x12@\n\x11\x61gent_tool_called\x18\x0b \x01(\x0b\x32#.cofounder.agent.v1.AgentToolCalledH\x00\x12\x46\n\x14\x61gent_budget_updated\x18\x0c \x01(\x0b\x32&.cofounder.agent.v1.AgentBudgetUpdatedH\x00\x12;\n\x0e\x61gent_sleeping\x18\r \x01(\x0b\x32!.cofounder.agent.v1.AgentSleepingH\x00\x12\x37\n\x0c\x61gent_waking\x18\x0e \x01(\x0b\x32\x1f.cofounder.agent.v1.AgentWakingH\x00\x12H\n\x15\x61gent_budget_exceeded\x18\x0f \x01(\x0b\x32\'.cofounder.agent.v1.AgentBudgetExceededH\x00\x12;\n\x0e\x61gent_retrying\x18\x10 \x01(\x0b\x32!.cofounder.agent.v1.AgentRetryingH\x00\x12K\n\x17\x61gent_waiting_for_input\x18\x11 \x01(\x0b\x32(.cofounder.agent.v1.AgentWaitingForInputH\x00\x12L\n\x17\x61gent_escalation_raised\x18\x12 \x01(\x0b\x32).cofounder.agent.v1.AgentEscalationRaisedH\x00\x12P\n\x19\x61gent_escalation_resolved\x18\x13 \x01(\x0b\x32+.cofounder.agent.v1.AgentEscalationResolvedH\x00\x12\x42\n\x12\x61gent_build_paused\x18\x14 \x01(\x0b\x32$.cofounder.agent.v1.AgentBuildPausedH\x00\x12\x39\n\rphase_started\x18\x15 \x01(\x0b\x32 .cofounder.agent.v1.PhaseStartedH\x00\x12=\n\x0fphase_completed\x18\x16 \x01(\x0b\x32\".cofounder.agent.v1.PhaseCompletedH\x00\x12\x42\n\x12job_status_changed\x18\x17 \x01(\x0b\x32$.cofounder.agent.v1.JobStatusChangedH\x00\x12R\n\x1a\x61gent_escalation_withdrawn\x18\x18 \x01(\x0b\x32,.cofounder.agent.v1.AgentEscalationWithdrawnH\x00\x42\t\n\x07payload\"0\n\rAgentThinking\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"m\n\x0f\x41gentToolCalled\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\x12\x10\n\x08is_error\x18\x05 \x01(\x08\"\x91\x01\n\x12\x41gentBudgetUpdated\x12\x16\n\x0e\x62udget_percent\x18\x01 \x01(\x05\x12 \n\x18spent_today_microdollars\x18\x02 \x01(\x03\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x03 \x01(\x03\x12\x1e\n\x16\x63\x61ll_cost_microdollars\x18\x04 \x01(\x03\"o\n\rAgentSleeping\x12-\n\twake_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.cofounder.agent.v1.SleepReason\"Z\n\x0b\x41gentWaking\x12.\n\x06reason\x18\x01 \x01(\x0e\x32\x1e.cofounder.agent.v1.WakeReason\x12\x1b\n\x13top_up_microdollars\x18\x02 \x01(\x03\"r\n\x13\x41gentBudgetExceeded\x12\x16\n\x0e\x62udget_percent\x18\x01 \x01(\x05\x12 \n\x18spent_today_microdollars\x18\x02 \x01(\x03\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x03 \x01(\x03\"\x9d\x01\n\rAgentRetrying\x12\x17\n\x0f\x65rror_signature\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x14\x41gentWaitingForInput\x12\x15\n\rescalation_id\x18\x01 \x01(\t\"K\n\x15\x41gentEscalationRaised\x12\x32\n\nescalation\x18\x01 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\"\xd7\x01\n\x17\x41gentEscalationResolved\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\x10\n\x08guidance\x18\x03 \x01(\t\x12\x13\n\x0bresolved_by\x18\x04 \x01(\t\x12;\n\x0f\x64\x65\x63ision_source\x18\x05 \x01(\x0e\x32\".cofounder.agent.v1.DecisionSource\x12\x1c\n\x14resolved_via_service\x18\x06 \x01(\t\x12\x11\n\tdelivered\x18\x07 \x01(\t\"A\n\x18\x41gentEscalationWithdrawn\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x10\x41gentBuildPaused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1d\n\x0cPhaseStarted\x12\r\n\x05phase\x18\x01 \x01(\t\"\x1f\n\x0ePhaseCompleted\x12\r\n\x05phase\x18\x01 \x01(\t\"\xba\x01\n\x10JobStatusChanged\x12\x36\n\x0fprevious_status\x18\x01 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x1e.cofounder.agent.v1.JobOutcome\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"N\n\tHeartbeat\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*p\n\x0bSleepReason\x12\x1c\n\x18SLEEP_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dSLEEP_REASON_BUDGET_THRESHOLD\x10\x01\x12 \n\x1cSLEEP_REASON_BUDGET_EXCEEDED\x10\x02*_\n\nWakeReason\x12\x1b\n\x17WAKE_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15WAKE_REASON_SCHEDULED\x10\x01\x12\x19\n\x15WAKE_REASON_REQUESTED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ofounder/agent/v1/event.proto\x12\x12\x63ofounder.agent.v1\x1a#cofounder/agent/v1/escalation.proto\x1a\x1c\x63ofounder/agent/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\n\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0e\x61gent_thinking\x18\n \x01(\x0b\x32!.cofounder.agent.v1.AgentThinkingH\x00\x12@\n\x11\x61gent_tool_called\x18\x0b \x01(\x0b\x32#.cofounder.agent.v1.AgentToolCalledH\x00\x12\x46\n\x14\x61gent_budget_updated\x18\x0c \x01(\x0b\x32&.cofounder.agent.v1.AgentBudgetUpdatedH\x00\x12;\n\x0e\x61gent_sleeping\x18\r \x01(\x0b\x32!.cofounder.agent.v1.AgentSleepingH\x00\x12\x37\n\x0c\x61gent_waking\x18\x0e \x01(\x0b\x32\x1f.cofounder.agent.v1.AgentWakingH\x00\x12H\n\x15\x61gent_budget_exceeded\x18\x0f \x01(\x0b\x32\'.cofounder.agent.v1.AgentBudgetExceededH\x00\x12;\n\x0e\x61gent_retrying\x18\x10 \x01(\x0b\x32!.cofounder.agent.v1.AgentRetryingH\x00\x12K\n\x17\x61gent_waiting_for_input\x18\x11 \x01(\x0b\x32(.cofounder.agent.v1.AgentWaitingForInputH\x00\x12L\n\x17\x61gent_escalation_raised\x18\x12 \x01(\x0b\x32).cofounder.agent.v1.AgentEscalationRaisedH\x00\x12P\n\x19\x61gent_escalation_resolved\x18\x13 \x01(\x0b\x32+.cofounder.agent.v1.AgentEscalationResolvedH\x00\x12\x42\n\x12\x61gent_build_paused\x18\x14 \x01(\x0b\x32$.cofounder.agent.v1.AgentBuildPausedH\x00\x12\x39\n\rphase_started\x18\x15 \x01(\x0b\x32 .cofounder.agent.v1.PhaseStartedH\x00\x12=\n\x0fphase_completed\x18\x16 \x01(\x0b\x32\".cofounder.agent.v1.PhaseCompletedH\x00\x12\x42\n\x12job_status_changed\x18\x17 \x01(\x0b\x32$.cofounder.agent.v1.JobStatusChangedH\x00\x12R\n\x1a\x61gent_escalation_withdrawn\x18\x18 \x01(\x0b\x32,.cofounder.agent.v1.AgentEscalationWithdrawnH\x00\x12W\n\x1d\x61gent_tool_approval_requested\x18\x19 \x01(\x0b\x32..cofounder.agent.v1.AgentToolApprovalRequestedH\x00\x12\x44\n\x13\x61gent_tool_approved\x18\x1a \x01(\x0b\x32%.cofounder.agent.v1.AgentToolApprovedH\x00\x12\x44\n\x13\x61gent_tool_rejected\x18\x1b \x01(\x0b\x32%.cofounder.agent.v1.AgentToolRejectedH\x00\x42\t\n\x07payload\"0\n\rAgentThinking\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"m\n\x0f\x41gentToolCalled\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\x12\x10\n\x08is_error\x18\x05 \x01(\x08\"\x91\x01\n\x12\x41gentBudgetUpdated\x12\x16\n\x0e\x62udget_percent\x18\x01 \x01(\x05\x12 \n\x18spent_today_microdollars\x18\x02 \x01(\x03\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x03 \x01(\x03\x12\x1e\n\x16\x63\x61ll_cost_microdollars\x18\x04 \x01(\x03\"o\n\rAgentSleeping\x12-\n\twake_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.cofounder.agent.v1.SleepReason\"Z\n\x0b\x41gentWaking\x12.\n\x06reason\x18\x01 \x01(\x0e\x32\x1e.cofounder.agent.v1.WakeReason\x12\x1b\n\x13top_up_microdollars\x18\x02 \x01(\x03\"r\n\x13\x41gentBudgetExceeded\x12\x16\n\x0e\x62udget_percent\x18\x01 \x01(\x05\x12 \n\x18spent_today_microdollars\x18\x02 \x01(\x03\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x03 \x01(\x03\"\x9d\x01\n\rAgentRetrying\x12\x17\n\x0f\x65rror_signature\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x14\x41gentWaitingForInput\x12\x15\n\rescalation_id\x18\x01 \x01(\t\"\x89\x01\n\x1a\x41gentToolApprovalRequested\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\x12\x18\n\x10\x61rguments_digest\x18\x05 \x01(\t\"\xd9\x01\n\x11\x41gentToolApproved\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\x12\x0e\n\x06\x65\x64ited\x18\x05 \x01(\x08\x12\x0f\n\x07\x66or_job\x18\x06 \x01(\x08\x12\x13\n\x0b\x61pproved_by\x18\x07 \x01(\t\x12;\n\x0f\x64\x65\x63ision_source\x18\x08 \x01(\x0e\x32\".cofounder.agent.v1.DecisionSource\"\xb1\x01\n\x11\x41gentToolRejected\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x13\n\x0brejected_by\x18\x05 \x01(\t\x12;\n\x0f\x64\x65\x63ision_source\x18\x06 \x01(\x0e\x32\".cofounder.agent.v1.DecisionSource\"K\n\x15\x41gentEscalationRaised\x12\x32\n\nescalation\x18\x01 \x01(\x0b\x32\x1e.cofounder.agent.v1.Escalation\"\xd7\x01\n\x17\x41gentEscalationResolved\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\x10\n\x08guidance\x18\x03 \x01(\t\x12\x13\n\x0bresolved_by\x18\x04 \x01(\t\x12;\n\x0f\x64\x65\x63ision_source\x18\x05 \x01(\x0e\x32\".cofounder.agent.v1.DecisionSource\x12\x1c\n\x14resolved_via_service\x18\x06 \x01(\t\x12\x11\n\tdelivered\x18\x07 \x01(\t\"A\n\x18\x41gentEscalationWithdrawn\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x10\x41gentBuildPaused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1d\n\x0cPhaseStarted\x12\r\n\x05phase\x18\x01 \x01(\t\"\x1f\n\x0ePhaseCompleted\x12\r\n\x05phase\x18\x01 \x01(\t\"\xba\x01\n\x10JobStatusChanged\x12\x36\n\x0fprevious_status\x18\x01 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x1e.cofounder.agent.v1.JobOutcome\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"N\n\tHeartbeat\x12\x17\n\x0flatest_sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*p\n\x0bSleepReason\x12\x1c\n\x18SLEEP_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dSLEEP_REASON_BUDGET_THRESHOLD\x10\x01\x12 \n\x1cSLEEP_REASON_BUDGET_EXCEEDED\x10\x02*_\n\nWakeReason\x12\x1b\n\x17WAKE_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15WAKE_REASON_SCHEDULED\x10\x01\x12\x19\n\x15WAKE_REASON_REQUESTED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cofounder.agent.v1.event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SLEEPREASON']._serialized_start=2867
-  _globals['_SLEEPREASON']._serialized_end=2979
-  _globals['_WAKEREASON']._serialized_start=2981
-  _globals['_WAKEREASON']._serialized_end=3076
+  _globals['_SLEEPREASON']._serialized_start=3636
+  _globals['_SLEEPREASON']._serialized_end=3748
+  _globals['_WAKEREASON']._serialized_start=3750
+  _globals['_WAKEREASON']._serialized_end=3845
   _globals['_JOBEVENT']._serialized_start=155
-  _globals['_JOBEVENT']._serialized_end=1297
-  _globals['_AGENTTHINKING']._serialized_start=1299
-  _globals['_AGENTTHINKING']._serialized_end=1347
-  _globals['_AGENTTOOLCALLED']._serialized_start=1349
-  _globals['_AGENTTOOLCALLED']._serialized_end=1458
-  _globals['_AGENTBUDGETUPDATED']._serialized_start=1461
-  _globals['_AGENTBUDGETUPDATED']._serialized_end=1606
-  _globals['_AGENTSLEEPING']._serialized_start=1608
-  _globals['_AGENTSLEEPING']._serialized_end=1719
-  _globals['_AGENTWAKING']._serialized_start=1721
-  _globals['_AGENTWAKING']._serialized_end=1811
-  _globals['_AGENTBUDGETEXCEEDED']._serialized_start=1813
-  _globals['_AGENTBUDGETEXCEEDED']._serialized_end=1927
-  _globals['_AGENTRETRYING']._serialized_start=1930
-  _globals['_AGENTRETRYING']._serialized_end=2087
-  _globals['_AGENTWAITINGFORINPUT']._serialized_start=2089
-  _globals['_AGENTWAITINGFORINPUT']._serialized_end=2134
-  _globals['_AGENTESCALATIONRAISED']._serialized_start=2136
-  _globals['_AGENTESCALATIONRAISED']._serialized_end=2211
-  _globals['_AGENTESCALATIONRESOLVED']._serialized_start=2214
-  _globals['_AGENTESCALATIONRESOLVED']._serialized_end=2429
-  _globals['_AGENTESCALATIONWITHDRAWN']._serialized_start=2431
-  _globals['_AGENTESCALATIONWITHDRAWN']._serialized_end=2496
-  _globals['_AGENTBUILDPAUSED']._serialized_start=2498
-  _globals['_AGENTBUILDPAUSED']._serialized_end=2532
-  _globals['_PHASESTARTED']._serialized_start=2534
-  _globals['_PHASESTARTED']._serialized_end=2563
-  _globals['_PHASECOMPLETED']._serialized_start=2565
-  _globals['_PHASECOMPLETED']._serialized_end=2596
-  _globals['_JOBSTATUSCHANGED']._serialized_start=2599
-  _globals['_JOBSTATUSCHANGED']._serialized_end=2785
-  _globals['_HEARTBEAT']._serialized_start=2787
-  _globals['_HEARTBEAT']._serialized_end=2865
+  _globals['_JOBEVENT']._serialized_end=1526
+  _globals['_AGENTTHINKING']._serialized_start=1528
+  _globals['_AGENTTHINKING']._serialized_end=1576
+  _globals['_AGENTTOOLCALLED']._serialized_start=1578
+  _globals['_AGENTTOOLCALLED']._serialized_end=1687
+  _globals['_AGENTBUDGETUPDATED']._serialized_start=1690
+  _globals['_AGENTBUDGETUPDATED']._serialized_end=1835
+  _globals['_AGENTSLEEPING']._serialized_start=1837
+  _globals['_AGENTSLEEPING']._serialized_end=1948
+  _globals['_AGENTWAKING']._serialized_start=1950
+  _globals['_AGENTWAKING']._serialized_end=2040
+  _globals['_AGENTBUDGETEXCEEDED']._serialized_start=2042
+  _globals['_AGENTBUDGETEXCEEDED']._serialized_end=2156
+  _globals['_AGENTRETRYING']._serialized_start=2159
+  _globals['_AGENTRETRYING']._serialized_end=2316
+  _globals['_AGENTWAITINGFORINPUT']._serialized_start=2318
+  _globals['_AGENTWAITINGFORINPUT']._serialized_end=2363
+  _globals['_AGENTTOOLAPPROVALREQUESTED']._serialized_start=2366
+  _globals['_AGENTTOOLAPPROVALREQUESTED']._serialized_end=2503
+  _globals['_AGENTTOOLAPPROVED']._serialized_start=2506
+  _globals['_AGENTTOOLAPPROVED']._serialized_end=2723
+  _globals['_AGENTTOOLREJECTED']._serialized_start=2726
+  _globals['_AGENTTOOLREJECTED']._serialized_end=2903
+  _globals['_AGENTESCALATIONRAISED']._serialized_start=2905
+  _globals['_AGENTESCALATIONRAISED']._serialized_end=2980
+  _globals['_AGENTESCALATIONRESOLVED']._serialized_start=2983
+  _globals['_AGENTESCALATIONRESOLVED']._serialized_end=3198
+  _globals['_AGENTESCALATIONWITHDRAWN']._serialized_start=3200
+  _globals['_AGENTESCALATIONWITHDRAWN']._serialized_end=3265
+  _globals['_AGENTBUILDPAUSED']._serialized_start=3267
+  _globals['_AGENTBUILDPAUSED']._serialized_end=3301
+  _globals['_PHASESTARTED']._serialized_start=3303
+  _globals['_PHASESTARTED']._serialized_end=3332
+  _globals['_PHASECOMPLETED']._serialized_start=3334
+  _globals['_PHASECOMPLETED']._serialized_end=3365
+  _globals['_JOBSTATUSCHANGED']._serialized_start=3368
+  _globals['_JOBSTATUSCHANGED']._serialized_end=3554
+  _globals['_HEARTBEAT']._serialized_start=3556
+  _globals['_HEARTBEAT']._serialized_end=3634
 # @@protoc_insertion_point(module_scope)

@@ -98,6 +98,9 @@ class JobEvent(_message.Message):
     PHASE_COMPLETED_FIELD_NUMBER: _builtins.int
     JOB_STATUS_CHANGED_FIELD_NUMBER: _builtins.int
     AGENT_ESCALATION_WITHDRAWN_FIELD_NUMBER: _builtins.int
+    AGENT_TOOL_APPROVAL_REQUESTED_FIELD_NUMBER: _builtins.int
+    AGENT_TOOL_APPROVED_FIELD_NUMBER: _builtins.int
+    AGENT_TOOL_REJECTED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job the event belongs to."""
     sequence: _builtins.int
@@ -172,6 +175,18 @@ class JobEvent(_message.Message):
     def agent_escalation_withdrawn(self) -> Global___AgentEscalationWithdrawn:
         """`agent.escalation_withdrawn`"""
 
+    @_builtins.property
+    def agent_tool_approval_requested(self) -> Global___AgentToolApprovalRequested:
+        """`agent.tool.approval_requested`"""
+
+    @_builtins.property
+    def agent_tool_approved(self) -> Global___AgentToolApproved:
+        """`agent.tool.approved`"""
+
+    @_builtins.property
+    def agent_tool_rejected(self) -> Global___AgentToolRejected:
+        """`agent.tool.rejected`"""
+
     def __init__(
         self,
         *,
@@ -194,12 +209,15 @@ class JobEvent(_message.Message):
         phase_completed: Global___PhaseCompleted | None = ...,
         job_status_changed: Global___JobStatusChanged | None = ...,
         agent_escalation_withdrawn: Global___AgentEscalationWithdrawn | None = ...,
+        agent_tool_approval_requested: Global___AgentToolApprovalRequested | None = ...,
+        agent_tool_approved: Global___AgentToolApproved | None = ...,
+        agent_tool_rejected: Global___AgentToolRejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_escalation_withdrawn", b"agent_escalation_withdrawn", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_called", b"agent_tool_called", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_escalation_withdrawn", b"agent_escalation_withdrawn", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_approval_requested", b"agent_tool_approval_requested", "agent_tool_approved", b"agent_tool_approved", "agent_tool_called", b"agent_tool_called", "agent_tool_rejected", b"agent_tool_rejected", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_escalation_withdrawn", b"agent_escalation_withdrawn", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_called", b"agent_tool_called", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_id", b"job_id", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_budget_exceeded", b"agent_budget_exceeded", "agent_budget_updated", b"agent_budget_updated", "agent_build_paused", b"agent_build_paused", "agent_escalation_raised", b"agent_escalation_raised", "agent_escalation_resolved", b"agent_escalation_resolved", "agent_escalation_withdrawn", b"agent_escalation_withdrawn", "agent_retrying", b"agent_retrying", "agent_sleeping", b"agent_sleeping", "agent_thinking", b"agent_thinking", "agent_tool_approval_requested", b"agent_tool_approval_requested", "agent_tool_approved", b"agent_tool_approved", "agent_tool_called", b"agent_tool_called", "agent_tool_rejected", b"agent_tool_rejected", "agent_waiting_for_input", b"agent_waiting_for_input", "agent_waking", b"agent_waking", "job_id", b"job_id", "job_status_changed", b"job_status_changed", "payload", b"payload", "phase_completed", b"phase_completed", "phase_started", b"phase_started", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["agent_thinking", "agent_tool_called", "agent_budget_updated", "agent_sleeping", "agent_waking", "agent_budget_exceeded", "agent_retrying", "agent_waiting_for_input", "agent_escalation_raised", "agent_escalation_resolved", "agent_build_paused", "phase_started", "phase_completed", "job_status_changed", "agent_escalation_withdrawn"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["agent_thinking", "agent_tool_called", "agent_budget_updated", "agent_sleeping", "agent_waking", "agent_budget_exceeded", "agent_retrying", "agent_waiting_for_input", "agent_escalation_raised", "agent_escalation_resolved", "agent_build_paused", "phase_started", "phase_completed", "job_status_changed", "agent_escalation_withdrawn", "agent_tool_approval_requested", "agent_tool_approved", "agent_tool_rejected"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -454,6 +472,136 @@ class AgentWaitingForInput(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentWaitingForInput: _TypeAlias = AgentWaitingForInput  # noqa: Y015
+
+@_typing.final
+class AgentToolApprovalRequested(_message.Message):
+    """A tool call waits for approval: it has not run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCALATION_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_DIGEST_FIELD_NUMBER: _builtins.int
+    escalation_id: _builtins.str
+    """The escalation that asks for the approval."""
+    tool_name: _builtins.str
+    """The tool the agent called."""
+    call_id: _builtins.str
+    """The agent's id of the call."""
+    arguments_json: _builtins.str
+    """The arguments as the agent gave them (canonical JSON)."""
+    arguments_digest: _builtins.str
+    """SHA-256 (hex) of `arguments_json`."""
+    def __init__(
+        self,
+        *,
+        escalation_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        arguments_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_digest", b"arguments_digest", "arguments_json", b"arguments_json", "call_id", b"call_id", "escalation_id", b"escalation_id", "tool_name", b"tool_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentToolApprovalRequested: _TypeAlias = AgentToolApprovalRequested  # noqa: Y015
+
+@_typing.final
+class AgentToolApproved(_message.Message):
+    """A tool call waiting for approval was approved, and runs (once) now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCALATION_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    EDITED_FIELD_NUMBER: _builtins.int
+    FOR_JOB_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    DECISION_SOURCE_FIELD_NUMBER: _builtins.int
+    escalation_id: _builtins.str
+    """The escalation that asked for the approval."""
+    tool_name: _builtins.str
+    """The tool."""
+    call_id: _builtins.str
+    """The agent's id of the call."""
+    arguments_json: _builtins.str
+    """The arguments the call runs with (canonical JSON)."""
+    edited: _builtins.bool
+    """Whether the reviewer edited the arguments."""
+    for_job: _builtins.bool
+    """Whether the tool is approved for the rest of the job."""
+    approved_by: _builtins.str
+    """Who approved (empty when the deadline did)."""
+    decision_source: _escalation_pb2.DecisionSource.ValueType
+    """Who or what decided."""
+    def __init__(
+        self,
+        *,
+        escalation_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        edited: _builtins.bool = ...,
+        for_job: _builtins.bool = ...,
+        approved_by: _builtins.str = ...,
+        decision_source: _escalation_pb2.DecisionSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "arguments_json", b"arguments_json", "call_id", b"call_id", "decision_source", b"decision_source", "edited", b"edited", "escalation_id", b"escalation_id", "for_job", b"for_job", "tool_name", b"tool_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentToolApproved: _TypeAlias = AgentToolApproved  # noqa: Y015
+
+@_typing.final
+class AgentToolRejected(_message.Message):
+    """A tool call waiting for approval was rejected: it never runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCALATION_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_FIELD_NUMBER: _builtins.int
+    DECISION_SOURCE_FIELD_NUMBER: _builtins.int
+    escalation_id: _builtins.str
+    """The escalation that asked for the approval."""
+    tool_name: _builtins.str
+    """The tool."""
+    call_id: _builtins.str
+    """The agent's id of the call."""
+    message: _builtins.str
+    """What the agent was told, the reviewer's message included."""
+    rejected_by: _builtins.str
+    """Who rejected (empty when the deadline did)."""
+    decision_source: _escalation_pb2.DecisionSource.ValueType
+    """Who or what decided."""
+    def __init__(
+        self,
+        *,
+        escalation_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        rejected_by: _builtins.str = ...,
+        decision_source: _escalation_pb2.DecisionSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "decision_source", b"decision_source", "escalation_id", b"escalation_id", "message", b"message", "rejected_by", b"rejected_by", "tool_name", b"tool_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentToolRejected: _TypeAlias = AgentToolRejected  # noqa: Y015
 
 @_typing.final
 class AgentEscalationRaised(_message.Message):

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ofounder/agent/v1/job.proto\x12\x12\x63ofounder.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\tAgentSpec\x12\r\n\x05\x62rain\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x86\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0c\n\x04goal\x18\x04 \x01(\t\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x05 \x01(\x03\x12,\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x1d.cofounder.agent.v1.AgentSpec\x12-\n\x06status\x18\x07 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12/\n\x07outcome\x18\x08 \x01(\x0e\x32\x1e.cofounder.agent.v1.JobOutcome\x12\x16\n\x0eoutcome_detail\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06labels\x18\r \x03(\x0b\x32#.cofounder.agent.v1.Job.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbf\x03\n\x11JobStatusSnapshot\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x31\n\njob_status\x18\x02 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12\x33\n\x0b\x61gent_state\x18\x03 \x01(\x0e\x32\x1e.cofounder.agent.v1.AgentState\x12-\n\twake_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x0e\x62udget_percent\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x06 \x01(\x03\x12 \n\x18spent_today_microdollars\x18\x07 \x01(\x03\x12\x1e\n\x16pending_escalation_ids\x18\x08 \x03(\t\x12\x1d\n\x15latest_event_sequence\x18\t \x01(\x03\x12/\n\x07outcome\x18\n \x01(\x0e\x32\x1e.cofounder.agent.v1.JobOutcome\x12\x1e\n\x16live_state_unavailable\x18\x0b \x01(\x08\x42\x11\n\x0f_budget_percent*\x9d\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x14\n\x10JOB_STATUS_READY\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05*\xfc\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_OUTCOME_COMPLETED\x10\x01\x12\x1f\n\x1bJOB_OUTCOME_ITERATION_LIMIT\x10\x02\x12\x1a\n\x16JOB_OUTCOME_REPETITION\x10\x03\x12\x1b\n\x17JOB_OUTCOME_MODEL_ERROR\x10\x04\x12\x1f\n\x1bJOB_OUTCOME_BUDGET_EXCEEDED\x10\x05\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x06\x12 \n\x1cJOB_OUTCOME_ESCALATION_LIMIT\x10\x07*\xd2\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATE_WORKING\x10\x01\x12\x18\n\x14\x41GENT_STATE_SLEEPING\x10\x02\x12!\n\x1d\x41GENT_STATE_WAITING_FOR_INPUT\x10\x03\x12\x15\n\x11\x41GENT_STATE_ERROR\x10\x04\x12\x1f\n\x1b\x41GENT_STATE_BUDGET_EXCEEDED\x10\x05\x12\x19\n\x15\x41GENT_STATE_COMPLETED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ofounder/agent/v1/job.proto\x12\x12\x63ofounder.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\tAgentSpec\x12\r\n\x05\x62rain\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12=\n\rtool_approval\x18\x04 \x01(\x0b\x32&.cofounder.agent.v1.ToolApprovalPolicy\"z\n\x12ToolApprovalPolicy\x12\r\n\x05tools\x18\x01 \x03(\t\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x02 \x01(\x05\x12;\n\non_timeout\x18\x03 \x01(\x0e\x32\'.cofounder.agent.v1.ToolApprovalTimeout\"\x9e\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0c\n\x04goal\x18\x04 \x01(\t\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x05 \x01(\x03\x12,\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x1d.cofounder.agent.v1.AgentSpec\x12-\n\x06status\x18\x07 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12/\n\x07outcome\x18\x08 \x01(\x0e\x32\x1e.cofounder.agent.v1.JobOutcome\x12\x16\n\x0eoutcome_detail\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06labels\x18\r \x03(\x0b\x32#.cofounder.agent.v1.Job.LabelsEntry\x12\x16\n\x0e\x61pproved_tools\x18\x0e \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbf\x03\n\x11JobStatusSnapshot\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x31\n\njob_status\x18\x02 \x01(\x0e\x32\x1d.cofounder.agent.v1.JobStatus\x12\x33\n\x0b\x61gent_state\x18\x03 \x01(\x0e\x32\x1e.cofounder.agent.v1.AgentState\x12-\n\twake_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x0e\x62udget_percent\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12!\n\x19\x64\x61ily_budget_microdollars\x18\x06 \x01(\x03\x12 \n\x18spent_today_microdollars\x18\x07 \x01(\x03\x12\x1e\n\x16pending_escalation_ids\x18\x08 \x03(\t\x12\x1d\n\x15latest_event_sequence\x18\t \x01(\x03\x12/\n\x07outcome\x18\n \x01(\x0e\x32\x1e.cofounder.agent.v1.JobOutcome\x12\x1e\n\x16live_state_unavailable\x18\x0b \x01(\x08\x42\x11\n\x0f_budget_percent*\x9d\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x14\n\x10JOB_STATUS_READY\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05*\xfc\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_OUTCOME_COMPLETED\x10\x01\x12\x1f\n\x1bJOB_OUTCOME_ITERATION_LIMIT\x10\x02\x12\x1a\n\x16JOB_OUTCOME_REPETITION\x10\x03\x12\x1b\n\x17JOB_OUTCOME_MODEL_ERROR\x10\x04\x12\x1f\n\x1bJOB_OUTCOME_BUDGET_EXCEEDED\x10\x05\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x06\x12 \n\x1cJOB_OUTCOME_ESCALATION_LIMIT\x10\x07*\xd2\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATE_WORKING\x10\x01\x12\x18\n\x14\x41GENT_STATE_SLEEPING\x10\x02\x12!\n\x1d\x41GENT_STATE_WAITING_FOR_INPUT\x10\x03\x12\x15\n\x11\x41GENT_STATE_ERROR\x10\x04\x12\x1f\n\x1b\x41GENT_STATE_BUDGET_EXCEEDED\x10\x05\x12\x19\n\x15\x41GENT_STATE_COMPLETED\x10\x06*\x81\x01\n\x13ToolApprovalTimeout\x12%\n!TOOL_APPROVAL_TIMEOUT_UNSPECIFIED\x10\x00\x12 \n\x1cTOOL_APPROVAL_TIMEOUT_REJECT\x10\x01\x12!\n\x1dTOOL_APPROVAL_TIMEOUT_APPROVE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATUS']._serialized_start=1171
-  _globals['_JOBSTATUS']._serialized_end=1328
-  _globals['_JOBOUTCOME']._serialized_start=1331
-  _globals['_JOBOUTCOME']._serialized_end=1583
-  _globals['_AGENTSTATE']._serialized_start=1586
-  _globals['_AGENTSTATE']._serialized_end=1796
-  _globals['_AGENTSPEC']._serialized_start=115
-  _globals['_AGENTSPEC']._serialized_end=197
-  _globals['_JOB']._serialized_start=200
-  _globals['_JOB']._serialized_end=718
-  _globals['_JOB_LABELSENTRY']._serialized_start=673
-  _globals['_JOB_LABELSENTRY']._serialized_end=718
-  _globals['_JOBSTATUSSNAPSHOT']._serialized_start=721
-  _globals['_JOBSTATUSSNAPSHOT']._serialized_end=1168
+  _globals['_JOBSTATUS']._serialized_start=1383
+  _globals['_JOBSTATUS']._serialized_end=1540
+  _globals['_JOBOUTCOME']._serialized_start=1543
+  _globals['_JOBOUTCOME']._serialized_end=1795
+  _globals['_AGENTSTATE']._serialized_start=1798
+  _globals['_AGENTSTATE']._serialized_end=2008
+  _globals['_TOOLAPPROVALTIMEOUT']._serialized_start=2011
+  _globals['_TOOLAPPROVALTIMEOUT']._serialized_end=2140
+  _globals['_AGENTSPEC']._serialized_start=116
+  _globals['_AGENTSPEC']._serialized_end=261
+  _globals['_TOOLAPPROVALPOLICY']._serialized_start=263
+  _globals['_TOOLAPPROVALPOLICY']._serialized_end=385
+  _globals['_JOB']._serialized_start=388
+  _globals['_JOB']._serialized_end=930
+  _globals['_JOB_LABELSENTRY']._serialized_start=885
+  _globals['_JOB_LABELSENTRY']._serialized_end=930
+  _globals['_JOBSTATUSSNAPSHOT']._serialized_start=933
+  _globals['_JOBSTATUSSNAPSHOT']._serialized_end=1380
 # @@protoc_insertion_point(module_scope)

@@ -153,6 +153,30 @@ AGENT_STATE_COMPLETED: AgentState.ValueType  # 6
 """Redis value `completed`: the goal is done."""
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 
+class _ToolApprovalTimeout:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolApprovalTimeoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolApprovalTimeout.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_APPROVAL_TIMEOUT_UNSPECIFIED: _ToolApprovalTimeout.ValueType  # 0
+    """Rejected, as TOOL_APPROVAL_TIMEOUT_REJECT."""
+    TOOL_APPROVAL_TIMEOUT_REJECT: _ToolApprovalTimeout.ValueType  # 1
+    """Rejected: the tool does not run and the agent is told nobody answered."""
+    TOOL_APPROVAL_TIMEOUT_APPROVE: _ToolApprovalTimeout.ValueType  # 2
+    """Approved as the agent asked. Only with a deadline: it must be said."""
+
+class ToolApprovalTimeout(_ToolApprovalTimeout, metaclass=_ToolApprovalTimeoutEnumTypeWrapper):
+    """What a tool call waiting for approval becomes when its deadline passes."""
+
+TOOL_APPROVAL_TIMEOUT_UNSPECIFIED: ToolApprovalTimeout.ValueType  # 0
+"""Rejected, as TOOL_APPROVAL_TIMEOUT_REJECT."""
+TOOL_APPROVAL_TIMEOUT_REJECT: ToolApprovalTimeout.ValueType  # 1
+"""Rejected: the tool does not run and the agent is told nobody answered."""
+TOOL_APPROVAL_TIMEOUT_APPROVE: ToolApprovalTimeout.ValueType  # 2
+"""Approved as the agent asked. Only with a deadline: it must be said."""
+Global___ToolApprovalTimeout: _TypeAlias = ToolApprovalTimeout  # noqa: Y015
+
 @_typing.final
 class AgentSpec(_message.Message):
     """Which agent runs a job and how it is configured."""
@@ -162,6 +186,7 @@ class AgentSpec(_message.Message):
     BRAIN_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    TOOL_APPROVAL_FIELD_NUMBER: _builtins.int
     brain: _builtins.str
     """Name of the registered brain plug-in, e.g. `scripted` or `anthropic`.
     Lower-case letters, digits, `_`, `-` and `.`; 1 to 64 characters.
@@ -176,20 +201,70 @@ class AgentSpec(_message.Message):
         256 KiB when serialised.
         """
 
+    @_builtins.property
+    def tool_approval(self) -> Global___ToolApprovalPolicy:
+        """Which tool calls wait for a person's approval before they run. Unset:
+        every tool runs as soon as the agent calls it.
+        """
+
     def __init__(
         self,
         *,
         brain: _builtins.str = ...,
         model: _builtins.str = ...,
         config: _struct_pb2.Struct | None = ...,
+        tool_approval: Global___ToolApprovalPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "tool_approval", b"tool_approval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brain", b"brain", "config", b"config", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brain", b"brain", "config", b"config", "model", b"model", "tool_approval", b"tool_approval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentSpec: _TypeAlias = AgentSpec  # noqa: Y015
+
+@_typing.final
+class ToolApprovalPolicy(_message.Message):
+    """The tools whose calls a person approves, one call at a time, before they
+    run. Each such call raises an escalation (trigger
+    ESCALATION_TRIGGER_TOOL_APPROVAL); the call runs at most once, after it
+    is approved, and never after it is rejected.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOLS_FIELD_NUMBER: _builtins.int
+    DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    deadline_seconds: _builtins.int
+    """Seconds a call waits for a decision; 0 waits until someone decides or
+    the job ends. At most 2,592,000 (30 days).
+    """
+    on_timeout: Global___ToolApprovalTimeout.ValueType
+    """What the deadline does; TOOL_APPROVAL_TIMEOUT_APPROVE needs
+    `deadline_seconds`.
+    """
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Exact tool names or glob patterns (`*`, `?`, `[...]`, as in
+        `deploy_*`): 1 to 100 entries of 1 to 128 characters of
+        `[A-Za-z0-9_.*?[]!-]`. `ask_human` never needs approval.
+        """
+
+    def __init__(
+        self,
+        *,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
+        deadline_seconds: _builtins.int = ...,
+        on_timeout: Global___ToolApprovalTimeout.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_seconds", b"deadline_seconds", "on_timeout", b"on_timeout", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolApprovalPolicy: _TypeAlias = ToolApprovalPolicy  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -230,6 +305,7 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    APPROVED_TOOLS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier: a lower-case canonical UUID. It is also the
     agent's session id in the `cofounder:agent:{job_id}:*` Redis keys.
@@ -276,6 +352,12 @@ class Job(_message.Message):
         63 characters of `[a-z0-9_-]`, values at most 256 characters.
         """
 
+    @_builtins.property
+    def approved_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools a reviewer approved for the rest of the job (decision
+        `approve_for_job` of a tool approval): their calls no longer wait.
+        """
+
     def __init__(
         self,
         *,
@@ -292,10 +374,11 @@ class Job(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        approved_tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "daily_budget_microdollars", b"daily_budget_microdollars", "end_time", b"end_time", "goal", b"goal", "job_id", b"job_id", "labels", b"labels", "outcome", b"outcome", "outcome_detail", b"outcome_detail", "owner_id", b"owner_id", "project_id", b"project_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approved_tools", b"approved_tools", "create_time", b"create_time", "daily_budget_microdollars", b"daily_budget_microdollars", "end_time", b"end_time", "goal", b"goal", "job_id", b"job_id", "labels", b"labels", "outcome", b"outcome", "outcome_detail", b"outcome_detail", "owner_id", b"owner_id", "project_id", b"project_id", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
