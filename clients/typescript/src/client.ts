@@ -620,8 +620,7 @@ export class CofounderClient {
           ...(remaining === undefined ? {} : { timeoutMs: remaining }),
         });
       } catch (error) {
-        if (options.signal?.aborted) throw cancelled(options.signal);
-        const failure = CofounderError.from(error);
+        const failure = callError(error, options.signal);
         if (failure.code !== "UNAVAILABLE" || attempt >= this.retries) throw failure;
         const delay = backoffDelay(attempt + 1, 100, 2_000);
         if (deadline !== undefined && Date.now() + delay >= deadline) throw failure;
@@ -640,8 +639,7 @@ export class CofounderClient {
       const timeoutMs = options.timeoutMs ?? undefined;
       yield* open({ signal: call.controller.signal, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
     } catch (error) {
-      if (options.signal?.aborted) throw cancelled(options.signal);
-      throw CofounderError.from(error);
+      throw callError(error, options.signal);
     } finally {
       // Reached on break, return() and errors alike: a no-op once the call has finished,
       // otherwise the server sees the cancellation.
@@ -683,6 +681,21 @@ class IdleWatchdog {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
   }
+}
+
+/**
+ * The CofounderError for a failed call. Node reports the streams of an HTTP/2 connection that
+ * broke as reset with CANCEL; a call that its caller did not abort was not cancelled, it lost
+ * its connection, which gRPC calls UNAVAILABLE (and retrying helps).
+ */
+function callError(error: unknown, signal: AbortSignal | undefined): CofounderError {
+  if (signal?.aborted) return cancelled(signal);
+  const failure = CofounderError.from(error);
+  if (failure.code !== "CANCELLED") return failure;
+  return new CofounderError("UNAVAILABLE", `the connection was lost (${failure.rawMessage})`, failure.details, {
+    metadata: failure.metadata,
+    cause: error,
+  });
 }
 
 function reconnectDelay(failure: CofounderError, failures: number, initialMs: number, maxMs: number): number {
