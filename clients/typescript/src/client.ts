@@ -684,18 +684,34 @@ class IdleWatchdog {
 }
 
 /**
- * The CofounderError for a failed call. Node reports the streams of an HTTP/2 connection that
- * broke as reset with CANCEL; a call that its caller did not abort was not cancelled, it lost
- * its connection, which gRPC calls UNAVAILABLE (and retrying helps).
+ * The CofounderError for a failed call. A call whose connection failed or broke is
+ * UNAVAILABLE, as gRPC has it (and retrying may help), whatever Node's HTTP/2 layer made of
+ * it: a TLS handshake that failed (Connect says INTERNAL), a reset socket (ABORTED), or the
+ * streams of a dropped connection reset with CANCEL (CANCELLED, though nobody cancelled).
  */
 function callError(error: unknown, signal: AbortSignal | undefined): CofounderError {
   if (signal?.aborted) return cancelled(signal);
   const failure = CofounderError.from(error);
-  if (failure.code !== "CANCELLED") return failure;
-  return new CofounderError("UNAVAILABLE", `the connection was lost (${failure.rawMessage})`, failure.details, {
+  const systemError = nodeErrorCode(failure.cause);
+  const lost =
+    failure.code === "CANCELLED" ||
+    (systemError !== undefined && (failure.code === "INTERNAL" || failure.code === "ABORTED" || failure.code === "UNKNOWN"));
+  if (!lost) return failure;
+  const why = systemError === undefined ? failure.rawMessage : `${systemError}: ${failure.rawMessage}`;
+  return new CofounderError("UNAVAILABLE", `the connection failed (${why})`, failure.details, {
     metadata: failure.metadata,
     cause: error,
   });
+}
+
+/** The `code` of the first Node.js error in a chain of causes (e.g. `ECONNRESET`). */
+function nodeErrorCode(error: unknown): string | undefined {
+  for (let reason = error, depth = 0; reason instanceof Error && depth < 8; depth += 1) {
+    const code = (reason as { code?: unknown }).code;
+    if (typeof code === "string") return code;
+    reason = reason.cause;
+  }
+  return undefined;
 }
 
 function reconnectDelay(failure: CofounderError, failures: number, initialMs: number, maxMs: number): number {

@@ -20,7 +20,9 @@ let server: TestServer;
 let client: CofounderClient;
 
 before(async () => {
-  server = await TestServer.start(["--rate-limit-per-second", "0", "--max-streams-per-principal", String(MAX_STREAMS)]);
+  server = await TestServer.start({
+    args: ["--rate-limit-per-second", "0", "--max-streams-per-principal", String(MAX_STREAMS)],
+  });
   client = server.client();
 });
 

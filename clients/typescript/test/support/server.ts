@@ -20,7 +20,8 @@ export interface Principals {
   bob: string;
 }
 
-function serverCommand(): string {
+/** The server executable: `$COFOUNDER_SERVER`, else the repository venv's. */
+export function serverCommand(): string {
   const command = process.env.COFOUNDER_SERVER ?? join(repoRoot, ".venv", "bin", "cofounder-server");
   if (!existsSync(command)) {
     throw new Error(`${command} not found: create the repository's venv (see README.md) or set COFOUNDER_SERVER`);
@@ -41,6 +42,16 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** How to start a {@link TestServer}. */
+export interface ServerOptions {
+  /** More server flags. */
+  args?: string[];
+  /** `[common name, principal, role]` of client certificates the server maps (mutual TLS). */
+  certificates?: Array<[string, string, string]>;
+  /** Options of every client of this server ({@link TestServer.client}), e.g. its TLS settings. */
+  clientOptions?: ClientOptions;
+}
+
 /** One server: a data directory and port that survive {@link stop} and {@link start}. */
 export class TestServer {
   readonly dataDir: string;
@@ -50,22 +61,34 @@ export class TestServer {
   private readonly logPath: string;
   private readonly tokensFile: string;
 
+  private readonly extraArgs: string[];
+  private readonly clientOptions: ClientOptions;
+
   private constructor(
     readonly port: number,
-    private readonly extraArgs: string[],
+    options: ServerOptions,
   ) {
+    this.extraArgs = options.args ?? [];
+    this.clientOptions = options.clientOptions ?? {};
     this.dataDir = mkdtempSync(join(tmpdir(), "cofounder-ts-test-"));
     this.logPath = join(this.dataDir, "server.log");
     this.principals = { alice: randomBytes(32).toString("base64url"), bob: randomBytes(32).toString("base64url") };
     this.tokensFile = join(this.dataDir, "principals.toml");
     const entry = (token: string, principal: string): string =>
       `[[tokens]]\nsha256 = "${createHash("sha256").update(token).digest("hex")}"\nprincipal = "${principal}"\nrole = "user"\n`;
-    writeFileSync(this.tokensFile, entry(this.principals.alice, "alice") + entry(this.principals.bob, "bob"));
+    const certificate = ([commonName, principal, role]: [string, string, string]): string =>
+      `[[certificates]]\ncommon_name = "${commonName}"\nprincipal = "${principal}"\nrole = "${role}"\n`;
+    writeFileSync(
+      this.tokensFile,
+      entry(this.principals.alice, "alice") +
+        entry(this.principals.bob, "bob") +
+        (options.certificates ?? []).map(certificate).join(""),
+    );
   }
 
-  /** Start a server on a free port with authentication on; `extraArgs` are more server flags. */
-  static async start(extraArgs: string[] = []): Promise<TestServer> {
-    const server = new TestServer(await freePort(), extraArgs);
+  /** Start a server on a free port with authentication on. */
+  static async start(options: ServerOptions = {}): Promise<TestServer> {
+    const server = new TestServer(await freePort(), options);
     await server.start();
     return server;
   }
@@ -76,7 +99,13 @@ export class TestServer {
 
   /** A client of this server acting as `who`, with the test's generous deadline. */
   client(who: keyof Principals = "alice", options: ClientOptions = {}): CofounderClient {
-    return new CofounderClient({ target: this.target, token: this.principals[who], timeoutMs: WAIT_MS, ...options });
+    return new CofounderClient({
+      target: this.target,
+      token: this.principals[who],
+      timeoutMs: WAIT_MS,
+      ...this.clientOptions,
+      ...options,
+    });
   }
 
   /** Start the process (again) and wait until it answers calls. */
