@@ -442,7 +442,6 @@ export class CofounderClient {
         if (options.signal?.aborted) throw cancelled(options.signal);
         if (watchdog.fired) {
           failure = new CofounderError("UNAVAILABLE", `no message for ${idleTimeoutMs} ms`, undefined, { cause: error });
-          if (received) failures = Math.min(failures, maxReconnects - 1);
         } else if (failure.code !== "UNAVAILABLE") {
           throw failure;
         }
@@ -450,9 +449,13 @@ export class CofounderClient {
         watchdog.disarm();
         attempt.release();
       }
-      if (failures >= maxReconnects) throw failure;
-      failures += 1;
-      await sleep(reconnectDelay(failure, failures, initialBackoffMs, maxBackoffMs), options.signal);
+      // A stream that answered and then went quiet is a connection to replace, not a failing
+      // server: it does not count towards maxReconnects.
+      if (!(watchdog.fired && received)) {
+        if (failures >= maxReconnects) throw failure;
+        failures += 1;
+      }
+      await sleep(reconnectDelay(failure, Math.max(failures, 1), initialBackoffMs, maxBackoffMs), options.signal);
     }
   }
 
