@@ -283,22 +283,15 @@ export class CofounderClient {
 
   /** Store a new job and queue it for the executor. Returns the stored job. */
   async submitJob(input: SubmitJobInput): Promise<Job> {
-    const requestId = input.requestId ?? randomUUID();
-    const response = await this.unary(
-      (o) =>
-        this.control.submitJob(
-          {
-            requestId,
-            projectId: input.projectId,
-            goal: input.goal,
-            dailyBudgetMicrodollars: BigInt(input.dailyBudgetMicrodollars),
-            ...(input.agent === undefined ? {} : { agent: input.agent }),
-            labels: input.labels ?? {},
-          },
-          o,
-        ),
-      input,
-    );
+    const request = {
+      requestId: input.requestId ?? randomUUID(),
+      projectId: input.projectId,
+      goal: input.goal,
+      dailyBudgetMicrodollars: BigInt(input.dailyBudgetMicrodollars),
+      ...(input.agent === undefined ? {} : { agent: input.agent }),
+      labels: input.labels ?? {},
+    };
+    const response = await this.unary((o) => this.control.submitJob(request, o), input);
     return required(response.job, "job");
   }
 
@@ -356,15 +349,12 @@ export class CofounderClient {
 
   /** Wake a sleeping agent now, optionally raising today's budget. */
   async wakeAgent(jobId: string, input: WakeAgentInput = {}): Promise<JobStatusSnapshot> {
-    const requestId = input.requestId ?? randomUUID();
-    const response = await this.unary(
-      (o) =>
-        this.control.wakeAgent(
-          { jobId, requestId, topUpMicrodollars: BigInt(input.topUpMicrodollars ?? 0) },
-          o,
-        ),
-      input,
-    );
+    const request = {
+      jobId,
+      requestId: input.requestId ?? randomUUID(),
+      topUpMicrodollars: BigInt(input.topUpMicrodollars ?? 0),
+    };
+    const response = await this.unary((o) => this.control.wakeAgent(request, o), input);
     return required(response.status, "status");
   }
 

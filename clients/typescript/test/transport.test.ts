@@ -59,6 +59,18 @@ describe("deadlines", () => {
     }
   });
 
+  it("throws a RangeError, before any call, for an amount that is not an integer", async () => {
+    const client = new CofounderClient({ target: silentTarget, timeoutMs: 300 });
+    try {
+      await assert.rejects(
+        client.submitJob({ projectId: "p", goal: "g", dailyBudgetMicrodollars: 1.5, agent: { brain: "scripted" } }),
+        RangeError,
+      );
+    } finally {
+      client.close();
+    }
+  });
+
   it("rejects a timeoutMs that is not positive", () => {
     assert.throws(() => new CofounderClient({ timeoutMs: 0 }), RangeError);
     assert.throws(() => new CofounderClient({ retries: 5 }), RangeError);
