@@ -51,9 +51,11 @@ try {
     if (stale.length > 0) {
       console.error("TypeScript generated code is out of date; run `npm run generate` in clients/typescript:");
       for (const file of stale) console.error(`  src/gen/${file}`);
-      process.exit(1);
+      // Not process.exit(): the scratch directory is removed below first.
+      process.exitCode = 1;
+    } else {
+      console.log(`TypeScript generated code is up to date (${fresh.length} files)`);
     }
-    console.log(`TypeScript generated code is up to date (${fresh.length} files)`);
   } else {
     rmSync(generatedDir, { recursive: true, force: true });
     cpSync(freshDir, generatedDir, { recursive: true });
