@@ -4,6 +4,10 @@ The output (messages, gRPC stubs, and mypy-protobuf ``.pyi`` stubs typed for
 ``grpc.aio``) is committed under ``clients/python/src``. CI runs this script
 with ``--check`` and fails when the committed code differs from a fresh run.
 
+The TypeScript client's code (``clients/typescript/src/gen``) is regenerated
+(or checked) too, through its ``npm run generate``, once ``npm ci`` has been
+run in ``clients/typescript``; without it that step is skipped with a note.
+
 Usage: ``python scripts/generate_protos.py [--check]``
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "clients" / "python" / "src"
 PACKAGE_DIR = Path("cofounder") / "agent" / "v1"
+TYPESCRIPT_CLIENT = ROOT / "clients" / "typescript"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
@@ -77,10 +83,19 @@ def generated_files(root: Path) -> set[Path]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if committed code is stale")
-    args = parser.parse_args()
+def typescript(check: bool) -> int:
+    """Regenerate (or check) the TypeScript client's code; 0 when skipped for lack of ``npm ci``."""
+    if not (TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "protoc-gen-es").exists():
+        print("TypeScript client skipped: run `npm ci` in clients/typescript to include it")
+        return 0
+    buf = Path(sysconfig.get_path("scripts")) / "buf"
+    env = {**os.environ, "BUF": str(buf)} if buf.exists() else None
+    command = ["node", "scripts/generate.mjs", *(["--check"] if check else [])]
+    return subprocess.run(command, cwd=TYPESCRIPT_CLIENT, env=env, check=False).returncode
+
+
+def python_code(*, check: bool) -> int:
+    """Regenerate (or check) the Python code under ``clients/python/src``."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
         generate(fresh)
@@ -90,7 +105,7 @@ def main() -> int:
             for p in new | old
             if p not in new or p not in old or not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False)
         )
-        if args.check:
+        if check:
             if stale:
                 print("generated code is out of date; run python scripts/generate_protos.py:")
                 print("\n".join(f"  {p}" for p in stale))
@@ -104,6 +119,14 @@ def main() -> int:
             shutil.copyfile(fresh / path, OUT_ROOT / path)
         print(f"wrote {len(new)} files under {OUT_ROOT.relative_to(ROOT)}; {len(stale)} changed")
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if committed code is stale")
+    args = parser.parse_args()
+    results = [python_code(check=args.check), typescript(check=args.check)]
+    return 1 if any(results) else 0
 
 
 if __name__ == "__main__":
