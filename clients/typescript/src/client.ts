@@ -177,10 +177,16 @@ export interface ListEscalationsInput extends CallOptions {
 
 /** Arguments of {@link CofounderClient.resolveEscalation}. */
 export interface ResolveEscalationInput extends CallOptions {
-  /** The `value` of one of the escalation's options. */
-  decision: string;
-  /** Free-text guidance for the agent. */
+  /** The `value` of one of the escalation's options; empty when answering with `answer`. */
+  decision?: string;
+  /** Free-text guidance for the agent (for a rejected tool call: the message the agent gets). */
   guidance?: string;
+  /** The answer to a question without options: free text, or a JSON value matching its schema. */
+  answer?: string;
+  /** Approving a tool call: the `toolCall.argumentsDigest` of the call the reviewer saw. */
+  argumentsDigest?: string;
+  /** Approving a tool call with other arguments: a JSON object valid against the tool's schema. */
+  editedArgumentsJson?: string;
   /** Idempotency key; a random UUID when omitted. */
   requestId?: string;
 }
@@ -575,7 +581,15 @@ export class CofounderClient {
     const response = await this.unary(
       (o) =>
         this.escalations.resolveEscalation(
-          { escalationId, requestId, decision: input.decision, guidance: input.guidance ?? "" },
+          {
+            escalationId,
+            requestId,
+            decision: input.decision ?? "",
+            guidance: input.guidance ?? "",
+            answer: input.answer ?? "",
+            argumentsDigest: input.argumentsDigest ?? "",
+            editedArgumentsJson: input.editedArgumentsJson ?? "",
+          },
           o,
         ),
       input,

@@ -300,6 +300,25 @@ describe("escalations", () => {
     assert.equal(all.length, 1);
   });
 
+  it("answers a question without options with free text", async () => {
+    const agent = askingAgent();
+    const turns = (agent.config as { turns: { tool_calls?: { input: Record<string, unknown> }[] }[] }).turns;
+    turns[0]!.tool_calls![0]!.input = { question: "Name the release?", max_answer_chars: 20 };
+    const job = await client.submitJob({ projectId: "open", goal: "g", dailyBudgetMicrodollars: 5_000_000, agent });
+    await waitingForInput(job.jobId);
+    const pending = (await client.listEscalations({ jobId: job.jobId, statuses: [EscalationStatus.PENDING] }))
+      .escalations[0]!;
+    assert.equal(pending.options.length, 0);
+
+    const tooLong = await rejection(client.resolveEscalation(pending.escalationId, { answer: "x".repeat(21) }));
+    assert.equal(tooLong.code, "INVALID_ARGUMENT");
+    assert.ok(tooLong.fieldViolations.some((v) => v.field === "answer"));
+
+    const resolution = await client.resolveEscalation(pending.escalationId, { answer: "v2" });
+    assert.equal(resolution.escalation.status, EscalationStatus.RESOLVED);
+    assert.equal((await client.getEscalation(pending.escalationId)).status, EscalationStatus.RESOLVED);
+  });
+
   it("streams the pending escalations, then new ones", async () => {
     const controller = new AbortController();
     const kinds: string[] = [];

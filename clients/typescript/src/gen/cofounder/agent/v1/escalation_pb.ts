@@ -12,7 +12,61 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cofounder/agent/v1/escalation.proto.
  */
 export const file_cofounder_agent_v1_escalation: GenFile = /*@__PURE__*/
-  fileDesc("CiNjb2ZvdW5kZXIvYWdlbnQvdjEvZXNjYWxhdGlvbi5wcm90bxISY29mb3VuZGVyLmFnZW50LnYxIkUKEEVzY2FsYXRpb25PcHRpb24SDQoFdmFsdWUYASABKAkSDQoFbGFiZWwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkiqAUKCkVzY2FsYXRpb24SFQoNZXNjYWxhdGlvbl9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSEAoIb3duZXJfaWQYAyABKAkSNAoGc3RhdHVzGAQgASgOMiQuY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25TdGF0dXMSNgoHdHJpZ2dlchgFIAEoDjIlLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uVHJpZ2dlchIPCgdwcm9ibGVtGAYgASgJEhAKCGF0dGVtcHRzGAcgAygJEhoKEnJlY29tbWVuZGVkX2FjdGlvbhgIIAEoCRI1CgdvcHRpb25zGAkgAygLMiQuY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25PcHRpb24SFwoPZXJyb3Jfc2lnbmF0dXJlGAogASgJEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxyZXNvbHZlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGRlY2lzaW9uGA0gASgJEhAKCGd1aWRhbmNlGA4gASgJEhMKC3Jlc29sdmVkX2J5GA8gASgJEjsKD2RlY2lzaW9uX3NvdXJjZRgQIAEoDjIiLmNvZm91bmRlci5hZ2VudC52MS5EZWNpc2lvblNvdXJjZRIcChRyZXNvbHZlZF92aWFfc2VydmljZRgRIAEoCRIUCgx0b29sX2NhbGxfaWQYEiABKAkSEQoJdG9vbF9uYW1lGBMgASgJEiwKCGRlYWRsaW5lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5kZWZhdWx0X29wdGlvbhgVIAEoCSq0AQoQRXNjYWxhdGlvblN0YXR1cxIhCh1FU0NBTEFUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGUVTQ0FMQVRJT05fU1RBVFVTX1BFTkRJTkcQARIeChpFU0NBTEFUSU9OX1NUQVRVU19SRVNPTFZFRBACEh8KG0VTQ0FMQVRJT05fU1RBVFVTX1dJVEhEUkFXThADEh0KGUVTQ0FMQVRJT05fU1RBVFVTX0VYUElSRUQQBCqIAQoORGVjaXNpb25Tb3VyY2USHwobREVDSVNJT05fU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWREVDSVNJT05fU09VUkNFX1BFUlNPThABEhsKF0RFQ0lTSU9OX1NPVVJDRV9TRVJWSUNFEAISHAoYREVDSVNJT05fU09VUkNFX0RFQURMSU5FEAMqrwEKEUVzY2FsYXRpb25UcmlnZ2VyEiIKHkVTQ0FMQVRJT05fVFJJR0dFUl9VTlNQRUNJRklFRBAAEiUKIUVTQ0FMQVRJT05fVFJJR0dFUl9SRVBFQVRFRF9FUlJPUhABEigKJEVTQ0FMQVRJT05fVFJJR0dFUl9VTlJFVFJZQUJMRV9FUlJPUhACEiUKIUVTQ0FMQVRJT05fVFJJR0dFUl9BR0VOVF9RVUVTVElPThADYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiNjb2ZvdW5kZXIvYWdlbnQvdjEvZXNjYWxhdGlvbi5wcm90bxISY29mb3VuZGVyLmFnZW50LnYxIo0BCg5Ub29sQ2FsbFJldmlldxIWCg5hcmd1bWVudHNfanNvbhgBIAEoCRIYChBhcmd1bWVudHNfZGlnZXN0GAIgASgJEhkKEWlucHV0X3NjaGVtYV9qc29uGAMgASgJEh8KF2FwcHJvdmVkX2FyZ3VtZW50c19qc29uGAQgASgJEg0KBWVkaXRzGAUgASgJIkUKEEVzY2FsYXRpb25PcHRpb24SDQoFdmFsdWUYASABKAkSDQoFbGFiZWwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAki5AYKCkVzY2FsYXRpb24SFQoNZXNjYWxhdGlvbl9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSEAoIb3duZXJfaWQYAyABKAkSNAoGc3RhdHVzGAQgASgOMiQuY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25TdGF0dXMSNgoHdHJpZ2dlchgFIAEoDjIlLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uVHJpZ2dlchIPCgdwcm9ibGVtGAYgASgJEhAKCGF0dGVtcHRzGAcgAygJEhoKEnJlY29tbWVuZGVkX2FjdGlvbhgIIAEoCRI1CgdvcHRpb25zGAkgAygLMiQuY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25PcHRpb24SFwoPZXJyb3Jfc2lnbmF0dXJlGAogASgJEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxyZXNvbHZlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGRlY2lzaW9uGA0gASgJEhAKCGd1aWRhbmNlGA4gASgJEhMKC3Jlc29sdmVkX2J5GA8gASgJEjsKD2RlY2lzaW9uX3NvdXJjZRgQIAEoDjIiLmNvZm91bmRlci5hZ2VudC52MS5EZWNpc2lvblNvdXJjZRIcChRyZXNvbHZlZF92aWFfc2VydmljZRgRIAEoCRIUCgx0b29sX2NhbGxfaWQYEiABKAkSEQoJdG9vbF9uYW1lGBMgASgJEiwKCGRlYWRsaW5lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5kZWZhdWx0X29wdGlvbhgVIAEoCRI1Cgl0b29sX2NhbGwYFiABKAsyIi5jb2ZvdW5kZXIuYWdlbnQudjEuVG9vbENhbGxSZXZpZXcSPQoLYW5zd2VyX2tpbmQYFyABKA4yKC5jb2ZvdW5kZXIuYWdlbnQudjEuRXNjYWxhdGlvbkFuc3dlcktpbmQSGgoSYW5zd2VyX3NjaGVtYV9qc29uGBggASgJEhgKEGFuc3dlcl9tYXhfY2hhcnMYGSABKAUSDgoGYW5zd2VyGBogASgJKrQBChBFc2NhbGF0aW9uU3RhdHVzEiEKHUVTQ0FMQVRJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHQoZRVNDQUxBVElPTl9TVEFUVVNfUEVORElORxABEh4KGkVTQ0FMQVRJT05fU1RBVFVTX1JFU09MVkVEEAISHwobRVNDQUxBVElPTl9TVEFUVVNfV0lUSERSQVdOEAMSHQoZRVNDQUxBVElPTl9TVEFUVVNfRVhQSVJFRBAEKogBCg5EZWNpc2lvblNvdXJjZRIfChtERUNJU0lPTl9TT1VSQ0VfVU5TUEVDSUZJRUQQABIaChZERUNJU0lPTl9TT1VSQ0VfUEVSU09OEAESGwoXREVDSVNJT05fU09VUkNFX1NFUlZJQ0UQAhIcChhERUNJU0lPTl9TT1VSQ0VfREVBRExJTkUQAyrVAQoRRXNjYWxhdGlvblRyaWdnZXISIgoeRVNDQUxBVElPTl9UUklHR0VSX1VOU1BFQ0lGSUVEEAASJQohRVNDQUxBVElPTl9UUklHR0VSX1JFUEVBVEVEX0VSUk9SEAESKAokRVNDQUxBVElPTl9UUklHR0VSX1VOUkVUUllBQkxFX0VSUk9SEAISJQohRVNDQUxBVElPTl9UUklHR0VSX0FHRU5UX1FVRVNUSU9OEAMSJAogRVNDQUxBVElPTl9UUklHR0VSX1RPT0xfQVBQUk9WQUwQBCqkAQoURXNjYWxhdGlvbkFuc3dlcktpbmQSJgoiRVNDQUxBVElPTl9BTlNXRVJfS0lORF9VTlNQRUNJRklFRBAAEiEKHUVTQ0FMQVRJT05fQU5TV0VSX0tJTkRfT1BUSU9OEAESHwobRVNDQUxBVElPTl9BTlNXRVJfS0lORF9URVhUEAISIAocRVNDQUxBVElPTl9BTlNXRVJfS0lORF9WQUxVRRADYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * The tool call a tool approval is about, exactly as the agent asked for it.
+ *
+ * @generated from message cofounder.agent.v1.ToolCallReview
+ */
+export type ToolCallReview = Message<"cofounder.agent.v1.ToolCallReview"> & {
+  /**
+   * The arguments as the agent gave them: canonical JSON (keys sorted, no
+   * insignificant spaces).
+   *
+   * @generated from field: string arguments_json = 1;
+   */
+  argumentsJson: string;
+
+  /**
+   * SHA-256 (lower-case hex) of `arguments_json`. Approving names it
+   * (ResolveEscalationRequest.arguments_digest), so an approval applies to
+   * the call the reviewer saw and no other.
+   *
+   * @generated from field: string arguments_digest = 2;
+   */
+  argumentsDigest: string;
+
+  /**
+   * The tool's input schema (JSON Schema), which edited arguments must match.
+   *
+   * @generated from field: string input_schema_json = 3;
+   */
+  inputSchemaJson: string;
+
+  /**
+   * The arguments the reviewer approved instead (canonical JSON), when they
+   * edited them; empty otherwise.
+   *
+   * @generated from field: string approved_arguments_json = 4;
+   */
+  approvedArgumentsJson: string;
+
+  /**
+   * What the edit changed, one line per changed field (`path: old -> new`);
+   * empty unless edited. The agent is told the same.
+   *
+   * @generated from field: string edits = 5;
+   */
+  edits: string;
+};
+
+/**
+ * Describes the message cofounder.agent.v1.ToolCallReview.
+ * Use `create(ToolCallReviewSchema)` to create a new message.
+ */
+export const ToolCallReviewSchema: GenMessage<ToolCallReview> = /*@__PURE__*/
+  messageDesc(file_cofounder_agent_v1_escalation, 0);
 
 /**
  * One choice a human can make to resolve an escalation.
@@ -48,7 +102,7 @@ export type EscalationOption = Message<"cofounder.agent.v1.EscalationOption"> & 
  * Use `create(EscalationOptionSchema)` to create a new message.
  */
 export const EscalationOptionSchema: GenMessage<EscalationOption> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_escalation, 0);
+  messageDesc(file_cofounder_agent_v1_escalation, 1);
 
 /**
  * A question from a stuck agent to a human, and its answer.
@@ -113,7 +167,8 @@ export type Escalation = Message<"cofounder.agent.v1.Escalation"> & {
   recommendedAction: string;
 
   /**
-   * The choices offered; a resolution must pick one of their values.
+   * The choices offered; a resolution must pick one of their values. Empty
+   * for a question answered in free text or with a value (`answer_kind`).
    *
    * @generated from field: repeated cofounder.agent.v1.EscalationOption options = 9;
    */
@@ -141,7 +196,8 @@ export type Escalation = Message<"cofounder.agent.v1.Escalation"> & {
   resolveTime?: Timestamp | undefined;
 
   /**
-   * The chosen option value; empty while pending.
+   * The chosen option value; empty while pending, and for a free-text or
+   * value `answer`.
    *
    * @generated from field: string decision = 13;
    */
@@ -207,6 +263,43 @@ export type Escalation = Message<"cofounder.agent.v1.Escalation"> & {
    * @generated from field: string default_option = 21;
    */
   defaultOption: string;
+
+  /**
+   * The tool call waiting for approval (trigger
+   * ESCALATION_TRIGGER_TOOL_APPROVAL); unset otherwise.
+   *
+   * @generated from field: cofounder.agent.v1.ToolCallReview tool_call = 22;
+   */
+  toolCall?: ToolCallReview | undefined;
+
+  /**
+   * What kind of answer resolves it.
+   *
+   * @generated from field: cofounder.agent.v1.EscalationAnswerKind answer_kind = 23;
+   */
+  answerKind: EscalationAnswerKind;
+
+  /**
+   * The JSON Schema an ESCALATION_ANSWER_KIND_VALUE answer must match.
+   *
+   * @generated from field: string answer_schema_json = 24;
+   */
+  answerSchemaJson: string;
+
+  /**
+   * The longest ESCALATION_ANSWER_KIND_TEXT answer, in characters.
+   *
+   * @generated from field: int32 answer_max_chars = 25;
+   */
+  answerMaxChars: number;
+
+  /**
+   * The free-text or JSON answer given; empty while pending and for option
+   * answers.
+   *
+   * @generated from field: string answer = 26;
+   */
+  answer: string;
 };
 
 /**
@@ -214,7 +307,7 @@ export type Escalation = Message<"cofounder.agent.v1.Escalation"> & {
  * Use `create(EscalationSchema)` to create a new message.
  */
 export const EscalationSchema: GenMessage<Escalation> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_escalation, 1);
+  messageDesc(file_cofounder_agent_v1_escalation, 2);
 
 /**
  * Where an escalation stands.
@@ -343,6 +436,15 @@ export enum EscalationTrigger {
    * @generated from enum value: ESCALATION_TRIGGER_AGENT_QUESTION = 3;
    */
   AGENT_QUESTION = 3,
+
+  /**
+   * The agent called a tool whose calls need approval (the job's
+   * AgentSpec.tool_approval): the call waits, not run, for a decision
+   * `approve`, `approve_for_job` or `reject`. See `tool_call`.
+   *
+   * @generated from enum value: ESCALATION_TRIGGER_TOOL_APPROVAL = 4;
+   */
+  TOOL_APPROVAL = 4,
 }
 
 /**
@@ -350,4 +452,47 @@ export enum EscalationTrigger {
  */
 export const EscalationTriggerSchema: GenEnum<EscalationTrigger> = /*@__PURE__*/
   enumDesc(file_cofounder_agent_v1_escalation, 2);
+
+/**
+ * What kind of answer an escalation takes.
+ *
+ * @generated from enum cofounder.agent.v1.EscalationAnswerKind
+ */
+export enum EscalationAnswerKind {
+  /**
+   * One of the options (escalations stored before answer kinds existed).
+   *
+   * @generated from enum value: ESCALATION_ANSWER_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One of the options: ResolveEscalationRequest.decision.
+   *
+   * @generated from enum value: ESCALATION_ANSWER_KIND_OPTION = 1;
+   */
+  OPTION = 1,
+
+  /**
+   * Free text of at most `answer_max_chars` characters:
+   * ResolveEscalationRequest.answer.
+   *
+   * @generated from enum value: ESCALATION_ANSWER_KIND_TEXT = 2;
+   */
+  TEXT = 2,
+
+  /**
+   * A JSON value matching `answer_schema_json`:
+   * ResolveEscalationRequest.answer, as JSON text.
+   *
+   * @generated from enum value: ESCALATION_ANSWER_KIND_VALUE = 3;
+   */
+  VALUE = 3,
+}
+
+/**
+ * Describes the enum cofounder.agent.v1.EscalationAnswerKind.
+ */
+export const EscalationAnswerKindSchema: GenEnum<EscalationAnswerKind> = /*@__PURE__*/
+  enumDesc(file_cofounder_agent_v1_escalation, 3);
 

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cofounder/agent/v1/escalation_service.proto.
  */
 export const file_cofounder_agent_v1_escalation_service: GenFile = /*@__PURE__*/
-  fileDesc("Citjb2ZvdW5kZXIvYWdlbnQvdjEvZXNjYWxhdGlvbl9zZXJ2aWNlLnByb3RvEhJjb2ZvdW5kZXIuYWdlbnQudjEiLQoUR2V0RXNjYWxhdGlvblJlcXVlc3QSFQoNZXNjYWxhdGlvbl9pZBgBIAEoCSJLChVHZXRFc2NhbGF0aW9uUmVzcG9uc2USMgoKZXNjYWxhdGlvbhgBIAEoCzIeLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uIocBChZMaXN0RXNjYWxhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmpvYl9pZBgDIAEoCRI2CghzdGF0dXNlcxgEIAMoDjIkLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uU3RhdHVzImcKF0xpc3RFc2NhbGF0aW9uc1Jlc3BvbnNlEjMKC2VzY2FsYXRpb25zGAEgAygLMh4uY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImkKGFJlc29sdmVFc2NhbGF0aW9uUmVxdWVzdBIVCg1lc2NhbGF0aW9uX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSEAoIZGVjaXNpb24YAyABKAkSEAoIZ3VpZGFuY2UYBCABKAkimwEKGVJlc29sdmVFc2NhbGF0aW9uUmVzcG9uc2USMgoKZXNjYWxhdGlvbhgBIAEoCzIeLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uEhUKDWFnZW50X3dhaXRpbmcYAiABKAgSMwoPYWdlbnRfd2FrZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJZChdXYXRjaEVzY2FsYXRpb25zUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSGwoOYWZ0ZXJfc2VxdWVuY2UYAiABKANIAIgBAUIRCg9fYWZ0ZXJfc2VxdWVuY2UixgEKD0VzY2FsYXRpb25FdmVudBIQCghzZXF1ZW5jZRgBIAEoAxIMCgR0eXBlGAIgASgJEjUKBGtpbmQYAyABKA4yJy5jb2ZvdW5kZXIuYWdlbnQudjEuRXNjYWxhdGlvbkV2ZW50S2luZBIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgplc2NhbGF0aW9uGAUgASgLMh4uY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb24iXgoSRXNjYWxhdGlvblNuYXBzaG90Ei8KB3BlbmRpbmcYASADKAsyHi5jb2ZvdW5kZXIuYWdlbnQudjEuRXNjYWxhdGlvbhIXCg9sYXRlc3Rfc2VxdWVuY2UYAiABKAMiSwoURXNjYWxhdGlvbkV2ZW50QmF0Y2gSMwoGZXZlbnRzGAEgAygLMiMuY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25FdmVudCLOAQoYV2F0Y2hFc2NhbGF0aW9uc1Jlc3BvbnNlEjoKCHNuYXBzaG90GAEgASgLMiYuY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25TbmFwc2hvdEgAEjoKBmV2ZW50cxgCIAEoCzIoLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uRXZlbnRCYXRjaEgAEjIKCWhlYXJ0YmVhdBgDIAEoCzIdLmNvZm91bmRlci5hZ2VudC52MS5IZWFydGJlYXRIAEIGCgRraW5kKqcBChNFc2NhbGF0aW9uRXZlbnRLaW5kEiUKIUVTQ0FMQVRJT05fRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiAKHEVTQ0FMQVRJT05fRVZFTlRfS0lORF9SQUlTRUQQARIiCh5FU0NBTEFUSU9OX0VWRU5UX0tJTkRfUkVTT0xWRUQQAhIjCh9FU0NBTEFUSU9OX0VWRU5UX0tJTkRfV0lUSERSQVdOEAMyyAMKEUVzY2FsYXRpb25TZXJ2aWNlEmQKDUdldEVzY2FsYXRpb24SKC5jb2ZvdW5kZXIuYWdlbnQudjEuR2V0RXNjYWxhdGlvblJlcXVlc3QaKS5jb2ZvdW5kZXIuYWdlbnQudjEuR2V0RXNjYWxhdGlvblJlc3BvbnNlEmoKD0xpc3RFc2NhbGF0aW9ucxIqLmNvZm91bmRlci5hZ2VudC52MS5MaXN0RXNjYWxhdGlvbnNSZXF1ZXN0GisuY29mb3VuZGVyLmFnZW50LnYxLkxpc3RFc2NhbGF0aW9uc1Jlc3BvbnNlEnAKEVJlc29sdmVFc2NhbGF0aW9uEiwuY29mb3VuZGVyLmFnZW50LnYxLlJlc29sdmVFc2NhbGF0aW9uUmVxdWVzdBotLmNvZm91bmRlci5hZ2VudC52MS5SZXNvbHZlRXNjYWxhdGlvblJlc3BvbnNlEm8KEFdhdGNoRXNjYWxhdGlvbnMSKy5jb2ZvdW5kZXIuYWdlbnQudjEuV2F0Y2hFc2NhbGF0aW9uc1JlcXVlc3QaLC5jb2ZvdW5kZXIuYWdlbnQudjEuV2F0Y2hFc2NhbGF0aW9uc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_cofounder_agent_v1_escalation, file_cofounder_agent_v1_event, file_google_protobuf_timestamp]);
+  fileDesc("Citjb2ZvdW5kZXIvYWdlbnQvdjEvZXNjYWxhdGlvbl9zZXJ2aWNlLnByb3RvEhJjb2ZvdW5kZXIuYWdlbnQudjEiLQoUR2V0RXNjYWxhdGlvblJlcXVlc3QSFQoNZXNjYWxhdGlvbl9pZBgBIAEoCSJLChVHZXRFc2NhbGF0aW9uUmVzcG9uc2USMgoKZXNjYWxhdGlvbhgBIAEoCzIeLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uIocBChZMaXN0RXNjYWxhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmpvYl9pZBgDIAEoCRI2CghzdGF0dXNlcxgEIAMoDjIkLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uU3RhdHVzImcKF0xpc3RFc2NhbGF0aW9uc1Jlc3BvbnNlEjMKC2VzY2FsYXRpb25zGAEgAygLMh4uY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrIBChhSZXNvbHZlRXNjYWxhdGlvblJlcXVlc3QSFQoNZXNjYWxhdGlvbl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhAKCGRlY2lzaW9uGAMgASgJEhAKCGd1aWRhbmNlGAQgASgJEhgKEGFyZ3VtZW50c19kaWdlc3QYBSABKAkSHQoVZWRpdGVkX2FyZ3VtZW50c19qc29uGAYgASgJEg4KBmFuc3dlchgHIAEoCSKbAQoZUmVzb2x2ZUVzY2FsYXRpb25SZXNwb25zZRIyCgplc2NhbGF0aW9uGAEgASgLMh4uY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb24SFQoNYWdlbnRfd2FpdGluZxgCIAEoCBIzCg9hZ2VudF93YWtlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlkKF1dhdGNoRXNjYWxhdGlvbnNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIbCg5hZnRlcl9zZXF1ZW5jZRgCIAEoA0gAiAEBQhEKD19hZnRlcl9zZXF1ZW5jZSLGAQoPRXNjYWxhdGlvbkV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEgwKBHR5cGUYAiABKAkSNQoEa2luZBgDIAEoDjInLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uRXZlbnRLaW5kEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKCmVzY2FsYXRpb24YBSABKAsyHi5jb2ZvdW5kZXIuYWdlbnQudjEuRXNjYWxhdGlvbiJeChJFc2NhbGF0aW9uU25hcHNob3QSLwoHcGVuZGluZxgBIAMoCzIeLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uEhcKD2xhdGVzdF9zZXF1ZW5jZRgCIAEoAyJLChRFc2NhbGF0aW9uRXZlbnRCYXRjaBIzCgZldmVudHMYASADKAsyIy5jb2ZvdW5kZXIuYWdlbnQudjEuRXNjYWxhdGlvbkV2ZW50Is4BChhXYXRjaEVzY2FsYXRpb25zUmVzcG9uc2USOgoIc25hcHNob3QYASABKAsyJi5jb2ZvdW5kZXIuYWdlbnQudjEuRXNjYWxhdGlvblNuYXBzaG90SAASOgoGZXZlbnRzGAIgASgLMiguY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb25FdmVudEJhdGNoSAASMgoJaGVhcnRiZWF0GAMgASgLMh0uY29mb3VuZGVyLmFnZW50LnYxLkhlYXJ0YmVhdEgAQgYKBGtpbmQqpwEKE0VzY2FsYXRpb25FdmVudEtpbmQSJQohRVNDQUxBVElPTl9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIAocRVNDQUxBVElPTl9FVkVOVF9LSU5EX1JBSVNFRBABEiIKHkVTQ0FMQVRJT05fRVZFTlRfS0lORF9SRVNPTFZFRBACEiMKH0VTQ0FMQVRJT05fRVZFTlRfS0lORF9XSVRIRFJBV04QAzLIAwoRRXNjYWxhdGlvblNlcnZpY2USZAoNR2V0RXNjYWxhdGlvbhIoLmNvZm91bmRlci5hZ2VudC52MS5HZXRFc2NhbGF0aW9uUmVxdWVzdBopLmNvZm91bmRlci5hZ2VudC52MS5HZXRFc2NhbGF0aW9uUmVzcG9uc2USagoPTGlzdEVzY2FsYXRpb25zEiouY29mb3VuZGVyLmFnZW50LnYxLkxpc3RFc2NhbGF0aW9uc1JlcXVlc3QaKy5jb2ZvdW5kZXIuYWdlbnQudjEuTGlzdEVzY2FsYXRpb25zUmVzcG9uc2UScAoRUmVzb2x2ZUVzY2FsYXRpb24SLC5jb2ZvdW5kZXIuYWdlbnQudjEuUmVzb2x2ZUVzY2FsYXRpb25SZXF1ZXN0Gi0uY29mb3VuZGVyLmFnZW50LnYxLlJlc29sdmVFc2NhbGF0aW9uUmVzcG9uc2USbwoQV2F0Y2hFc2NhbGF0aW9ucxIrLmNvZm91bmRlci5hZ2VudC52MS5XYXRjaEVzY2FsYXRpb25zUmVxdWVzdBosLmNvZm91bmRlci5hZ2VudC52MS5XYXRjaEVzY2FsYXRpb25zUmVzcG9uc2UwAWIGcHJvdG8z", [file_cofounder_agent_v1_escalation, file_cofounder_agent_v1_event, file_google_protobuf_timestamp]);
 
 /**
  * Request for GetEscalation.
@@ -153,17 +153,49 @@ export type ResolveEscalationRequest = Message<"cofounder.agent.v1.ResolveEscala
 
   /**
    * The chosen option's `value`; must be one of the escalation's options.
+   * Empty for an escalation that takes a free-text or JSON `answer`.
    *
    * @generated from field: string decision = 3;
    */
   decision: string;
 
   /**
-   * Free-text guidance for the agent, at most 10,000 characters.
+   * Free-text guidance for the agent, at most 10,000 characters. For a
+   * rejected tool call, the message the agent receives.
    *
    * @generated from field: string guidance = 4;
    */
   guidance: string;
+
+  /**
+   * To approve a tool call (`approve` or `approve_for_job`): the
+   * `tool_call.arguments_digest` of the call the reviewer saw. Required
+   * then; one that is not the escalation's is FAILED_PRECONDITION with
+   * ErrorInfo reason TOOL_CALL_DIGEST_MISMATCH, and nothing is recorded.
+   *
+   * @generated from field: string arguments_digest = 5;
+   */
+  argumentsDigest: string;
+
+  /**
+   * Approve the tool call with these arguments instead (a JSON object, at
+   * most 256 KiB), which must match the tool's input schema
+   * (INVALID_ARGUMENT naming the failing path otherwise; nothing is
+   * recorded). Only with an approving decision.
+   *
+   * @generated from field: string edited_arguments_json = 6;
+   */
+  editedArgumentsJson: string;
+
+  /**
+   * The answer of an escalation that asks for free text (at most its
+   * `answer_max_chars`) or for a value (JSON text matching its
+   * `answer_schema_json`: INVALID_ARGUMENT naming the failing path
+   * otherwise; nothing is recorded). Empty for option answers.
+   *
+   * @generated from field: string answer = 7;
+   */
+  answer: string;
 };
 
 /**
@@ -460,7 +492,10 @@ export const EscalationService: GenService<{
    *
    * Errors: a decision that is not one of the option values is
    * INVALID_ARGUMENT with a BadRequest listing the allowed values, and
-   * nothing is recorded. Repeating a call with the same request_id returns
+   * nothing is recorded. So are an answer that does not fit the question
+   * and edited tool arguments that do not match the tool's input schema;
+   * an approval naming another digest than the tool call's is
+   * FAILED_PRECONDITION (TOOL_CALL_DIGEST_MISMATCH). Repeating a call with the same request_id returns
    * the first call's result. Any other resolve of an escalation that is no
    * longer pending (resolved, expired or withdrawn) is FAILED_PRECONDITION
    * with ErrorInfo reason ESCALATION_ALREADY_RESOLVED; its metadata carries

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cofounder/agent/v1/event.proto.
  */
 export const file_cofounder_agent_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jb2ZvdW5kZXIvYWdlbnQvdjEvZXZlbnQucHJvdG8SEmNvZm91bmRlci5hZ2VudC52MSL2CAoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgDEgwKBHR5cGUYAyABKAkSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOwoOYWdlbnRfdGhpbmtpbmcYCiABKAsyIS5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRUaGlua2luZ0gAEkAKEWFnZW50X3Rvb2xfY2FsbGVkGAsgASgLMiMuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50VG9vbENhbGxlZEgAEkYKFGFnZW50X2J1ZGdldF91cGRhdGVkGAwgASgLMiYuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50QnVkZ2V0VXBkYXRlZEgAEjsKDmFnZW50X3NsZWVwaW5nGA0gASgLMiEuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50U2xlZXBpbmdIABI3CgxhZ2VudF93YWtpbmcYDiABKAsyHy5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRXYWtpbmdIABJIChVhZ2VudF9idWRnZXRfZXhjZWVkZWQYDyABKAsyJy5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRCdWRnZXRFeGNlZWRlZEgAEjsKDmFnZW50X3JldHJ5aW5nGBAgASgLMiEuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50UmV0cnlpbmdIABJLChdhZ2VudF93YWl0aW5nX2Zvcl9pbnB1dBgRIAEoCzIoLmNvZm91bmRlci5hZ2VudC52MS5BZ2VudFdhaXRpbmdGb3JJbnB1dEgAEkwKF2FnZW50X2VzY2FsYXRpb25fcmFpc2VkGBIgASgLMikuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50RXNjYWxhdGlvblJhaXNlZEgAElAKGWFnZW50X2VzY2FsYXRpb25fcmVzb2x2ZWQYEyABKAsyKy5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRFc2NhbGF0aW9uUmVzb2x2ZWRIABJCChJhZ2VudF9idWlsZF9wYXVzZWQYFCABKAsyJC5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRCdWlsZFBhdXNlZEgAEjkKDXBoYXNlX3N0YXJ0ZWQYFSABKAsyIC5jb2ZvdW5kZXIuYWdlbnQudjEuUGhhc2VTdGFydGVkSAASPQoPcGhhc2VfY29tcGxldGVkGBYgASgLMiIuY29mb3VuZGVyLmFnZW50LnYxLlBoYXNlQ29tcGxldGVkSAASQgoSam9iX3N0YXR1c19jaGFuZ2VkGBcgASgLMiQuY29mb3VuZGVyLmFnZW50LnYxLkpvYlN0YXR1c0NoYW5nZWRIABJSChphZ2VudF9lc2NhbGF0aW9uX3dpdGhkcmF3bhgYIAEoCzIsLmNvZm91bmRlci5hZ2VudC52MS5BZ2VudEVzY2FsYXRpb25XaXRoZHJhd25IAEIJCgdwYXlsb2FkIjAKDUFnZW50VGhpbmtpbmcSEQoJaXRlcmF0aW9uGAEgASgFEgwKBHRleHQYAiABKAkibQoPQWdlbnRUb29sQ2FsbGVkEhEKCWl0ZXJhdGlvbhgBIAEoBRIRCgl0b29sX25hbWUYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCRIOCgZyZXN1bHQYBCABKAkSEAoIaXNfZXJyb3IYBSABKAgikQEKEkFnZW50QnVkZ2V0VXBkYXRlZBIWCg5idWRnZXRfcGVyY2VudBgBIAEoBRIgChhzcGVudF90b2RheV9taWNyb2RvbGxhcnMYAiABKAMSIQoZZGFpbHlfYnVkZ2V0X21pY3JvZG9sbGFycxgDIAEoAxIeChZjYWxsX2Nvc3RfbWljcm9kb2xsYXJzGAQgASgDIm8KDUFnZW50U2xlZXBpbmcSLQoJd2FrZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZyZWFzb24YAiABKA4yHy5jb2ZvdW5kZXIuYWdlbnQudjEuU2xlZXBSZWFzb24iWgoLQWdlbnRXYWtpbmcSLgoGcmVhc29uGAEgASgOMh4uY29mb3VuZGVyLmFnZW50LnYxLldha2VSZWFzb24SGwoTdG9wX3VwX21pY3JvZG9sbGFycxgCIAEoAyJyChNBZ2VudEJ1ZGdldEV4Y2VlZGVkEhYKDmJ1ZGdldF9wZXJjZW50GAEgASgFEiAKGHNwZW50X3RvZGF5X21pY3JvZG9sbGFycxgCIAEoAxIhChlkYWlseV9idWRnZXRfbWljcm9kb2xsYXJzGAMgASgDIp0BCg1BZ2VudFJldHJ5aW5nEhcKD2Vycm9yX3NpZ25hdHVyZRgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEhQKDG1heF9hdHRlbXB0cxgDIAEoBRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEjUKEW5leHRfYXR0ZW1wdF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCItChRBZ2VudFdhaXRpbmdGb3JJbnB1dBIVCg1lc2NhbGF0aW9uX2lkGAEgASgJIksKFUFnZW50RXNjYWxhdGlvblJhaXNlZBIyCgplc2NhbGF0aW9uGAEgASgLMh4uY29mb3VuZGVyLmFnZW50LnYxLkVzY2FsYXRpb24i1wEKF0FnZW50RXNjYWxhdGlvblJlc29sdmVkEhUKDWVzY2FsYXRpb25faWQYASABKAkSEAoIZGVjaXNpb24YAiABKAkSEAoIZ3VpZGFuY2UYAyABKAkSEwoLcmVzb2x2ZWRfYnkYBCABKAkSOwoPZGVjaXNpb25fc291cmNlGAUgASgOMiIuY29mb3VuZGVyLmFnZW50LnYxLkRlY2lzaW9uU291cmNlEhwKFHJlc29sdmVkX3ZpYV9zZXJ2aWNlGAYgASgJEhEKCWRlbGl2ZXJlZBgHIAEoCSJBChhBZ2VudEVzY2FsYXRpb25XaXRoZHJhd24SFQoNZXNjYWxhdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoQQWdlbnRCdWlsZFBhdXNlZBIOCgZyZWFzb24YASABKAkiHQoMUGhhc2VTdGFydGVkEg0KBXBoYXNlGAEgASgJIh8KDlBoYXNlQ29tcGxldGVkEg0KBXBoYXNlGAEgASgJIroBChBKb2JTdGF0dXNDaGFuZ2VkEjYKD3ByZXZpb3VzX3N0YXR1cxgBIAEoDjIdLmNvZm91bmRlci5hZ2VudC52MS5Kb2JTdGF0dXMSLQoGc3RhdHVzGAIgASgOMh0uY29mb3VuZGVyLmFnZW50LnYxLkpvYlN0YXR1cxIvCgdvdXRjb21lGAMgASgOMh4uY29mb3VuZGVyLmFnZW50LnYxLkpvYk91dGNvbWUSDgoGZGV0YWlsGAQgASgJIk4KCUhlYXJ0YmVhdBIXCg9sYXRlc3Rfc2VxdWVuY2UYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqcAoLU2xlZXBSZWFzb24SHAoYU0xFRVBfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodU0xFRVBfUkVBU09OX0JVREdFVF9USFJFU0hPTEQQARIgChxTTEVFUF9SRUFTT05fQlVER0VUX0VYQ0VFREVEEAIqXwoKV2FrZVJlYXNvbhIbChdXQUtFX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFVdBS0VfUkVBU09OX1NDSEVEVUxFRBABEhkKFVdBS0VfUkVBU09OX1JFUVVFU1RFRBACYgZwcm90bzM", [file_cofounder_agent_v1_escalation, file_cofounder_agent_v1_job, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jb2ZvdW5kZXIvYWdlbnQvdjEvZXZlbnQucHJvdG8SEmNvZm91bmRlci5hZ2VudC52MSLbCgoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgDEgwKBHR5cGUYAyABKAkSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOwoOYWdlbnRfdGhpbmtpbmcYCiABKAsyIS5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRUaGlua2luZ0gAEkAKEWFnZW50X3Rvb2xfY2FsbGVkGAsgASgLMiMuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50VG9vbENhbGxlZEgAEkYKFGFnZW50X2J1ZGdldF91cGRhdGVkGAwgASgLMiYuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50QnVkZ2V0VXBkYXRlZEgAEjsKDmFnZW50X3NsZWVwaW5nGA0gASgLMiEuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50U2xlZXBpbmdIABI3CgxhZ2VudF93YWtpbmcYDiABKAsyHy5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRXYWtpbmdIABJIChVhZ2VudF9idWRnZXRfZXhjZWVkZWQYDyABKAsyJy5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRCdWRnZXRFeGNlZWRlZEgAEjsKDmFnZW50X3JldHJ5aW5nGBAgASgLMiEuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50UmV0cnlpbmdIABJLChdhZ2VudF93YWl0aW5nX2Zvcl9pbnB1dBgRIAEoCzIoLmNvZm91bmRlci5hZ2VudC52MS5BZ2VudFdhaXRpbmdGb3JJbnB1dEgAEkwKF2FnZW50X2VzY2FsYXRpb25fcmFpc2VkGBIgASgLMikuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50RXNjYWxhdGlvblJhaXNlZEgAElAKGWFnZW50X2VzY2FsYXRpb25fcmVzb2x2ZWQYEyABKAsyKy5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRFc2NhbGF0aW9uUmVzb2x2ZWRIABJCChJhZ2VudF9idWlsZF9wYXVzZWQYFCABKAsyJC5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRCdWlsZFBhdXNlZEgAEjkKDXBoYXNlX3N0YXJ0ZWQYFSABKAsyIC5jb2ZvdW5kZXIuYWdlbnQudjEuUGhhc2VTdGFydGVkSAASPQoPcGhhc2VfY29tcGxldGVkGBYgASgLMiIuY29mb3VuZGVyLmFnZW50LnYxLlBoYXNlQ29tcGxldGVkSAASQgoSam9iX3N0YXR1c19jaGFuZ2VkGBcgASgLMiQuY29mb3VuZGVyLmFnZW50LnYxLkpvYlN0YXR1c0NoYW5nZWRIABJSChphZ2VudF9lc2NhbGF0aW9uX3dpdGhkcmF3bhgYIAEoCzIsLmNvZm91bmRlci5hZ2VudC52MS5BZ2VudEVzY2FsYXRpb25XaXRoZHJhd25IABJXCh1hZ2VudF90b29sX2FwcHJvdmFsX3JlcXVlc3RlZBgZIAEoCzIuLmNvZm91bmRlci5hZ2VudC52MS5BZ2VudFRvb2xBcHByb3ZhbFJlcXVlc3RlZEgAEkQKE2FnZW50X3Rvb2xfYXBwcm92ZWQYGiABKAsyJS5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRUb29sQXBwcm92ZWRIABJEChNhZ2VudF90b29sX3JlamVjdGVkGBsgASgLMiUuY29mb3VuZGVyLmFnZW50LnYxLkFnZW50VG9vbFJlamVjdGVkSABCCQoHcGF5bG9hZCIwCg1BZ2VudFRoaW5raW5nEhEKCWl0ZXJhdGlvbhgBIAEoBRIMCgR0ZXh0GAIgASgJIm0KD0FnZW50VG9vbENhbGxlZBIRCglpdGVyYXRpb24YASABKAUSEQoJdG9vbF9uYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSDgoGcmVzdWx0GAQgASgJEhAKCGlzX2Vycm9yGAUgASgIIpEBChJBZ2VudEJ1ZGdldFVwZGF0ZWQSFgoOYnVkZ2V0X3BlcmNlbnQYASABKAUSIAoYc3BlbnRfdG9kYXlfbWljcm9kb2xsYXJzGAIgASgDEiEKGWRhaWx5X2J1ZGdldF9taWNyb2RvbGxhcnMYAyABKAMSHgoWY2FsbF9jb3N0X21pY3JvZG9sbGFycxgEIAEoAyJvCg1BZ2VudFNsZWVwaW5nEi0KCXdha2VfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoGcmVhc29uGAIgASgOMh8uY29mb3VuZGVyLmFnZW50LnYxLlNsZWVwUmVhc29uIloKC0FnZW50V2FraW5nEi4KBnJlYXNvbhgBIAEoDjIeLmNvZm91bmRlci5hZ2VudC52MS5XYWtlUmVhc29uEhsKE3RvcF91cF9taWNyb2RvbGxhcnMYAiABKAMicgoTQWdlbnRCdWRnZXRFeGNlZWRlZBIWCg5idWRnZXRfcGVyY2VudBgBIAEoBRIgChhzcGVudF90b2RheV9taWNyb2RvbGxhcnMYAiABKAMSIQoZZGFpbHlfYnVkZ2V0X21pY3JvZG9sbGFycxgDIAEoAyKdAQoNQWdlbnRSZXRyeWluZxIXCg9lcnJvcl9zaWduYXR1cmUYASABKAkSDwoHYXR0ZW1wdBgCIAEoBRIUCgxtYXhfYXR0ZW1wdHMYAyABKAUSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRI1ChFuZXh0X2F0dGVtcHRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiLQoUQWdlbnRXYWl0aW5nRm9ySW5wdXQSFQoNZXNjYWxhdGlvbl9pZBgBIAEoCSKJAQoaQWdlbnRUb29sQXBwcm92YWxSZXF1ZXN0ZWQSFQoNZXNjYWxhdGlvbl9pZBgBIAEoCRIRCgl0b29sX25hbWUYAiABKAkSDwoHY2FsbF9pZBgDIAEoCRIWCg5hcmd1bWVudHNfanNvbhgEIAEoCRIYChBhcmd1bWVudHNfZGlnZXN0GAUgASgJItkBChFBZ2VudFRvb2xBcHByb3ZlZBIVCg1lc2NhbGF0aW9uX2lkGAEgASgJEhEKCXRvb2xfbmFtZRgCIAEoCRIPCgdjYWxsX2lkGAMgASgJEhYKDmFyZ3VtZW50c19qc29uGAQgASgJEg4KBmVkaXRlZBgFIAEoCBIPCgdmb3Jfam9iGAYgASgIEhMKC2FwcHJvdmVkX2J5GAcgASgJEjsKD2RlY2lzaW9uX3NvdXJjZRgIIAEoDjIiLmNvZm91bmRlci5hZ2VudC52MS5EZWNpc2lvblNvdXJjZSKxAQoRQWdlbnRUb29sUmVqZWN0ZWQSFQoNZXNjYWxhdGlvbl9pZBgBIAEoCRIRCgl0b29sX25hbWUYAiABKAkSDwoHY2FsbF9pZBgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEhMKC3JlamVjdGVkX2J5GAUgASgJEjsKD2RlY2lzaW9uX3NvdXJjZRgGIAEoDjIiLmNvZm91bmRlci5hZ2VudC52MS5EZWNpc2lvblNvdXJjZSJLChVBZ2VudEVzY2FsYXRpb25SYWlzZWQSMgoKZXNjYWxhdGlvbhgBIAEoCzIeLmNvZm91bmRlci5hZ2VudC52MS5Fc2NhbGF0aW9uItcBChdBZ2VudEVzY2FsYXRpb25SZXNvbHZlZBIVCg1lc2NhbGF0aW9uX2lkGAEgASgJEhAKCGRlY2lzaW9uGAIgASgJEhAKCGd1aWRhbmNlGAMgASgJEhMKC3Jlc29sdmVkX2J5GAQgASgJEjsKD2RlY2lzaW9uX3NvdXJjZRgFIAEoDjIiLmNvZm91bmRlci5hZ2VudC52MS5EZWNpc2lvblNvdXJjZRIcChRyZXNvbHZlZF92aWFfc2VydmljZRgGIAEoCRIRCglkZWxpdmVyZWQYByABKAkiQQoYQWdlbnRFc2NhbGF0aW9uV2l0aGRyYXduEhUKDWVzY2FsYXRpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIiIKEEFnZW50QnVpbGRQYXVzZWQSDgoGcmVhc29uGAEgASgJIh0KDFBoYXNlU3RhcnRlZBINCgVwaGFzZRgBIAEoCSIfCg5QaGFzZUNvbXBsZXRlZBINCgVwaGFzZRgBIAEoCSK6AQoQSm9iU3RhdHVzQ2hhbmdlZBI2Cg9wcmV2aW91c19zdGF0dXMYASABKA4yHS5jb2ZvdW5kZXIuYWdlbnQudjEuSm9iU3RhdHVzEi0KBnN0YXR1cxgCIAEoDjIdLmNvZm91bmRlci5hZ2VudC52MS5Kb2JTdGF0dXMSLwoHb3V0Y29tZRgDIAEoDjIeLmNvZm91bmRlci5hZ2VudC52MS5Kb2JPdXRjb21lEg4KBmRldGFpbBgEIAEoCSJOCglIZWFydGJlYXQSFwoPbGF0ZXN0X3NlcXVlbmNlGAEgASgDEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKnAKC1NsZWVwUmVhc29uEhwKGFNMRUVQX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHVNMRUVQX1JFQVNPTl9CVURHRVRfVEhSRVNIT0xEEAESIAocU0xFRVBfUkVBU09OX0JVREdFVF9FWENFRURFRBACKl8KCldha2VSZWFzb24SGwoXV0FLRV9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVXQUtFX1JFQVNPTl9TQ0hFRFVMRUQQARIZChVXQUtFX1JFQVNPTl9SRVFVRVNURUQQAmIGcHJvdG8z", [file_cofounder_agent_v1_escalation, file_cofounder_agent_v1_job, file_google_protobuf_timestamp]);
 
 /**
  * One event in a job's durable, numbered event log.
@@ -183,6 +183,30 @@ export type JobEvent = Message<"cofounder.agent.v1.JobEvent"> & {
      */
     value: AgentEscalationWithdrawn;
     case: "agentEscalationWithdrawn";
+  } | {
+    /**
+     * `agent.tool.approval_requested`
+     *
+     * @generated from field: cofounder.agent.v1.AgentToolApprovalRequested agent_tool_approval_requested = 25;
+     */
+    value: AgentToolApprovalRequested;
+    case: "agentToolApprovalRequested";
+  } | {
+    /**
+     * `agent.tool.approved`
+     *
+     * @generated from field: cofounder.agent.v1.AgentToolApproved agent_tool_approved = 26;
+     */
+    value: AgentToolApproved;
+    case: "agentToolApproved";
+  } | {
+    /**
+     * `agent.tool.rejected`
+     *
+     * @generated from field: cofounder.agent.v1.AgentToolRejected agent_tool_rejected = 27;
+     */
+    value: AgentToolRejected;
+    case: "agentToolRejected";
   } | { case: undefined; value?: undefined };
 };
 
@@ -478,6 +502,181 @@ export const AgentWaitingForInputSchema: GenMessage<AgentWaitingForInput> = /*@_
   messageDesc(file_cofounder_agent_v1_event, 8);
 
 /**
+ * A tool call waits for approval: it has not run.
+ *
+ * @generated from message cofounder.agent.v1.AgentToolApprovalRequested
+ */
+export type AgentToolApprovalRequested = Message<"cofounder.agent.v1.AgentToolApprovalRequested"> & {
+  /**
+   * The escalation that asks for the approval.
+   *
+   * @generated from field: string escalation_id = 1;
+   */
+  escalationId: string;
+
+  /**
+   * The tool the agent called.
+   *
+   * @generated from field: string tool_name = 2;
+   */
+  toolName: string;
+
+  /**
+   * The agent's id of the call.
+   *
+   * @generated from field: string call_id = 3;
+   */
+  callId: string;
+
+  /**
+   * The arguments as the agent gave them (canonical JSON).
+   *
+   * @generated from field: string arguments_json = 4;
+   */
+  argumentsJson: string;
+
+  /**
+   * SHA-256 (hex) of `arguments_json`.
+   *
+   * @generated from field: string arguments_digest = 5;
+   */
+  argumentsDigest: string;
+};
+
+/**
+ * Describes the message cofounder.agent.v1.AgentToolApprovalRequested.
+ * Use `create(AgentToolApprovalRequestedSchema)` to create a new message.
+ */
+export const AgentToolApprovalRequestedSchema: GenMessage<AgentToolApprovalRequested> = /*@__PURE__*/
+  messageDesc(file_cofounder_agent_v1_event, 9);
+
+/**
+ * A tool call waiting for approval was approved, and runs (once) now.
+ *
+ * @generated from message cofounder.agent.v1.AgentToolApproved
+ */
+export type AgentToolApproved = Message<"cofounder.agent.v1.AgentToolApproved"> & {
+  /**
+   * The escalation that asked for the approval.
+   *
+   * @generated from field: string escalation_id = 1;
+   */
+  escalationId: string;
+
+  /**
+   * The tool.
+   *
+   * @generated from field: string tool_name = 2;
+   */
+  toolName: string;
+
+  /**
+   * The agent's id of the call.
+   *
+   * @generated from field: string call_id = 3;
+   */
+  callId: string;
+
+  /**
+   * The arguments the call runs with (canonical JSON).
+   *
+   * @generated from field: string arguments_json = 4;
+   */
+  argumentsJson: string;
+
+  /**
+   * Whether the reviewer edited the arguments.
+   *
+   * @generated from field: bool edited = 5;
+   */
+  edited: boolean;
+
+  /**
+   * Whether the tool is approved for the rest of the job.
+   *
+   * @generated from field: bool for_job = 6;
+   */
+  forJob: boolean;
+
+  /**
+   * Who approved (empty when the deadline did).
+   *
+   * @generated from field: string approved_by = 7;
+   */
+  approvedBy: string;
+
+  /**
+   * Who or what decided.
+   *
+   * @generated from field: cofounder.agent.v1.DecisionSource decision_source = 8;
+   */
+  decisionSource: DecisionSource;
+};
+
+/**
+ * Describes the message cofounder.agent.v1.AgentToolApproved.
+ * Use `create(AgentToolApprovedSchema)` to create a new message.
+ */
+export const AgentToolApprovedSchema: GenMessage<AgentToolApproved> = /*@__PURE__*/
+  messageDesc(file_cofounder_agent_v1_event, 10);
+
+/**
+ * A tool call waiting for approval was rejected: it never runs.
+ *
+ * @generated from message cofounder.agent.v1.AgentToolRejected
+ */
+export type AgentToolRejected = Message<"cofounder.agent.v1.AgentToolRejected"> & {
+  /**
+   * The escalation that asked for the approval.
+   *
+   * @generated from field: string escalation_id = 1;
+   */
+  escalationId: string;
+
+  /**
+   * The tool.
+   *
+   * @generated from field: string tool_name = 2;
+   */
+  toolName: string;
+
+  /**
+   * The agent's id of the call.
+   *
+   * @generated from field: string call_id = 3;
+   */
+  callId: string;
+
+  /**
+   * What the agent was told, the reviewer's message included.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+
+  /**
+   * Who rejected (empty when the deadline did).
+   *
+   * @generated from field: string rejected_by = 5;
+   */
+  rejectedBy: string;
+
+  /**
+   * Who or what decided.
+   *
+   * @generated from field: cofounder.agent.v1.DecisionSource decision_source = 6;
+   */
+  decisionSource: DecisionSource;
+};
+
+/**
+ * Describes the message cofounder.agent.v1.AgentToolRejected.
+ * Use `create(AgentToolRejectedSchema)` to create a new message.
+ */
+export const AgentToolRejectedSchema: GenMessage<AgentToolRejected> = /*@__PURE__*/
+  messageDesc(file_cofounder_agent_v1_event, 11);
+
+/**
  * The agent raised an escalation.
  *
  * @generated from message cofounder.agent.v1.AgentEscalationRaised
@@ -496,7 +695,7 @@ export type AgentEscalationRaised = Message<"cofounder.agent.v1.AgentEscalationR
  * Use `create(AgentEscalationRaisedSchema)` to create a new message.
  */
 export const AgentEscalationRaisedSchema: GenMessage<AgentEscalationRaised> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 9);
+  messageDesc(file_cofounder_agent_v1_event, 12);
 
 /**
  * An escalation was decided (by a person, a service or its deadline) and the
@@ -562,7 +761,7 @@ export type AgentEscalationResolved = Message<"cofounder.agent.v1.AgentEscalatio
  * Use `create(AgentEscalationResolvedSchema)` to create a new message.
  */
 export const AgentEscalationResolvedSchema: GenMessage<AgentEscalationResolved> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 10);
+  messageDesc(file_cofounder_agent_v1_event, 13);
 
 /**
  * A pending escalation was withdrawn because its job ended.
@@ -590,7 +789,7 @@ export type AgentEscalationWithdrawn = Message<"cofounder.agent.v1.AgentEscalati
  * Use `create(AgentEscalationWithdrawnSchema)` to create a new message.
  */
 export const AgentEscalationWithdrawnSchema: GenMessage<AgentEscalationWithdrawn> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 11);
+  messageDesc(file_cofounder_agent_v1_event, 14);
 
 /**
  * The build was paused (waiting for input or budget) without ending the job.
@@ -611,7 +810,7 @@ export type AgentBuildPaused = Message<"cofounder.agent.v1.AgentBuildPaused"> & 
  * Use `create(AgentBuildPausedSchema)` to create a new message.
  */
 export const AgentBuildPausedSchema: GenMessage<AgentBuildPaused> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 12);
+  messageDesc(file_cofounder_agent_v1_event, 15);
 
 /**
  * The agent opened a named phase of work.
@@ -632,7 +831,7 @@ export type PhaseStarted = Message<"cofounder.agent.v1.PhaseStarted"> & {
  * Use `create(PhaseStartedSchema)` to create a new message.
  */
 export const PhaseStartedSchema: GenMessage<PhaseStarted> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 13);
+  messageDesc(file_cofounder_agent_v1_event, 16);
 
 /**
  * The agent closed a named phase of work.
@@ -653,7 +852,7 @@ export type PhaseCompleted = Message<"cofounder.agent.v1.PhaseCompleted"> & {
  * Use `create(PhaseCompletedSchema)` to create a new message.
  */
 export const PhaseCompletedSchema: GenMessage<PhaseCompleted> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 14);
+  messageDesc(file_cofounder_agent_v1_event, 17);
 
 /**
  * The job's lifecycle status changed.
@@ -695,7 +894,7 @@ export type JobStatusChanged = Message<"cofounder.agent.v1.JobStatusChanged"> & 
  * Use `create(JobStatusChangedSchema)` to create a new message.
  */
 export const JobStatusChangedSchema: GenMessage<JobStatusChanged> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 15);
+  messageDesc(file_cofounder_agent_v1_event, 18);
 
 /**
  * Sent on an idle stream so proxies keep it open and the client knows it is
@@ -725,7 +924,7 @@ export type Heartbeat = Message<"cofounder.agent.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_event, 16);
+  messageDesc(file_cofounder_agent_v1_event, 19);
 
 /**
  * Why an agent went to sleep.

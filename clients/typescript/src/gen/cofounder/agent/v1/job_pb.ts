@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file cofounder/agent/v1/job.proto.
  */
 export const file_cofounder_agent_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("Chxjb2ZvdW5kZXIvYWdlbnQvdjEvam9iLnByb3RvEhJjb2ZvdW5kZXIuYWdlbnQudjEiUgoJQWdlbnRTcGVjEg0KBWJyYWluGAEgASgJEg0KBW1vZGVsGAIgASgJEicKBmNvbmZpZxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QihgQKA0pvYhIOCgZqb2JfaWQYASABKAkSEAoIb3duZXJfaWQYAiABKAkSEgoKcHJvamVjdF9pZBgDIAEoCRIMCgRnb2FsGAQgASgJEiEKGWRhaWx5X2J1ZGdldF9taWNyb2RvbGxhcnMYBSABKAMSLAoFYWdlbnQYBiABKAsyHS5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRTcGVjEi0KBnN0YXR1cxgHIAEoDjIdLmNvZm91bmRlci5hZ2VudC52MS5Kb2JTdGF0dXMSLwoHb3V0Y29tZRgIIAEoDjIeLmNvZm91bmRlci5hZ2VudC52MS5Kb2JPdXRjb21lEhYKDm91dGNvbWVfZGV0YWlsGAkgASgJEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKBmxhYmVscxgNIAMoCzIjLmNvZm91bmRlci5hZ2VudC52MS5Kb2IuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK/AwoRSm9iU3RhdHVzU25hcHNob3QSDgoGam9iX2lkGAEgASgJEjEKCmpvYl9zdGF0dXMYAiABKA4yHS5jb2ZvdW5kZXIuYWdlbnQudjEuSm9iU3RhdHVzEjMKC2FnZW50X3N0YXRlGAMgASgOMh4uY29mb3VuZGVyLmFnZW50LnYxLkFnZW50U3RhdGUSLQoJd2FrZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCg5idWRnZXRfcGVyY2VudBgFIAEoBUgAiAEBEiEKGWRhaWx5X2J1ZGdldF9taWNyb2RvbGxhcnMYBiABKAMSIAoYc3BlbnRfdG9kYXlfbWljcm9kb2xsYXJzGAcgASgDEh4KFnBlbmRpbmdfZXNjYWxhdGlvbl9pZHMYCCADKAkSHQoVbGF0ZXN0X2V2ZW50X3NlcXVlbmNlGAkgASgDEi8KB291dGNvbWUYCiABKA4yHi5jb2ZvdW5kZXIuYWdlbnQudjEuSm9iT3V0Y29tZRIeChZsaXZlX3N0YXRlX3VuYXZhaWxhYmxlGAsgASgIQhEKD19idWRnZXRfcGVyY2VudCqdAQoJSm9iU3RhdHVzEhoKFkpPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVFVTX1FVRVVFRBABEhYKEkpPQl9TVEFUVVNfUlVOTklORxACEhQKEEpPQl9TVEFUVVNfUkVBRFkQAxIVChFKT0JfU1RBVFVTX0ZBSUxFRBAEEhgKFEpPQl9TVEFUVVNfQ0FOQ0VMTEVEEAUq/AEKCkpvYk91dGNvbWUSGwoXSk9CX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVKT0JfT1VUQ09NRV9DT01QTEVURUQQARIfChtKT0JfT1VUQ09NRV9JVEVSQVRJT05fTElNSVQQAhIaChZKT0JfT1VUQ09NRV9SRVBFVElUSU9OEAMSGwoXSk9CX09VVENPTUVfTU9ERUxfRVJST1IQBBIfChtKT0JfT1VUQ09NRV9CVURHRVRfRVhDRUVERUQQBRIZChVKT0JfT1VUQ09NRV9DQU5DRUxMRUQQBhIgChxKT0JfT1VUQ09NRV9FU0NBTEFUSU9OX0xJTUlUEAcq0gEKCkFnZW50U3RhdGUSGwoXQUdFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNBR0VOVF9TVEFURV9XT1JLSU5HEAESGAoUQUdFTlRfU1RBVEVfU0xFRVBJTkcQAhIhCh1BR0VOVF9TVEFURV9XQUlUSU5HX0ZPUl9JTlBVVBADEhUKEUFHRU5UX1NUQVRFX0VSUk9SEAQSHwobQUdFTlRfU1RBVEVfQlVER0VUX0VYQ0VFREVEEAUSGQoVQUdFTlRfU1RBVEVfQ09NUExFVEVEEAZiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chxjb2ZvdW5kZXIvYWdlbnQvdjEvam9iLnByb3RvEhJjb2ZvdW5kZXIuYWdlbnQudjEikQEKCUFnZW50U3BlYxINCgVicmFpbhgBIAEoCRINCgVtb2RlbBgCIAEoCRInCgZjb25maWcYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ej0KDXRvb2xfYXBwcm92YWwYBCABKAsyJi5jb2ZvdW5kZXIuYWdlbnQudjEuVG9vbEFwcHJvdmFsUG9saWN5InoKElRvb2xBcHByb3ZhbFBvbGljeRINCgV0b29scxgBIAMoCRIYChBkZWFkbGluZV9zZWNvbmRzGAIgASgFEjsKCm9uX3RpbWVvdXQYAyABKA4yJy5jb2ZvdW5kZXIuYWdlbnQudjEuVG9vbEFwcHJvdmFsVGltZW91dCKeBAoDSm9iEg4KBmpvYl9pZBgBIAEoCRIQCghvd25lcl9pZBgCIAEoCRISCgpwcm9qZWN0X2lkGAMgASgJEgwKBGdvYWwYBCABKAkSIQoZZGFpbHlfYnVkZ2V0X21pY3JvZG9sbGFycxgFIAEoAxIsCgVhZ2VudBgGIAEoCzIdLmNvZm91bmRlci5hZ2VudC52MS5BZ2VudFNwZWMSLQoGc3RhdHVzGAcgASgOMh0uY29mb3VuZGVyLmFnZW50LnYxLkpvYlN0YXR1cxIvCgdvdXRjb21lGAggASgOMh4uY29mb3VuZGVyLmFnZW50LnYxLkpvYk91dGNvbWUSFgoOb3V0Y29tZV9kZXRhaWwYCSABKAkSLwoLY3JlYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoGbGFiZWxzGA0gAygLMiMuY29mb3VuZGVyLmFnZW50LnYxLkpvYi5MYWJlbHNFbnRyeRIWCg5hcHByb3ZlZF90b29scxgOIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIr8DChFKb2JTdGF0dXNTbmFwc2hvdBIOCgZqb2JfaWQYASABKAkSMQoKam9iX3N0YXR1cxgCIAEoDjIdLmNvZm91bmRlci5hZ2VudC52MS5Kb2JTdGF0dXMSMwoLYWdlbnRfc3RhdGUYAyABKA4yHi5jb2ZvdW5kZXIuYWdlbnQudjEuQWdlbnRTdGF0ZRItCgl3YWtlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKDmJ1ZGdldF9wZXJjZW50GAUgASgFSACIAQESIQoZZGFpbHlfYnVkZ2V0X21pY3JvZG9sbGFycxgGIAEoAxIgChhzcGVudF90b2RheV9taWNyb2RvbGxhcnMYByABKAMSHgoWcGVuZGluZ19lc2NhbGF0aW9uX2lkcxgIIAMoCRIdChVsYXRlc3RfZXZlbnRfc2VxdWVuY2UYCSABKAMSLwoHb3V0Y29tZRgKIAEoDjIeLmNvZm91bmRlci5hZ2VudC52MS5Kb2JPdXRjb21lEh4KFmxpdmVfc3RhdGVfdW5hdmFpbGFibGUYCyABKAhCEQoPX2J1ZGdldF9wZXJjZW50Kp0BCglKb2JTdGF0dXMSGgoWSk9CX1NUQVRVU19VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFUVVNfUVVFVUVEEAESFgoSSk9CX1NUQVRVU19SVU5OSU5HEAISFAoQSk9CX1NUQVRVU19SRUFEWRADEhUKEUpPQl9TVEFUVVNfRkFJTEVEEAQSGAoUSk9CX1NUQVRVU19DQU5DRUxMRUQQBSr8AQoKSm9iT3V0Y29tZRIbChdKT0JfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFUpPQl9PVVRDT01FX0NPTVBMRVRFRBABEh8KG0pPQl9PVVRDT01FX0lURVJBVElPTl9MSU1JVBACEhoKFkpPQl9PVVRDT01FX1JFUEVUSVRJT04QAxIbChdKT0JfT1VUQ09NRV9NT0RFTF9FUlJPUhAEEh8KG0pPQl9PVVRDT01FX0JVREdFVF9FWENFRURFRBAFEhkKFUpPQl9PVVRDT01FX0NBTkNFTExFRBAGEiAKHEpPQl9PVVRDT01FX0VTQ0FMQVRJT05fTElNSVQQByrSAQoKQWdlbnRTdGF0ZRIbChdBR0VOVF9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0FHRU5UX1NUQVRFX1dPUktJTkcQARIYChRBR0VOVF9TVEFURV9TTEVFUElORxACEiEKHUFHRU5UX1NUQVRFX1dBSVRJTkdfRk9SX0lOUFVUEAMSFQoRQUdFTlRfU1RBVEVfRVJST1IQBBIfChtBR0VOVF9TVEFURV9CVURHRVRfRVhDRUVERUQQBRIZChVBR0VOVF9TVEFURV9DT01QTEVURUQQBiqBAQoTVG9vbEFwcHJvdmFsVGltZW91dBIlCiFUT09MX0FQUFJPVkFMX1RJTUVPVVRfVU5TUEVDSUZJRUQQABIgChxUT09MX0FQUFJPVkFMX1RJTUVPVVRfUkVKRUNUEAESIQodVE9PTF9BUFBST1ZBTF9USU1FT1VUX0FQUFJPVkUQAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Which agent runs a job and how it is configured.
@@ -43,6 +43,14 @@ export type AgentSpec = Message<"cofounder.agent.v1.AgentSpec"> & {
    * @generated from field: google.protobuf.Struct config = 3;
    */
   config?: JsonObject | undefined;
+
+  /**
+   * Which tool calls wait for a person's approval before they run. Unset:
+   * every tool runs as soon as the agent calls it.
+   *
+   * @generated from field: cofounder.agent.v1.ToolApprovalPolicy tool_approval = 4;
+   */
+  toolApproval?: ToolApprovalPolicy | undefined;
 };
 
 /**
@@ -51,6 +59,48 @@ export type AgentSpec = Message<"cofounder.agent.v1.AgentSpec"> & {
  */
 export const AgentSpecSchema: GenMessage<AgentSpec> = /*@__PURE__*/
   messageDesc(file_cofounder_agent_v1_job, 0);
+
+/**
+ * The tools whose calls a person approves, one call at a time, before they
+ * run. Each such call raises an escalation (trigger
+ * ESCALATION_TRIGGER_TOOL_APPROVAL); the call runs at most once, after it
+ * is approved, and never after it is rejected.
+ *
+ * @generated from message cofounder.agent.v1.ToolApprovalPolicy
+ */
+export type ToolApprovalPolicy = Message<"cofounder.agent.v1.ToolApprovalPolicy"> & {
+  /**
+   * Exact tool names or glob patterns (`*`, `?`, `[...]`, as in
+   * `deploy_*`): 1 to 100 entries of 1 to 128 characters of
+   * `[A-Za-z0-9_.*?[]!-]`. `ask_human` never needs approval.
+   *
+   * @generated from field: repeated string tools = 1;
+   */
+  tools: string[];
+
+  /**
+   * Seconds a call waits for a decision; 0 waits until someone decides or
+   * the job ends. At most 2,592,000 (30 days).
+   *
+   * @generated from field: int32 deadline_seconds = 2;
+   */
+  deadlineSeconds: number;
+
+  /**
+   * What the deadline does; TOOL_APPROVAL_TIMEOUT_APPROVE needs
+   * `deadline_seconds`.
+   *
+   * @generated from field: cofounder.agent.v1.ToolApprovalTimeout on_timeout = 3;
+   */
+  onTimeout: ToolApprovalTimeout;
+};
+
+/**
+ * Describes the message cofounder.agent.v1.ToolApprovalPolicy.
+ * Use `create(ToolApprovalPolicySchema)` to create a new message.
+ */
+export const ToolApprovalPolicySchema: GenMessage<ToolApprovalPolicy> = /*@__PURE__*/
+  messageDesc(file_cofounder_agent_v1_job, 1);
 
 /**
  * A job: one autonomous agent working towards one goal under a daily budget.
@@ -154,6 +204,14 @@ export type Job = Message<"cofounder.agent.v1.Job"> & {
    * @generated from field: map<string, string> labels = 13;
    */
   labels: { [key: string]: string };
+
+  /**
+   * Tools a reviewer approved for the rest of the job (decision
+   * `approve_for_job` of a tool approval): their calls no longer wait.
+   *
+   * @generated from field: repeated string approved_tools = 14;
+   */
+  approvedTools: string[];
 };
 
 /**
@@ -161,7 +219,7 @@ export type Job = Message<"cofounder.agent.v1.Job"> & {
  * Use `create(JobSchema)` to create a new message.
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_job, 1);
+  messageDesc(file_cofounder_agent_v1_job, 2);
 
 /**
  * The live view of a job that a client needs to draw it after a page reload,
@@ -260,7 +318,7 @@ export type JobStatusSnapshot = Message<"cofounder.agent.v1.JobStatusSnapshot"> 
  * Use `create(JobStatusSnapshotSchema)` to create a new message.
  */
 export const JobStatusSnapshotSchema: GenMessage<JobStatusSnapshot> = /*@__PURE__*/
-  messageDesc(file_cofounder_agent_v1_job, 2);
+  messageDesc(file_cofounder_agent_v1_job, 3);
 
 /**
  * The lifecycle of a job as the control plane records it in SQL.
@@ -454,4 +512,38 @@ export enum AgentState {
  */
 export const AgentStateSchema: GenEnum<AgentState> = /*@__PURE__*/
   enumDesc(file_cofounder_agent_v1_job, 2);
+
+/**
+ * What a tool call waiting for approval becomes when its deadline passes.
+ *
+ * @generated from enum cofounder.agent.v1.ToolApprovalTimeout
+ */
+export enum ToolApprovalTimeout {
+  /**
+   * Rejected, as TOOL_APPROVAL_TIMEOUT_REJECT.
+   *
+   * @generated from enum value: TOOL_APPROVAL_TIMEOUT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Rejected: the tool does not run and the agent is told nobody answered.
+   *
+   * @generated from enum value: TOOL_APPROVAL_TIMEOUT_REJECT = 1;
+   */
+  REJECT = 1,
+
+  /**
+   * Approved as the agent asked. Only with a deadline: it must be said.
+   *
+   * @generated from enum value: TOOL_APPROVAL_TIMEOUT_APPROVE = 2;
+   */
+  APPROVE = 2,
+}
+
+/**
+ * Describes the enum cofounder.agent.v1.ToolApprovalTimeout.
+ */
+export const ToolApprovalTimeoutSchema: GenEnum<ToolApprovalTimeout> = /*@__PURE__*/
+  enumDesc(file_cofounder_agent_v1_job, 3);
 
