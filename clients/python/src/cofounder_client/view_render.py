@@ -119,7 +119,7 @@ def _question(escalation_id: str, escalation: escalation_pb2.Escalation | None) 
         text.append(f"{escalation_id[:8]}: waiting for an answer", style="bold yellow")
         return text
     if is_tool_approval(escalation):
-        text.append(f"approve a call of {escalation.tool_name}?", style="bold yellow")
+        text.append("a tool call waits for approval", style="bold yellow")
     else:
         text.append(escalation.problem or "(no question text)", style="bold yellow")
     for line in escalation_detail_lines(escalation, argument_lines=_ARGUMENT_LINES):
