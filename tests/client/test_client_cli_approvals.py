@@ -411,6 +411,8 @@ def test_a_decided_escalation_in_the_feed_is_one_line() -> None:
             "object {a: object {b: true}}",
         ),
         ("{not json", "{not json"),
+        ('{"properties": {"a": {}}, "required": "a"}', "object {a: any JSON value}"),
+        ('{"properties": {"a": {}}, "required": [["a"], "a"]}', "object {a: any JSON value (required)}"),
     ],
 )
 def test_schema_summary(schema: str, summary: str) -> None:

@@ -44,6 +44,8 @@ _CELL_LIMIT = 60
 # rest behind `cofounder escalations get ID --json`.
 _ARGUMENT_LINES = 12
 _ARGUMENT_LINE_CHARS = 100
+# Fewer in a feed, where one call must not push the others off the screen.
+_FEED_ARGUMENT_LINES = 6
 _SCHEMA_SUMMARY_CHARS = 160
 
 
@@ -220,7 +222,8 @@ def _describe_schema(schema: object, *, depth: int) -> str:
     name = " or ".join(map(str, kind)) if isinstance(kind, list) else str(kind or "any JSON value")
     properties = schema.get("properties")
     if isinstance(properties, dict) and properties and depth < 2:
-        required = set(schema.get("required") or ())
+        listed = schema.get("required")
+        required = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
         fields = ", ".join(
             f"{key}: {_describe_schema(value, depth=depth + 1)}" + (" (required)" if key in required else "")
             for key, value in properties.items()
@@ -268,7 +271,9 @@ def _watched(what: str, escalation: escalation_pb2.Escalation) -> list[str]:
     lines = [_escalation_line(what, escalation)]
     if escalation.status == escalation_pb2.ESCALATION_STATUS_PENDING:
         indent = " " * 10
-        lines.extend(indent + line for line in escalation_detail_lines(escalation, argument_lines=6))
+        lines.extend(
+            indent + line for line in escalation_detail_lines(escalation, argument_lines=_FEED_ARGUMENT_LINES)
+        )
         lines.extend(indent + line for line in decide_lines(escalation))
     return lines
 
