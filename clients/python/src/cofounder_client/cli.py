@@ -487,7 +487,7 @@ async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None
                 # The person chose after seeing this call: approving names its digest.
                 digest = digest or escalation.tool_call.arguments_digest
             else:
-                # A rejected call runs with no arguments: an edit has nothing to apply to.
+                # A rejected call never runs: an edit has nothing to apply to (the server refuses one).
                 edited = ""
     await _resolve(
         client,
