@@ -273,6 +273,7 @@ _SUBMIT = ["submit", "--project", "p", "--goal", "g", "--brain", "b"]
         ["escalations", "resolve", "e"],  # neither --decision nor --answer
         ["escalations", "resolve", "e", "--decision", "a", "--answer", "b"],
         ["escalations", "approve", "e", "--edit-json", "[1]"],
+        ["escalations", "resolve", "e", "--decision", "approve", "--edit-json", "{bad"],
         [],
     ],
 )

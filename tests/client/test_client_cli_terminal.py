@@ -99,10 +99,15 @@ async def test_terminal_shows_set_fields_and_tables(
     assert "running" in rows[0]
 
     assert await run_cli(harness, "escalations", "list") == 0
-    header, row = capsys.readouterr().out.splitlines()
+    header, row, blank, *deciding = capsys.readouterr().out.splitlines()
     assert header.split()[0] == "ESCALATION"
     assert row.startswith(escalation.escalation_id[:8])
     assert row.endswith("Which database?")
+    short = escalation.escalation_id[:8]
+    assert (blank, deciding) == (
+        "",
+        ["to decide:", f"  {short}  answer:  cofounder escalations resolve {short}  [--decision VALUE]"],
+    )
 
 
 async def test_json_flag_keeps_json_on_a_terminal(
@@ -279,7 +284,9 @@ async def test_fleet_and_escalation_feed_on_a_terminal(
     assert row.split()[:2] == [job.job_id, "running"]
 
     assert await run_cli(harness, "escalations", "watch", "--job", job.job_id, "--after", "0") == 0
-    pending, raised = capsys.readouterr().out.splitlines()
+    pending, pending_command, raised, raised_command = capsys.readouterr().out.splitlines()
     short = escalation.escalation_id[:8]
     assert pending == f"pending   {short}  job {job.job_id[:8]}  Which database?"
     assert raised == f"raised    {short}  job {job.job_id[:8]}  Which database?"
+    command = f"          answer:  cofounder escalations resolve {short}  [--decision VALUE]"
+    assert pending_command == raised_command == command

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cofounder.agent.v1 import event_pb2, job_pb2
+from cofounder.agent.v1 import escalation_pb2, event_pb2, job_pb2
 from cofounder_client import Client
 from cofounder_client.cli import main
 from cofounder_client.demo import run_demo
@@ -192,3 +194,160 @@ async def _until(condition: Callable[[], bool]) -> None:
         return condition()
 
     await eventually(probe, bool, within=DEMO_DEADLINE)
+
+
+async def _cli(port: int, *argv: str) -> int:
+    return await asyncio.wait_for(
+        asyncio.to_thread(main, ["--target", f"127.0.0.1:{port}", *argv]), DEMO_DEADLINE
+    )
+
+
+async def _pending(client: Client, job_id: str) -> escalation_pb2.Escalation:
+    async def probe() -> list[escalation_pb2.Escalation]:
+        page = await client.list_escalations(
+            job_id=job_id, statuses=[escalation_pb2.ESCALATION_STATUS_PENDING]
+        )
+        return list(page.escalations)
+
+    (escalation,) = await eventually(probe, bool, within=DEMO_DEADLINE)
+    return escalation
+
+
+async def _events(client: Client, job_id: str) -> list[event_pb2.JobEvent]:
+    events: list[event_pb2.JobEvent] = []
+    async with contextlib.aclosing(client.follow_job_events(job_id, after_sequence=0)) as stream:
+        async for job_event in stream:
+            events.append(job_event)
+    return events
+
+
+async def test_cli_submits_a_policy_and_approves_the_call_it_showed(
+    executor_app: Application, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns = [
+        {
+            "text": "Deploying",
+            "tool_calls": [{"name": "narrate", "input": {"text": "Going live", "phase": "ship"}}],
+        },
+        {"text": "Shipped."},
+    ]
+    submitted = await _cli(
+        executor_app.port,
+        "submit",
+        "--project", "approvals",
+        "--goal", "Ship after a yes",
+        "--budget-usd", "5",
+        "--brain", "scripted",
+        "--config-json", json.dumps({"turns": turns}),
+        "--approve-tools", "narr*,deploy_*",
+        "--approval-deadline", "3600",
+    )  # fmt: skip
+    assert submitted == 0
+    (job,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert job["agent"]["tool_approval"] == {
+        "tools": ["narr*", "deploy_*"],
+        "deadline_seconds": 3600,
+        "on_timeout": "TOOL_APPROVAL_TIMEOUT_REJECT",  # the default, said
+    }
+
+    async with Client(f"127.0.0.1:{executor_app.port}") as client:
+        escalation = await _pending(client, job["job_id"])
+        assert escalation.trigger == escalation_pb2.ESCALATION_TRIGGER_TOOL_APPROVAL
+
+        # A person at a terminal: resolve by prefix, see the call, choose 1 (approve).
+        monkeypatch.setattr(sys, "stdin", _Typed("1\nGo ahead.\n"))
+        assert await _cli(executor_app.port, "escalations", "resolve", escalation.escalation_id[:8]) == 0
+        captured = capsys.readouterr()
+        (resolved,) = [json.loads(line) for line in captured.out.splitlines()]
+        assert (resolved["decision"], resolved["status"]) == ("approve", "ESCALATION_STATUS_RESOLVED")
+        assert "tool: narrate" in captured.err
+        assert '    "text": "Going live"' in captured.err
+        assert "agent: waiting for this answer; it continues now" in captured.err
+
+        events = await asyncio.wait_for(_events(client, job["job_id"]), DEMO_DEADLINE)
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds.index("agent_tool_approval_requested") < kinds.index("agent_tool_approved")
+    assert kinds.index("agent_tool_approved") < kinds.index("agent_tool_called")
+    assert events[-1].job_status_changed.status == job_pb2.JOB_STATUS_READY
+
+
+async def test_cli_rejects_a_call_and_answers_a_free_text_question(
+    executor_app: Application, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns = [
+        {"text": "Deploying", "tool_calls": [{"name": "narrate", "input": {"text": "Going live"}}]},
+        {
+            "text": "Asking",
+            "tool_calls": [
+                {"name": "ask_human", "input": {"question": "Which region?", "max_answer_chars": 20}}
+            ],
+        },
+        {"text": "Done."},
+    ]
+    async with Client(f"127.0.0.1:{executor_app.port}") as client:
+        job = await client.submit_job(
+            project_id="approvals",
+            goal="Ask twice",
+            daily_budget_microdollars=5_000_000,
+            agent={"brain": "scripted", "config": {"turns": turns}, "tool_approval": {"tools": ["narrate"]}},
+        )
+        approval = await _pending(client, job.job_id)
+        assert (
+            await _cli(
+                executor_app.port, "escalations", "reject", approval.escalation_id[:8], "--message", "not now"
+            )
+            == 0
+        )
+        capsys.readouterr()
+
+        question = await _pending(client, job.job_id)
+        assert question.answer_kind == escalation_pb2.ESCALATION_ANSWER_KIND_TEXT
+        monkeypatch.setattr(sys, "stdin", _Typed("somewhere far away from here\neu-west\n"))
+        assert await _cli(executor_app.port, "escalations", "resolve", question.escalation_id) == 0
+        captured = capsys.readouterr()
+        assert "expects: free text, at most 20 characters" in captured.err
+        assert "at most 20 characters, not 28" in captured.err
+        (resolved,) = [json.loads(line) for line in captured.out.splitlines()]
+        assert resolved["answer"] == "eu-west"
+
+        events = await asyncio.wait_for(_events(client, job.job_id), DEMO_DEADLINE)
+    rejected = next(e.agent_tool_rejected for e in events if e.HasField("agent_tool_rejected"))
+    assert rejected.tool_name == "narrate"
+    assert "not now" in rejected.message
+    assert not any(
+        e.HasField("agent_tool_called") and e.agent_tool_called.tool_name == "narrate" for e in events
+    )
+    answered = [e.agent_escalation_resolved for e in events if e.HasField("agent_escalation_resolved")]
+    assert "eu-west" in answered[-1].delivered
+    assert events[-1].job_status_changed.status == job_pb2.JOB_STATUS_READY
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (["--approve-tools", "deploy now"], "agent.tool_approval.tools[0]"),
+        (
+            ["--approve-tools", "deploy", "--approval-deadline", "2592001"],
+            "agent.tool_approval.deadline_seconds",
+        ),
+    ],
+)
+async def test_cli_policy_the_server_refuses_is_invalid_argument(
+    executor_app: Application, capsys: pytest.CaptureFixture[str], options: list[str], field: str
+) -> None:
+    code = await _cli(
+        executor_app.port,
+        "submit", "--project", "approvals", "--goal", "g", "--budget-usd", "1", "--brain", "scripted",
+        *options,
+    )  # fmt: skip
+    assert code == 13
+    err = capsys.readouterr().err
+    assert err.startswith("error: INVALID_ARGUMENT: ")
+    assert f"  {field}: " in err
+
+
+class _Typed(io.StringIO):
+    """Standard input a person types into."""
+
+    def isatty(self) -> bool:
+        return True

@@ -237,6 +237,9 @@ async def _submit(client: Client, args: argparse.Namespace) -> None:
         agent["model"] = args.model
     if args.config_json is not None:
         agent["config"] = args.config_json
+    policy = _tool_approval_policy(args)
+    if policy:
+        agent["tool_approval"] = policy
     job = await client.submit_job(
         project_id=args.project,
         goal=args.goal,
@@ -246,6 +249,26 @@ async def _submit(client: Client, args: argparse.Namespace) -> None:
         request_id=args.request_id,
     )
     _show(args, job)
+
+
+def _tool_approval_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """``AgentSpec.tool_approval`` (JSON form) from the submit options; empty without any.
+    The server judges the patterns and the deadline's range; what is incoherent between the
+    options is refused here, before a call."""
+    if not args.approve_tools:
+        if args.approval_deadline is not None or args.approve_on_timeout:
+            raise _UsageError("--approval-deadline and --approve-on-timeout need --approve-tools")
+        return {}
+    policy: dict[str, Any] = {"tools": args.approve_tools}
+    if args.approval_deadline:
+        policy["deadline_seconds"] = args.approval_deadline
+    if args.approve_on_timeout:
+        if not args.approval_deadline:
+            raise _UsageError(
+                "--approve-on-timeout needs --approval-deadline: a call is approved when it passes"
+            )
+        policy["on_timeout"] = job_pb2.ToolApprovalTimeout.Name(job_pb2.TOOL_APPROVAL_TIMEOUT_APPROVE)
+    return policy
 
 
 async def _get(client: Client, args: argparse.Namespace) -> None:
@@ -419,7 +442,8 @@ async def _escalations_list(client: Client, args: argparse.Namespace) -> None:
             client.iter_escalations(job_id=job_id, statuses=args.status, page_size=args.page_size)
         ) as escalations:
             if _for_people(args):
-                _print_lines(terminal.escalation_rows([escalation async for escalation in escalations]))
+                every = [escalation async for escalation in escalations]
+                _print_lines(terminal.escalation_rows(every) + terminal.pending_lines(every))
             else:
                 await _emit_all(escalations)
         return
@@ -427,7 +451,7 @@ async def _escalations_list(client: Client, args: argparse.Namespace) -> None:
         job_id=job_id, statuses=args.status, page_size=args.page_size, page_token=args.page_token
     )
     if _for_people(args):
-        _print_lines(terminal.escalation_rows(page.escalations))
+        _print_lines(terminal.escalation_rows(page.escalations) + terminal.pending_lines(page.escalations))
     else:
         for escalation in page.escalations:
             _emit(escalation)
@@ -435,7 +459,12 @@ async def _escalations_list(client: Client, args: argparse.Namespace) -> None:
 
 
 async def _escalations_get(client: Client, args: argparse.Namespace) -> None:
-    _show(args, await client.get_escalation(await _escalation_id(client, args.escalation_id)))
+    escalation = await client.get_escalation(await _escalation_id(client, args.escalation_id))
+    _show(args, escalation)
+    if _for_people(args):
+        about = terminal.escalation_detail_lines(escalation) + terminal.decide_lines(escalation, short=False)
+        if about:
+            _print_lines(["", *about])
 
 
 async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None:
@@ -445,17 +474,21 @@ async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None
         raise _UsageError("--decision or --answer is required when standard input is not a terminal")
     escalation_id = await _escalation_id(client, args.escalation_id)
     decision, answer, guidance, digest = args.decision, args.answer, args.guidance, args.digest
+    edited = _edited_json(args.edit_json)
     if interactive:
         escalation = await client.get_escalation(escalation_id)
-        if escalation.HasField("tool_call"):
-            call = escalation.tool_call
-            _review(escalation.tool_name, call.arguments_json, args.edit_json)
-            # The person chooses after seeing this call: approving names its digest.
-            digest = digest or call.arguments_digest
+        _require_pending(escalation)
         if escalation.options:
-            decision, guidance = await _ask_decision(escalation, guidance)
+            decision, guidance = await _ask_decision(escalation, guidance, edited)
         else:
             answer = await _ask_answer(escalation)
+        if terminal.is_tool_approval(escalation):
+            if decision in _APPROVING:
+                # The person chose after seeing this call: approving names its digest.
+                digest = digest or escalation.tool_call.arguments_digest
+            else:
+                # A rejected call never runs: an edit has nothing to apply to (the server refuses one).
+                edited = ""
     await _resolve(
         client,
         escalation_id,
@@ -464,19 +497,21 @@ async def _escalations_resolve(client: Client, args: argparse.Namespace) -> None
         guidance=guidance,
         answer=answer,
         arguments_digest=digest,
-        edited_arguments_json=args.edit_json,
+        edited_arguments_json=edited,
     )
 
 
+_APPROVING: Final = frozenset({"approve", "approve_for_job"})
+
+
 async def _escalations_approve(client: Client, args: argparse.Namespace) -> None:
-    escalation_id = await _escalation_id(client, args.escalation_id)
-    escalation = await client.get_escalation(escalation_id)
+    escalation = await _tool_approval(client, args.escalation_id, "approve")
     call = escalation.tool_call
-    edited = "" if args.edit_json is None else json.dumps(args.edit_json, sort_keys=True)
+    edited = _edited_json(args.edit_json)
     _review(escalation.tool_name, call.arguments_json, edited)
     await _resolve(
         client,
-        escalation_id,
+        escalation.escalation_id,
         args,
         decision="approve_for_job" if args.for_job else "approve",
         guidance=args.guidance,
@@ -487,16 +522,35 @@ async def _escalations_approve(client: Client, args: argparse.Namespace) -> None
 
 
 async def _escalations_reject(client: Client, args: argparse.Namespace) -> None:
-    escalation_id = await _escalation_id(client, args.escalation_id)
-    await _resolve(client, escalation_id, args, decision="reject", guidance=args.message)
+    escalation = await _tool_approval(client, args.escalation_id, "reject")
+    await _resolve(client, escalation.escalation_id, args, decision="reject", guidance=args.message)
+
+
+async def _tool_approval(client: Client, text: str, verb: str) -> escalation_pb2.Escalation:
+    """The escalation ``text`` names, which must be a tool call waiting for approval."""
+    escalation = await client.get_escalation(await _escalation_id(client, text))
+    if not terminal.is_tool_approval(escalation):
+        raise _UsageError(
+            f"escalation {escalation.escalation_id} is a question, not a tool call to {verb}: "
+            f"answer it with cofounder escalations resolve {escalation.escalation_id[: terminal.SHORT_ID]}"
+        )
+    return escalation
+
+
+def _edited_json(edit: dict[str, Any] | None) -> str:
+    return "" if edit is None else json.dumps(edit, sort_keys=True)
 
 
 def _review(tool: str, arguments_json: str, edited_json: str) -> None:
     """Show the call being approved on stderr: its arguments and, when editing, the diff."""
     arguments = json.loads(arguments_json or "{}")
     print(f"call: {tool} {json.dumps(arguments, indent=2, sort_keys=True)}", file=sys.stderr)
+    _print_edit(arguments_json, edited_json)
+
+
+def _print_edit(arguments_json: str, edited_json: str) -> None:
     if edited_json:
-        before = json.dumps(arguments, indent=2, sort_keys=True).splitlines()
+        before = json.dumps(json.loads(arguments_json or "{}"), indent=2, sort_keys=True).splitlines()
         after = json.dumps(json.loads(edited_json), indent=2, sort_keys=True).splitlines()
         diff = difflib.unified_diff(before, after, "arguments", "edited", lineterm="")
         print("\n".join(diff), file=sys.stderr)
@@ -533,12 +587,16 @@ async def _resolve(
         print("agent: not waiting (the job is not running)", file=sys.stderr)
 
 
-async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) -> tuple[str, str]:
-    """Show the question and read the choice (a number or an option value) and guidance."""
-    _require_pending(escalation)
+async def _ask_decision(
+    escalation: escalation_pb2.Escalation, guidance: str, edited_json: str = ""
+) -> tuple[str, str]:
+    """Show the question (a tool call with all its arguments, and the diff of an edit) and
+    read the choice (a number or an option value) and guidance."""
     values = [option.value for option in escalation.options]
     # The dialogue goes to stderr: stdout stays the resolved escalation, as with --decision.
-    print("\n".join(terminal.question_lines(escalation)), file=sys.stderr, flush=True)
+    print("\n".join(terminal.question_lines(escalation, argument_lines=None)), file=sys.stderr, flush=True)
+    if terminal.is_tool_approval(escalation):
+        _print_edit(escalation.tool_call.arguments_json, edited_json)
     default = escalation.recommended_action if escalation.recommended_action in values else ""
     prompt = f"choice [1-{len(values)}" + (f", Enter for {default}" if default else "") + "]: "
     while True:
@@ -554,19 +612,35 @@ async def _ask_decision(escalation: escalation_pb2.Escalation, guidance: str) ->
             break
         print(f"choose a number from 1 to {len(values)} or one of: {', '.join(values)}", file=sys.stderr)
     if not guidance:
-        guidance = (await _read_line("guidance for the agent (optional): ")).strip()
+        what = "message for the agent" if decision == "reject" else "guidance for the agent"
+        guidance = (await _read_line(f"{what} (optional): ")).strip()
     return decision, guidance
 
 
 async def _ask_answer(escalation: escalation_pb2.Escalation) -> str:
-    """Show a question without options and read its answer (free text, or a JSON value)."""
-    _require_pending(escalation)
+    """Show a question without options and read its answer: free text within its limit, or a
+    JSON value (checked to be JSON here; the server checks it against the schema)."""
     print("\n".join(terminal.question_lines(escalation)), file=sys.stderr, flush=True)
+    takes_value = escalation.answer_kind == escalation_pb2.ESCALATION_ANSWER_KIND_VALUE
+    limit = escalation.answer_max_chars
     while True:
-        answer = (await _read_line("answer: ")).strip()
-        if answer:
+        answer = (await _read_line("answer (JSON): " if takes_value else "answer: ")).strip()
+        if not answer:
+            print("an answer is required", file=sys.stderr)
+        elif takes_value and (problem := _json_problem(answer)):
+            print(f'not JSON ({problem}); type a JSON value, e.g. "text" or {{"key": 1}}', file=sys.stderr)
+        elif not takes_value and limit and len(answer) > limit:
+            print(f"at most {limit:,} characters, not {len(answer):,}", file=sys.stderr)
+        else:
             return answer
-        print("an answer is required", file=sys.stderr)
+
+
+def _json_problem(text: str) -> str:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return str(error)
+    return ""
 
 
 def _require_pending(escalation: escalation_pb2.Escalation) -> None:
@@ -641,6 +715,27 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--label", action="append", type=_label, default=[], metavar="KEY=VALUE", help="label (repeatable)"
+    )
+    approval = submit.add_argument_group("tool approvals (see docs/escalations.md)")
+    approval.add_argument(
+        "--approve-tools",
+        action="extend",
+        type=_tool_patterns,
+        default=[],
+        metavar="TOOLS",
+        help="tools whose calls wait for a person's approval: names or glob patterns, "
+        "comma-separated, e.g. 'deploy_*,shell' (repeatable)",
+    )
+    approval.add_argument(
+        "--approval-deadline",
+        type=_non_negative_int,
+        metavar="SECONDS",
+        help="how long a call waits for a decision (default: until someone decides or the job ends)",
+    )
+    approval.add_argument(
+        "--approve-on-timeout",
+        action="store_true",
+        help="at the deadline, approve the call as the agent asked (default: reject it)",
     )
     submit.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
@@ -765,7 +860,12 @@ def _add_escalation_commands(commands: argparse._SubParsersAction[argparse.Argum
     )
     resolve.add_argument("--guidance", default="", help="free-text guidance for the agent")
     resolve.add_argument("--digest", default="", help="approving a tool call: its arguments_digest")
-    resolve.add_argument("--edit-json", default="", metavar="JSON", help="approve with these arguments")
+    resolve.add_argument(
+        "--edit-json",
+        type=_json_object,
+        metavar="JSON",
+        help="approving a tool call: run it with these arguments instead (JSON object, or @file)",
+    )
     resolve.add_argument("--request-id", help="idempotency key (default: a random UUID)")
 
     approve = _command(
@@ -925,6 +1025,13 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
+
+
+def _tool_patterns(text: str) -> list[str]:
+    patterns = [pattern.strip() for pattern in text.split(",")]
+    if not all(patterns):
+        raise argparse.ArgumentTypeError(f"expected comma-separated tool names or patterns, got {text!r}")
+    return patterns
 
 
 def _label(text: str) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TextIO
 from cofounder.agent.v1 import escalation_pb2, event_pb2, job_pb2
 from cofounder_client.client import Client
 from cofounder_client.errors import CofounderError, OutOfRangeError
-from cofounder_client.terminal import question_lines
+from cofounder_client.terminal import decide_lines, question_lines
 from cofounder_client.view import JobView, dollars, enum_word, plain_event_line
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ class PlainOutput:
             self._print(_status_line(view))
 
     def _print_question(self, escalation: escalation_pb2.Escalation) -> None:
-        for line in question_lines(escalation):
+        for line in [*question_lines(escalation), *decide_lines(escalation)]:
             self._print(f"       {line}")
 
     def _print(self, line: str) -> None:

@@ -22,19 +22,31 @@ from cofounder_client.view import dollars, enum_word
 __all__ = [
     "FLEET_HEADER",
     "SHORT_ID",
+    "decide_lines",
+    "escalation_detail_lines",
     "escalation_rows",
     "escalation_watch_lines",
     "fleet_row",
     "format_record",
     "format_table",
+    "is_tool_approval",
     "job_rows",
+    "pending_lines",
     "question_lines",
+    "schema_summary",
 ]
 
 SHORT_ID = 8
 """Characters of an id shown in tables."""
 
 _CELL_LIMIT = 60
+# A tool call's arguments as shown for review: enough to judge most calls at a glance, the
+# rest behind `cofounder escalations get ID --json`.
+_ARGUMENT_LINES = 12
+_ARGUMENT_LINE_CHARS = 100
+# Fewer in a feed, where one call must not push the others off the screen.
+_FEED_ARGUMENT_LINES = 6
+_SCHEMA_SUMMARY_CHARS = 160
 
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -104,11 +116,16 @@ def fleet_row(status: job_pb2.JobStatusSnapshot) -> tuple[str, ...]:
 FLEET_HEADER = ("JOB", "STATUS", "AGENT", "BUDGET", "SPENT TODAY", "WAKES", "ESCALATIONS", "SEQ")
 
 
-def question_lines(escalation: escalation_pb2.Escalation) -> list[str]:
-    """An escalation as a person answers it: the question and the numbered options."""
+def question_lines(
+    escalation: escalation_pb2.Escalation, *, argument_lines: int | None = _ARGUMENT_LINES
+) -> list[str]:
+    """An escalation as a person answers it: the question, a tool call's arguments, the
+    numbered options or the kind of answer it takes. ``argument_lines``: how many lines of
+    the arguments to show (``None``: all of them, as for approving the call)."""
     lines = [f"escalation {escalation.escalation_id} (job {escalation.job_id})"]
     lines.append(f"question: {escalation.problem}")
     lines.extend(f"  tried: {attempt}" for attempt in escalation.attempts)
+    lines.extend(escalation_detail_lines(escalation, argument_lines=argument_lines))
     for index, option in enumerate(escalation.options, 1):
         line = f"  {index}. {option.value}"
         if option.label and option.label != option.value:
@@ -121,19 +138,144 @@ def question_lines(escalation: escalation_pb2.Escalation) -> list[str]:
     return lines
 
 
+def escalation_detail_lines(
+    escalation: escalation_pb2.Escalation, *, argument_lines: int | None = _ARGUMENT_LINES
+) -> list[str]:
+    """What an escalation is about beyond its question: the tool call waiting for approval
+    (its tool and pretty-printed arguments, long ones cut short), or the kind of answer an
+    open question expects. Empty for a question with options. ``argument_lines``: as for
+    :func:`question_lines`."""
+    if is_tool_approval(escalation):
+        lines = [f"tool: {escalation.tool_name}", "arguments:"]
+        lines.extend(f"  {line}" for line in _argument_lines(escalation, argument_lines))
+        return lines
+    if escalation.answer_kind == escalation_pb2.ESCALATION_ANSWER_KIND_TEXT:
+        limit = f", at most {escalation.answer_max_chars:,} characters" if escalation.answer_max_chars else ""
+        return [f"expects: free text{limit}"]
+    if escalation.answer_kind == escalation_pb2.ESCALATION_ANSWER_KIND_VALUE:
+        return [f"expects: a JSON value: {schema_summary(escalation.answer_schema_json)}"]
+    return []
+
+
+def decide_lines(escalation: escalation_pb2.Escalation, *, short: bool = True) -> list[str]:
+    """The commands that decide a pending escalation (none once it is decided); ``short``
+    names it by the prefix tables show."""
+    if escalation.status != escalation_pb2.ESCALATION_STATUS_PENDING:
+        return []
+    name = escalation.escalation_id[:SHORT_ID] if short else escalation.escalation_id
+    if is_tool_approval(escalation):
+        return [
+            f"approve: cofounder escalations approve {name}  [--for-job] [--edit-json JSON]",
+            f"reject:  cofounder escalations reject {name} --message TEXT",
+        ]
+    if escalation.answer_kind == escalation_pb2.ESCALATION_ANSWER_KIND_VALUE:
+        return [f"answer:  cofounder escalations resolve {name} --answer JSON"]
+    if escalation.answer_kind == escalation_pb2.ESCALATION_ANSWER_KIND_TEXT:
+        return [f"answer:  cofounder escalations resolve {name} --answer TEXT"]
+    return [f"answer:  cofounder escalations resolve {name}  [--decision VALUE]"]
+
+
+def is_tool_approval(escalation: escalation_pb2.Escalation) -> bool:
+    """Whether ``escalation`` is a tool call waiting for approval."""
+    return escalation.trigger == escalation_pb2.ESCALATION_TRIGGER_TOOL_APPROVAL or escalation.HasField(
+        "tool_call"
+    )
+
+
+def _argument_lines(escalation: escalation_pb2.Escalation, limit: int | None) -> list[str]:
+    text = escalation.tool_call.arguments_json
+    try:
+        lines = json.dumps(
+            json.loads(text or "{}"), indent=2, sort_keys=True, ensure_ascii=False
+        ).splitlines()
+    except json.JSONDecodeError:
+        lines = [text]  # shown as it came rather than not at all
+    if limit is None:
+        return lines
+    shown = [_clip(line, _ARGUMENT_LINE_CHARS) for line in lines[:limit]]
+    if len(lines) > limit:
+        shown.append(
+            f"… {len(lines) - limit} more lines "
+            f"(all of them: cofounder escalations get {escalation.escalation_id[:SHORT_ID]} --json)"
+        )
+    return shown
+
+
+def schema_summary(schema_json: str) -> str:
+    """A JSON Schema in a few words, e.g. ``object {replicas: integer (required), region: one
+    of "eu", "us"}``."""
+    try:
+        schema = json.loads(schema_json) if schema_json else {}
+    except json.JSONDecodeError:
+        return _clip(schema_json, _SCHEMA_SUMMARY_CHARS)
+    return _clip(_describe_schema(schema, depth=0), _SCHEMA_SUMMARY_CHARS)
+
+
+def _describe_schema(schema: object, *, depth: int) -> str:
+    if not isinstance(schema, dict) or not schema:
+        return "any JSON value"
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return "one of " + ", ".join(json.dumps(value) for value in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    kind = schema.get("type")
+    name = " or ".join(map(str, kind)) if isinstance(kind, list) else str(kind or "any JSON value")
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and properties and depth < 2:
+        listed = schema.get("required")
+        required = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
+        fields = ", ".join(
+            f"{key}: {_describe_schema(value, depth=depth + 1)}" + (" (required)" if key in required else "")
+            for key, value in properties.items()
+        )
+        return f"{name if kind else 'object'} {{{fields}}}"
+    items = schema.get("items")
+    if kind == "array" and isinstance(items, dict) and depth < 2:
+        return f"array of {_describe_schema(items, depth=depth + 1)}"
+    return name
+
+
 def escalation_watch_lines(message: escalation_service_pb2.WatchEscalationsResponse) -> list[str]:
-    """One line per escalation in a ``WatchEscalations`` message."""
+    """One line per escalation in a ``WatchEscalations`` message; a pending one is followed
+    by what it is about (a tool call, the answer it expects) and the commands that decide it."""
     kind = message.WhichOneof("kind")
     if kind == "snapshot":
-        return [_escalation_line("pending", escalation) for escalation in message.snapshot.pending]
+        return [line for escalation in message.snapshot.pending for line in _watched("pending", escalation)]
     if kind == "events":
         return [
-            _escalation_line(
+            line
+            for event in message.events.events
+            for line in _watched(
                 _enum(escalation_service_pb2.EscalationEventKind.Name(event.kind)), event.escalation
             )
-            for event in message.events.events
         ]
     return []
+
+
+def pending_lines(escalations: Iterable[escalation_pb2.Escalation]) -> list[str]:
+    """Below a table of escalations: for each pending one, what it expects and the commands
+    that decide it (nothing when none is pending)."""
+    lines: list[str] = []
+    for escalation in escalations:
+        details = [
+            *(line for line in escalation_detail_lines(escalation) if line.startswith("expects: ")),
+            *decide_lines(escalation),
+        ]
+        if details:
+            lines.append(f"  {escalation.escalation_id[:SHORT_ID]}  {details[0]}")
+            lines.extend(f"  {'':<{SHORT_ID}}  {line}" for line in details[1:])
+    return ["", "to decide:", *lines] if lines else []
+
+
+def _watched(what: str, escalation: escalation_pb2.Escalation) -> list[str]:
+    lines = [_escalation_line(what, escalation)]
+    if escalation.status == escalation_pb2.ESCALATION_STATUS_PENDING:
+        indent = " " * 10
+        lines.extend(
+            indent + line for line in escalation_detail_lines(escalation, argument_lines=_FEED_ARGUMENT_LINES)
+        )
+        lines.extend(indent + line for line in decide_lines(escalation))
+    return lines
 
 
 def _escalation_line(what: str, escalation: escalation_pb2.Escalation) -> str:
@@ -141,6 +283,8 @@ def _escalation_line(what: str, escalation: escalation_pb2.Escalation) -> str:
     line += _cell(escalation.problem)
     if escalation.decision:
         line += f"  -> {escalation.decision}"
+    elif escalation.answer:
+        line += f"  -> {_cell(escalation.answer)}"
     return line
 
 
@@ -213,5 +357,8 @@ def _time(timestamp: timestamp_pb2.Timestamp) -> str:
 
 
 def _cell(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= _CELL_LIMIT else line[: _CELL_LIMIT - 1] + "…"
+    return _clip(" ".join(text.split()), _CELL_LIMIT)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

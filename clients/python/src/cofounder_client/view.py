@@ -271,8 +271,26 @@ def describe_event(event: event_pb2.JobEvent) -> str:
         case "agent_escalation_resolved":
             resolved = event.agent_escalation_resolved
             who = f" by {resolved.resolved_by}" if resolved.resolved_by else ""
-            return f"answered{who}: {resolved.decision}" + (
+            # A free-text or value answer has no decision: what the agent was told says it.
+            what = resolved.decision or _short(resolved.delivered, 80)
+            return f"answered{who}: {what}" + (
                 f" ({_short(resolved.guidance, 60)})" if resolved.guidance else ""
+            )
+        case "agent_tool_approval_requested":
+            requested = event.agent_tool_approval_requested
+            return f"asks to run {requested.tool_name} {_short(requested.arguments_json, 80)}"
+        case "agent_tool_approved":
+            approved = event.agent_tool_approved
+            who = f" by {approved.approved_by}" if approved.approved_by else ""
+            how = (" with edited arguments" if approved.edited else "") + (
+                " for the job" if approved.for_job else ""
+            )
+            return f"{approved.tool_name} approved{who}{how}"
+        case "agent_tool_rejected":
+            rejected = event.agent_tool_rejected
+            who = f" by {rejected.rejected_by}" if rejected.rejected_by else ""
+            return f"{rejected.tool_name} rejected{who}" + (
+                f": {_short(rejected.message, 60)}" if rejected.message else ""
             )
         case "agent_escalation_withdrawn":
             withdrawn = event.agent_escalation_withdrawn

@@ -15,11 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from cofounder.agent.v1 import escalation_pb2, job_pb2
+from cofounder_client.terminal import decide_lines, escalation_detail_lines, is_tool_approval
 from cofounder_client.view import JobView, dollars, enum_word, format_countdown
 
 __all__ = ["render_job_view"]
 
 _BAR_WIDTH = 30
+# A pending tool call's arguments in the panel: the view has more to show than the call.
+_ARGUMENT_LINES = 8
 
 _STATUS_STYLES: dict[job_pb2.JobStatus.ValueType, str] = {
     job_pb2.JOB_STATUS_QUEUED: "cyan",
@@ -115,14 +118,21 @@ def _question(escalation_id: str, escalation: escalation_pb2.Escalation | None) 
     if escalation is None:
         text.append(f"{escalation_id[:8]}: waiting for an answer", style="bold yellow")
         return text
-    text.append(escalation.problem or "(no question text)", style="bold yellow")
-    for index, option in enumerate(escalation.options, 1):
-        text.append(f"\n  {index}. {option.value}")
-        if option.label and option.label != option.value:
-            text.append(f": {option.label}")
-        if option.value == escalation.recommended_action:
-            text.append("  (recommended)", style="green")
-        if option.description:
-            text.append(f"\n     {option.description}", style="dim")
-    text.append(f"\n  answer: cofounder escalations resolve {escalation_id[:8]}", style="dim")
+    if is_tool_approval(escalation):
+        text.append("a tool call waits for approval", style="bold yellow")
+    else:
+        text.append(escalation.problem or "(no question text)", style="bold yellow")
+    for line in escalation_detail_lines(escalation, argument_lines=_ARGUMENT_LINES):
+        text.append(f"\n  {line}")
+    if not is_tool_approval(escalation):
+        for index, option in enumerate(escalation.options, 1):
+            text.append(f"\n  {index}. {option.value}")
+            if option.label and option.label != option.value:
+                text.append(f": {option.label}")
+            if option.value == escalation.recommended_action:
+                text.append("  (recommended)", style="green")
+            if option.description:
+                text.append(f"\n     {option.description}", style="dim")
+    for line in decide_lines(escalation):
+        text.append(f"\n  {line}", style="dim")
     return text
