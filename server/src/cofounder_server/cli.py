@@ -23,7 +23,8 @@ argument, so it stays out of shell history and the process list."""
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop. SIGHUP reloads the principals file."""
+    """Run until SIGTERM or SIGINT, then drain (``--drain-pause-seconds`` NOT_SERVING first)
+    and stop. SIGHUP reloads the principals file."""
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before start-up: health answers SERVING before the executor has started, and a SIGTERM
@@ -39,7 +40,7 @@ async def serve(settings: Settings) -> None:
     # Reloading swaps the credentials for new calls; connections and open streams stay up.
     loop.add_signal_handler(signal.SIGHUP, app.security.reload)
     await stop_requested.wait()
-    await app.stop()
+    await app.stop(pause_seconds=settings.drain_pause_seconds)
 
 
 def hash_token_command(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
