@@ -14,6 +14,7 @@ from cofounder_server.app import Application
 from cofounder_server.auth.tokens import hash_token
 from cofounder_server.config import Settings, load_settings
 from cofounder_server.observability import logs
+from cofounder_server.workers import check_workers, supervise
 
 HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
 
@@ -77,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
+    check_workers(settings)
     try:
-        runner(serve(settings))
+        runner(supervise(args, settings) if settings.workers > 1 else serve(settings))
     except SystemExit as refusal:
         # A refusal (bad configuration, data directory in use, ...) is its one-line message.
         if settings.debug:

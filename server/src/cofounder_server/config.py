@@ -92,6 +92,13 @@ class Settings:
             "it is closed (open streams then end with UNAVAILABLE and resume from their cursor)"
         },
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "server processes serving --listen together (SO_REUSEPORT), supervised by this "
+            "one: a worker that dies is restarted; SIGTERM drains them all"
+        },
+    )
     health_check_interval_seconds: float = field(
         default=2.0,
         metadata={
