@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -193,8 +194,12 @@ async def _connect_redis(url: str, stack: contextlib.AsyncExitStack) -> LiveClie
 def _redacted(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is reported by whoever opens it
-        return url
+    except Exception:  # an unparsable URL (or a list of hosts) is reported by whoever opens it
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+# ``scheme://user:password@``: the password goes, wherever the URL is not otherwise parsable.
+_PASSWORD_IN_URL = re.compile(r"^([^:/?#]+://[^:@/?#]*:)[^@/?#]*@")
 
 
 async def _start_executor(
@@ -519,7 +524,7 @@ class Application:
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
             settings.listen,
             port,
-            redis_url,
+            _redacted(redis_url),
             _redacted(database_url),
         )
         security.log_start(settings)
