@@ -34,6 +34,11 @@ def worker_pid(data_dir: Path, index: int) -> int | None:
         return None
 
 
+async def listening(log_path: Path) -> int:
+    """How many times a worker said it serves, in the supervisor's log (stderr)."""
+    return (await asyncio.to_thread(log_path.read_text)).count("cofounder-server listening on")
+
+
 async def serving(port: int) -> bool:
     return await health_of(port) == health_pb2.HealthCheckResponse.SERVING
 
@@ -52,10 +57,13 @@ async def test_two_workers_share_one_port_survive_a_kill_and_stop_together(
         "--rate-limit-per-second", "0",
         "--service-rate-limit-per-second", "0",
     ]  # fmt: skip
-    supervisor = await spawn(argv, tmp_path / "supervisor.log")
+    log_path = tmp_path / "supervisor.log"
+    supervisor = await spawn(argv, log_path)
     channels: list[grpc.aio.Channel] = []
     try:
         await eventually(lambda: serving(port), bool, within=60)
+        # Each worker logs its own start-up line once it serves.
+        await eventually(lambda: listening(log_path), lambda n: n == 2, within=60)
         pids = await eventually(
             lambda: asyncio.sleep(0, (worker_pid(data_dir, 0), worker_pid(data_dir, 1))),
             lambda p: None not in p and all(is_running(pid) for pid in p if pid),
@@ -109,8 +117,8 @@ async def test_two_workers_share_one_port_survive_a_kill_and_stop_together(
             within=60,
         )
         assert is_running(pids[0])
-        assert "worker 1 (pid" in (tmp_path / "supervisor.log").read_text()
-        await eventually(lambda: serving(port), bool, within=30)
+        assert "worker 1 (pid" in log_path.read_text()
+        await eventually(lambda: listening(log_path), lambda n: n == 3, within=60)
 
         redis_processes = processes_mentioning(str(data_dir.resolve()))
         supervisor.send_signal(signal.SIGTERM)

@@ -176,7 +176,7 @@ class Supervisor:
             process = await self._spawn(index)
             self._tasks.append(asyncio.create_task(self._keep(index, process), name=f"worker {index}"))
         log.info(
-            "cofounder-server: %d workers serving %s (pids %s)",
+            "cofounder-server: %d workers started on %s (pids %s)",
             self._settings.workers,
             self.listen,
             ", ".join(str(p.pid) for p in self._processes.values()),
