@@ -135,7 +135,7 @@ def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def check_durations(settings: Settings) -> None:
+def _check_durations(settings: Settings) -> None:
     """``SystemExit`` in one line for a negative duration among the drain settings."""
     for name in (
         "shutdown_grace_seconds",
@@ -330,7 +330,7 @@ class Application:
         ``tracer`` replaces the one ``--otlp-endpoint`` configures (tests, embedding).
         """
         clock = clock or SystemClock()
-        check_durations(settings)
+        _check_durations(settings)
         # Security settings are checked before anything starts: a refusal has no side effects.
         security = Security.from_settings(settings, monotonic or time.monotonic)
         try:
