@@ -117,8 +117,6 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.restarts = 0
-        """Workers started again after they died."""
 
     @classmethod
     async def start(
@@ -156,11 +154,6 @@ class Supervisor:
     def listen(self) -> str:
         """The address every worker serves."""
         return self._shared.listen
-
-    def pid(self, index: int) -> int | None:
-        """The running process of worker ``index``, if any."""
-        process = self._processes.get(index)
-        return process.pid if process is not None and process.returncode is None else None
 
     async def _start_first(self) -> None:
         first = await self._spawn(0)
@@ -234,7 +227,6 @@ class Supervisor:
             delay = min(MAX_RESTART_DELAY, delay * 2)
             process = await self._spawn(index)
             started = time.monotonic()
-            self.restarts += 1
 
     def signal_all(self, signum: int) -> None:
         """Send ``signum`` to every running worker."""
@@ -249,18 +241,20 @@ class Supervisor:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self.signal_all(signal.SIGTERM)
         limit = (
             self._settings.drain_pause_seconds + self._settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS
         )
-        for index, process in self._processes.items():
-            try:
-                await asyncio.wait_for(process.wait(), limit)
-            except TimeoutError:
-                log.warning("worker %d (pid %d) did not stop; killing it", index, process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        # Again while any runs: a worker being started again as the stop came is stopped too.
+        while running := [(i, p) for i, p in self._processes.items() if p.returncode is None]:
+            self.signal_all(signal.SIGTERM)
+            for index, process in running:
+                try:
+                    await asyncio.wait_for(process.wait(), limit)
+                except TimeoutError:
+                    log.warning("worker %d (pid %d) did not stop; killing it", index, process.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
