@@ -9,6 +9,7 @@ Redis connections.
 
     .venv/bin/python -m bench.fanout                       # N = 1,100,1000,3000; 200 events at 50/s
     .venv/bin/python -m bench.fanout -n 1000 --events 100  # one size, fewer events
+    .venv/bin/python -m bench.fanout --designs cofounder --workers 1,2   # one worker, then two
     .venv/bin/python -m bench.fanout --help
 
 Needs Node 18+ (standard library only) and the bench extra (FastAPI, uvicorn). All traffic is
@@ -58,13 +59,27 @@ async def redis_server(workdir: Path) -> AsyncIterator[int]:
         yield port
 
 
+def server_processes(pid: int) -> list[int]:
+    """The server, and with ``--workers`` the worker processes its supervisor runs."""
+    return [pid, *harness.children(pid)]
+
+
 def server_redis_connections(pid: int, redis_port: int) -> int:
-    """TCP connections from the server process (all threads) to Redis."""
+    """TCP connections from the server's processes (all threads) to Redis."""
     return sum(
         1
-        for c in psutil.Process(pid).net_connections(kind="tcp")
+        for process in server_processes(pid)
+        for c in psutil.Process(process).net_connections(kind="tcp")
         if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
     )
+
+
+def server_cpu_seconds(pid: int) -> float:
+    return sum(harness.cpu_seconds(process) for process in server_processes(pid))
+
+
+def server_rss_mib(pid: int) -> float:
+    return sum(harness.rss_mib(process) for process in server_processes(pid))
 
 
 class LoadGen:
@@ -102,6 +117,8 @@ class Design:
     workdir: Path
     streams_per_connection: int = 100
     """gRPC watchers per HTTP/2 connection: a service's channel (100), or one each (1)."""
+    workers: int = 1
+    """``cofounder-server --workers``: more than one runs unpinned, on every core."""
 
     @contextlib.asynccontextmanager
     async def server(self) -> AsyncIterator[tuple[int, str]]:
@@ -130,8 +147,10 @@ class Cofounder(Design):
             # An API replica: the job's events come from the publisher below, and an agent
             # run here would end the job (and every stream) at once.
             "--executor-enabled", "false",
+            "--workers", str(self.workers), "--drain-pause-seconds", "0",
         ]  # fmt: skip
-        async with harness.ServerProcess(data_dir, flags, core=SERVER_CORE) as server:
+        core = SERVER_CORE if self.workers == 1 else None
+        async with harness.ServerProcess(data_dir, flags, core=core) as server:
             self.port = server.port
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.AgentControlServiceStub(channel)
@@ -223,8 +242,8 @@ async def measure(design: Design, n: int, events: int, rate: float, drain: float
                 raise RuntimeError(f"watchers not all connected: {await loadgen.report()}") from None
             # SSE answers headers before its subscription is set up: give both a second.
             await asyncio.sleep(1.0)
-            idle_rss = harness.rss_mib(pid)
-            cpu_before = harness.cpu_seconds(pid)
+            idle_rss = server_rss_mib(pid)
+            cpu_before = server_cpu_seconds(pid)
             cores_before = harness.core_ticks()
             async with design.publisher(job_id) as publish:
                 start = time.monotonic()
@@ -239,14 +258,14 @@ async def measure(design: Design, n: int, events: int, rate: float, drain: float
                 published_in = time.monotonic() - start
             report = await drained(loadgen, n * events, drain)
             # Only now: walking thousands of sockets would compete with the load generator.
-            peak_rss = harness.rss_mib(pid)
+            peak_rss = server_rss_mib(pid)
             connections = server_redis_connections(pid, design.redis_port)
-            server_cpu = harness.cpu_seconds(pid) - cpu_before
+            server_cpu = server_cpu_seconds(pid) - cpu_before
             cores_after = harness.core_ticks()
     server_busy = round(harness.core_share(cores_before, cores_after, SERVER_CORE).busy, 1)
     load_busy = round(harness.core_share(cores_before, cores_after, LOAD_CORE).busy, 1)
     return {
-        "design": design.name, "watchers": n, "events": events, "rate": rate,
+        "design": design.name, "workers": design.workers, "watchers": n, "events": events, "rate": rate,
         "publish_seconds": round(published_in, 2), "publisher_max_lag_s": round(lag, 3),
         "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"], "max_ms": report["max_ms"],
         "p99_ms_by_second": report["p99_ms_by_second"], "unexpected": report["unexpected"],
@@ -293,6 +312,12 @@ async def main() -> None:
         "(one connection per watcher), predecessor",
     )
     parser.add_argument(
+        "--workers",
+        default="1",
+        help="comma-separated cofounder-server --workers counts; 1 runs pinned to core 0, more unpinned",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="measurements of each size and design")
+    parser.add_argument(
         "--json-out", type=Path, help="results file (default bench/results/fanout-<time>.json)"
     )
     args = parser.parse_args()
@@ -303,18 +328,26 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         workdir = Path(tmp)
         async with redis_server(workdir) as redis_port:
-            designs = {
-                "cofounder": Cofounder("cofounder (gRPC, 100 streams per connection)", redis_port, workdir),
-                "cofounder-per-watcher": Cofounder(
-                    "cofounder (gRPC, a connection per watcher)", redis_port, workdir, 1
-                ),
-                "predecessor": Predecessor("predecessor (SSE)", redis_port, workdir),
-            }
-            for n in (int(x) for x in args.watchers.split(",")):
-                for name in args.designs.split(","):
-                    row = await measure(designs[name], n, args.events, args.rate, args.drain)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+            for workers in (int(x) for x in args.workers.split(",")):
+                label = "" if workers == 1 else f", {workers} workers"
+                designs = {
+                    "cofounder": Cofounder(
+                        f"cofounder (gRPC, 100 streams per connection{label})",
+                        redis_port,
+                        workdir,
+                        workers=workers,
+                    ),
+                    "cofounder-per-watcher": Cofounder(
+                        f"cofounder (gRPC, a connection per watcher{label})", redis_port, workdir, 1, workers
+                    ),
+                    "predecessor": Predecessor("predecessor (SSE)", redis_port, workdir),
+                }
+                for n in (int(x) for x in args.watchers.split(",")):
+                    for name in args.designs.split(","):
+                        for _ in range(args.runs):
+                            row = await measure(designs[name], n, args.events, args.rate, args.drain)
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
     print()
     print(f"CPU: {harness.cpu_model()}")
     print(f"{args.events} events at {args.rate:g}/s per measurement; server on core {SERVER_CORE}, "

@@ -24,7 +24,10 @@ def server_argv(data_dir: Path, port: int, database_url: str = "", *extra: str) 
 
 
 def _environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("COFOUNDER_")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COFOUNDER_")}
+    # SIGTERM stops at once unless a test asks for the health-probe pause (by flag, which wins).
+    environment["COFOUNDER_DRAIN_PAUSE_SECONDS"] = "0"
+    return environment
 
 
 async def spawn(argv: list[str], log_path: Path) -> asyncio.subprocess.Process:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -118,7 +120,33 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
         # default) core drops new ones. Thousands of watchers reconnect at once after a restart.
         ("grpc.server.max_pending_requests", 10_000),
         ("grpc.server.max_pending_requests_hard_limit", 20_000),
+        *_connection_age_options(settings),
     ]
+
+
+def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """A connection lives only so long: a client pinned to one replica (HTTP/2 keeps one
+    connection for everything) reconnects now and then, and a replica added later gets its
+    share. Open streams end with UNAVAILABLE after the grace and resume from their cursor."""
+    if settings.max_connection_age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_seconds * 1000)),
+    ]
+
+
+def _check_durations(settings: Settings) -> None:
+    """``SystemExit`` in one line for a negative duration among the drain settings."""
+    for name in (
+        "shutdown_grace_seconds",
+        "drain_pause_seconds",
+        "max_connection_age_seconds",
+        "max_connection_age_grace_seconds",
+    ):
+        value = getattr(settings, name)
+        if value < 0:
+            raise SystemExit(f"invalid --{name.replace('_', '-')} {value:g}: must be 0 or more")
 
 
 async def _start_embedded_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
@@ -167,8 +195,12 @@ async def _connect_redis(url: str, stack: contextlib.AsyncExitStack) -> LiveClie
 def _redacted(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is reported by whoever opens it
-        return url
+    except Exception:  # an unparsable URL (or a list of hosts) is reported by whoever opens it
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+# ``scheme://user:password@``: the password goes, wherever the URL is not otherwise parsable.
+_PASSWORD_IN_URL = re.compile(r"^([^:/?#]+://[^:@/?#]*:)[^@/?#]*@")
 
 
 async def _start_executor(
@@ -281,6 +313,7 @@ class Application:
     """The agent executor (``None`` with ``executor_enabled`` false)."""
     metrics_port: int | None = None
     """The port ``/metrics`` is served on (``None``: metrics off)."""
+    _draining: bool = False
 
     @classmethod
     async def start(
@@ -299,6 +332,7 @@ class Application:
         ``tracer`` replaces the one ``--otlp-endpoint`` configures (tests, embedding).
         """
         clock = clock or SystemClock()
+        _check_durations(settings)
         # Security settings are checked before anything starts: a refusal has no side effects.
         security = Security.from_settings(settings, monotonic or time.monotonic)
         try:
@@ -492,7 +526,7 @@ class Application:
             "cofounder-server listening on %s (port %d); Redis %s; SQL %s",
             settings.listen,
             port,
-            redis_url,
+            _redacted(redis_url),
             _redacted(database_url),
         )
         security.log_start(settings)
@@ -516,14 +550,22 @@ class Application:
             metrics_port=observed.metrics_port,
         )
 
-    async def stop(self, grace_seconds: float | None = None) -> None:
-        """Drain: health NOT_SERVING, open streams told to finish, in-flight calls complete."""
-        if self.stopping.is_set():
+    async def stop(self, grace_seconds: float | None = None, *, pause_seconds: float = 0.0) -> None:
+        """Drain, then stop: health NOT_SERVING at once; ``pause_seconds`` (on the app's clock)
+        of serving on while load balancers and client-side health checks notice; open streams
+        ended with a status clients resume from (``UNAVAILABLE``, ``SERVER_SHUTTING_DOWN``,
+        ``last_sequence``); in-flight calls given ``grace_seconds`` (default
+        ``--shutdown-grace-seconds``) to complete; then the executor, Redis and SQL stop."""
+        if self.stopping.is_set() or self._draining:
             return
-        self.stopping.set()
+        self._draining = True
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-        log.info("shutting down: draining for up to %.1f s", grace)
         await self.health_monitor.stop()
+        if pause_seconds > 0:
+            log.info("draining: health NOT_SERVING; still serving for %.1f s", pause_seconds)
+            await self.clock.sleep_until(self.clock.now() + timedelta(seconds=pause_seconds))
+        log.info("shutting down: streams ended, in-flight calls finish within %.1f s", grace)
+        self.stopping.set()
         await self._server.stop(grace)
         await self._cleanup.aclose()
         log.info("stopped")

@@ -23,6 +23,7 @@ from cofounder_server.domain.errors import Unavailable
 from cofounder_server.observability import logs
 from cofounder_server.store.database import async_url
 from cofounder_server.store.migrate import upgrade_to_head
+from cofounder_server.workers import check_workers, supervise
 
 HASH_TOKEN_USAGE = """usage: cofounder-server hash-token < token-file
 
@@ -32,7 +33,8 @@ argument, so it stays out of shell history and the process list."""
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop. SIGHUP reloads the principals file."""
+    """Run until SIGTERM or SIGINT, then drain (``--drain-pause-seconds`` NOT_SERVING first)
+    and stop. SIGHUP reloads the principals file."""
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before start-up: health answers SERVING before the executor has started, and a SIGTERM
@@ -48,7 +50,7 @@ async def serve(settings: Settings) -> None:
     # Reloading swaps the credentials for new calls; connections and open streams stay up.
     loop.add_signal_handler(signal.SIGHUP, app.security.reload)
     await stop_requested.wait()
-    await app.stop()
+    await app.stop(pause_seconds=settings.drain_pause_seconds)
 
 
 def hash_token_command(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
@@ -134,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
+    check_workers(settings)
     try:
-        runner(serve(settings))
+        runner(supervise(args, settings) if settings.workers > 1 else serve(settings))
     except SystemExit as refusal:
         # A refusal (bad configuration, data directory in use, ...) is its one-line message.
         if settings.debug:

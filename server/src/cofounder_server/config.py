@@ -71,6 +71,35 @@ class Settings:
     shutdown_grace_seconds: float = field(
         default=10.0, metadata={"help": "how long in-flight calls may finish on SIGTERM"}
     )
+    drain_pause_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "on SIGTERM, how long health reports NOT_SERVING while the server still serves, "
+            "before open streams are ended and in-flight calls finish (one health probe period, so "
+            "load balancers stop sending new calls first)"
+        },
+    )
+    max_connection_age_seconds: float = field(
+        default=600.0,
+        metadata={
+            "help": "a client connection older than this is asked to reconnect (HTTP/2 GOAWAY, +-10%% "
+            "jitter), so long-lived connections spread over replicas; 0: never"
+        },
+    )
+    max_connection_age_grace_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "how long calls on a connection past --max-connection-age-seconds may finish before "
+            "it is closed (open streams then end with UNAVAILABLE and resume from their cursor)"
+        },
+    )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "server processes serving --listen together (SO_REUSEPORT), supervised by this "
+            "one: a worker that dies is restarted; SIGTERM drains them all"
+        },
+    )
     health_check_interval_seconds: float = field(
         default=2.0,
         metadata={

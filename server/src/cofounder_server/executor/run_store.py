@@ -145,9 +145,12 @@ class RunStore:
         await self._apply(change)
 
     async def publish(self, events: Sequence[EventPayload]) -> None:
-        """Append events that change nothing else (a retry announced)."""
+        """Append events that change nothing else (a retry announced); :class:`Gone` when the
+        job is no longer this runner's running job."""
         stores = self._stores
-        stored = await stores.event_log.append_job_events(self.job_id, events, now=stores.clock.now())
+        stored = await stores.runs.announce(self.job_id, stores.runner_id, events, now=stores.clock.now())
+        if stored is None:
+            raise Gone
         await stores.changes.committed(Change.appended(stored))
 
     # --- escalations --------------------------------------------------------------------

@@ -86,7 +86,7 @@ def _is_executable_file(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def _launch_command(binary: str, args: Sequence[str]) -> list[str]:
+def launch_command(binary: str, args: Sequence[str]) -> list[str]:
     """The command that runs ``binary``, on Linux tied to this process's life.
 
     The kernel's parent-death signal must be set in the child. Setting it from a
@@ -167,7 +167,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         try:
             self._process = await asyncio.create_subprocess_exec(
-                *_launch_command(binary, args),
+                *launch_command(binary, args),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,

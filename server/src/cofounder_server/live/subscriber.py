@@ -17,11 +17,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from cofounder_server.live.connect import connection_pool
 
 log = logging.getLogger(__name__)
 
@@ -110,50 +111,54 @@ class Subscriber:
 
     async def _maintain(self, connected: asyncio.Event) -> None:
         options: dict[str, Any] = {
-            **parse_url(self._url),
             "protocol": 2,  # pub/sub messages as plain replies
             "socket_timeout": None,  # an idle subscription is normal; health checks find dead ones
             "socket_connect_timeout": self._connect_timeout,
             "client_name": self._client_name,
             "retry": Retry(NoBackoff(), 0),  # reconnecting (and resubscribing) is ours to do
         }
-        factory = ConnectionPool(**options)
-        delay = 0.1
-        while True:
-            connection: AbstractConnection | None = None
-            health: asyncio.Task[None] | None = None
-            try:
-                connection = factory.make_connection()  # type: ignore[no-untyped-call]  # unannotated upstream
-                async with asyncio.timeout(self._connect_timeout):
-                    await connection.connect()
-                self._connection = connection
-                self._last_received = asyncio.get_running_loop().time()
-                if self._channels:
-                    await connection.send_command("SUBSCRIBE", *self._channels, check_health=False)
-                self._on_connection(True)
-                connected.set()
-                delay = 0.1
-                health = asyncio.create_task(self._check_health(connection))
-                await self._receive(connection)
-            except (RedisError, OSError, TimeoutError) as error:
-                log.warning(
-                    "%s: Redis pub/sub unavailable, retrying: %s: %s",
-                    self._client_name,
-                    type(error).__name__,
-                    error,
-                )
-            except Exception:
-                log.exception("%s: unexpected error on the pub/sub connection", self._client_name)
-            finally:
-                self._connection = None
-                self._on_connection(False)
-                if health is not None:
-                    health.cancel()
-                if connection is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await connection.disconnect()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 5.0)
+        factory = connection_pool(self._url, options)
+        try:
+            delay = 0.1
+            while True:
+                connection: AbstractConnection | None = None
+                health: asyncio.Task[None] | None = None
+                try:
+                    connection = factory.make_connection()  # type: ignore[no-untyped-call]  # unannotated upstream
+                    async with asyncio.timeout(self._connect_timeout):
+                        await connection.connect()
+                    self._connection = connection
+                    self._last_received = asyncio.get_running_loop().time()
+                    if self._channels:
+                        await connection.send_command("SUBSCRIBE", *self._channels, check_health=False)
+                    self._on_connection(True)
+                    connected.set()
+                    delay = 0.1
+                    health = asyncio.create_task(self._check_health(connection))
+                    await self._receive(connection)
+                except (RedisError, OSError, TimeoutError) as error:
+                    log.warning(
+                        "%s: Redis pub/sub unavailable, retrying: %s: %s",
+                        self._client_name,
+                        type(error).__name__,
+                        error,
+                    )
+                except Exception:
+                    log.exception("%s: unexpected error on the pub/sub connection", self._client_name)
+                finally:
+                    self._connection = None
+                    self._on_connection(False)
+                    if health is not None:
+                        health.cancel()
+                    if connection is not None:
+                        with contextlib.suppress(RedisError, OSError):
+                            await connection.disconnect()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+        finally:
+            # With a Sentinel URL the factory holds connections to the sentinels.
+            with contextlib.suppress(RedisError, OSError):
+                await factory.aclose()
 
     async def _receive(self, connection: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()

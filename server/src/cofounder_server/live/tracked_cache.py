@@ -35,14 +35,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cofounder_server.live.connect import create_client, unavailable_on_error
+from cofounder_server.live.connect import connection_pool, create_client, unavailable_on_error
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +331,8 @@ class TrackedCache:
 
     async def _maintain_tracking(self, first_attempt: asyncio.Event) -> None:
         delay = self._reconnect_min_delay
-        # Not ConnectionPool.from_url: its query-string options would win over these, which
-        # are not negotiable.
+        # These win over options in the URL's query string: they are not negotiable.
         options: dict[str, Any] = {
-            **parse_url(self._url),
             # RESP2: invalidations must arrive as Pub/Sub messages (see the module doc).
             "protocol": 2,
             # Reads are bounded by the health check instead; an idle connection must
@@ -346,34 +344,39 @@ class TrackedCache:
             # carry no tracking.
             "retry": Retry(NoBackoff(), 0),
         }
-        factory = ConnectionPool(**options)
-        while True:
-            connection: AbstractConnection | None = None
-            try:
-                connection = factory.make_connection()  # type: ignore[no-untyped-call]  # unannotated upstream
-                async with asyncio.timeout(self._connect_timeout):
-                    self._tracking_client_id = await self._enable_tracking(connection)
-                self._set_coherent(True)
-                log.info("Redis tracking established for prefixes %s", self._prefixes)
-                delay = self._reconnect_min_delay
-                first_attempt.set()
-                await self._receive_invalidations(connection)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning(
-                    "Redis tracking unavailable, reading through until it is back: %s: %s",
-                    type(exc).__name__,
-                    exc,
-                )
-            except Exception:
-                log.exception("unexpected error in the Redis tracking connection")
-            finally:
-                self._set_coherent(False)
-                first_attempt.set()
-                if connection is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await connection.disconnect()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self._reconnect_max_delay)
+        factory = connection_pool(self._url, options)
+        try:
+            while True:
+                connection: AbstractConnection | None = None
+                try:
+                    connection = factory.make_connection()  # type: ignore[no-untyped-call]  # unannotated upstream
+                    async with asyncio.timeout(self._connect_timeout):
+                        self._tracking_client_id = await self._enable_tracking(connection)
+                    self._set_coherent(True)
+                    log.info("Redis tracking established for prefixes %s", self._prefixes)
+                    delay = self._reconnect_min_delay
+                    first_attempt.set()
+                    await self._receive_invalidations(connection)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning(
+                        "Redis tracking unavailable, reading through until it is back: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                    )
+                except Exception:
+                    log.exception("unexpected error in the Redis tracking connection")
+                finally:
+                    self._set_coherent(False)
+                    first_attempt.set()
+                    if connection is not None:
+                        with contextlib.suppress(RedisError, OSError):
+                            await connection.disconnect()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._reconnect_max_delay)
+        finally:
+            # With a Sentinel URL the factory holds connections to the sentinels.
+            with contextlib.suppress(RedisError, OSError):
+                await factory.aclose()
 
     async def _enable_tracking(self, connection: AbstractConnection) -> int:
         """Turn on broadcast tracking redirected to this same connection, then subscribe."""

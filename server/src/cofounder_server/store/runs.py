@@ -24,6 +24,7 @@ from cofounder_server.domain.events import (
     AgentWaking,
     EscalationEvent,
     EventPayload,
+    JobEvent,
     JobStatusChanged,
     WakeReason,
 )
@@ -180,6 +181,25 @@ class RunRepository:
         async with self._database.read() as session:
             row = await session.scalar(_select_job(job_id, None))
             return None if row is None else job_of(row)
+
+    async def announce(
+        self, job_id: str, runner_id: str, payloads: Sequence[EventPayload], *, now: datetime
+    ) -> list[JobEvent] | None:
+        """Append events that change nothing else (a retry announced) to a running job this
+        runner holds; ``None`` if it is not (cancelled meanwhile): nothing may follow a job's
+        terminal event, which ends every watch of it."""
+        async with self._database.write() as session:
+            held = await session.scalar(
+                select(JobRow.job_id)
+                .where(JobRow.job_id == job_id, JobRow.status == _RUNNING, JobRow.runner_id == runner_id)
+                .with_for_update()
+            )
+            if held is None:
+                return None
+            (events,) = await self._event_log.append_many_in(
+                session, [(job_id, payloads)], now=now, fleet=False
+            )
+            return events
 
     # --- transitions --------------------------------------------------------------------
 
