@@ -37,5 +37,6 @@ WORKDIR /var/lib/cofounder
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/usr/local/lib/cofounder/healthcheck.py"]
-# Exec form: the server is PID 1 and receives SIGTERM itself, which drains (docs/deploy.md).
+# Exec form: the server is PID 1 and receives SIGTERM itself, which drains (docs/deploy.md);
+# with --workers N it is the supervisor, which drains every worker.
 ENTRYPOINT ["cofounder-server"]

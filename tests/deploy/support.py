@@ -8,6 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+HANDOVER_SECONDS = 10.0
+"""What a stop takes after the agents stopped, with room: handing the jobs over (one
+transaction), committed events reaching Redis (up to 2 s), the Redis and SQL pools closing."""
 
 
 def tool(name: str) -> str:

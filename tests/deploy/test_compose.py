@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 import yaml
 
-from cofounder_server.config import Settings
+from cofounder_server.live.sentinel_url import parse_sentinel_url
 
-from .support import DEPLOY
+from .support import DEPLOY, HANDOVER_SECONDS
 
 COMPOSE_DIR = DEPLOY / "compose"
 SCHEMA = json.loads((COMPOSE_DIR / "schema" / "compose-spec.json").read_text())
@@ -79,10 +79,46 @@ def test_replicas_start_after_the_migration_has_succeeded() -> None:
     assert services["migrate"]["environment"]["COFOUNDER_DATABASE_URL"] == url
 
 
+def drain_seconds(environment: dict[str, str]) -> float:
+    """The longest a replica's drain takes: the pause, in-flight calls for the grace, the agents
+    for as long, then the hand-over."""
+    pause = float(environment["COFOUNDER_DRAIN_PAUSE_SECONDS"])
+    grace = float(environment["COFOUNDER_SHUTDOWN_GRACE_SECONDS"])
+    return pause + 2 * grace + HANDOVER_SECONDS
+
+
 def test_a_replica_may_drain_before_it_is_killed() -> None:
-    """Docker kills after stop_grace_period (default 10 s); the drain can take twice the grace."""
-    grace = Settings().shutdown_grace_seconds
-    assert seconds(compose()["services"]["cofounder"]["stop_grace_period"]) > 2 * grace
+    """Docker kills after stop_grace_period (default 10 s)."""
+    replica = compose()["services"]["cofounder"]
+    assert seconds(replica["stop_grace_period"]) >= drain_seconds(replica["environment"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("COFOUNDER_DRAIN_PAUSE_SECONDS", "25"), ("COFOUNDER_SHUTDOWN_GRACE_SECONDS", "20")],
+    ids=["longer-pause", "longer-grace"],
+)
+def test_a_longer_drain_without_a_longer_stop_grace_period_is_caught(setting: str, value: str) -> None:
+    """The check above can fail."""
+    replica = compose()["services"]["cofounder"]
+    environment = replica["environment"] | {setting: value}
+    assert seconds(replica["stop_grace_period"]) < drain_seconds(environment)
+
+
+def test_redis_is_the_stacks_own_unless_env_names_a_sentinel_url() -> None:
+    document = compose()
+    assert document["services"]["cofounder"]["environment"]["COFOUNDER_REDIS_URL"] == (
+        "${REDIS_URL:-redis://redis:6379/0}"
+    )
+    examples = [
+        line.removeprefix("#").strip().removeprefix("REDIS_URL=")
+        for line in (COMPOSE_DIR / "env.example").read_text().splitlines()
+        if line.removeprefix("#").strip().startswith("REDIS_URL=")
+    ]
+    assert len(examples) == 1
+    parsed = parse_sentinel_url(examples[0])
+    assert len(parsed.sentinels) == 3
+    assert parsed.service_name == "cofounder"
 
 
 def test_every_file_the_stack_mounts_is_in_the_repository() -> None:

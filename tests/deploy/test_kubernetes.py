@@ -14,13 +14,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .support import DEPLOY, tool
+from .support import DEPLOY, HANDOVER_SECONDS, tool
 
 KUSTOMIZE_DIR = DEPLOY / "kubernetes"
 TARGETS = ["base", "overlays/production", "overlays/dev"]
-# The oldest Kubernetes the manifests need (preStop's sleep action is on by default from 1.30),
-# and the newest the validator knows.
-VERSIONS = ["1.30.0", kubernetes_validate.latest_version() + ".0"]
+# The oldest Kubernetes the manifests need (kubelet's gRPC probes are GA from 1.27), and the
+# newest the validator knows.
+VERSIONS = ["1.27.0", kubernetes_validate.latest_version() + ".0"]
 CUSTOM_RESOURCE_GROUPS = ("monitoring.coreos.com/",)
 """Custom resources Kubernetes has no schema for: the Prometheus Operator's ServiceMonitor."""
 EXTERNAL_SECRETS = {"cofounder-secrets", "cofounder-principals"}
@@ -95,13 +95,44 @@ def test_probes_ask_grpc_health_on_the_port_the_server_listens_on(target: str) -
     assert {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"} in container["ports"]
 
 
+def drain_seconds(spec: Resource, config: dict[str, str]) -> float:
+    """The longest a stop takes from SIGTERM's decision to the exit: a preStop sleep (if any),
+    the pause, in-flight calls for the grace, the agents for as long, then the hand-over."""
+    lifecycle = spec["containers"][0].get("lifecycle", {})
+    pre_stop = float(lifecycle.get("preStop", {}).get("sleep", {}).get("seconds", 0))
+    pause = float(config["COFOUNDER_DRAIN_PAUSE_SECONDS"])
+    grace = float(config["COFOUNDER_SHUTDOWN_GRACE_SECONDS"])
+    return pre_stop + pause + 2 * grace + HANDOVER_SECONDS
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_kubernetes_waits_for_the_drain_before_killing(target: str) -> None:
-    """The drain: in-flight calls for the grace, then the agents for as long, then the hand-over."""
     spec = server_deployment(target)["spec"]["template"]["spec"]
-    grace = float(settings(target)["COFOUNDER_SHUTDOWN_GRACE_SECONDS"])
-    pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert spec["terminationGracePeriodSeconds"] > pre_stop + 2 * grace
+    assert spec["terminationGracePeriodSeconds"] >= drain_seconds(spec, settings(target))
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("COFOUNDER_DRAIN_PAUSE_SECONDS", "30"), ("COFOUNDER_SHUTDOWN_GRACE_SECONDS", "25")],
+    ids=["longer-pause", "longer-grace"],
+)
+def test_a_longer_drain_without_a_longer_termination_grace_period_is_caught(setting: str, value: str) -> None:
+    """The check above can fail."""
+    spec = server_deployment("base")["spec"]["template"]["spec"]
+    config = settings("base") | {setting: value}
+    assert spec["terminationGracePeriodSeconds"] < drain_seconds(spec, config)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_drain_pause_outlasts_the_readiness_probe(target: str) -> None:
+    """Streams end only once the pod is unready by its probe as well as by its termination."""
+    (container,) = server_deployment(target)["spec"]["template"]["spec"]["containers"]
+    probe = container["readinessProbe"]
+    pause = float(settings(target)["COFOUNDER_DRAIN_PAUSE_SECONDS"])
+    assert pause >= probe["periodSeconds"] * probe["failureThreshold"]
+    # The server serves on by itself for the pause: a preStop sleep would only lengthen the stop,
+    # with health still SERVING.
+    assert "preStop" not in container.get("lifecycle", {})
 
 
 @pytest.mark.parametrize("target", TARGETS)
