@@ -42,7 +42,8 @@ MAX_RESTART_DELAY = 30.0
 STABLE_SECONDS = 60.0
 """A worker that ran this long before it died is restarted after the first delay again."""
 STOP_MARGIN_SECONDS = 15.0
-"""Beyond a worker's own drain (pause and grace), how long it may take to exit before SIGKILL."""
+"""Beyond a worker's own drain (the pause, then the grace twice: calls, then agents), how long it
+may take to hand its jobs over and exit before SIGKILL."""
 
 
 class WorkersError(Exception):
@@ -242,7 +243,9 @@ class Supervisor:
             return
         self._stopping.set()
         limit = (
-            self._settings.drain_pause_seconds + self._settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS
+            self._settings.drain_pause_seconds
+            + 2 * self._settings.shutdown_grace_seconds
+            + STOP_MARGIN_SECONDS
         )
         # Again while any runs: a worker being started again as the stop came is stopped too.
         while running := [(i, p) for i, p in self._processes.items() if p.returncode is None]:
