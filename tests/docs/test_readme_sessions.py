@@ -1,14 +1,15 @@
 """The console sessions of the READMEs, run against a real server: a drift fails with a diff.
 
 Each session (see :mod:`tests.docs.markdown_sessions` for the markers) gets a fresh server on
-its embedded defaults, on a free port, with the agent executor on and a clock that stands still
-at a fixed morning, so a sleeping agent wakes only when a command wakes it.
+its embedded defaults, on a free port, with the agent executor on and a manual clock that starts
+on a fixed morning and moves one second before each command, so a sleeping agent wakes only
+when a command wakes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,14 @@ def test_both_documents_have_executed_sessions() -> None:
 async def test_session_prints_what_the_document_shows(
     session: Session, settings_for: Callable[..., Settings], database_url: str, tmp_path: Path
 ) -> None:
-    app = await Application.start(settings_for(database_url, executor_enabled=True), clock=ManualClock(START))
+    clock = ManualClock(START)
+    app = await Application.start(settings_for(database_url, executor_enabled=True), clock=clock)
+
+    async def a_second_passes() -> None:
+        # As for a person typing: jobs submitted one after the other have their order.
+        await clock.advance(timedelta(seconds=1))
+
     try:
-        await SessionRunner(app.port, tmp_path).run(session)
+        await SessionRunner(app.port, tmp_path, between_commands=a_second_passes).run(session)
     finally:
         await app.stop(grace_seconds=1.0)
