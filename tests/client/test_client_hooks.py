@@ -13,6 +13,7 @@ import pytest
 from cofounder_client import Client, SyncClient, UnauthenticatedError
 from cofounder_server.app import Application
 from cofounder_server.config import Settings
+from cofounder_server.observability import logs
 from tests.auth.support import ALICE, write_principals
 
 RPC_TIMEOUT = 10.0
@@ -47,6 +48,19 @@ class StreamBearerToken(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[
         self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
     ) -> Any:
         return await continuation(_with_metadata(details, self.header), request)
+
+
+class RequestIds(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Names every unary call with an ``x-request-id`` of its own, and remembers them."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
+    ) -> Any:
+        self.sent.append(f"req-{len(self.sent) + 1}")
+        return await continuation(_with_metadata(details, (("x-request-id", self.sent[-1]),)), request)
 
 
 class CallLog(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -126,6 +140,24 @@ async def test_a_logging_interceptor_sees_every_call_and_its_outcome(
     assert lines[0].startswith("/cofounder.agent.v1.AgentControlService/ListJobs OK timeout=")
     assert lines[1].startswith("/cofounder.agent.v1.AgentControlService/GetJob NOT_FOUND")
     assert float(lines[0].rsplit("=", 1)[1]) == pytest.approx(RPC_TIMEOUT, abs=1.0)
+
+
+async def test_request_ids_an_interceptor_adds_are_in_the_servers_access_log(
+    app: Application, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cofounder_server.observability.rpc")
+    caplog.handler.addFilter(logs.ContextFilter())  # the server's log fields, as its handlers get them
+    request_ids = RequestIds()
+    async with Client(f"127.0.0.1:{app.port}", timeout=RPC_TIMEOUT, interceptors=[request_ids]) as client:
+        await client.list_jobs()
+        await client.list_jobs()
+    logged = [
+        getattr(record, "request_id", None)
+        for record in caplog.records
+        if record.name == "cofounder_server.observability.rpc" and "/ListJobs" in record.getMessage()
+    ]
+    assert request_ids.sent == ["req-1", "req-2"]
+    assert logged == request_ids.sent
 
 
 async def test_a_sync_interceptor_authenticates_the_sync_facade(

@@ -17,8 +17,8 @@ fresh server. Options apply to every command of the block:
 A command shown without output is run and its output not compared.
 
 Output is compared by meaning, not by bytes (see :func:`match_output`): JSON values
-structurally, ``...`` standing for whatever the README leaves out, ids and times as the server
-made them.
+structurally, ``...`` standing for whatever the README leaves out (keys, items, lines, the rest
+of a string), ids, times and durations as the server made them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ FENCE = re.compile(r"^```")
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T(\d{2}:\d{2}:\d{2})(\.\d+)?Z")
+DURATION = re.compile(r"-?\d+(\.\d+)?s")
 ELLIPSIS = "..."
 
 
@@ -341,6 +342,10 @@ def _match_string(expected: str, actual: str, bindings: Bindings, where: str) ->
             raise Mismatch(f"{where}: expected a time, got {actual!r}")
         if shown_time[1] == "00:00:00" and not shown_time[2] and real_time[1] != "00:00:00":
             raise Mismatch(f"{where}: expected a midnight, got {actual!r}")
+        return
+    if DURATION.fullmatch(expected):
+        if not DURATION.fullmatch(actual):
+            raise Mismatch(f"{where}: expected a duration, got {actual!r}")
         return
     if TIMESTAMP.search(expected) or UUID.search(expected):
         _match_text_line(expected, actual, bindings, where)

@@ -61,11 +61,15 @@ def test_ids_are_bound_once_and_must_stay_the_same() -> None:
         check(f'{{"job_id": "{SHOWN_ID}"}}', '{"job_id": "00000000-0000-4000-8000-000000000000"}', bindings)
 
 
-def test_times_match_any_time_and_a_shown_midnight_only_a_midnight() -> None:
+def test_times_and_durations_match_any_and_a_shown_midnight_only_a_midnight() -> None:
     check('{"t": "2026-12-02T14:46:32.388153Z"}', '{"t": "2026-11-26T09:30:00Z"}')
     check('{"t": "2026-11-27T00:00:00Z"}', '{"t": "2027-01-01T00:00:00Z"}')
     with pytest.raises(Mismatch, match="expected a midnight"):
         check('{"t": "2026-11-27T00:00:00Z"}', '{"t": "2026-11-26T09:30:00Z"}')
+    check('{"delay": "2s"}', '{"delay": "0.250s"}')
+    with pytest.raises(Mismatch, match="expected a duration"):
+        check('{"delay": "2s"}', '{"delay": "soon"}')
+    check('{"text": "Answered by local: ..."}', '{"text": "Answered by local: deploy."}')
 
 
 def test_a_report_names_the_document_line_and_shows_a_diff(tmp_path: Path) -> None:
