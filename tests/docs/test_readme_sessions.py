@@ -19,6 +19,7 @@ from cofounder_server.clock import ManualClock
 from cofounder_server.config import Settings
 from tests.docs.markdown_sessions import Session, sessions_in
 from tests.docs.session_runner import SessionRunner
+from tests.support import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", ROOT / "clients" / "python" / "README.md"]
@@ -33,16 +34,19 @@ def test_both_documents_have_executed_sessions() -> None:
 
 @pytest.mark.parametrize("session", SESSIONS, ids=lambda s: f"{s.path.relative_to(ROOT)}:{s.name}")
 async def test_session_prints_what_the_document_shows(
-    session: Session, settings_for: Callable[..., Settings], database_url: str, tmp_path: Path
+    session: Session, settings_for: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    clock = ManualClock(START)
-    app = await Application.start(settings_for(database_url, executor_enabled=True), clock=clock)
+    # A database of its own also on an external PostgreSQL: the fleet's sequences and the
+    # escalations listed are those of this session alone.
+    async with throwaway_database("cofounder_docs") as database_url:
+        clock = ManualClock(START)
+        app = await Application.start(settings_for(database_url, executor_enabled=True), clock=clock)
 
-    async def a_second_passes() -> None:
-        # As for a person typing: jobs submitted one after the other have their order.
-        await clock.advance(timedelta(seconds=1))
+        async def a_second_passes() -> None:
+            # As for a person typing: jobs submitted one after the other have their order.
+            await clock.advance(timedelta(seconds=1))
 
-    try:
-        await SessionRunner(app.port, tmp_path, between_commands=a_second_passes).run(session)
-    finally:
-        await app.stop(grace_seconds=1.0)
+        try:
+            await SessionRunner(app.port, tmp_path, between_commands=a_second_passes).run(session)
+        finally:
+            await app.stop(grace_seconds=1.0)
