@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -60,17 +60,11 @@ class _Running:
 
 
 class SessionRunner:
-    """One shell session: the commands of a :class:`Session`, in order, against ``port``.
+    """One shell session: the commands of a :class:`Session`, in order, against ``port``."""
 
-    ``between_commands`` is awaited before each command starts (the test moves its clock on).
-    """
-
-    def __init__(
-        self, port: int, workdir: Path, *, between_commands: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, port: int, workdir: Path) -> None:
         self._port = port
         self._workdir = workdir
-        self._between_commands = between_commands
         self._bindings = Bindings()
         self._status = 0
         bin_dir = str(Path(sys.executable).parent)  # grpcurl, buf and cofounder, as installed
@@ -102,8 +96,6 @@ class SessionRunner:
     # --- one command -------------------------------------------------------------------------
 
     async def _start(self, command: Command) -> _Running:
-        if self._between_commands is not None:
-            await self._between_commands()
         script = self._bindings.apply(command.text)
         for address in DOCUMENTED_ADDRESSES:
             script = script.replace(address, f"127.0.0.1:{self._port}")

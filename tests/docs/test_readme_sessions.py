@@ -1,15 +1,14 @@
 """The console sessions of the READMEs, run against a real server: a drift fails with a diff.
 
 Each session (see :mod:`tests.docs.markdown_sessions` for the markers) gets a fresh server on
-its embedded defaults, on a free port, with the agent executor on and a manual clock that starts
-on a fixed morning and moves one second before each command, so a sleeping agent wakes only
-when a command wakes it.
+its embedded defaults, on a free port, with the agent executor on and a clock that stands still
+on a fixed morning, so a sleeping agent wakes only when a command wakes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,14 +38,12 @@ async def test_session_prints_what_the_document_shows(
     # A database of its own also on an external PostgreSQL: the fleet's sequences and the
     # escalations listed are those of this session alone.
     async with throwaway_database("cofounder_docs") as database_url:
-        clock = ManualClock(START)
-        app = await Application.start(settings_for(database_url, executor_enabled=True), clock=clock)
-
-        async def a_second_passes() -> None:
-            # As for a person typing: jobs submitted one after the other have their order.
-            await clock.advance(timedelta(seconds=1))
-
+        # The clock stands still: the runner's lease is measured on it too, and would seem to
+        # lapse if it jumped ahead of the real time the lease is renewed in.
+        app = await Application.start(
+            settings_for(database_url, executor_enabled=True), clock=ManualClock(START)
+        )
         try:
-            await SessionRunner(app.port, tmp_path, between_commands=a_second_passes).run(session)
+            await SessionRunner(app.port, tmp_path).run(session)
         finally:
             await app.stop(grace_seconds=1.0)
