@@ -158,8 +158,8 @@ def _continues(text: str) -> bool:
 
 def items(text: str, *, expected: bool) -> list[Any]:
     """Split output into items: JSON values (a line starting with ``{`` or ``[`` opens one) and
-    other lines of text. In expected output, ``...`` (a line of its own, or inside a JSON value)
-    stands for what is left out."""
+    other lines of text, their whitespace collapsed. In expected output, ``...`` (a line of its
+    own, or inside a JSON value) stands for what is left out."""
     lines = text.splitlines()
     result: list[Any] = []
     index = 0
@@ -180,7 +180,8 @@ def items(text: str, *, expected: bool) -> list[Any]:
                 result.append(value)
                 index += rest[:consumed].count("\n")
                 continue
-        result.append(line)
+        # Text is compared word by word: tabs and runs of spaces (grpcurl's error layout) alike.
+        result.append(" ".join(line.split()))
     return result
 
 

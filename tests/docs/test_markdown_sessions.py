@@ -51,6 +51,9 @@ def test_ellipses_allow_more_keys_and_items_but_shown_values_must_match() -> Non
         check('{ "status": { "state": "SLEEPING" } }', '{"status": {"id": 1, "state": "SLEEPING"}}')
     with pytest.raises(Mismatch, match="expected 1 items, got 2"):
         check("line one", "line one\nline two")
+    check("  1)  detail", "  1)\tdetail")  # text compares word by word
+    with pytest.raises(Mismatch):
+        check("1) detail", "1) details")
 
 
 def test_ids_are_bound_once_and_must_stay_the_same() -> None:

@@ -1,4 +1,5 @@
-"""The console sessions of the READMEs, run against a real server: a drift fails with a diff.
+"""The console sessions of the READMEs and docs/executor.md, run against a real server: a drift
+fails with a diff.
 
 Each session (see :mod:`tests.docs.markdown_sessions` for the markers) gets a fresh server on
 its embedded defaults, on a free port, with the agent executor on and a clock that stands still
@@ -21,13 +22,13 @@ from tests.docs.session_runner import SessionRunner
 from tests.support import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = [ROOT / "README.md", ROOT / "clients" / "python" / "README.md"]
+DOCUMENTS = [ROOT / "README.md", ROOT / "clients" / "python" / "README.md", ROOT / "docs" / "executor.md"]
 SESSIONS = [session for document in DOCUMENTS for session in sessions_in(document)]
 # A morning, far from the midnight a sleeping agent waits for.
 START = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
 
-def test_both_documents_have_executed_sessions() -> None:
+def test_every_document_has_executed_sessions() -> None:
     assert {session.path for session in SESSIONS} == set(DOCUMENTS)
 
 
