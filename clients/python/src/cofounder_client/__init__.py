@@ -1,7 +1,8 @@
 """Python client of the cofounder control plane.
 
 :class:`Client` wraps the generated gRPC stubs of ``cofounder.agent.v1`` with one typed,
-keyword-argument method per RPC; every failure is a :class:`CofounderError`. The message
+keyword-argument method per RPC on ``grpc.aio``; :class:`SyncClient` offers the same calls on
+a blocking channel. Every failure is a :class:`CofounderError`. The message
 types it returns live in ``cofounder.agent.v1`` (``job_pb2``, ``event_pb2``, ...).
 """
 
@@ -35,6 +36,7 @@ from cofounder_client.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from cofounder_client.sync import SyncClient, SyncInterceptor
 
 __all__ = [
     "AUTHORIZATION_HEADER",
@@ -58,6 +60,8 @@ __all__ = [
     "PermissionDeniedError",
     "ReconnectHook",
     "ResourceExhaustedError",
+    "SyncClient",
+    "SyncInterceptor",
     "TLSConfig",
     "Timeout",
     "UnauthenticatedError",

@@ -161,6 +161,11 @@ class Client:
         retries: transparent retries of a call that fails with ``UNAVAILABLE`` (0 to 4).
         channel_options: extra gRPC channel options; they replace the defaults
             (:data:`DEFAULT_CHANNEL_OPTIONS`) with the same key.
+        interceptors: ``grpc.aio`` client interceptors (``UnaryUnaryClientInterceptor``,
+            ``UnaryStreamClientInterceptor``) around every call, the first listed outermost:
+            the place for metadata of your own, tracing and logging. They see the call as
+            sent, with the client's metadata and deadline, and each retry gRPC makes of it
+            is not seen again (retries happen below them).
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class Client:
         timeout: float | None = 10.0,
         retries: int = 3,
         channel_options: Sequence[tuple[str, str | int]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         if not 0 <= retries <= _MAX_RETRIES:
             raise ValueError(f"retries must be between 0 and {_MAX_RETRIES}, got {retries}")
@@ -188,6 +194,7 @@ class Client:
             metadata.append((ON_BEHALF_OF_HEADER, on_behalf_of))
         self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
         self._options = _channel_options(self._tls, retries, channel_options)
+        self._interceptors = tuple(interceptors)
         self._channel: grpc.aio.Channel | None = None
         self._stubs_cache: _Stubs | None = None
         self._closed = False
@@ -769,10 +776,15 @@ class Client:
             raise RuntimeError("the client is closed")
         if self._stubs_cache is None:
             if self._tls is None:
-                channel = grpc.aio.insecure_channel(self._target, options=self._options)
+                channel = grpc.aio.insecure_channel(
+                    self._target, options=self._options, interceptors=self._interceptors
+                )
             else:
                 channel = grpc.aio.secure_channel(
-                    self._target, self._tls.channel_credentials(), options=self._options
+                    self._target,
+                    self._tls.channel_credentials(),
+                    options=self._options,
+                    interceptors=self._interceptors,
                 )
             self._channel = channel
             self._stubs_cache = _Stubs(

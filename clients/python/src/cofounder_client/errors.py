@@ -258,17 +258,20 @@ _ERROR_CLASSES: dict[grpc.StatusCode, type[CofounderError]] = {
 }
 
 
-def error_from_rpc_error(error: grpc.aio.AioRpcError) -> CofounderError:
+def error_from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> CofounderError:
     """Translate a gRPC error into the matching :class:`CofounderError` subclass.
 
     Reads the code, the message and the ``grpc-status-details-bin`` trailer, which is how
     ``grpc_status`` transports a ``google.rpc.Status`` (the same data
-    ``rpc_status.aio.from_call`` would return, without needing the call object).
+    ``rpc_status.aio.from_call`` would return, without needing the call object). Takes the
+    errors of ``grpc.aio`` calls and of synchronous calls alike (the latter are also
+    ``grpc.Call`` objects).
     """
-    code = error.code()
-    # grpc-stubs types trailing_metadata() as the sync API's tuple of objects; on grpc.aio it is
-    # a grpc.aio.Metadata, which iterates (key, value) pairs.
-    trailers = cast("grpc.aio.Metadata", error.trailing_metadata())
+    call = cast("grpc.Call", error)
+    code = call.code()
+    # grpc-stubs types trailing_metadata() as a tuple of objects; both APIs give (key, value)
+    # pairs (grpc.aio a grpc.aio.Metadata, the synchronous API a tuple of named pairs).
+    trailers = cast("Iterable[tuple[str, str | bytes]] | None", call.trailing_metadata())
     details = ErrorDetails.from_trailing_metadata(trailers, code)
     cls = _ERROR_CLASSES.get(code, CofounderError)
-    return cls(code, error.details() or "", details)
+    return cls(code, call.details() or "", details)
