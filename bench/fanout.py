@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,19 @@ from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
 
 LOADGEN = harness.REPO / "bench" / "fanout_loadgen"
+EVERY_CORE = frozenset(os.sched_getaffinity(0))
+"""The cores this script may use, read before it pins itself to the load core."""
+
+
+@contextlib.contextmanager
+def affinity(cores: frozenset[int]) -> Iterator[None]:
+    """This process on ``cores`` within the block: a child started in it inherits them."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @contextlib.asynccontextmanager
@@ -150,8 +163,11 @@ class Cofounder(Design):
             "--executor-enabled", "false",
             "--workers", str(self.workers), "--drain-pause-seconds", "0",
         ]  # fmt: skip
-        core = SERVER_CORE if self.workers == 1 else None
-        async with harness.ServerProcess(data_dir, flags, core=core) as server:
+        server = harness.ServerProcess(data_dir, flags, core=SERVER_CORE if self.workers == 1 else None)
+        # Unpinned, the workers would inherit this script's affinity: the load core alone.
+        with affinity(EVERY_CORE):
+            await server.start()
+        try:
             self.port = server.port
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.AgentControlServiceStub(channel)
@@ -163,6 +179,8 @@ class Cofounder(Design):
                     timeout=10,
                 )  # fmt: skip
             yield server.pid, job.job.job_id
+        finally:
+            await server.stop()
 
     def loadgen_args(self, job_id: str, n: int, events: int) -> list[str]:
         per_connection = str(self.streams_per_connection)
