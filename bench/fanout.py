@@ -23,11 +23,12 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ from cofounder.agent.v1 import agent_control_service_pb2_grpc as pb_grpc
 from cofounder.agent.v1 import job_pb2
 
 LOADGEN = harness.REPO / "bench" / "fanout_loadgen"
+EVERY_CORE = frozenset(os.sched_getaffinity(0))
+"""The cores this script may use, read before it pins itself to the load core."""
+
+
+@contextlib.contextmanager
+def affinity(cores: frozenset[int]) -> Iterator[None]:
+    """This process on ``cores`` within the block: a child started in it inherits them."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @contextlib.asynccontextmanager
@@ -149,8 +163,11 @@ class Cofounder(Design):
             "--executor-enabled", "false",
             "--workers", str(self.workers), "--drain-pause-seconds", "0",
         ]  # fmt: skip
-        core = SERVER_CORE if self.workers == 1 else None
-        async with harness.ServerProcess(data_dir, flags, core=core) as server:
+        server = harness.ServerProcess(data_dir, flags, core=SERVER_CORE if self.workers == 1 else None)
+        # Unpinned, the workers would inherit this script's affinity: the load core alone.
+        with affinity(EVERY_CORE):
+            await server.start()
+        try:
             self.port = server.port
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.AgentControlServiceStub(channel)
@@ -162,6 +179,8 @@ class Cofounder(Design):
                     timeout=10,
                 )  # fmt: skip
             yield server.pid, job.job.job_id
+        finally:
+            await server.stop()
 
     def loadgen_args(self, job_id: str, n: int, events: int) -> list[str]:
         per_connection = str(self.streams_per_connection)
@@ -297,6 +316,61 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """The runs of one design, worker count and watcher count."""
+
+    design: str
+    workers: int
+    watchers: int
+    p99_ms: tuple[float, ...]
+    """Each run's p99; a run with no latency (nothing delivered) counts as infinitely slow."""
+
+    @property
+    def median_p99_ms(self) -> float:
+        return statistics.median(self.p99_ms)
+
+    def meets(self, target_ms: float) -> bool:
+        """Every run's p99 under the target (so the median too)."""
+        return max(self.p99_ms) < target_ms
+
+
+def cells(rows: Sequence[dict[str, Any]]) -> list[Cell]:
+    """The rows grouped by design, worker count and watcher count, in measurement order."""
+    grouped: dict[tuple[str, int, int], list[float]] = {}
+    for r in rows:
+        p99 = float("inf") if r["p99_ms"] is None else float(r["p99_ms"])
+        grouped.setdefault((r["design"], r["workers"], r["watchers"]), []).append(p99)
+    return [Cell(d, w, n, tuple(p99s)) for (d, w, n), p99s in grouped.items()]
+
+
+def served_under(rows: Sequence[dict[str, Any]], target_ms: float) -> str:
+    """Per design and worker count: the median (min-max) p99 at each watcher count, and the
+    watchers served at p99 under ``target_ms``: the largest count that, like every smaller
+    count measured, met it in every run (0 if the smallest did not)."""
+    lines = [
+        "| design | workers | p99 ms per watcher count: median (min-max) "
+        f"| watchers at p99 < {target_ms:g} ms |",
+        "|---|---|---|---|",
+    ]
+    by_layout: dict[tuple[str, int], list[Cell]] = {}
+    for cell in cells(rows):
+        by_layout.setdefault((cell.design, cell.workers), []).append(cell)
+    for (design, workers), layout in by_layout.items():
+        layout.sort(key=lambda c: c.watchers)
+        served = 0
+        for cell in layout:
+            if not cell.meets(target_ms):
+                break
+            served = cell.watchers
+        figures = ", ".join(
+            f"{c.watchers:,}: {c.median_p99_ms:,.0f} ({min(c.p99_ms):,.0f}-{max(c.p99_ms):,.0f})"
+            for c in layout
+        )
+        lines.append(f"| {design} | {workers} | {figures} | {served:,} |")
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,6 +391,9 @@ async def main() -> None:
         help="comma-separated cofounder-server --workers counts; 1 runs pinned to core 0, more unpinned",
     )
     parser.add_argument("--runs", type=int, default=1, help="measurements of each size and design")
+    parser.add_argument(
+        "--p99-target", type=float, default=100.0, help="ms: report the watchers served at a p99 under it"
+    )
     parser.add_argument(
         "--json-out", type=Path, help="results file (default bench/results/fanout-<time>.json)"
     )
@@ -353,6 +430,8 @@ async def main() -> None:
     print(f"{args.events} events at {args.rate:g}/s per measurement; server on core {SERVER_CORE}, "
           f"load generator, publisher and Redis on core {LOAD_CORE}")  # fmt: skip
     print(table(rows))
+    print()
+    print(served_under(rows, args.p99_target))
     out = harness.write_result({"rows": rows, "argv": sys.argv}, args.json_out, default_name="fanout")
     print(f"\nresults: {out}")
 
