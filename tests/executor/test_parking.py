@@ -150,6 +150,37 @@ async def test_the_sweep_catches_a_wake_whose_notification_was_lost(
     assert done.status == job_pb2.JOB_STATUS_READY
 
 
+async def test_a_sweep_acts_on_a_row_it_examined_before_once_that_row_changed(
+    start_server: Starter, manual_clock: ManualClock, project_id: str
+) -> None:
+    from cofounder_server.store.events import EventLogRepository
+    from cofounder_server.store.runs import RunRepository
+
+    # Only the sweeps the test runs: the first examines the parked job's row, which the second
+    # skips unless it changed (its version), and a lost wake changes it.
+    app = await start_server(price_table=PRICES, sweep_interval_seconds=3600.0)
+    executor = app.executor
+    assert executor is not None
+    (job_id,) = await park(app, project_id, 1)
+    await eventually(lambda: asyncio.sleep(0, job_id in executor.lot), lambda held: held)
+    await executor.sweep()
+    await executor.sweep()
+    assert job_id in executor.lot
+    runs = RunRepository(app.database, EventLogRepository(app.database, retention_events=1000))
+    await runs.wake(
+        job_id,
+        owner_scope=None,
+        request_id="",
+        top_up=1000,
+        window=window_start(manual_clock.now()),
+        now=manual_clock.now(),
+    )
+    await executor.sweep()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        done = await finished(stub_for(channel), job_id, within=15)
+    assert done.status == job_pb2.JOB_STATUS_READY
+
+
 async def test_a_wake_signal_key_wakes_a_parked_agent(
     start_server: Starter, manual_clock: ManualClock, project_id: str
 ) -> None:

@@ -110,12 +110,20 @@ async def test_parked_jobs_of_dead_or_no_runner_are_claimed_in_bulk_oldest_first
     assert {job.job_id for job in await leases.jobs_of("runner-dead")} == {awake}
 
 
-async def test_changed_since_names_the_jobs_changed_in_the_window(database: Database) -> None:
+async def test_versions_since_names_the_jobs_changed_in_the_window_with_their_versions(
+    database: Database,
+) -> None:
     leases = RunnerLeases(database)
     jobs = JobRepository(database, EventLogRepository(database, retention_events=1000))
     before = await running(database, "runner-a", AgentState.SLEEPING, 0)
     changed = await running(database, "runner-a", AgentState.SLEEPING, 1)
+    versions = {
+        job_id: (await leases.versions_since(T0 - timedelta(days=1)))[job_id] for job_id in (before, changed)
+    }
     await jobs.cancel(changed, owner_scope=None, reason="", now=T0 + timedelta(hours=1))
-    seen = await leases.changed_since(T0 + timedelta(minutes=30))
-    assert [(job.job_id, job.status) for job in seen] == [(changed, JobStatus.CANCELLED)]
-    assert before not in {job.job_id for job in seen}
+    seen = await leases.versions_since(T0 + timedelta(minutes=30))
+    assert seen == {changed: versions[changed] + 1}
+    assert [(job.job_id, job.status) for job in await leases.jobs(list(seen))] == [
+        (changed, JobStatus.CANCELLED)
+    ]
+    assert await leases.jobs([]) == []

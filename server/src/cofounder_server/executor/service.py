@@ -28,9 +28,11 @@ as tasks and parked agents as entries of a parking lot.
   pipeline then tells this process's executor in process and every replica through one Redis
   pub/sub channel (``cofounder:executor:control``), which this process subscribes to once.
 * **The sweep.** Once every ``sweep_interval_seconds`` the process reads the jobs whose row
-  changed since its last sweep (an indexed range on ``update_time``) and the ``wake_signal``
-  keys of its sleeping agents (one MGET per thousand), and acts on what a lost notification
-  would have said: a cancel, a wake, a job taken over. Nothing polls per agent.
+  changed since its last sweep (an indexed range on ``update_time``, overlapping the last
+  minute; rows it examined before are skipped by their unchanged ``version``) and the
+  ``wake_signal`` keys of its sleeping agents (one MGET per thousand), and acts on what a
+  lost notification would have said: a cancel, a wake, a job taken over. Nothing polls per
+  agent.
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ class Executor:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._last_sweep: datetime | None = None
+        self._swept: dict[str, int] = {}
+        """The version of each job the last sweep examined (those changed in its window)."""
 
     @property
     def writer(self) -> RecordWriter:
@@ -631,15 +635,20 @@ class Executor:
         """Act on what lost notifications would have said (see the module docstring)."""
         now = self._clock.now()
         since = (self._last_sweep or now) - SWEEP_OVERLAP
-        changed = await self._leases.changed_since(since)
+        versions = await self._leases.versions_since(since)
         self._last_sweep = now
         await self._leases.forget_expired(now=now)
-        for job in changed:
+        # A row an earlier sweep examined and that has not changed since (same version) has
+        # nothing new to say: the overlap re-reads only versions, so a burst of changes
+        # (thousands of agents parked at once) is examined once, not every sweep for a minute.
+        unseen = [job_id for job_id, version in versions.items() if self._swept.get(job_id) != version]
+        for job in await self._leases.jobs(unseen):
             if self._differs(job):
                 # The read may predate a claim or a park of this process: decide on a fresh one.
                 fresh = await self._leases.job(job.job_id)
                 if fresh is None or self._differs(fresh):
                     self._act_on(job.job_id, fresh)
+        self._swept = versions
         sleeping = [entry.job_id for entry in self.lot if entry.reason == AgentState.SLEEPING.value]
         for start in range(0, len(sleeping), WAKE_SIGNAL_BATCH):
             batch = sleeping[start : start + WAKE_SIGNAL_BATCH]

@@ -39,6 +39,9 @@ class HeldJob:
     """What its conversation weighs, where the read asked for it (parked agents)."""
 
 
+_READ_PAGE = 1000
+"""Jobs read by id in one statement at most (SQLite bounds a statement's parameters)."""
+
 _HELD_COLUMNS = (JobRow.job_id, JobRow.status, JobRow.agent_state, JobRow.wake_at, JobRow.runner_id)
 
 
@@ -109,12 +112,25 @@ class RunnerLeases:
             row = (await session.execute(select(*_HELD_COLUMNS).where(JobRow.job_id == job_id))).one_or_none()
             return None if row is None else _held(row)
 
-    async def changed_since(self, since: datetime) -> list[HeldJob]:
-        """Jobs whose row changed at or after ``since`` (the sweep: what a lost notification
-        would have said)."""
+    async def versions_since(self, since: datetime) -> dict[str, int]:
+        """The version of each job whose row changed at or after ``since`` (the sweep's
+        window: what a lost notification would have said). Every change of a row moves its
+        ``update_time`` and its ``version`` together."""
         async with self._database.read() as session:
-            rows = await session.execute(select(*_HELD_COLUMNS).where(JobRow.update_time >= _utc(since)))
-            return [_held(row) for row in rows.all()]
+            rows = await session.execute(
+                select(JobRow.job_id, JobRow.version).where(JobRow.update_time >= _utc(since))
+            )
+            return {str(job_id): int(version) for job_id, version in rows.tuples()}
+
+    async def jobs(self, job_ids: Sequence[str]) -> list[HeldJob]:
+        """The jobs as an executor needs them, with their runners (missing ones left out)."""
+        found: list[HeldJob] = []
+        for first in range(0, len(job_ids), _READ_PAGE):
+            page = list(job_ids[first : first + _READ_PAGE])
+            async with self._database.read() as session:
+                rows = await session.execute(select(*_HELD_COLUMNS).where(JobRow.job_id.in_(page)))
+                found += [_held(row) for row in rows.all()]
+        return found
 
     async def claim_parked(
         self,
