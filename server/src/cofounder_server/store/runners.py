@@ -120,7 +120,7 @@ class RunnerLeases:
             rows = await session.execute(
                 select(JobRow.job_id, JobRow.version).where(JobRow.update_time >= _utc(since))
             )
-            return {str(job_id): int(version) for job_id, version in rows.tuples()}
+            return {str(job_id): int(version) for job_id, version in rows}
 
     async def jobs(self, job_ids: Sequence[str]) -> list[HeldJob]:
         """The jobs as an executor needs them, with their runners (missing ones left out)."""
