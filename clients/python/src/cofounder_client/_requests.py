@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -129,10 +129,7 @@ def wake_agent(
 
 def watch_job_events(job_id: str, *, after_sequence: int | None) -> control_pb2.WatchJobEventsRequest:
     """The request of ``watch_job_events``; ``None`` leaves the cursor unset (live only)."""
-    request = control_pb2.WatchJobEventsRequest(job_id=job_id)
-    if after_sequence is not None:
-        request.after_sequence = after_sequence
-    return request
+    return _after(control_pb2.WatchJobEventsRequest(job_id=job_id), after_sequence)
 
 
 def watch_jobs(
@@ -142,10 +139,7 @@ def watch_jobs(
     after_sequence: int | None,
 ) -> control_pb2.WatchJobsRequest:
     """The request of ``watch_jobs``; ``None`` leaves the cursor unset (snapshot first)."""
-    request = control_pb2.WatchJobsRequest(project_id=project_id, statuses=statuses)
-    if after_sequence is not None:
-        request.after_sequence = after_sequence
-    return request
+    return _after(control_pb2.WatchJobsRequest(project_id=project_id, statuses=statuses), after_sequence)
 
 
 # --- EscalationService -------------------------------------------------------------------
@@ -201,10 +195,7 @@ def watch_escalations(
     *, job_id: str, after_sequence: int | None
 ) -> escalation_service_pb2.WatchEscalationsRequest:
     """The request of ``watch_escalations``; ``None`` leaves the cursor unset (live only)."""
-    request = escalation_service_pb2.WatchEscalationsRequest(job_id=job_id)
-    if after_sequence is not None:
-        request.after_sequence = after_sequence
-    return request
+    return _after(escalation_service_pb2.WatchEscalationsRequest(job_id=job_id), after_sequence)
 
 
 # --- resuming streams --------------------------------------------------------------------
@@ -306,6 +297,21 @@ class FleetCursor:
             return "raise"
         self.failures += 1
         return "back_off"
+
+
+_Watch = TypeVar(
+    "_Watch",
+    control_pb2.WatchJobEventsRequest,
+    control_pb2.WatchJobsRequest,
+    escalation_service_pb2.WatchEscalationsRequest,
+)
+
+
+def _after(request: _Watch, after_sequence: int | None) -> _Watch:
+    # The cursor is an optional field: unset and 0 ask for different things.
+    if after_sequence is not None:
+        request.after_sequence = after_sequence
+    return request
 
 
 def _request_id(request_id: str | None) -> str:
