@@ -8,6 +8,7 @@ only; the asyncio client and server are tested against real in-process servers i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -24,6 +25,7 @@ from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_service_pb2, event_pb2, job_pb2
 from cofounder_client import (
     CofounderError,
+    FleetSnapshot,
     InvalidArgumentError,
     NotFoundError,
     SyncClient,
@@ -224,6 +226,76 @@ def test_a_follow_raises_errors_that_reconnecting_cannot_fix(
     with pytest.raises(NotFoundError) as caught:
         pending.result(WAIT)
     assert caught.value.reason == "JOB_NOT_FOUND"
+
+
+def test_follow_jobs_resumes_after_a_drop_and_lists_again_when_its_cursor_expired(
+    client: SyncClient, channel: RecordingChannel
+) -> None:
+    updates: list[FleetSnapshot | control_pb2.JobChange] = []
+    changed = threading.Condition()
+
+    def follow() -> None:
+        with contextlib.closing(client.follow_jobs(project_id="web", initial_backoff=0.001)) as view:
+            for update in view:
+                with changed:
+                    updates.append(update)
+                    changed.notify_all()
+                if len(updates) == 3:
+                    return
+
+    def wait_for_updates(count: int) -> None:
+        with changed:
+            assert changed.wait_for(lambda: len(updates) >= count, WAIT), f"got only {updates}"
+
+    def status(job_id: str) -> job_pb2.JobStatusSnapshot:
+        return job_pb2.JobStatusSnapshot(job_id=job_id)
+
+    pending = in_thread(follow)
+    method = CONTROL.methods_by_name["WatchJobs"]
+
+    _, request, rpc = channel.channel.take_unary_stream(method)
+    assert request.project_id == "web"
+    assert not request.HasField("after_sequence")
+    rpc.send_response(
+        control_pb2.WatchJobsResponse(snapshot=control_pb2.JobStatusPage(statuses=[status("a")]))
+    )
+    rpc.send_response(
+        control_pb2.WatchJobsResponse(
+            snapshot=control_pb2.JobStatusPage(statuses=[status("b")], last=True, latest_sequence=10)
+        )
+    )
+    rpc.send_response(
+        control_pb2.WatchJobsResponse(
+            changes=control_pb2.JobChangeBatch(
+                changes=[control_pb2.JobChange(sequence=11, status=status("a"))]
+            )
+        )
+    )
+    wait_for_updates(2)
+    rpc.terminate((), grpc.StatusCode.UNAVAILABLE, "server shutting down")
+
+    _, request, rpc = channel.channel.take_unary_stream(method)
+    assert request.after_sequence == 11, "the view resumes after the last change it yielded"
+    rpc.terminate((), grpc.StatusCode.OUT_OF_RANGE, "cursor expired")
+
+    _, request, rpc = channel.channel.take_unary_stream(method)
+    assert not request.HasField("after_sequence"), "an expired cursor lists the fleet again"
+    rpc.send_response(
+        control_pb2.WatchJobsResponse(
+            snapshot=control_pb2.JobStatusPage(statuses=[status("a")], last=True, latest_sequence=20)
+        )
+    )
+
+    pending.result(WAIT)
+    first, change, relisted = updates
+    assert isinstance(first, FleetSnapshot)
+    assert [s.job_id for s in first.statuses] == ["a", "b"]  # both pages, as one
+    assert first.sequence == 10
+    assert isinstance(change, control_pb2.JobChange)
+    assert change.sequence == 11
+    assert isinstance(relisted, FleetSnapshot)
+    assert [s.job_id for s in relisted.statuses] == ["a"]
+    assert relisted.sequence == 20
 
 
 def test_deadlines_are_passed_to_each_call(client: SyncClient, channel: RecordingChannel) -> None:

@@ -13,6 +13,7 @@ import {
   type FleetUpdate,
   type JobEvent,
 } from "@cofounder/client";
+import { rejection } from "./support/errors.js";
 import { askingAgent, eventually, quickAgent, TestServer } from "./support/server.js";
 
 const MAX_STREAMS = 2;
@@ -30,16 +31,6 @@ after(async () => {
   client?.close();
   await server?.dispose();
 });
-
-async function rejection(promise: Promise<unknown>): Promise<CofounderError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof CofounderError, `expected a CofounderError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail("the call succeeded");
-}
 
 async function waitingForInput(jobId: string): Promise<void> {
   await eventually(

@@ -6,7 +6,8 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { CofounderError, tlsFromFiles, type CofounderClient } from "@cofounder/client";
+import { tlsFromFiles, type CofounderClient } from "@cofounder/client";
+import { rejection } from "./support/errors.js";
 import { serverCommand, TestServer } from "./support/server.js";
 
 const SERVER_NAME = "cofounder.test";
@@ -32,16 +33,6 @@ client.private_key_pem.write_to_path(out + "/client.key")
 });
 
 after(() => rmSync(pem, { recursive: true, force: true }));
-
-async function rejection(promise: Promise<unknown>): Promise<CofounderError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof CofounderError, `expected a CofounderError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail("the call succeeded");
-}
 
 async function using<T>(client: CofounderClient, body: (client: CofounderClient) => Promise<T>): Promise<T> {
   try {

@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { createServer, type Server, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { CofounderClient, CofounderError } from "@cofounder/client";
+import { CofounderClient } from "@cofounder/client";
+import { rejection } from "./support/errors.js";
 import { freePort } from "./support/server.js";
 
 // Accepts TCP connections and never says a word: every call to it hangs until its deadline.
@@ -25,16 +26,6 @@ after(async () => {
   for (const socket of sockets) socket.destroy();
   await new Promise((done) => silent.close(done));
 });
-
-async function rejection(promise: Promise<unknown>): Promise<CofounderError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof CofounderError, `expected a CofounderError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail("the call succeeded");
-}
 
 describe("deadlines", () => {
   it("fails a call with DEADLINE_EXCEEDED after its timeoutMs", async () => {

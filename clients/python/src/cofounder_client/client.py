@@ -10,22 +10,25 @@ import asyncio
 import contextlib
 import enum
 import json
-import random
-import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata as _importlib_metadata
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf import json_format
 
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import agent_control_service_pb2_grpc as control_grpc
 from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, event_pb2, job_pb2
 from cofounder.agent.v1 import escalation_service_pb2_grpc as escalation_grpc
+from cofounder_client import _requests
+from cofounder_client._requests import (
+    AUTHORIZATION_HEADER,
+    ON_BEHALF_OF_HEADER,
+    EscalationResolution,
+    FleetSnapshot,
+)
 from cofounder_client.credentials import TLSConfig
 from cofounder_client.errors import CofounderError, error_from_rpc_error
 
@@ -36,17 +39,13 @@ __all__ = [
     "ON_BEHALF_OF_HEADER",
     "USE_CLIENT_DEFAULT",
     "Client",
+    "EscalationResolution",
+    "FleetSnapshot",
     "ReconnectHook",
 ]
 
 DEFAULT_TARGET: Final = "localhost:50051"
 """Where :class:`Client` connects when no target is given."""
-
-AUTHORIZATION_HEADER: Final = "authorization"
-"""Call metadata key carrying ``Bearer <token>``."""
-
-ON_BEHALF_OF_HEADER: Final = "cofounder-on-behalf-of"
-"""Call metadata key naming the end user a trusted backend acts for."""
 
 DEFAULT_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
     # Streams stay open for hours. Ping a quiet connection once a minute to notice a dead
@@ -65,8 +64,6 @@ DEFAULT_CHANNEL_OPTIONS: Final[tuple[tuple[str, str | int], ...]] = (
 """Channel options every :class:`Client` starts from; ``channel_options`` overrides them by key."""
 
 _SERVICES: Final = ("cofounder.agent.v1.AgentControlService", "cofounder.agent.v1.EscalationService")
-# gRPC refuses retry policies with more than five attempts.
-_MAX_RETRIES: Final = 4
 
 try:
     _VERSION = _importlib_metadata.version("cofounder-client")
@@ -94,29 +91,6 @@ ReconnectHook: TypeAlias = Callable[[CofounderError, int, float], None]
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
-
-
-@dataclass(frozen=True)
-class FleetSnapshot:
-    """Every job of a :meth:`Client.follow_jobs` view as its stream (re)started: replace
-    whatever the view held with these; changes continue after ``sequence``."""
-
-    statuses: tuple[job_pb2.JobStatusSnapshot, ...]
-    sequence: int
-
-
-@dataclass(frozen=True)
-class EscalationResolution:
-    """What :meth:`Client.resolve_escalation` returns: the escalation, and when its agent
-    acts on the decision."""
-
-    escalation: escalation_pb2.Escalation
-    """The escalation after resolution."""
-    agent_waiting: bool
-    """The agent was waiting for this answer and continues now."""
-    agent_wake_time: datetime | None
-    """When the agent sleeps on its budget: the time (UTC) it wakes and acts on the answer,
-    or earlier if woken. ``None`` when it is not asleep (waiting, or the job has ended)."""
 
 
 @dataclass(frozen=True)
@@ -180,19 +154,11 @@ class Client:
         channel_options: Sequence[tuple[str, str | int]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
-        if not 0 <= retries <= _MAX_RETRIES:
-            raise ValueError(f"retries must be between 0 and {_MAX_RETRIES}, got {retries}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive or None, got {timeout}")
+        _requests.check_settings(retries, timeout)
         self._target = target
         self._tls: TLSConfig | None = TLSConfig() if tls is True else (tls or None)
         self._timeout = timeout
-        metadata: list[tuple[str, str]] = []
-        if token:
-            metadata.append((AUTHORIZATION_HEADER, f"Bearer {token}"))
-        if on_behalf_of:
-            metadata.append((ON_BEHALF_OF_HEADER, on_behalf_of))
-        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
+        self._metadata = _requests.call_metadata(token, on_behalf_of)
         self._options = _channel_options(self._tls, retries, channel_options)
         self._interceptors = tuple(interceptors)
         self._channel: grpc.aio.Channel | None = None
@@ -259,13 +225,13 @@ class Client:
         Returns:
             The stored job (status ``JOB_STATUS_QUEUED``, or later for a repeated request).
         """
-        request = control_pb2.SubmitJobRequest(
-            request_id=_request_id(request_id),
+        request = _requests.submit_job(
             project_id=project_id,
             goal=goal,
             daily_budget_microdollars=daily_budget_microdollars,
-            agent=_agent_spec(agent),
+            agent=agent,
             labels=labels,
+            request_id=request_id,
         )
         response = await self._unary(self._stubs().control.SubmitJob, request, timeout)
         return response.job
@@ -298,7 +264,7 @@ class Client:
             The page: ``jobs`` and ``next_page_token`` (empty on the last page).
             :meth:`iter_jobs` follows the tokens for you.
         """
-        request = control_pb2.ListJobsRequest(
+        request = _requests.list_jobs(
             page_size=page_size, page_token=page_token, statuses=statuses, project_id=project_id
         )
         return await self._unary(self._stubs().control.ListJobs, request, timeout)
@@ -350,9 +316,7 @@ class Client:
         Returns:
             The job after cancellation. ``FAILED_PRECONDITION`` if it had already finished.
         """
-        request = control_pb2.CancelJobRequest(
-            job_id=job_id, request_id=_request_id(request_id), reason=reason
-        )
+        request = _requests.cancel_job(job_id, reason=reason, request_id=request_id)
         response = await self._unary(self._stubs().control.CancelJob, request, timeout)
         return response.job
 
@@ -385,9 +349,7 @@ class Client:
         Returns:
             The live view right after the wake. ``FAILED_PRECONDITION`` unless the agent slept.
         """
-        request = control_pb2.WakeAgentRequest(
-            job_id=job_id, request_id=_request_id(request_id), top_up_microdollars=top_up_microdollars
-        )
+        request = _requests.wake_agent(job_id, top_up_microdollars=top_up_microdollars, request_id=request_id)
         response = await self._unary(self._stubs().control.WakeAgent, request, timeout)
         return response.status
 
@@ -412,9 +374,7 @@ class Client:
             CofounderError: when the stream fails, including mid-iteration. ``OUT_OF_RANGE``
                 means the cursor is older than the retained history.
         """
-        request = control_pb2.WatchJobEventsRequest(job_id=job_id)
-        if after_sequence is not None:
-            request.after_sequence = after_sequence
+        request = _requests.watch_job_events(job_id, after_sequence=after_sequence)
         return self._stream(self._stubs().control.WatchJobEvents, request, timeout)
 
     async def follow_job(
@@ -448,39 +408,20 @@ class Client:
             CofounderError: any error other than ``UNAVAILABLE``, or ``UNAVAILABLE`` once
                 ``max_reconnects`` is exhausted.
         """
-        cursor = after_sequence
-        failures = 0
+        cursor = _requests.JobEventsCursor(after_sequence)
         while True:
             try:
                 async with contextlib.aclosing(
-                    self.watch_job_events(job_id, after_sequence=cursor)
+                    self.watch_job_events(job_id, after_sequence=cursor.sequence)
                 ) as stream:
                     async for message in stream:
-                        kind = message.WhichOneof("kind")
-                        if kind != "snapshot":
-                            # Events or heartbeats mean the stream works; a server failing
-                            # right after each snapshot keeps counting towards the limit.
-                            failures = 0
-                        if kind == "snapshot":
-                            if cursor is None:
-                                # Live-only watch: pin the cursor so a reconnect neither replays
-                                # history nor skips events published while reconnecting.
-                                cursor = message.snapshot.latest_event_sequence
-                            yield message.snapshot
-                        elif kind == "events":
-                            for event in message.events.events:
-                                # A resumed stream starts after the cursor; the check guards
-                                # against a server replaying an event we already yielded.
-                                if cursor is not None and event.sequence <= cursor:
-                                    continue
-                                cursor = event.sequence
-                                yield event
+                        for item in cursor.receive(message):
+                            yield item
                 return
             except CofounderError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
+                if cursor.recover(error, max_reconnects) == "raise":
                     raise
-                failures += 1
-                await _back_off(error, failures, initial_backoff, max_backoff, on_reconnect)
+                await _back_off(error, cursor.failures, initial_backoff, max_backoff, on_reconnect)
 
     async def follow_job_events(
         self,
@@ -554,9 +495,9 @@ class Client:
         Raises:
             CofounderError: when the stream fails, including mid-iteration.
         """
-        request = control_pb2.WatchJobsRequest(project_id=project_id, statuses=statuses)
-        if after_sequence is not None:
-            request.after_sequence = after_sequence
+        request = _requests.watch_jobs(
+            project_id=project_id, statuses=statuses, after_sequence=after_sequence
+        )
         return self._stream(self._stubs().control.WatchJobs, request, timeout)
 
     async def follow_jobs(
@@ -593,38 +534,23 @@ class Client:
                 ``UNAVAILABLE`` once ``max_reconnects`` is exhausted.
         """
         statuses = tuple(statuses)
-        cursor: int | None = None
-        failures = 0
+        cursor = _requests.FleetCursor()
         while True:
-            pages: list[job_pb2.JobStatusSnapshot] = []
+            cursor.connect()
             try:
                 async with contextlib.aclosing(
-                    self.watch_jobs(project_id=project_id, statuses=statuses, after_sequence=cursor)
+                    self.watch_jobs(project_id=project_id, statuses=statuses, after_sequence=cursor.sequence)
                 ) as stream:
                     async for message in stream:
-                        failures = 0
-                        kind = message.WhichOneof("kind")
-                        if kind == "snapshot":
-                            pages.extend(message.snapshot.statuses)
-                            if message.snapshot.last:
-                                cursor = message.snapshot.latest_sequence
-                                yield FleetSnapshot(tuple(pages), cursor)
-                                pages = []
-                        elif kind == "changes":
-                            for change in message.changes.changes:
-                                cursor = max(cursor or 0, change.sequence)
-                                yield change
-                        elif kind == "heartbeat" and cursor is not None:
-                            cursor = max(cursor, message.heartbeat.latest_sequence)
+                        for item in cursor.receive(message):
+                            yield item
                 return
             except CofounderError as error:
-                if error.code == grpc.StatusCode.OUT_OF_RANGE and cursor is not None:
-                    cursor = None  # list again
-                    continue
-                if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
+                recovery = cursor.recover(error, max_reconnects)
+                if recovery == "raise":
                     raise
-                failures += 1
-                await _back_off(error, failures, initial_backoff, max_backoff, on_reconnect)
+                if recovery == "back_off":
+                    await _back_off(error, cursor.failures, initial_backoff, max_backoff, on_reconnect)
 
     # --- EscalationService ---------------------------------------------------------------
 
@@ -657,7 +583,7 @@ class Client:
         Returns:
             The page: ``escalations`` and ``next_page_token`` (empty on the last page).
         """
-        request = escalation_service_pb2.ListEscalationsRequest(
+        request = _requests.list_escalations(
             job_id=job_id, statuses=statuses, page_size=page_size, page_token=page_token
         )
         return await self._unary(self._stubs().escalations.ListEscalations, request, timeout)
@@ -726,25 +652,17 @@ class Client:
             that is no longer pending is ``FAILED_PRECONDITION`` (reason
             ``ESCALATION_ALREADY_RESOLVED``, the winning decision in its metadata).
         """
-        request = escalation_service_pb2.ResolveEscalationRequest(
-            escalation_id=escalation_id,
-            request_id=_request_id(request_id),
+        request = _requests.resolve_escalation(
+            escalation_id,
             decision=decision,
             guidance=guidance,
+            request_id=request_id,
             answer=answer,
             arguments_digest=arguments_digest,
             edited_arguments_json=edited_arguments_json,
         )
         response = await self._unary(self._stubs().escalations.ResolveEscalation, request, timeout)
-        return EscalationResolution(
-            escalation=response.escalation,
-            agent_waiting=response.agent_waiting,
-            agent_wake_time=(
-                response.agent_wake_time.ToDatetime(tzinfo=UTC)
-                if response.HasField("agent_wake_time")
-                else None
-            ),
-        )
+        return _requests.resolution(response)
 
     def watch_escalations(
         self, *, job_id: str = "", after_sequence: int | None = None, timeout: float | None = None
@@ -764,9 +682,7 @@ class Client:
         Raises:
             CofounderError: when the stream fails, including mid-iteration.
         """
-        request = escalation_service_pb2.WatchEscalationsRequest(job_id=job_id)
-        if after_sequence is not None:
-            request.after_sequence = after_sequence
+        request = _requests.watch_escalations(job_id=job_id, after_sequence=after_sequence)
         return self._stream(self._stubs().escalations.WatchEscalations, request, timeout)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -831,24 +747,10 @@ async def _back_off(
     on_reconnect: ReconnectHook | None,
 ) -> None:
     """Wait before reconnect number ``failures``: exponential, capped, with jitter."""
-    # Jitter spreads out the reconnects of many watchers after a server restart.
-    delay = min(max_backoff, initial_backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+    delay = _requests.backoff_delay(failures, initial_backoff, max_backoff)
     if on_reconnect is not None:
         on_reconnect(error, failures, delay)
     await asyncio.sleep(delay)
-
-
-def _request_id(request_id: str | None) -> str:
-    return str(uuid.uuid4()) if request_id is None else request_id
-
-
-def _agent_spec(agent: job_pb2.AgentSpec | Mapping[str, Any] | None) -> job_pb2.AgentSpec | None:
-    if agent is None or isinstance(agent, job_pb2.AgentSpec):
-        return agent
-    try:
-        return json_format.ParseDict(dict(agent), job_pb2.AgentSpec())
-    except json_format.ParseError as error:
-        raise ValueError(f"invalid agent spec: {error}") from error
 
 
 def _channel_options(

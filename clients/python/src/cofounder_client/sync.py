@@ -7,10 +7,8 @@ elsewhere (a call blocks only the thread that makes it).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
@@ -19,18 +17,9 @@ from google.protobuf.message import Message
 
 from cofounder.agent.v1 import agent_control_service_pb2 as control_pb2
 from cofounder.agent.v1 import escalation_pb2, escalation_service_pb2, event_pb2, job_pb2
-from cofounder_client.client import (
-    AUTHORIZATION_HEADER,
-    DEFAULT_TARGET,
-    ON_BEHALF_OF_HEADER,
-    USE_CLIENT_DEFAULT,
-    EscalationResolution,
-    FleetSnapshot,
-    Timeout,
-    _agent_spec,
-    _channel_options,
-    _request_id,
-)
+from cofounder_client import _requests
+from cofounder_client._requests import EscalationResolution, FleetSnapshot
+from cofounder_client.client import DEFAULT_TARGET, USE_CLIENT_DEFAULT, Timeout, _channel_options
 from cofounder_client.credentials import TLSConfig
 from cofounder_client.errors import CofounderError, error_from_rpc_error
 
@@ -38,7 +27,6 @@ __all__ = ["SyncClient", "SyncInterceptor"]
 
 _CONTROL = "/cofounder.agent.v1.AgentControlService/"
 _ESCALATIONS = "/cofounder.agent.v1.EscalationService/"
-_MAX_RETRIES = 4
 
 SyncInterceptor: TypeAlias = (
     "grpc.UnaryUnaryClientInterceptor[Any, Any] | grpc.UnaryStreamClientInterceptor[Any, Any]"
@@ -95,18 +83,10 @@ class SyncClient:
         interceptors: Sequence[SyncInterceptor] = (),
         channel: grpc.Channel | None = None,
     ) -> None:
-        if not 0 <= retries <= _MAX_RETRIES:
-            raise ValueError(f"retries must be between 0 and {_MAX_RETRIES}, got {retries}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive or None, got {timeout}")
+        _requests.check_settings(retries, timeout)
         self._target = target
         self._timeout = timeout
-        metadata: list[tuple[str, str]] = []
-        if token:
-            metadata.append((AUTHORIZATION_HEADER, f"Bearer {token}"))
-        if on_behalf_of:
-            metadata.append((ON_BEHALF_OF_HEADER, on_behalf_of))
-        self._metadata = tuple(metadata)
+        self._metadata = _requests.call_metadata(token, on_behalf_of)
         self._owned: grpc.Channel | None = None
         if channel is None:
             tls_config: TLSConfig | None = TLSConfig() if tls is True else (tls or None)
@@ -155,13 +135,13 @@ class SyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> job_pb2.Job:
         """Store a new job and queue it; see :meth:`cofounder_client.Client.submit_job`."""
-        request = control_pb2.SubmitJobRequest(
-            request_id=_request_id(request_id),
+        request = _requests.submit_job(
             project_id=project_id,
             goal=goal,
             daily_budget_microdollars=daily_budget_microdollars,
-            agent=_agent_spec(agent),
+            agent=agent,
             labels=labels,
+            request_id=request_id,
         )
         return self._unary(_CONTROL + "SubmitJob", request, control_pb2.SubmitJobResponse, timeout).job
 
@@ -180,7 +160,7 @@ class SyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> control_pb2.ListJobsResponse:
         """List one page of the caller's jobs, newest first; see :meth:`iter_jobs`."""
-        request = control_pb2.ListJobsRequest(
+        request = _requests.list_jobs(
             page_size=page_size, page_token=page_token, statuses=statuses, project_id=project_id
         )
         return self._unary(_CONTROL + "ListJobs", request, control_pb2.ListJobsResponse, timeout)
@@ -218,9 +198,7 @@ class SyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> job_pb2.Job:
         """Stop a job; see :meth:`cofounder_client.Client.cancel_job`."""
-        request = control_pb2.CancelJobRequest(
-            job_id=job_id, request_id=_request_id(request_id), reason=reason
-        )
+        request = _requests.cancel_job(job_id, reason=reason, request_id=request_id)
         return self._unary(_CONTROL + "CancelJob", request, control_pb2.CancelJobResponse, timeout).job
 
     def get_job_status(
@@ -240,9 +218,7 @@ class SyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> job_pb2.JobStatusSnapshot:
         """Wake a sleeping agent now, optionally adding budget for today."""
-        request = control_pb2.WakeAgentRequest(
-            job_id=job_id, request_id=_request_id(request_id), top_up_microdollars=top_up_microdollars
-        )
+        request = _requests.wake_agent(job_id, top_up_microdollars=top_up_microdollars, request_id=request_id)
         return self._unary(_CONTROL + "WakeAgent", request, control_pb2.WakeAgentResponse, timeout).status
 
     def watch_job_events(
@@ -250,9 +226,7 @@ class SyncClient:
     ) -> Generator[control_pb2.WatchJobEventsResponse, None, None]:
         """Stream a job's events: a ``snapshot``, ``events`` batches, ``heartbeat``s; see
         :meth:`cofounder_client.Client.watch_job_events`."""
-        request = control_pb2.WatchJobEventsRequest(job_id=job_id)
-        if after_sequence is not None:
-            request.after_sequence = after_sequence
+        request = _requests.watch_job_events(job_id, after_sequence=after_sequence)
         return self._stream(_CONTROL + "WatchJobEvents", request, control_pb2.WatchJobEventsResponse, timeout)
 
     def follow_job_events(
@@ -267,29 +241,19 @@ class SyncClient:
         """Yield a job's events one by one, reconnecting after the last one seen when the
         stream fails with ``UNAVAILABLE``: every event once, in order. Same arguments and
         errors as :meth:`cofounder_client.Client.follow_job_events`."""
-        cursor = after_sequence
-        failures = 0
+        cursor = _requests.JobEventsCursor(after_sequence)
         while True:
-            stream = self.watch_job_events(job_id, after_sequence=cursor)
+            stream = self.watch_job_events(job_id, after_sequence=cursor.sequence)
             try:
                 for message in stream:
-                    kind = message.WhichOneof("kind")
-                    if kind != "snapshot":
-                        failures = 0
-                    if kind == "snapshot" and cursor is None:
-                        cursor = message.snapshot.latest_event_sequence
-                    elif kind == "events":
-                        for event in message.events.events:
-                            if cursor is not None and event.sequence <= cursor:
-                                continue
-                            cursor = event.sequence
-                            yield event
+                    for item in cursor.receive(message):
+                        if isinstance(item, event_pb2.JobEvent):
+                            yield item
                 return
             except CofounderError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
+                if cursor.recover(error, max_reconnects) == "raise":
                     raise
-                failures += 1
-                _back_off(failures, initial_backoff, max_backoff)
+                time.sleep(_requests.backoff_delay(cursor.failures, initial_backoff, max_backoff))
             finally:
                 stream.close()
 
@@ -302,9 +266,9 @@ class SyncClient:
         timeout: float | None = None,
     ) -> Generator[control_pb2.WatchJobsResponse, None, None]:
         """Stream the status of every matching job; see :meth:`cofounder_client.Client.watch_jobs`."""
-        request = control_pb2.WatchJobsRequest(project_id=project_id, statuses=statuses)
-        if after_sequence is not None:
-            request.after_sequence = after_sequence
+        request = _requests.watch_jobs(
+            project_id=project_id, statuses=statuses, after_sequence=after_sequence
+        )
         return self._stream(_CONTROL + "WatchJobs", request, control_pb2.WatchJobsResponse, timeout)
 
     def follow_jobs(
@@ -320,36 +284,20 @@ class SyncClient:
         ``UNAVAILABLE`` and listing again after ``OUT_OF_RANGE``; see
         :meth:`cofounder_client.Client.follow_jobs`."""
         statuses = tuple(statuses)
-        cursor: int | None = None
-        failures = 0
+        cursor = _requests.FleetCursor()
         while True:
-            pages: list[job_pb2.JobStatusSnapshot] = []
-            stream = self.watch_jobs(project_id=project_id, statuses=statuses, after_sequence=cursor)
+            cursor.connect()
+            stream = self.watch_jobs(project_id=project_id, statuses=statuses, after_sequence=cursor.sequence)
             try:
                 for message in stream:
-                    failures = 0
-                    kind = message.WhichOneof("kind")
-                    if kind == "snapshot":
-                        pages.extend(message.snapshot.statuses)
-                        if message.snapshot.last:
-                            cursor = message.snapshot.latest_sequence
-                            yield FleetSnapshot(tuple(pages), cursor)
-                            pages = []
-                    elif kind == "changes":
-                        for change in message.changes.changes:
-                            cursor = max(cursor or 0, change.sequence)
-                            yield change
-                    elif kind == "heartbeat" and cursor is not None:
-                        cursor = max(cursor, message.heartbeat.latest_sequence)
+                    yield from cursor.receive(message)
                 return
             except CofounderError as error:
-                if error.code == grpc.StatusCode.OUT_OF_RANGE and cursor is not None:
-                    cursor = None
-                    continue
-                if error.code != grpc.StatusCode.UNAVAILABLE or failures >= max_reconnects:
+                recovery = cursor.recover(error, max_reconnects)
+                if recovery == "raise":
                     raise
-                failures += 1
-                _back_off(failures, initial_backoff, max_backoff)
+                if recovery == "back_off":
+                    time.sleep(_requests.backoff_delay(cursor.failures, initial_backoff, max_backoff))
             finally:
                 stream.close()
 
@@ -375,7 +323,7 @@ class SyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> escalation_service_pb2.ListEscalationsResponse:
         """List one page of the caller's escalations, newest first."""
-        request = escalation_service_pb2.ListEscalationsRequest(
+        request = _requests.list_escalations(
             job_id=job_id, statuses=statuses, page_size=page_size, page_token=page_token
         )
         return self._unary(
@@ -412,11 +360,8 @@ class SyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> EscalationResolution:
         """Answer an escalation; see :meth:`cofounder_client.Client.resolve_escalation`."""
-        request = escalation_service_pb2.ResolveEscalationRequest(
-            escalation_id=escalation_id,
-            request_id=_request_id(request_id),
-            decision=decision,
-            guidance=guidance,
+        request = _requests.resolve_escalation(
+            escalation_id, decision=decision, guidance=guidance, request_id=request_id
         )
         response = self._unary(
             _ESCALATIONS + "ResolveEscalation",
@@ -424,24 +369,14 @@ class SyncClient:
             escalation_service_pb2.ResolveEscalationResponse,
             timeout,
         )
-        return EscalationResolution(
-            escalation=response.escalation,
-            agent_waiting=response.agent_waiting,
-            agent_wake_time=(
-                response.agent_wake_time.ToDatetime(tzinfo=UTC)
-                if response.HasField("agent_wake_time")
-                else None
-            ),
-        )
+        return _requests.resolution(response)
 
     def watch_escalations(
         self, *, job_id: str = "", after_sequence: int | None = None, timeout: float | None = None
     ) -> Generator[escalation_service_pb2.WatchEscalationsResponse, None, None]:
         """Stream escalation events visible to the caller; see
         :meth:`cofounder_client.Client.watch_escalations`."""
-        request = escalation_service_pb2.WatchEscalationsRequest(job_id=job_id)
-        if after_sequence is not None:
-            request.after_sequence = after_sequence
+        request = _requests.watch_escalations(job_id=job_id, after_sequence=after_sequence)
         return self._stream(
             _ESCALATIONS + "WatchEscalations",
             request,
@@ -487,9 +422,3 @@ class SyncClient:
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
-
-
-def _back_off(failures: int, initial: float, maximum: float) -> None:
-    delay = min(maximum, initial * 2 ** (failures - 1))
-    # Jitter spreads out the reconnects of many watchers after a server restart.
-    time.sleep(delay * random.uniform(0.5, 1.0))

@@ -14,10 +14,11 @@ from __future__ import annotations
 from cofounder_server import jsontext
 from cofounder_server.clock import Clock
 from cofounder_server.domain.escalations import Escalation
-from cofounder_server.domain.events import AgentToolCalled, EventPayload, PhaseCompleted, PhaseStarted
+from cofounder_server.domain.events import AgentToolCalled, EventPayload
 from cofounder_server.domain.model import JobOutcome
 from cofounder_server.executor.answers import Ask, approval_escalation
-from cofounder_server.executor.plugins import Message, Tool, ToolContext, ToolResult, Turn
+from cofounder_server.executor.phases import tool_context
+from cofounder_server.executor.plugins import Message, Tool, ToolResult, Turn
 from cofounder_server.executor.retries import attempt_tool
 from cofounder_server.executor.run_state import LoopLimits, LoopState
 from cofounder_server.executor.run_store import Pause, RunStore
@@ -56,20 +57,7 @@ async def act(
     """Run the turn's tool calls: their results go to ``new`` and ``events``, calls that need
     a person to ``asks``; the outcome when a guard ends the job."""
 
-    async def open_phase(name: str) -> None:
-        if state.phase:
-            events.append(PhaseCompleted(phase=state.phase))
-        state.phase = name
-        events.append(PhaseStarted(phase=name))
-
-    async def close_phase() -> None:
-        if state.phase:
-            events.append(PhaseCompleted(phase=state.phase))
-            state.phase = ""
-
-    context = ToolContext(
-        job_id=store.job_id, iteration=state.iteration, open_phase=open_phase, close_phase=close_phase
-    )
+    context = tool_context(store.job_id, state, events)
     for call in turn.tool_calls:
         if state.tool_calls >= limits.max_tool_calls:
             return tool_call_limit(limits)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 
 from cofounder_server.domain.escalations import Escalation, ToolExecutionState, approval_text
-from cofounder_server.domain.events import AgentToolCalled, EventPayload, PhaseCompleted, PhaseStarted
-from cofounder_server.executor.plugins import Message, Tool, ToolContext
+from cofounder_server.domain.events import AgentToolCalled, EventPayload
+from cofounder_server.executor.phases import tool_context
+from cofounder_server.executor.plugins import Message, Tool
 from cofounder_server.executor.retries import run_tool
 from cofounder_server.executor.run_state import LoopLimits, LoopState
 from cofounder_server.executor.run_store import Pause, RunStore
@@ -55,7 +56,7 @@ class ApprovalRunner:
             self._tools.get(escalation.tool_name),
             escalation.tool_name,
             json.loads(escalation.final_arguments_json),
-            self._context(state, events),
+            tool_context(self._store.job_id, state, events),
             self._store.job_id,
         )
         content = f"{told}\nResult:\n{truncate_middle(outcome.content, self._limits.result_limit)}"
@@ -82,25 +83,6 @@ class ApprovalRunner:
             is_error=is_error,
         )
         await self._store.finish_tool_call(escalation, content, is_error, [*events, called], pause)
-
-    def _context(self, state: LoopState, events: list[EventPayload]) -> ToolContext:
-        async def open_phase(name: str) -> None:
-            if state.phase:
-                events.append(PhaseCompleted(phase=state.phase))
-            state.phase = name
-            events.append(PhaseStarted(phase=name))
-
-        async def close_phase() -> None:
-            if state.phase:
-                events.append(PhaseCompleted(phase=state.phase))
-                state.phase = ""
-
-        return ToolContext(
-            job_id=self._store.job_id,
-            iteration=state.iteration,
-            open_phase=open_phase,
-            close_phase=close_phase,
-        )
 
     @staticmethod
     def _message(escalation: Escalation, text: str, *, is_error: bool) -> Message:
