@@ -159,7 +159,8 @@ class Client:
         tls: ``False`` for plaintext, ``True`` for TLS verified against the system roots, or a
             :class:`TLSConfig` for a private CA and/or mutual TLS.
         timeout: default deadline of unary calls, in seconds; ``None`` for none.
-        retries: transparent retries of a call that fails with ``UNAVAILABLE`` (0 to 4).
+        retries: transparent retries of a call that fails with ``UNAVAILABLE`` or with a
+            ``CANCELLED`` the server sent (0 to 4).
         channel_options: extra gRPC channel options; they replace the defaults
             (:data:`DEFAULT_CHANNEL_OPTIONS`) with the same key.
         interceptors: ``grpc.aio`` client interceptors (``UnaryUnaryClientInterceptor``,
