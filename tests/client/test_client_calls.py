@@ -18,6 +18,7 @@ from cofounder_client import (
     AUTHORIZATION_HEADER,
     ON_BEHALF_OF_HEADER,
     Client,
+    CofounderError,
     EscalationResolution,
     UnavailableError,
 )
@@ -137,6 +138,30 @@ async def test_request_id_is_generated_once_per_call_and_reused_by_retries(
     assert retried.metadata.get("grpc-previous-rpc-attempts") == "1"
     assert other.request.request_id != failed.request.request_id
     assert first.job_id != second.job_id
+
+
+async def test_a_cancelled_sent_by_the_server_is_retried_with_the_same_request_id(
+    client: Client, harness: Harness
+) -> None:
+    # What a draining server's gRPC core answers to a call it received but had not started.
+    harness.recorder.failures["SubmitJob"].append(rich_status(grpc.StatusCode.CANCELLED, "CANCELLED"))
+
+    job = await client.submit_job(project_id="p", goal="g", daily_budget_microdollars=1, agent={"brain": "b"})
+
+    cancelled, retried = harness.recorder.calls_to("SubmitJob")
+    assert retried.request.request_id == cancelled.request.request_id
+    assert retried.metadata.get("grpc-previous-rpc-attempts") == "1"
+    assert harness.jobs.by_request_id[retried.request.request_id] == job.job_id
+
+
+async def test_without_retries_a_cancelled_sent_by_the_server_is_raised(
+    make_client: Callable[..., Client], harness: Harness
+) -> None:
+    harness.recorder.failures["GetJob"].append(rich_status(grpc.StatusCode.CANCELLED, "CANCELLED"))
+    with pytest.raises(CofounderError) as caught:
+        await make_client(retries=0).get_job("any")
+    assert caught.value.code == grpc.StatusCode.CANCELLED
+    assert len(harness.recorder.calls) == 1
 
 
 async def test_without_retries_unavailable_is_raised(

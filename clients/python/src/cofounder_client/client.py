@@ -122,8 +122,9 @@ class Client:
     Unary calls get a deadline of ``timeout`` seconds unless the call passes its own
     ``timeout=`` (``None`` disables it). Streams have no deadline unless one is passed.
     Unary calls (and streams that have not yet delivered a message) are retried by gRPC on
-    ``UNAVAILABLE`` up to ``retries`` times with exponential backoff; this is safe because
-    every mutation carries a ``request_id`` that the retry repeats.
+    ``UNAVAILABLE`` and on a ``CANCELLED`` the server sent (a draining server cancels the
+    calls it had received but not started) up to ``retries`` times with exponential backoff;
+    this is safe because every mutation carries a ``request_id`` that the retry repeats.
 
     Args:
         target: ``host:port`` of the server (any gRPC target string).
@@ -132,7 +133,8 @@ class Client:
         tls: ``False`` for plaintext, ``True`` for TLS verified against the system roots, or a
             :class:`TLSConfig` for a private CA and/or mutual TLS.
         timeout: default deadline of unary calls, in seconds; ``None`` for none.
-        retries: transparent retries of a call that fails with ``UNAVAILABLE`` (0 to 4).
+        retries: transparent retries of a call that fails with ``UNAVAILABLE`` or with a
+            ``CANCELLED`` the server sent (0 to 4).
         channel_options: extra gRPC channel options; they replace the defaults
             (:data:`DEFAULT_CHANNEL_OPTIONS`) with the same key.
         interceptors: ``grpc.aio`` client interceptors (``UnaryUnaryClientInterceptor``,
@@ -769,6 +771,13 @@ def _channel_options(
 
 
 def _retry_service_config(retries: int) -> dict[str, Any]:
+    # CANCELLED is retried too: a server that begins a graceful stop cancels, inside gRPC's
+    # core, every call that reached it but that its application had not yet picked up (and
+    # any that arrives before the client has read the GOAWAY). The server never ran those
+    # calls, and the client never sees that CANCELLED in place of UNAVAILABLE otherwise: its
+    # own cancellation ends the call locally (asyncio.CancelledError) and is never retried.
+    # Every mutation carries a request_id that the retry repeats, so even a CANCELLED after
+    # the server acted (calls cut at the end of its shutdown grace) is safe to repeat.
     return {
         "methodConfig": [
             {
@@ -778,7 +787,7 @@ def _retry_service_config(retries: int) -> dict[str, Any]:
                     "initialBackoff": "0.1s",
                     "maxBackoff": "2s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]

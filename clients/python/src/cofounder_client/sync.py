@@ -60,7 +60,8 @@ class SyncClient:
         tls: ``False`` for plaintext, ``True`` for TLS against the system roots, or a
             :class:`TLSConfig`.
         timeout: default deadline of unary calls, in seconds; ``None`` for none.
-        retries: transparent retries of a call that fails with ``UNAVAILABLE`` (0 to 4).
+        retries: transparent retries of a call that fails with ``UNAVAILABLE`` or with a
+            ``CANCELLED`` the server sent (0 to 4).
         channel_options: extra gRPC channel options, replacing the defaults by key.
         interceptors: synchronous client interceptors (``grpc.UnaryUnaryClientInterceptor``,
             ``grpc.UnaryStreamClientInterceptor``) around every call, the first listed
