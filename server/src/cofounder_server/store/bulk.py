@@ -8,18 +8,25 @@ to run agents. On SQLite the rows go to the driver as plain tuples instead, thro
 text of the statement and each column type's own bind processor, so what is stored is byte
 for byte what the Core statement stores (a test compares them), and errors are wrapped as
 for any statement. Other databases get the Core statement.
+
+Callers on the hot path hand rows over as tuples in a fixed column order
+(:func:`insert_tuples`): a batch then allocates one object per row, not a dictionary, a tuple
+of its values and a processed tuple, which kept the young garbage collector busy promoting a
+batch's rows on their way to the driver.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import JSON, Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+
+Columns = tuple[str, ...]
+"""Column names, in the order of each row's values."""
 
 
 def insert_rows(
@@ -35,16 +42,37 @@ def insert_rows(
     if not rows:
         return
     columns = tuple(rows[0])
+    insert_tuples(
+        connection,
+        table,
+        columns,
+        [tuple(row[name] for name in columns) for row in rows],
+        upsert_key=upsert_key,
+    )
+
+
+def insert_tuples(
+    connection: Connection,
+    table: Table,
+    columns: Columns,
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    upsert_key: str = "",
+) -> None:
+    """:func:`insert_rows` for rows given as tuples of values in the order of ``columns``."""
+    if not rows:
+        return
     dialect = connection.dialect
     if dialect.name != "sqlite":
-        connection.execute(_core_insert(table, columns, upsert_key, dialect.name), list(rows))
+        statement = _core_insert(table, columns, upsert_key, dialect.name)
+        connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in rows])
         return
     plan = _sqlite_plan(table, columns, upsert_key, dialect)
-    connection.exec_driver_sql(plan.sql, [plan.parameters(row) for row in rows])
+    connection.exec_driver_sql(plan.sql, plan.parameters(rows))
 
 
 @functools.cache
-def _core_insert(table: Table, columns: tuple[str, ...], upsert_key: str, dialect_name: str) -> Any:
+def _core_insert(table: Table, columns: Columns, upsert_key: str, dialect_name: str) -> Any:
     insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
     if not upsert_key:
         return insert
@@ -55,28 +83,57 @@ def _core_insert(table: Table, columns: tuple[str, ...], upsert_key: str, dialec
 
 
 class _SqlitePlan:
-    """The SQL text of an insert of given columns and a tuple of processed values per row."""
+    """The SQL text of an insert of given columns, and the rows' values as the driver takes
+    them (through each column's bind processor)."""
 
-    def __init__(self, table: Table, columns: tuple[str, ...], upsert_key: str, dialect: Dialect) -> None:
+    def __init__(self, table: Table, columns: Columns, upsert_key: str, dialect: Dialect) -> None:
         names = ", ".join(columns)
         self.sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
         if upsert_key:
             updates = ", ".join(f"{name} = excluded.{name}" for name in columns if name != upsert_key)
             self.sql += f" ON CONFLICT ({upsert_key}) DO UPDATE SET {updates}"
-        self._processors = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
-        ]
-        self._values = itemgetter(*columns)
-        self._single = len(columns) == 1
+        self._width = len(columns)
+        processors: list[tuple[int, Callable[[Any], Any], bool]] = []
+        for index, name in enumerate(columns):
+            column_type = table.c[name].type
+            process = column_type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                # A batch's rows mostly share their times (the commit's, the budget window's):
+                # a value equal to the row before's is not processed again. Documents are
+                # processed every time (comparing them costs what encoding them does).
+                processors.append((index, process, not isinstance(column_type, JSON)))
+        self._processors = tuple(processors)
 
-    def parameters(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        values = (self._values(row),) if self._single else self._values(row)
-        return tuple(
-            value if process is None else process(value)
-            for value, process in zip(values, self._processors, strict=True)
-        )
+    def parameters(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows' values, processed; each row must have a value per column."""
+        width = self._width
+        if not self._processors:
+            if any(len(row) != width for row in rows):
+                raise ValueError(f"rows of {width} values expected")
+            return list(rows)
+        last: list[Any] = [_NONE] * width
+        done: list[Any] = [None] * width
+        parameters = []
+        for row in rows:
+            if len(row) != width:
+                raise ValueError(f"rows of {width} values expected")
+            values = list(row)
+            for index, process, repeatable in self._processors:
+                value = values[index]
+                if repeatable and value is not None and value == last[index]:
+                    values[index] = done[index]
+                    continue
+                values[index] = result = process(value)
+                if repeatable:
+                    last[index], done[index] = value, result
+            parameters.append(tuple(values))
+        return parameters
+
+
+_NONE = object()
+"""No value processed yet (every value differs from it)."""
 
 
 @functools.cache
-def _sqlite_plan(table: Table, columns: tuple[str, ...], upsert_key: str, dialect: Dialect) -> _SqlitePlan:
+def _sqlite_plan(table: Table, columns: Columns, upsert_key: str, dialect: Dialect) -> _SqlitePlan:
     return _SqlitePlan(table, columns, upsert_key, dialect)

@@ -23,10 +23,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from cofounder_server.domain.changes import Spend
 from cofounder_server.domain.events import EventPayload, JobStatusChanged
 from cofounder_server.domain.model import Job, JobStatus
-from cofounder_server.store.bulk import insert_rows
+from cofounder_server.store.bulk import insert_tuples
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository, append_job_events
 from cofounder_server.store.iterations import (
+    HEAD_COLUMNS,
+    LEDGER_COLUMNS,
+    MESSAGE_COLUMNS,
     CommittedBatch,
     Ending,
     IterationConflict,
@@ -145,9 +148,9 @@ def _commit(
     }
     ours = {job_id for job_id, (_, runner, _) in found.items() if runner == runner_id}
     accepted = {job_id for job_id in ours if found[job_id][0] == _RUNNING}
-    ledger: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
-    heads: list[dict[str, Any]] = []
+    ledger: list[tuple[Any, ...]] = []
+    messages: list[tuple[Any, ...]] = []
+    heads: list[tuple[Any, ...]] = []
     for record in records:
         if record.iteration is None or record.job_id not in ours:
             continue
@@ -156,9 +159,9 @@ def _commit(
         if record.job_id in accepted:
             messages += rows.messages
             heads.append(rows.head)
-    insert_rows(connection, table_of(UsageLedgerRow), ledger)
-    insert_rows(connection, table_of(CheckpointMessageRow), messages)
-    insert_rows(connection, table_of(CheckpointRow), heads, upsert_key="job_id")
+    insert_tuples(connection, table_of(UsageLedgerRow), LEDGER_COLUMNS, ledger)
+    insert_tuples(connection, table_of(CheckpointMessageRow), MESSAGE_COLUMNS, messages)
+    insert_tuples(connection, table_of(CheckpointRow), HEAD_COLUMNS, heads, upsert_key="job_id")
     deferred = {
         record.job_id
         for record in records

@@ -33,7 +33,7 @@ from cofounder_server.domain.events import (
     payload_from_json,
     to_json,
 )
-from cofounder_server.store.bulk import insert_rows
+from cofounder_server.store.bulk import insert_tuples
 from cofounder_server.store.database import Database
 from cofounder_server.store.models import EscalationEventRow, EventCounterRow, JobEventRow, JobRow, table_of
 
@@ -370,7 +370,7 @@ def append_job_events(
     for count, streams in by_count.items():
         result = connection.execute(_ADVANCE_COUNTERS, {"count": count, "streams": sorted(streams)})
         advanced.update((str(stream), (int(last), int(pruned))) for stream, last, pruned in result)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     stored: list[list[JobEvent]] = []
     fleet_sequences = stamp_fleet(connection, [job_id for job_id, _ in batches]) if fleet else {}
     for job_id, payloads in batches:
@@ -392,16 +392,7 @@ def append_job_events(
             for index, payload in enumerate(payloads)
         ]
         stored.append(events)
-        rows.extend(
-            {
-                "job_id": job_id,
-                "sequence": event.sequence,
-                "type": event.type,
-                "time": now,
-                "payload": to_json(event.payload),
-            }
-            for event in events
-        )
+        rows.extend((job_id, event.sequence, event.type, now, to_json(event.payload)) for event in events)
         prune_to = horizon(last, pruned)
         if prune_to is not None:
             connection.execute(
@@ -412,7 +403,7 @@ def append_job_events(
                 .where(EventCounterRow.stream == stream)
                 .values(pruned_through=prune_to)
             )
-    insert_rows(connection, table_of(JobEventRow), rows)
+    insert_tuples(connection, table_of(JobEventRow), _EVENT_COLUMNS, rows)
     return stored
 
 
@@ -428,11 +419,22 @@ def stamp_fleet(connection: Connection, job_ids: Sequence[str]) -> dict[str, int
     last, _ = advance_counter(connection, FLEET_STREAM, len(job_ids))
     first = last - len(job_ids) + 1
     sequences = {job_id: first + index for index, job_id in enumerate(job_ids)}
-    connection.execute(
-        update(JobRow).where(JobRow.job_id == bindparam("id")).values(fleet_sequence=bindparam("fleet")),
-        [{"id": job_id, "fleet": sequence} for job_id, sequence in sequences.items()],
-    )
+    if connection.dialect.name == "sqlite":
+        # Every group commit stamps each of its jobs: plain tuples to the driver (see bulk).
+        connection.exec_driver_sql(
+            _STAMP_SQLITE, [(sequence, job_id) for job_id, sequence in sequences.items()]
+        )
+    else:
+        connection.execute(
+            _STAMP, [{"id": job_id, "fleet": sequence} for job_id, sequence in sequences.items()]
+        )
     return sequences
+
+
+_STAMP = update(JobRow).where(JobRow.job_id == bindparam("id")).values(fleet_sequence=bindparam("fleet"))
+_STAMP_SQLITE = f"UPDATE {JobRow.__tablename__} SET fleet_sequence = ? WHERE job_id = ?"
+_EVENT_COLUMNS = ("job_id", "sequence", "type", "time", "payload")
+"""A ``job_events`` row's columns, in the order of its values."""
 
 
 def advance_counter(connection: Connection, stream: str, count: int) -> tuple[int, int]:

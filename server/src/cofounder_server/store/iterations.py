@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cofounder_server.domain.events import EventPayload, JobEvent
 from cofounder_server.domain.model import AgentState, Job, JobOutcome, JobStatus
@@ -86,42 +86,65 @@ class RunRecord:
     transition: Transition | None = None
 
 
-@dataclass(frozen=True)
-class IterationRows:
-    """An iteration as rows: usage ledger, new checkpoint messages, checkpoint head."""
+LEDGER_COLUMNS = (
+    "job_id",
+    "iteration",
+    "window_start",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_microdollars",
+    "time",
+)
+"""The usage ledger's columns, in the order of :class:`IterationRows` values."""
+MESSAGE_COLUMNS = ("job_id", "position", "message")
+"""A checkpoint message's columns, in the order of :class:`IterationRows` values."""
+HEAD_COLUMNS = ("job_id", "iteration", "message_count", "conversation_bytes", "state", "update_time")
+"""A checkpoint head's columns, in the order of :class:`IterationRows` values."""
 
-    ledger: dict[str, Any]
-    messages: list[dict[str, Any]]
-    head: dict[str, Any]
+
+class IterationRows(NamedTuple):
+    """An iteration as rows: usage ledger, new checkpoint messages, checkpoint head (values
+    in the order of ``LEDGER_COLUMNS``, ``MESSAGE_COLUMNS``, ``HEAD_COLUMNS``)."""
+
+    ledger: tuple[Any, ...]
+    messages: list[tuple[Any, ...]]
+    head: tuple[Any, ...]
 
 
 def rows_of(job_id: str, iteration: Iteration, time: datetime) -> IterationRows:
-    """The rows of ``iteration``, keyed by column name."""
+    """The rows of ``iteration``, as tuples (a group commit makes hundreds at once)."""
     call = iteration.call
+    first = iteration.first_position
     return IterationRows(
-        ledger={
-            "job_id": job_id,
-            "iteration": iteration.number,
-            "window_start": call.window_start,
-            "model": call.model,
-            "input_tokens": call.input_tokens,
-            "output_tokens": call.output_tokens,
-            "cost_microdollars": call.cost_microdollars,
-            "time": time,
-        },
-        messages=[
-            {"job_id": job_id, "position": iteration.first_position + offset, "message": dict(message)}
+        (
+            job_id,
+            iteration.number,
+            call.window_start,
+            call.model,
+            call.input_tokens,
+            call.output_tokens,
+            call.cost_microdollars,
+            time,
+        ),
+        [
+            (job_id, first + offset, _document(message))
             for offset, message in enumerate(iteration.new_messages)
         ],
-        head={
-            "job_id": job_id,
-            "iteration": iteration.number,
-            "message_count": iteration.first_position + len(iteration.new_messages),
-            "conversation_bytes": iteration.conversation_bytes,
-            "state": dict(iteration.loop_state),
-            "update_time": time,
-        },
+        (
+            job_id,
+            iteration.number,
+            first + len(iteration.new_messages),
+            iteration.conversation_bytes,
+            _document(iteration.loop_state),
+            time,
+        ),
     )
+
+
+def _document(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON object as the JSON encoder takes it (a dict; other mappings are copied)."""
+    return value if isinstance(value, dict) else dict(value)
 
 
 class IterationConflict(Exception):
