@@ -131,3 +131,27 @@ async def test_live_writes_run_as_one_command_with_put_if_newer_semantics(
     assert await client.get(refused) == b"kept"
     with pytest.raises(ValueError, match="version must not be negative"):
         writes.put_if_newer(newer, -1, "x", 60)
+
+
+async def test_live_writes_keep_payloads_and_versions_byte_for_byte(
+    engine: Engine, client: Redis, prefix: str
+) -> None:
+    """The writes travel as one JSON argument: what is stored is exactly what was given,
+    whatever the payload's characters and however large the version."""
+    key, derived = f"{prefix}lw-exact", f"{prefix}lw-exact-derived"
+    payload = 'quotes " and \\ backslash, é ☃ 𝄞, a NUL \x00, newline\n, {"json": [1, 2]}'
+    version = 2**64 + 1  # beyond a double's precision: compared as digits, never as a number
+    writes = LiveWrites()
+    writes.put_if_newer(key, version, payload, 600)
+    writes.set_if_current(derived, payload, 60)
+    async with client.pipeline(transaction=False) as pipe:
+        writes.queue(pipe)
+        await pipe.execute()
+    assert await client.get(key) == f"{version}:{payload}".encode()
+    assert await client.get(derived) == payload.encode()
+    again = LiveWrites()
+    again.put_if_newer(key, version - 1, "older", 600)
+    async with client.pipeline(transaction=False) as pipe:
+        again.queue(pipe)
+        await pipe.execute()
+    assert decode(await client.get(key)) == (version, payload)
