@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from cofounder_server.domain.escalations import DecisionSource, Escalation
 from cofounder_server.domain.model import JobOutcome, JobStatus
+from cofounder_server.jsontext import Encoded, encode_object
 
 
 class SleepReason(StrEnum):
@@ -326,6 +327,12 @@ def to_json(value: Any) -> Any:
     if isinstance(value, tuple):
         return [to_json(item) for item in value]
     return value
+
+
+def payload_json(payload: EventPayload) -> Encoded:
+    """A payload's :func:`to_json` form as JSON text, written in one call (every iteration
+    stores several payloads)."""
+    return encode_object(payload, to_json)
 
 
 def payload_from_json(event_type: str, body: dict[str, Any]) -> EventPayload:

@@ -31,6 +31,7 @@ from cofounder_server.domain.events import (
     JobEvent,
     escalation_from_json,
     payload_from_json,
+    payload_json,
     to_json,
 )
 from cofounder_server.store.bulk import insert_tuples
@@ -392,7 +393,9 @@ def append_job_events(
             for index, payload in enumerate(payloads)
         ]
         stored.append(events)
-        rows.extend((job_id, event.sequence, event.type, now, to_json(event.payload)) for event in events)
+        rows.extend(
+            (job_id, event.sequence, event.type, now, payload_json(event.payload)) for event in events
+        )
         prune_to = horizon(last, pruned)
         if prune_to is not None:
             connection.execute(
