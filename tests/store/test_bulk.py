@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
-from cofounder_server.store.bulk import insert_rows
+from cofounder_server.store.bulk import insert_rows, insert_tuples
 from cofounder_server.store.database import Database
 from cofounder_server.store.events import EventLogRepository
 from cofounder_server.store.jobs import JobRepository
@@ -141,3 +141,33 @@ async def test_a_violated_key_is_sqlalchemys_integrity_error_and_nothing_is_stor
 
 async def test_no_rows_is_no_statement(database: Database) -> None:
     await database.transact(lambda c: insert_rows(c, table_of(JobEventRow), []))
+
+
+async def test_rows_sharing_a_time_and_rows_that_do_not_store_their_own(database: Database) -> None:
+    """A time equal to the row before's is processed once; every row still stores its own."""
+    job_id, _ = await _two_jobs(database)
+    later = T0 + timedelta(microseconds=1)
+    times = [T0, T0, later, T0, T0.astimezone(timezone(timedelta(hours=2)))]
+    rows = [(job_id, 10 + n, "agent.thinking", time, {"n": n}) for n, time in enumerate(times)]
+    columns = ("job_id", "sequence", "type", "time", "payload")
+    await database.transact(lambda c: insert_tuples(c, table_of(JobEventRow), columns, rows))
+    async with database.read() as session:
+        stored = (
+            await session.scalars(
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id, JobEventRow.sequence >= 10)
+                .order_by(JobEventRow.sequence)
+            )
+        ).all()
+    assert [(row.sequence, row.time, row.payload) for row in stored] == [
+        (10 + n, time, {"n": n}) for n, time in enumerate(times)
+    ]
+
+
+async def test_a_row_of_the_wrong_width_is_refused(database: Database) -> None:
+    job_id, _ = await _two_jobs(database)
+    columns = ("job_id", "sequence", "type", "time", "payload")
+    with pytest.raises(ValueError, match="rows of 5 values"):
+        await database.transact(
+            lambda c: insert_tuples(c, table_of(JobEventRow), columns, [(job_id, 1, "agent.thinking", T0)])
+        )

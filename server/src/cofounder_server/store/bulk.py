@@ -21,9 +21,10 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
 Columns = tuple[str, ...]
 """Column names, in the order of each row's values."""
@@ -62,6 +63,9 @@ def insert_tuples(
     """:func:`insert_rows` for rows given as tuples of values in the order of ``columns``."""
     if not rows:
         return
+    width = len(columns)
+    if any(len(row) != width for row in rows):
+        raise ValueError(f"rows of {width} values expected")
     dialect = connection.dialect
     if dialect.name != "sqlite":
         statement = _core_insert(table, columns, upsert_key, dialect.name)
@@ -99,24 +103,19 @@ class _SqlitePlan:
             process = column_type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 # A batch's rows mostly share their times (the commit's, the budget window's):
-                # a value equal to the row before's is not processed again. Documents are
-                # processed every time (comparing them costs what encoding them does).
-                processors.append((index, process, not isinstance(column_type, JSON)))
+                # a time equal to the row before's is not processed again.
+                processors.append((index, process, _is_time(column_type)))
         self._processors = tuple(processors)
 
     def parameters(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """The rows' values, processed; each row must have a value per column."""
+        """The rows' values (one per column), processed."""
         width = self._width
         if not self._processors:
-            if any(len(row) != width for row in rows):
-                raise ValueError(f"rows of {width} values expected")
             return list(rows)
         last: list[Any] = [_NONE] * width
         done: list[Any] = [None] * width
         parameters = []
         for row in rows:
-            if len(row) != width:
-                raise ValueError(f"rows of {width} values expected")
             values = list(row)
             for index, process, repeatable in self._processors:
                 value = values[index]
@@ -128,6 +127,11 @@ class _SqlitePlan:
                     last[index], done[index] = value, result
             parameters.append(tuple(values))
         return parameters
+
+
+def _is_time(column_type: TypeEngine[Any]) -> bool:
+    impl = column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
+    return isinstance(impl, DateTime)
 
 
 _NONE = object()
