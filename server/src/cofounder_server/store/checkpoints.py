@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Update, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -136,7 +135,17 @@ def _commit(
     now: datetime,
     horizon: Any,
 ) -> CommittedBatch:
-    found = _batch_jobs(connection, sorted(record.job_id for record in records))
+    query = (
+        select(JobRow.job_id, JobRow.status, JobRow.runner_id, JobRow.pending_escalations)
+        .where(JobRow.job_id.in_(sorted(record.job_id for record in records)))
+        .order_by(JobRow.job_id)
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    found = {
+        str(job_id): (status, runner, pending)
+        for job_id, status, runner, pending in connection.execute(query)
+    }
     ours = {job_id for job_id, (_, runner, _) in found.items() if runner == runner_id}
     accepted = {job_id for job_id in ours if found[job_id][0] == _RUNNING}
     ledger: list[tuple[Any, ...]] = []
@@ -184,33 +193,6 @@ def _commit(
     stored = append_job_events(connection, batches, now=now, horizon=horizon) if batches else []
     pending = {job_id: tuple(found[job_id][2] or ()) for job_id in accepted}
     return CommittedBatch(accepted, [event for events in stored for event in events], jobs, deferred, pending)
-
-
-def _batch_jobs(connection: Connection, job_ids: list[str]) -> dict[str, tuple[str, str | None, list[str]]]:
-    """Each job's status, runner and pending escalations (on PostgreSQL locked, in
-    ``job_ids`` order)."""
-    if connection.dialect.name == "sqlite":
-        # Once per group commit: the driver's rows as they come, without a result object's
-        # per-row processing; only a job that waits on escalations has a list to decode.
-        rows = connection.exec_driver_sql(
-            f"SELECT job_id, status, runner_id, pending_escalations FROM {JobRow.__tablename__} "
-            f"WHERE job_id IN ({', '.join('?' * len(job_ids))})",
-            tuple(job_ids),
-        ).fetchall()
-        return {
-            job_id: (status, runner, orjson.loads(pending) if pending and pending != "[]" else [])
-            for job_id, status, runner, pending in rows
-        }
-    query = (
-        select(JobRow.job_id, JobRow.status, JobRow.runner_id, JobRow.pending_escalations)
-        .where(JobRow.job_id.in_(job_ids))
-        .order_by(JobRow.job_id)
-        .with_for_update()
-    )
-    return {
-        str(job_id): (status, runner, pending)
-        for job_id, status, runner, pending in connection.execute(query)
-    }
 
 
 def _apply_transitions(
